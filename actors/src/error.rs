@@ -1,0 +1,60 @@
+//! The one error type of this crate. Each variant maps to one gRPC status at
+//! the API edge (see `skuld-node`'s `status` module).
+
+use crate::position::Bucket;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Malformed input: the request can never succeed as sent.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// Not enough available quantity; nothing was reserved.
+    #[error("insufficient available quantity: requested {requested}, available {available}")]
+    Insufficient { requested: i64, available: i64 },
+    /// The change would take a bucket below zero.
+    #[error("{bucket} would become {value}; a bucket may not go below zero")]
+    NegativeBucket { bucket: Bucket, value: i64 },
+    /// `expected_version` did not match.
+    #[error("version mismatch: expected {expected}, current {current}")]
+    VersionMismatch { expected: u64, current: u64 },
+    /// `change_from` did not match the bucket's current value.
+    #[error("change_from mismatch on {bucket}: expected {expected}, current {current}")]
+    ChangeFromMismatch { bucket: Bucket, expected: i64, current: i64 },
+    /// The position's state does not allow the command.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("reservation {0:?} not found")]
+    ReservationNotFound(String),
+    #[error("no commitment for order {0:?}")]
+    CommitmentNotFound(String),
+    #[error("position not found")]
+    PositionNotFound,
+    #[error("reservation id {0:?} already exists")]
+    ReservationExists(String),
+    #[error("idempotency key {0:?} was already used for a different request")]
+    IdempotencyKeyReused(String),
+    /// A bounded queue is full; retry after the hint.
+    #[error("overloaded: {queue} queue is full")]
+    Overloaded { queue: &'static str, retry_after_ms: u64 },
+    /// The caller's deadline passed before the command was applied.
+    #[error("deadline exceeded before the command was applied; nothing changed")]
+    DeadlineExceeded,
+    /// The store failed or the node is stopping; nothing was acknowledged.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<skuld_cluster::StoreError> for Error {
+    fn from(error: skuld_cluster::StoreError) -> Self {
+        Error::Unavailable(error.to_string())
+    }
+}

@@ -1,0 +1,500 @@
+//! `decide` (command -> events or refusal) and `apply` (event -> new state).
+
+use super::command::{Command, Context};
+use super::state::{
+    Bucket, Buckets, Event, LedgerEntry, PositionState, Reservation, ReservationState,
+    ENDED_RESERVATIONS_KEPT,
+};
+use crate::Error;
+
+/// What an accepted command does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Events to append; empty for an accepted no-op (releasing a reservation
+    /// that already ended).
+    pub events: Vec<Event>,
+    /// The reservation the command was about, if any.
+    pub reservation_id: Option<String>,
+    /// For `Reserve`: the quantity granted.
+    pub granted_quantity: i64,
+}
+
+impl Decision {
+    fn events(events: Vec<Event>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+
+    fn about(reservation_id: &str, events: Vec<Event>) -> Self {
+        Self {
+            events,
+            reservation_id: Some(reservation_id.to_owned()),
+            granted_quantity: 0,
+        }
+    }
+}
+
+/// Decides a command against the state. Never mutates; an `Err` means the
+/// command is refused and nothing changes.
+pub fn decide(
+    state: &PositionState,
+    expected_version: Option<u64>,
+    command: &Command,
+    context: &Context,
+) -> Result<Decision, Error> {
+    command.validate()?;
+    if let Some(expected) = expected_version {
+        if expected != state.version {
+            return Err(Error::VersionMismatch {
+                expected,
+                current: state.version,
+            });
+        }
+    }
+    let buckets = state.buckets;
+    match command {
+        Command::Adjust {
+            bucket,
+            delta,
+            reason,
+            change_from,
+            reference,
+        } => {
+            check_change_from(&buckets, *bucket, *change_from)?;
+            let event = Event::Adjusted {
+                bucket: *bucket,
+                delta: *delta,
+                reason: *reason,
+                reference: reference.clone(),
+            };
+            check_after(state, &event)?;
+            Ok(Decision::events(vec![event]))
+        }
+        Command::SetOnHand {
+            on_hand,
+            reason,
+            counted_at_ms,
+            change_from,
+            reference,
+        } => {
+            let counted_at_ms = if *counted_at_ms == 0 {
+                context.now_ms
+            } else {
+                *counted_at_ms
+            };
+            if counted_at_ms < state.last_counted_at_ms {
+                return Err(Error::FailedPrecondition(format!(
+                    "a later physical count (counted at {} ms) was already applied",
+                    state.last_counted_at_ms
+                )));
+            }
+            check_change_from(&buckets, Bucket::OnHand, *change_from)?;
+            let event = Event::OnHandCounted {
+                on_hand: *on_hand,
+                previous_on_hand: buckets.on_hand,
+                counted_at_ms,
+                reason: *reason,
+                reference: reference.clone(),
+            };
+            check_after(state, &event)?;
+            Ok(Decision::events(vec![event]))
+        }
+        Command::Move {
+            from,
+            to,
+            quantity,
+            reason,
+            from_change_from,
+            to_change_from,
+            reference,
+        } => {
+            check_change_from(&buckets, *from, *from_change_from)?;
+            check_change_from(&buckets, *to, *to_change_from)?;
+            let event = Event::Moved {
+                from: *from,
+                to: *to,
+                quantity: *quantity,
+                reason: *reason,
+                reference: reference.clone(),
+            };
+            check_after(state, &event)?;
+            Ok(Decision::events(vec![event]))
+        }
+        Command::Reserve {
+            reservation_id,
+            quantity,
+            owner,
+            channel,
+            ttl_ms,
+            allow_partial,
+        } => {
+            if state.reservation(reservation_id).is_some() {
+                return Err(Error::ReservationExists(reservation_id.clone()));
+            }
+            let available = buckets.available();
+            let granted = if state.allow_backorder || *quantity <= available {
+                *quantity
+            } else if *allow_partial && available > 0 {
+                available
+            } else {
+                return Err(Error::Insufficient {
+                    requested: *quantity,
+                    available: available.max(0),
+                });
+            };
+            let ttl_ms = if *ttl_ms == 0 {
+                context.default_ttl_ms
+            } else {
+                *ttl_ms
+            }
+            .min(context.max_ttl_ms);
+            let event = Event::ReservationCreated {
+                reservation: Reservation {
+                    id: reservation_id.clone(),
+                    owner: owner.clone(),
+                    channel: channel.clone(),
+                    quantity: granted,
+                    requested_quantity: *quantity,
+                    committed_quantity: 0,
+                    state: ReservationState::Active,
+                    created_at_ms: context.now_ms,
+                    expires_at_ms: context.now_ms.saturating_add(ttl_ms),
+                },
+            };
+            check_after(state, &event)?;
+            let mut decision = Decision::about(reservation_id, vec![event]);
+            decision.granted_quantity = granted;
+            Ok(decision)
+        }
+        Command::ExtendReservation {
+            reservation_id,
+            ttl_ms,
+        } => {
+            let reservation = active_reservation(state, reservation_id, context)?;
+            let expires_at_ms = context
+                .now_ms
+                .saturating_add((*ttl_ms).min(context.max_ttl_ms));
+            let events = if expires_at_ms == reservation.expires_at_ms {
+                Vec::new()
+            } else {
+                vec![Event::ReservationExtended {
+                    reservation_id: reservation_id.clone(),
+                    expires_at_ms,
+                }]
+            };
+            Ok(Decision::about(reservation_id, events))
+        }
+        Command::ReleaseReservation { reservation_id } => {
+            match state.reservation(reservation_id) {
+                None => Err(Error::ReservationNotFound(reservation_id.clone())),
+                Some(reservation) => match reservation.state {
+                    ReservationState::Active => Ok(Decision::about(
+                        reservation_id,
+                        vec![Event::ReservationReleased {
+                            reservation_id: reservation_id.clone(),
+                            quantity: reservation.quantity,
+                        }],
+                    )),
+                    // Releasing what is already released or expired is a no-op.
+                    ReservationState::Released | ReservationState::Expired => {
+                        Ok(Decision::about(reservation_id, Vec::new()))
+                    }
+                    ReservationState::Committed => Err(Error::FailedPrecondition(format!(
+                        "reservation {reservation_id:?} is fully committed; cancel the order's commitment instead"
+                    ))),
+                },
+            }
+        }
+        Command::CommitReservation {
+            reservation_id,
+            quantity,
+            order_ref,
+        } => {
+            let reservation = active_reservation(state, reservation_id, context)?;
+            let quantity = if *quantity == 0 {
+                reservation.quantity
+            } else {
+                *quantity
+            };
+            if quantity > reservation.quantity {
+                return Err(Error::FailedPrecondition(format!(
+                    "reservation {reservation_id:?} holds {}, cannot commit {quantity}",
+                    reservation.quantity
+                )));
+            }
+            Ok(Decision::about(
+                reservation_id,
+                vec![Event::ReservationCommitted {
+                    reservation_id: reservation_id.clone(),
+                    order_ref: order_ref.clone(),
+                    quantity,
+                }],
+            ))
+        }
+        Command::Fulfill {
+            order_ref,
+            quantity,
+        } => {
+            committed_for(state, order_ref, *quantity)?;
+            let event = Event::CommitmentFulfilled {
+                order_ref: order_ref.clone(),
+                quantity: *quantity,
+            };
+            check_after(state, &event)?;
+            Ok(Decision::events(vec![event]))
+        }
+        Command::CancelCommitment {
+            order_ref,
+            quantity,
+            restock,
+        } => {
+            committed_for(state, order_ref, *quantity)?;
+            let event = Event::CommitmentCanceled {
+                order_ref: order_ref.clone(),
+                quantity: *quantity,
+                restock: *restock,
+            };
+            check_after(state, &event)?;
+            Ok(Decision::events(vec![event]))
+        }
+        Command::ExpireDue => Ok(Decision::events(
+            state
+                .reservations
+                .values()
+                .filter(|r| r.expires_at_ms <= context.now_ms)
+                .map(|r| Event::ReservationExpired {
+                    reservation_id: r.id.clone(),
+                    quantity: r.quantity,
+                })
+                .collect(),
+        )),
+    }
+}
+
+fn check_change_from(buckets: &Buckets, bucket: Bucket, expected: Option<i64>) -> Result<(), Error> {
+    match expected {
+        Some(expected) if buckets.get(bucket) != expected => Err(Error::ChangeFromMismatch {
+            bucket,
+            expected,
+            current: buckets.get(bucket),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn active_reservation<'s>(
+    state: &'s PositionState,
+    reservation_id: &str,
+    context: &Context,
+) -> Result<&'s Reservation, Error> {
+    let reservation = state
+        .reservation(reservation_id)
+        .ok_or_else(|| Error::ReservationNotFound(reservation_id.to_owned()))?;
+    if reservation.state == ReservationState::Active && reservation.expires_at_ms <= context.now_ms {
+        return Err(Error::FailedPrecondition(format!(
+            "reservation {reservation_id:?} expired at {} ms",
+            reservation.expires_at_ms
+        )));
+    }
+    if reservation.state != ReservationState::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "reservation {reservation_id:?} is {}",
+            reservation.state
+        )));
+    }
+    Ok(reservation)
+}
+
+fn committed_for(state: &PositionState, order_ref: &str, quantity: i64) -> Result<(), Error> {
+    let committed = state
+        .commitments
+        .get(order_ref)
+        .copied()
+        .ok_or_else(|| Error::CommitmentNotFound(order_ref.to_owned()))?;
+    if quantity > committed {
+        return Err(Error::FailedPrecondition(format!(
+            "order {order_ref:?} has {committed} committed, cannot take {quantity}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an event whose buckets would break an invariant.
+fn check_after(state: &PositionState, event: &Event) -> Result<(), Error> {
+    let mut buckets = state.buckets;
+    apply_to_buckets(&mut buckets, event);
+    for bucket in [
+        Bucket::OnHand,
+        Bucket::Reserved,
+        Bucket::Committed,
+        Bucket::Damaged,
+        Bucket::QualityControl,
+        Bucket::SafetyStock,
+        Bucket::Incoming,
+    ] {
+        let value = buckets.get(bucket);
+        if value < 0 {
+            return Err(Error::NegativeBucket { bucket, value });
+        }
+    }
+    let available = buckets.available();
+    if available < 0 && !state.allow_backorder {
+        return Err(match event {
+            Event::Adjusted { delta, .. } if *delta < 0 => Error::Insufficient {
+                requested: -delta,
+                available: state.buckets.available().max(0),
+            },
+            Event::Moved {
+                from: Bucket::Available,
+                quantity,
+                ..
+            } => Error::Insufficient {
+                requested: *quantity,
+                available: state.buckets.available().max(0),
+            },
+            _ => Error::NegativeBucket {
+                bucket: Bucket::Available,
+                value: available,
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The bucket arithmetic of each event, shared by `check_after` and `apply`.
+fn apply_to_buckets(buckets: &mut Buckets, event: &Event) {
+    match event {
+        Event::Adjusted { bucket, delta, .. } => match bucket {
+            Bucket::OnHand | Bucket::Available => buckets.on_hand += delta,
+            Bucket::Incoming => buckets.incoming += delta,
+            physical => {
+                if let Some(field) = buckets.stored_mut(*physical) {
+                    *field += delta;
+                }
+                buckets.on_hand += delta;
+            }
+        },
+        Event::OnHandCounted { on_hand, .. } => buckets.on_hand = *on_hand,
+        Event::Moved {
+            from, to, quantity, ..
+        } => {
+            if *from == Bucket::Incoming {
+                // Inbound stock arrives: it becomes physical (available first).
+                buckets.incoming -= quantity;
+                buckets.on_hand += quantity;
+            } else if let Some(field) = buckets.stored_mut(*from) {
+                *field -= quantity;
+            }
+            if let Some(field) = buckets.stored_mut(*to) {
+                *field += quantity;
+            }
+        }
+        Event::ReservationCreated { reservation } => buckets.reserved += reservation.quantity,
+        Event::ReservationExtended { .. } => {}
+        Event::ReservationReleased { quantity, .. } | Event::ReservationExpired { quantity, .. } => {
+            buckets.reserved -= quantity;
+        }
+        Event::ReservationCommitted { quantity, .. } => {
+            buckets.reserved -= quantity;
+            buckets.committed += quantity;
+        }
+        Event::CommitmentFulfilled { quantity, .. } => {
+            buckets.committed -= quantity;
+            buckets.on_hand -= quantity;
+        }
+        Event::CommitmentCanceled {
+            quantity, restock, ..
+        } => {
+            buckets.committed -= quantity;
+            if !restock {
+                buckets.on_hand -= quantity;
+            }
+        }
+    }
+}
+
+fn end_reservation(state: &mut PositionState, reservation_id: &str, end: ReservationState) {
+    if let Some(mut reservation) = state.reservations.remove(reservation_id) {
+        reservation.state = end;
+        state.ended.insert(reservation.id.clone(), reservation);
+        state.ended_order.push_back(reservation_id.to_owned());
+        while state.ended_order.len() > ENDED_RESERVATIONS_KEPT {
+            if let Some(oldest) = state.ended_order.pop_front() {
+                state.ended.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// Folds one event into the state. Events were checked by `decide`, so
+/// applying never fails.
+pub fn apply(state: &mut PositionState, event: &Event) {
+    apply_to_buckets(&mut state.buckets, event);
+    match event {
+        Event::Adjusted { .. } | Event::Moved { .. } => {}
+        Event::OnHandCounted { counted_at_ms, .. } => state.last_counted_at_ms = *counted_at_ms,
+        Event::ReservationCreated { reservation } => {
+            state
+                .reservations
+                .insert(reservation.id.clone(), reservation.clone());
+        }
+        Event::ReservationExtended {
+            reservation_id,
+            expires_at_ms,
+        } => {
+            if let Some(reservation) = state.reservations.get_mut(reservation_id) {
+                reservation.expires_at_ms = *expires_at_ms;
+            }
+        }
+        Event::ReservationReleased { reservation_id, .. } => {
+            end_reservation(state, reservation_id, ReservationState::Released);
+        }
+        Event::ReservationExpired { reservation_id, .. } => {
+            end_reservation(state, reservation_id, ReservationState::Expired);
+        }
+        Event::ReservationCommitted {
+            reservation_id,
+            order_ref,
+            quantity,
+        } => {
+            *state.commitments.entry(order_ref.clone()).or_insert(0) += quantity;
+            let fully_committed = match state.reservations.get_mut(reservation_id) {
+                Some(reservation) => {
+                    reservation.quantity -= quantity;
+                    reservation.committed_quantity += quantity;
+                    reservation.quantity == 0
+                }
+                None => false,
+            };
+            if fully_committed {
+                end_reservation(state, reservation_id, ReservationState::Committed);
+            }
+        }
+        Event::CommitmentFulfilled {
+            order_ref,
+            quantity,
+        }
+        | Event::CommitmentCanceled {
+            order_ref,
+            quantity,
+            ..
+        } => {
+            if let Some(committed) = state.commitments.get_mut(order_ref) {
+                *committed -= quantity;
+                if *committed == 0 {
+                    state.commitments.remove(order_ref);
+                }
+            }
+        }
+    }
+}
+
+/// Applies a journal entry: its events, then its version.
+pub fn apply_entry(state: &mut PositionState, entry: &LedgerEntry) {
+    for event in &entry.events {
+        apply(state, event);
+    }
+    state.version = entry.version;
+}

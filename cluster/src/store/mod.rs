@@ -1,0 +1,115 @@
+//! The store trait every backend implements.
+//!
+//! The store is byte-oriented: it knows entity keys, journal entries,
+//! snapshots, idempotency records and timers, but not what they mean. The
+//! actors crate encodes its domain types into these bytes. This keeps one
+//! trait for the embedded (redb) and the cluster (PostgreSQL) backends.
+
+pub mod embedded;
+pub mod writer;
+
+use async_trait::async_trait;
+
+/// Errors of the storage layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, connection). Nothing in the failed
+    /// write was applied; callers may retry.
+    #[error("store backend failed: {0}")]
+    Backend(String),
+    /// The group-commit writer is gone (node shutting down).
+    #[error("store writer is closed")]
+    Closed,
+    /// A write was refused because the writer's queue is full.
+    #[error("store writer queue is full")]
+    Overloaded,
+}
+
+impl StoreError {
+    pub(crate) fn backend(error: impl std::fmt::Display) -> Self {
+        StoreError::Backend(error.to_string())
+    }
+}
+
+/// A stored reply to a command, kept so a retry with the same idempotency key
+/// gets the first reply back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The idempotency key, scoped to the entity.
+    pub key: String,
+    /// A fingerprint of the whole request except the key; a retry whose
+    /// fingerprint differs is a different request reusing the key.
+    pub fingerprint: u128,
+    /// The encoded reply.
+    pub reply: Vec<u8>,
+    /// When the command was recorded (unix ms); records older than the
+    /// retention are purged.
+    pub recorded_at_ms: u64,
+}
+
+/// Everything one entity changes in one write.
+#[derive(Debug, Clone, Default)]
+pub struct EntityWrite {
+    /// The encoded entity key.
+    pub key: Vec<u8>,
+    /// Journal entries as (sequence, encoded entry); sequences increase.
+    pub journal: Vec<(u64, Vec<u8>)>,
+    /// A snapshot of the state at the given sequence, replacing the previous one.
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Idempotency records of the commands in this write.
+    pub idempotency: Vec<IdempotencyRecord>,
+    /// `Some(Some(t))` sets the entity's wake-up timer to `t` (unix ms),
+    /// `Some(None)` clears it, `None` leaves it unchanged.
+    pub timer: Option<Option<u64>>,
+}
+
+impl EntityWrite {
+    pub fn is_empty(&self) -> bool {
+        self.journal.is_empty()
+            && self.snapshot.is_none()
+            && self.idempotency.is_empty()
+            && self.timer.is_none()
+    }
+}
+
+/// Many entities' writes committed atomically and durably together.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub entities: Vec<EntityWrite>,
+}
+
+/// What is needed to rebuild an entity: its latest snapshot and the journal
+/// entries after it.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedEntity {
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Entries with a sequence greater than the snapshot's, in order.
+    pub journal_tail: Vec<(u64, Vec<u8>)>,
+}
+
+/// The storage contract. Every method may block on I/O internally; backends
+/// run blocking work off the async threads.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Loads an entity's snapshot and journal tail.
+    async fn load(&self, key: &[u8]) -> Result<LoadedEntity, StoreError>;
+
+    /// Looks up idempotency records for `keys` of one entity, in order.
+    async fn idempotency_lookup(
+        &self,
+        entity: &[u8],
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError>;
+
+    /// Commits a batch atomically; returns only once it is durable.
+    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// Entities whose timer is due at `now_ms` or earlier, earliest first.
+    async fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, StoreError>;
+
+    /// Deletes idempotency records recorded before `before_ms`; returns how many.
+    async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Reads a whole entity journal (for audits, tests and tooling).
+    async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+}

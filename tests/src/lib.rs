@@ -1,0 +1,1 @@
+//! Test harness: starts real skuld nodes on free loopback ports.
