@@ -1,0 +1,282 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store, WriterConfig};
+
+use super::codec::decode;
+use super::*;
+use crate::position::{
+    AdjustmentReason, Bucket, Command, Event, LedgerEntry, Owner, OwnerType, ReservationState,
+};
+
+struct Node {
+    runtime: PositionRuntime,
+    store: Arc<dyn Store>,
+}
+
+fn start(dir: &std::path::Path, config: RuntimeConfig, writer_config: WriterConfig) -> Node {
+    // A stopped runtime's tasks let go of the database file shortly after.
+    let mut opened = EmbeddedStore::open(dir);
+    for _ in 0..100 {
+        if opened.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        opened = EmbeddedStore::open(dir);
+    }
+    let store: Arc<dyn Store> = Arc::new(opened.unwrap());
+    let (writer, _) = GroupCommitWriter::start(Arc::clone(&store), writer_config);
+    Node {
+        runtime: PositionRuntime::start(Arc::clone(&store), writer, config),
+        store,
+    }
+}
+
+fn key() -> PositionKey {
+    PositionKey::new("acme", "SKU-1", "DC1").unwrap()
+}
+
+fn request(idempotency_key: &str, command: Command) -> MutationRequest {
+    MutationRequest {
+        key: key(),
+        idempotency_key: idempotency_key.into(),
+        expected_version: None,
+        command,
+    }
+}
+
+fn receive(quantity: i64) -> Command {
+    Command::Adjust {
+        bucket: Bucket::Available,
+        delta: quantity,
+        reason: AdjustmentReason::Receipt,
+        change_from: None,
+        reference: String::new(),
+    }
+}
+
+fn reserve(id: &str, quantity: i64, ttl_ms: i64) -> Command {
+    Command::Reserve {
+        reservation_id: id.into(),
+        quantity,
+        owner: Owner {
+            kind: OwnerType::Cart,
+            id: "cart".into(),
+            line_id: String::new(),
+        },
+        channel: "web".into(),
+        ttl_ms,
+        allow_partial: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = start(dir.path(), RuntimeConfig::default(), WriterConfig::default());
+        let first = node
+            .runtime
+            .mutate(request("receive-1", receive(10)), RequestMeta::default())
+            .await
+            .unwrap();
+        assert_eq!((first.reply.version, first.replayed), (1, false));
+        let retry = node
+            .runtime
+            .mutate(request("receive-1", receive(10)), RequestMeta::default())
+            .await
+            .unwrap();
+        assert_eq!(retry.reply, first.reply);
+        assert!(retry.replayed);
+        let reused = node
+            .runtime
+            .mutate(request("receive-1", receive(11)), RequestMeta::default())
+            .await;
+        assert_eq!(reused, Err(Error::IdempotencyKeyReused("receive-1".into())));
+        node.runtime
+            .mutate(request("reserve-1", reserve("r1", 4, 0)), RequestMeta::default())
+            .await
+            .unwrap();
+        node.runtime.shutdown(Duration::from_secs(1)).await;
+    }
+    let node = start(dir.path(), RuntimeConfig::default(), WriterConfig::default());
+    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    assert_eq!(state.version, 2);
+    assert_eq!((state.buckets.on_hand, state.buckets.reserved), (10, 4));
+    // The retry after the restart still replays and changes nothing.
+    let retry = node
+        .runtime
+        .mutate(request("reserve-1", reserve("r1", 4, 0)), RequestMeta::default())
+        .await
+        .unwrap();
+    assert!(retry.replayed);
+    assert_eq!(node.runtime.read(&key(), RequestMeta::default()).await.unwrap().version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_on_one_position_never_oversell() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(start(dir.path(), RuntimeConfig::default(), WriterConfig::default()));
+    node.runtime
+        .mutate(request("receive", receive(100)), RequestMeta::default())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for index in 0..300 {
+        let node = Arc::clone(&node);
+        tasks.push(tokio::spawn(async move {
+            node.runtime
+                .mutate(
+                    request(&format!("reserve-{index}"), reserve(&format!("r{index}"), 1, 0)),
+                    RequestMeta::default(),
+                )
+                .await
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => granted += 1,
+            Err(Error::Insufficient { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(granted, 100);
+    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    assert_eq!((state.buckets.reserved, state.buckets.available()), (100, 0));
+    assert_eq!(state.version, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        timer_scan_interval: Duration::from_millis(50),
+        ..RuntimeConfig::default()
+    };
+    {
+        let node = start(dir.path(), config.clone(), WriterConfig::default());
+        node.runtime
+            .mutate(request("receive", receive(5)), RequestMeta::default())
+            .await
+            .unwrap();
+        node.runtime
+            .mutate(request("reserve", reserve("r1", 2, 300)), RequestMeta::default())
+            .await
+            .unwrap();
+        // Stop before the TTL runs out.
+        node.runtime.shutdown(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let node = start(dir.path(), config, WriterConfig::default());
+    // Nothing touches the position: only the durable timer can expire it.
+    let mut expired = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let journal = node.store.journal(&key().encode()).await.unwrap();
+        let last: LedgerEntry = decode(&journal.last().unwrap().1).unwrap();
+        if matches!(last.events.as_slice(), [Event::ReservationExpired { quantity: 2, .. }]) {
+            assert_eq!(journal.len(), 3, "expired exactly once");
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "the reservation did not expire after the restart");
+    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    assert_eq!(state.buckets.reserved, 0);
+    assert_eq!(state.reservation("r1").unwrap().state, ReservationState::Expired);
+    let commit = node
+        .runtime
+        .mutate(
+            request(
+                "commit",
+                Command::CommitReservation {
+                    reservation_id: "r1".into(),
+                    quantity: 0,
+                    order_ref: "o1".into(),
+                },
+            ),
+            RequestMeta::default(),
+        )
+        .await;
+    assert!(matches!(commit, Err(Error::FailedPrecondition(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queues_refuse_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        mailbox_capacity: 2,
+        ..RuntimeConfig::default()
+    };
+    let writer_config = WriterConfig {
+        commit_delay: Some(Duration::from_millis(200)),
+        ..WriterConfig::default()
+    };
+    let node = Arc::new(start(dir.path(), config, writer_config));
+    let mut tasks = Vec::new();
+    for index in 0..20 {
+        let node = Arc::clone(&node);
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = node
+                .runtime
+                .mutate(request(&format!("k{index}"), receive(1)), RequestMeta::default())
+                .await;
+            (result, started.elapsed())
+        }));
+    }
+    let mut refused = 0;
+    for task in tasks {
+        let (result, elapsed) = task.await.unwrap();
+        if let Err(Error::Overloaded { retry_after_ms, .. }) = result {
+            assert!(retry_after_ms > 0);
+            assert!(elapsed < Duration::from_millis(100), "refusal took {elapsed:?}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 20 refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actors_passivate_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        idle_timeout: Duration::from_millis(100),
+        snapshot_every: 3,
+        ..RuntimeConfig::default()
+    };
+    let node = start(dir.path(), config, WriterConfig::default());
+    for index in 0..5 {
+        node.runtime
+            .mutate(request(&format!("k{index}"), receive(1)), RequestMeta::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(node.runtime.active_actors(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(node.runtime.active_actors(), 0);
+    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    assert_eq!((state.version, state.buckets.on_hand), (5, 5));
+    let loaded = node.store.load(&key().encode()).await.unwrap();
+    assert_eq!(loaded.snapshot.map(|(version, _)| version), Some(3));
+    assert_eq!(loaded.journal_tail.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_deadlines_are_dropped_unapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), RuntimeConfig::default(), WriterConfig::default());
+    let meta = RequestMeta {
+        correlation_id: "c".into(),
+        deadline: Some(Instant::now()),
+    };
+    assert_eq!(
+        node.runtime.mutate(request("k", receive(1)), meta).await,
+        Err(Error::DeadlineExceeded)
+    );
+    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    assert_eq!(state.version, 0);
+}
