@@ -1,0 +1,272 @@
+//! Node configuration, layered: built-in defaults, then a TOML file
+//! (`--config`), then `SKULD_*` environment variables, then flags.
+//! `skuld config --dump` prints the effective result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Every server option. In the TOML file, keys are the field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (port 0 picks a free port).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for /metrics, /healthz and /readyz.
+    pub http_addr: SocketAddr,
+    /// When set, the bound addresses are written here as JSON once listening.
+    pub ports_file: Option<PathBuf>,
+    /// Commands queued per position at most.
+    pub mailbox_capacity: usize,
+    /// Requests in flight on the node at most.
+    pub max_in_flight: usize,
+    /// Reads are admitted only below this share (%) of max_in_flight.
+    pub read_admission_percent: usize,
+    /// Retry hint sent with RESOURCE_EXHAUSTED, in milliseconds.
+    pub retry_after_ms: u64,
+    /// Idle time after which a position actor stops, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Journal entries between snapshots of a position.
+    pub snapshot_every: u64,
+    /// TTL of a reservation that asks for none, in seconds.
+    pub default_reservation_ttl_secs: u64,
+    /// Longest reservation TTL or extension, in seconds.
+    pub max_reservation_ttl_secs: u64,
+    /// How long idempotency keys are remembered, in seconds (>= 24 h advised).
+    pub idempotency_retention_secs: u64,
+    /// How often due reservation timers are looked up, in milliseconds.
+    pub timer_scan_interval_ms: u64,
+    /// Writes waiting for the group commit at most.
+    pub writer_queue_capacity: usize,
+    /// Entity writes merged into one commit at most.
+    pub writer_max_batch: usize,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Time SIGTERM gives in-flight requests before the node stops, in seconds.
+    pub drain_timeout_secs: u64,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info,skuld=debug".
+    pub log_filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("skuld-data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ports_file: None,
+            mailbox_capacity: 1_024,
+            max_in_flight: 10_000,
+            read_admission_percent: 80,
+            retry_after_ms: 100,
+            idle_timeout_secs: 60,
+            snapshot_every: 200,
+            default_reservation_ttl_secs: 15 * 60,
+            max_reservation_ttl_secs: 4 * 60 * 60,
+            idempotency_retention_secs: 24 * 60 * 60,
+            timer_scan_interval_ms: 500,
+            writer_queue_capacity: 16_384,
+            writer_max_batch: 4_096,
+            max_message_bytes: 1024 * 1024,
+            drain_timeout_secs: 20,
+            log_format: "text".into(),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Flags and `SKULD_*` variables of `skuld serve`; each overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SKULD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "SKULD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "SKULD_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[arg(long, env = "SKULD_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long, env = "SKULD_PORTS_FILE")]
+    pub ports_file: Option<PathBuf>,
+    #[arg(long, env = "SKULD_MAILBOX_CAPACITY")]
+    pub mailbox_capacity: Option<usize>,
+    #[arg(long, env = "SKULD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    #[arg(long, env = "SKULD_READ_ADMISSION_PERCENT")]
+    pub read_admission_percent: Option<usize>,
+    #[arg(long, env = "SKULD_RETRY_AFTER_MS")]
+    pub retry_after_ms: Option<u64>,
+    #[arg(long, env = "SKULD_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    #[arg(long, env = "SKULD_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    #[arg(long, env = "SKULD_DEFAULT_RESERVATION_TTL_SECS")]
+    pub default_reservation_ttl_secs: Option<u64>,
+    #[arg(long, env = "SKULD_MAX_RESERVATION_TTL_SECS")]
+    pub max_reservation_ttl_secs: Option<u64>,
+    #[arg(long, env = "SKULD_IDEMPOTENCY_RETENTION_SECS")]
+    pub idempotency_retention_secs: Option<u64>,
+    #[arg(long, env = "SKULD_TIMER_SCAN_INTERVAL_MS")]
+    pub timer_scan_interval_ms: Option<u64>,
+    #[arg(long, env = "SKULD_WRITER_QUEUE_CAPACITY")]
+    pub writer_queue_capacity: Option<usize>,
+    #[arg(long, env = "SKULD_WRITER_MAX_BATCH")]
+    pub writer_max_batch: Option<usize>,
+    #[arg(long, env = "SKULD_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    #[arg(long, env = "SKULD_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    #[arg(long, env = "SKULD_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    #[arg(long, env = "SKULD_LOG", alias = "log-level")]
+    pub log_filter: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+macro_rules! overlay {
+    ($config:ident, $args:ident, $($field:ident),+) => {
+        $( if let Some(value) = $args.$field.clone() { $config.$field = value; } )+
+    };
+}
+
+impl Config {
+    /// Defaults, then the file, then environment and flags; then validation.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        overlay!(
+            config, args, data_dir, grpc_addr, http_addr, mailbox_capacity, max_in_flight,
+            read_admission_percent, retry_after_ms, idle_timeout_secs, snapshot_every,
+            default_reservation_ttl_secs, max_reservation_ttl_secs, idempotency_retention_secs,
+            timer_scan_interval_ms, writer_queue_capacity, writer_max_batch, max_message_bytes,
+            drain_timeout_secs, log_format, log_filter
+        );
+        if args.ports_file.is_some() {
+            config.ports_file = args.ports_file.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("mailbox_capacity", self.mailbox_capacity as u64),
+            ("max_in_flight", self.max_in_flight as u64),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("snapshot_every", self.snapshot_every),
+            ("default_reservation_ttl_secs", self.default_reservation_ttl_secs),
+            ("max_reservation_ttl_secs", self.max_reservation_ttl_secs),
+            ("timer_scan_interval_ms", self.timer_scan_interval_ms),
+            ("writer_queue_capacity", self.writer_queue_capacity as u64),
+            ("writer_max_batch", self.writer_max_batch as u64),
+            ("max_message_bytes", self.max_message_bytes as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+        }
+        if self.read_admission_percent == 0 || self.read_admission_percent > 100 {
+            return Err(ConfigError::Invalid("read_admission_percent must be 1 to 100".into()));
+        }
+        if self.default_reservation_ttl_secs > self.max_reservation_ttl_secs {
+            return Err(ConfigError::Invalid(
+                "default_reservation_ttl_secs must not exceed max_reservation_ttl_secs".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn runtime(&self) -> skuld_actors::runtime::RuntimeConfig {
+        skuld_actors::runtime::RuntimeConfig {
+            mailbox_capacity: self.mailbox_capacity,
+            max_in_flight: self.max_in_flight,
+            read_admission_percent: self.read_admission_percent,
+            retry_after: Duration::from_millis(self.retry_after_ms),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            snapshot_every: self.snapshot_every,
+            default_reservation_ttl: Duration::from_secs(self.default_reservation_ttl_secs),
+            max_reservation_ttl: Duration::from_secs(self.max_reservation_ttl_secs),
+            idempotency_retention: Duration::from_secs(self.idempotency_retention_secs),
+            timer_scan_interval: Duration::from_millis(self.timer_scan_interval_ms),
+        }
+    }
+
+    pub fn writer(&self) -> skuld_cluster::WriterConfig {
+        skuld_cluster::WriterConfig {
+            queue_capacity: self.writer_queue_capacity,
+            max_batch_entities: self.writer_max_batch,
+            // Test-only fault injection, deliberately not a documented option.
+            commit_delay: std::env::var("SKULD_FAILPOINT_COMMIT_DELAY_MS")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .map(Duration::from_millis),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skuld.toml");
+        std::fs::write(&path, "mailbox_capacity = 7\nmax_in_flight = 99\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            max_in_flight: Some(5),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.mailbox_capacity, 7);
+        assert_eq!(config.max_in_flight, 5);
+        assert_eq!(config.snapshot_every, Config::default().snapshot_every);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skuld.toml");
+        std::fs::write(&path, "mailbox_capacty = 7\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::load(&args), Err(ConfigError::Parse { .. })));
+        let args = ServeArgs {
+            mailbox_capacity: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,12 @@
+//! The skuld node: configuration, the gRPC API, the server and the CLI.
+//!
+//! `server::run(config, listeners, metrics, shutdown)` runs a node until the
+//! shutdown future resolves; `main` binds the ports and passes SIGTERM/SIGINT.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod convert;
+pub mod server;
+pub mod status;
+pub mod telemetry;

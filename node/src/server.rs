@@ -1,0 +1,178 @@
+//! The node: stores, runtime, gRPC and HTTP servers, and ordered shutdown.
+//!
+//! Shutdown order (on the `shutdown` future): gRPC health NOT_SERVING and
+//! /readyz 503 first, so load balancers stop sending; then the runtime stops
+//! admitting and waits for admitted requests; then the servers stop; last the
+//! group-commit writer flushes and the store closes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use skuld_actors::runtime::PositionRuntime;
+use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
+use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::InventoryApi;
+use crate::config::Config;
+
+/// The sockets the node serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+        Ok(Self { grpc, http })
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ready: Arc<AtomicBool>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// Runs a node until `shutdown` resolves, then drains and stops in order.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&config.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    );
+    let (writer, writer_task) = GroupCommitWriter::start(Arc::clone(&store), config.writer());
+    let runtime = Arc::new(PositionRuntime::start(
+        Arc::clone(&store),
+        writer,
+        config.runtime(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<InventoryServiceServer<InventoryApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(skuld_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let inventory = InventoryServiceServer::new(InventoryApi::new(Arc::clone(&runtime)))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
+
+    let (stop_servers, servers_stopped) = watch::channel(false);
+    let grpc_stop = wait_for(servers_stopped.clone());
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(inventory)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), grpc_stop),
+    );
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        ready: Arc::clone(&ready),
+        metrics,
+    };
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(http_state);
+    let http_stop = wait_for(servers_stopped);
+    let http = tokio::spawn(async move {
+        axum::serve(listeners.http, app)
+            .with_graceful_shutdown(http_stop)
+            .await
+    });
+
+    if let Some(path) = &config.ports_file {
+        write_ports_file(path, grpc_addr, http_addr)?;
+    }
+    ready.store(true, Ordering::Release);
+    metrics::gauge!("skuld_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "skuld node ready");
+
+    shutdown.await;
+    tracing::info!("shutdown requested: draining");
+    ready.store(false, Ordering::Release);
+    health
+        .set_not_serving::<InventoryServiceServer<InventoryApi>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    runtime
+        .shutdown(Duration::from_secs(config.drain_timeout_secs))
+        .await;
+    let _ = stop_servers.send(true);
+    if let Err(error) = grpc.await.context("gRPC server task failed")? {
+        tracing::warn!(%error, "gRPC server stopped with an error");
+    }
+    if let Err(error) = http.await.context("HTTP server task failed")? {
+        tracing::warn!(%error, "HTTP server stopped with an error");
+    }
+    // The writer ends once the last handle (held by the runtime) is gone and
+    // its queue is flushed.
+    drop(runtime);
+    if tokio::time::timeout(Duration::from_secs(10), writer_task).await.is_err() {
+        tracing::warn!("group-commit writer did not stop within 10 s");
+    }
+    tracing::info!("skuld node stopped");
+    Ok(())
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> (StatusCode, String) {
+    match &state.metrics {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n".into()),
+    }
+}
+
+/// Writes `{"grpc": ..., "http": ...}` atomically, for harnesses that bind
+/// port 0 and need to learn the ports.
+fn write_ports_file(path: &Path, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "grpc": grpc.to_string(), "http": http.to_string() });
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, body.to_string())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,98 @@
+//! The one place where domain errors become gRPC statuses.
+//!
+//! | error | status |
+//! |---|---|
+//! | InvalidArgument | INVALID_ARGUMENT |
+//! | Insufficient, NegativeBucket, VersionMismatch, ChangeFromMismatch, FailedPrecondition | FAILED_PRECONDITION (with google.rpc.PreconditionFailure) |
+//! | ReservationNotFound, CommitmentNotFound, PositionNotFound | NOT_FOUND |
+//! | IdempotencyKeyReused, ReservationExists | ALREADY_EXISTS |
+//! | Overloaded | RESOURCE_EXHAUSTED (google.rpc.RetryInfo and `retry-after-ms`) |
+//! | DeadlineExceeded | DEADLINE_EXCEEDED |
+//! | Unavailable | UNAVAILABLE (retry with the same idempotency key) |
+
+use std::time::Duration;
+
+use skuld_actors::Error;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Metadata key carrying the retry hint in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+fn precondition(kind: &str, subject: &str, error: &Error) -> Status {
+    let details = ErrorDetails::with_precondition_failure_violation(kind, subject, error.to_string());
+    Status::with_error_details(Code::FailedPrecondition, error.to_string(), details)
+}
+
+pub fn to_status(error: &Error) -> Status {
+    let message = error.to_string();
+    match error {
+        Error::InvalidArgument { field, reason } => {
+            let details = ErrorDetails::with_bad_request_violation(*field, reason.clone());
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        Error::Insufficient { .. } => precondition("INSUFFICIENT_AVAILABLE", "available", error),
+        Error::NegativeBucket { bucket, .. } => {
+            precondition("NEGATIVE_BUCKET", &bucket.to_string(), error)
+        }
+        Error::VersionMismatch { .. } => precondition("VERSION_MISMATCH", "expected_version", error),
+        Error::ChangeFromMismatch { bucket, .. } => {
+            precondition("CHANGE_FROM_MISMATCH", &bucket.to_string(), error)
+        }
+        Error::FailedPrecondition(_) => Status::failed_precondition(message),
+        Error::ReservationNotFound(_) | Error::CommitmentNotFound(_) | Error::PositionNotFound => {
+            Status::not_found(message)
+        }
+        Error::IdempotencyKeyReused(_) | Error::ReservationExists(_) => {
+            Status::already_exists(message)
+        }
+        Error::Overloaded { retry_after_ms, .. } => {
+            let details = ErrorDetails::with_retry_info(Some(Duration::from_millis(*retry_after_ms)));
+            let mut status =
+                Status::with_error_details(Code::ResourceExhausted, message, details);
+            if let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string()) {
+                status.metadata_mut().insert(RETRY_AFTER_MS, value);
+            }
+            status
+        }
+        Error::DeadlineExceeded => Status::deadline_exceeded(message),
+        Error::Unavailable(_) => Status::unavailable(message),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_carries_a_retry_hint() {
+        let status = to_status(&Error::Overloaded {
+            queue: "node",
+            retry_after_ms: 100,
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "100");
+        let retry = status.get_details_retry_info().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn refusals_map_to_their_codes() {
+        let insufficient = to_status(&Error::Insufficient {
+            requested: 3,
+            available: 1,
+        });
+        assert_eq!(insufficient.code(), Code::FailedPrecondition);
+        assert!(insufficient.message().contains("available 1"));
+        assert_eq!(
+            to_status(&Error::IdempotencyKeyReused("k".into())).code(),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            to_status(&Error::ReservationNotFound("r".into())).code(),
+            Code::NotFound
+        );
+    }
+}
