@@ -19,7 +19,11 @@ pub enum Error {
     VersionMismatch { expected: u64, current: u64 },
     /// `change_from` did not match the bucket's current value.
     #[error("change_from mismatch on {bucket}: expected {expected}, current {current}")]
-    ChangeFromMismatch { bucket: Bucket, expected: i64, current: i64 },
+    ChangeFromMismatch {
+        bucket: Bucket,
+        expected: i64,
+        current: i64,
+    },
     /// The position's state does not allow the command.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -35,7 +39,10 @@ pub enum Error {
     IdempotencyKeyReused(String),
     /// A bounded queue is full; retry after the hint.
     #[error("overloaded: {queue} queue is full")]
-    Overloaded { queue: &'static str, retry_after_ms: u64 },
+    Overloaded {
+        queue: &'static str,
+        retry_after_ms: u64,
+    },
     /// The caller's deadline passed before the command was applied.
     #[error("deadline exceeded before the command was applied; nothing changed")]
     DeadlineExceeded,

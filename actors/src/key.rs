@@ -17,7 +17,10 @@ pub fn validate_token(field: &'static str, value: &str) -> Result<(), Error> {
     if value.len() > MAX_TOKEN_BYTES {
         return Err(Error::invalid(
             field,
-            format!("is {} bytes; at most {MAX_TOKEN_BYTES} allowed", value.len()),
+            format!(
+                "is {} bytes; at most {MAX_TOKEN_BYTES} allowed",
+                value.len()
+            ),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -63,8 +66,9 @@ impl PositionKey {
     /// The storage key: a tag byte, then each part length-prefixed, so no
     /// two keys share an encoding whatever characters they contain.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes =
-            Vec::with_capacity(1 + 3 * 2 + self.tenant.len() + self.sku.len() + self.location.len());
+        let mut bytes = Vec::with_capacity(
+            1 + 3 * 2 + self.tenant.len() + self.sku.len() + self.location.len(),
+        );
         bytes.push(POSITION_TAG);
         for part in [&self.tenant, &self.sku, &self.location] {
             // Parts are validated to at most MAX_TOKEN_BYTES, so they fit a u16.

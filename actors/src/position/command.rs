@@ -113,7 +113,10 @@ fn reference(value: &str) -> Result<(), Error> {
     if value.len() > MAX_REFERENCE_BYTES {
         return Err(Error::invalid(
             "reference_document_uri",
-            format!("is {} bytes; at most {MAX_REFERENCE_BYTES} allowed", value.len()),
+            format!(
+                "is {} bytes; at most {MAX_REFERENCE_BYTES} allowed",
+                value.len()
+            ),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -180,7 +183,10 @@ impl Command {
                 ..
             } => {
                 if *on_hand < 0 {
-                    return Err(Error::invalid("on_hand", format!("must be >= 0, got {on_hand}")));
+                    return Err(Error::invalid(
+                        "on_hand",
+                        format!("must be >= 0, got {on_hand}"),
+                    ));
                 }
                 within_limit("on_hand", *on_hand)?;
                 if *counted_at_ms < 0 {
@@ -207,7 +213,10 @@ impl Command {
                     ));
                 }
                 if *to == Bucket::Incoming {
-                    return Err(Error::invalid("to_bucket", "stock cannot move into incoming"));
+                    return Err(Error::invalid(
+                        "to_bucket",
+                        "stock cannot move into incoming",
+                    ));
                 }
                 if from == to {
                     return Err(Error::invalid("to_bucket", "must differ from from_bucket"));
@@ -286,8 +295,11 @@ impl MutationRequest {
     /// carry the same fingerprint.
     pub fn fingerprint(&self) -> u128 {
         let config = bincode::config::standard();
-        let bytes = bincode::serde::encode_to_vec((&self.key, self.expected_version, &self.command), config)
-            .unwrap_or_default();
+        let bytes = bincode::serde::encode_to_vec(
+            (&self.key, self.expected_version, &self.command),
+            config,
+        )
+        .unwrap_or_default();
         xxhash_rust::xxh3::xxh3_128(&bytes)
     }
 }

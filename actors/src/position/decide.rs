@@ -273,7 +273,11 @@ pub fn decide(
     }
 }
 
-fn check_change_from(buckets: &Buckets, bucket: Bucket, expected: Option<i64>) -> Result<(), Error> {
+fn check_change_from(
+    buckets: &Buckets,
+    bucket: Bucket,
+    expected: Option<i64>,
+) -> Result<(), Error> {
     match expected {
         Some(expected) if buckets.get(bucket) != expected => Err(Error::ChangeFromMismatch {
             bucket,
@@ -292,7 +296,8 @@ fn active_reservation<'s>(
     let reservation = state
         .reservation(reservation_id)
         .ok_or_else(|| Error::ReservationNotFound(reservation_id.to_owned()))?;
-    if reservation.state == ReservationState::Active && reservation.expires_at_ms <= context.now_ms {
+    if reservation.state == ReservationState::Active && reservation.expires_at_ms <= context.now_ms
+    {
         return Err(Error::FailedPrecondition(format!(
             "reservation {reservation_id:?} expired at {} ms",
             reservation.expires_at_ms
@@ -393,7 +398,8 @@ fn apply_to_buckets(buckets: &mut Buckets, event: &Event) {
         }
         Event::ReservationCreated { reservation } => buckets.reserved += reservation.quantity,
         Event::ReservationExtended { .. } => {}
-        Event::ReservationReleased { quantity, .. } | Event::ReservationExpired { quantity, .. } => {
+        Event::ReservationReleased { quantity, .. }
+        | Event::ReservationExpired { quantity, .. } => {
             buckets.reserved -= quantity;
         }
         Event::ReservationCommitted { quantity, .. } => {

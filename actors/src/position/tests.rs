@@ -25,7 +25,11 @@ fn owner() -> Owner {
 
 /// Decides and, when accepted, applies: what the actor does, minus I/O.
 /// Returns the journal entry written, if any.
-fn run(state: &mut PositionState, command: &Command, now_ms: i64) -> Result<Option<LedgerEntry>, Error> {
+fn run(
+    state: &mut PositionState,
+    command: &Command,
+    now_ms: i64,
+) -> Result<Option<LedgerEntry>, Error> {
     let decision = decide(state, None, command, &context(now_ms))?;
     if decision.events.is_empty() {
         return Ok(None);
@@ -83,7 +87,10 @@ fn reserve_commit_fulfil_moves_stock_through_the_buckets() {
     assert_eq!((state.buckets.reserved, state.buckets.available()), (3, 7));
     run(&mut state, &commit("r1", 0, "o1"), 2).unwrap();
     assert_eq!((state.buckets.reserved, state.buckets.committed), (0, 3));
-    assert_eq!(state.reservation("r1").unwrap().state, ReservationState::Committed);
+    assert_eq!(
+        state.reservation("r1").unwrap().state,
+        ReservationState::Committed
+    );
     run(
         &mut state,
         &Command::Fulfill {
@@ -127,7 +134,9 @@ fn commit_after_expiry_fails_and_expiry_ends_the_reservation_once() {
     ));
     let first = run(&mut state, &Command::ExpireDue, expiry).unwrap();
     assert_eq!(first.unwrap().events.len(), 1);
-    assert!(run(&mut state, &Command::ExpireDue, expiry + 1).unwrap().is_none());
+    assert!(run(&mut state, &Command::ExpireDue, expiry + 1)
+        .unwrap()
+        .is_none());
     assert_eq!(state.buckets.reserved, 0);
     // Releasing an expired reservation is an accepted no-op.
     assert!(run(
@@ -232,15 +241,17 @@ fn id(prefix: &'static str) -> impl Strategy<Value = String> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (bucket(), -20i64..40, proptest::option::of(0i64..20)).prop_map(|(bucket, delta, change_from)| {
-            Command::Adjust {
-                bucket,
-                delta,
-                reason: AdjustmentReason::Correction,
-                change_from,
-                reference: String::new(),
+        (bucket(), -20i64..40, proptest::option::of(0i64..20)).prop_map(
+            |(bucket, delta, change_from)| {
+                Command::Adjust {
+                    bucket,
+                    delta,
+                    reason: AdjustmentReason::Correction,
+                    change_from,
+                    reference: String::new(),
+                }
             }
-        }),
+        ),
         (-2i64..60, 0i64..200).prop_map(|(on_hand, counted_at_ms)| Command::SetOnHand {
             on_hand,
             reason: AdjustmentReason::CycleCount,
@@ -314,7 +325,10 @@ fn check_invariants(state: &PositionState) -> Result<(), TestCaseError> {
     prop_assert_eq!(held, b.reserved);
     let committed: i64 = state.commitments.values().sum();
     prop_assert_eq!(committed, b.committed);
-    prop_assert!(state.reservations.values().all(|r| r.quantity > 0 && r.state == ReservationState::Active));
+    prop_assert!(state
+        .reservations
+        .values()
+        .all(|r| r.quantity > 0 && r.state == ReservationState::Active));
     prop_assert!(state.commitments.values().all(|q| *q > 0));
     prop_assert!(state.ended.len() == state.ended_order.len());
     Ok(())

@@ -108,7 +108,9 @@ impl Actor for PositionActor {
                         .remove_if(&state.key, |_, current| Arc::ptr_eq(current, &state.slot));
                     myself.stop(None);
                 } else {
-                    let wait = idle_timeout.saturating_sub(idle).max(Duration::from_millis(100));
+                    let wait = idle_timeout
+                        .saturating_sub(idle)
+                        .max(Duration::from_millis(100));
                     myself.send_after(wait, || PositionMsg::IdleCheck);
                 }
             }
@@ -128,7 +130,8 @@ impl ActorState {
         let config = &self.shared.config;
         Context {
             now_ms: now_ms(),
-            default_ttl_ms: i64::try_from(config.default_reservation_ttl.as_millis()).unwrap_or(i64::MAX),
+            default_ttl_ms: i64::try_from(config.default_reservation_ttl.as_millis())
+                .unwrap_or(i64::MAX),
             max_ttl_ms: i64::try_from(config.max_reservation_ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }
@@ -196,7 +199,8 @@ impl ActorState {
         match result {
             Ok(()) => {
                 if let Some(timer) = next_timer {
-                    self.timer_written = Some(timer.map(|due| i64::try_from(due).unwrap_or(i64::MAX)));
+                    self.timer_written =
+                        Some(timer.map(|due| i64::try_from(due).unwrap_or(i64::MAX)));
                 }
                 if let Some(version) = snapshot_version {
                     self.snapshot_version = version;
@@ -270,10 +274,21 @@ impl ActorState {
         };
 
         // Expire what is due before anything else sees the position.
-        if position.next_expiry_ms().is_some_and(|due| due <= context.now_ms) {
-            let expired = decide(position, None, &Command::ExpireDue, &context).and_then(|decision| {
-                append(position, &mut write, decision.events, None, "timer", context.now_ms)
-            });
+        if position
+            .next_expiry_ms()
+            .is_some_and(|due| due <= context.now_ms)
+        {
+            let expired =
+                decide(position, None, &Command::ExpireDue, &context).and_then(|decision| {
+                    append(
+                        position,
+                        &mut write,
+                        decision.events,
+                        None,
+                        "timer",
+                        context.now_ms,
+                    )
+                });
             if let Err(error) = expired {
                 tracing::error!(key = %self.key, %error, "reservation expiry failed");
             }
@@ -297,38 +312,43 @@ impl ActorState {
                         })
                     }
                     Some(_) => Err(Error::IdempotencyKeyReused(request.idempotency_key.clone())),
-                    None => decide(position, request.expected_version, &request.command, &context)
-                        .and_then(|decision| {
-                            append(
-                                position,
-                                &mut write,
-                                decision.events,
-                                Some(request.idempotency_key.clone()),
-                                &envelope.correlation_id,
-                                context.now_ms,
-                            )?;
-                            let reply = MutationReply {
-                                version: position.version,
-                                buckets: position.buckets,
-                                reservation: decision
-                                    .reservation_id
-                                    .and_then(|id| position.reservation(&id).cloned()),
-                                granted_quantity: decision.granted_quantity,
-                            };
-                            let record = IdempotencyRecord {
-                                key: request.idempotency_key.clone(),
-                                fingerprint: *fingerprint,
-                                reply: encode(&reply)?,
-                                recorded_at_ms: u64::try_from(context.now_ms).unwrap_or(0),
-                            };
-                            // A duplicate later in this same drain replays it.
-                            stored.insert(record.key.clone(), record.clone());
-                            write.idempotency.push(record);
-                            Ok(Outcome::Mutated(Mutated {
-                                reply,
-                                replayed: false,
-                            }))
-                        }),
+                    None => decide(
+                        position,
+                        request.expected_version,
+                        &request.command,
+                        &context,
+                    )
+                    .and_then(|decision| {
+                        append(
+                            position,
+                            &mut write,
+                            decision.events,
+                            Some(request.idempotency_key.clone()),
+                            &envelope.correlation_id,
+                            context.now_ms,
+                        )?;
+                        let reply = MutationReply {
+                            version: position.version,
+                            buckets: position.buckets,
+                            reservation: decision
+                                .reservation_id
+                                .and_then(|id| position.reservation(&id).cloned()),
+                            granted_quantity: decision.granted_quantity,
+                        };
+                        let record = IdempotencyRecord {
+                            key: request.idempotency_key.clone(),
+                            fingerprint: *fingerprint,
+                            reply: encode(&reply)?,
+                            recorded_at_ms: u64::try_from(context.now_ms).unwrap_or(0),
+                        };
+                        // A duplicate later in this same drain replays it.
+                        stored.insert(record.key.clone(), record.clone());
+                        write.idempotency.push(record);
+                        Ok(Outcome::Mutated(Mutated {
+                            reply,
+                            replayed: false,
+                        }))
+                    }),
                 },
             };
             replies.push(PendingReply { envelope, result });

@@ -90,6 +90,8 @@ pub struct Mutated {
     pub replayed: bool,
 }
 
+// Nearly every envelope is a mutation: boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Work {
     Mutate {
         request: MutationRequest,
@@ -156,7 +158,9 @@ impl Drop for Admission<'_> {
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 impl Shared {
@@ -214,7 +218,8 @@ impl Shared {
                 Push::Full(_) => return Err(self.overloaded("position")),
                 Push::Closed(returned) => {
                     // The actor passivated; forget it and start a new one.
-                    self.actors.remove_if(key, |_, current| Arc::ptr_eq(current, &slot));
+                    self.actors
+                        .remove_if(key, |_, current| Arc::ptr_eq(current, &slot));
                     envelope = returned;
                 }
             }
@@ -266,7 +271,8 @@ impl Shared {
         for envelope in slot.mailbox.close() {
             envelope.answer(Err(Error::Unavailable(why.to_owned())));
         }
-        self.actors.remove_if(key, |_, current| Arc::ptr_eq(current, slot));
+        self.actors
+            .remove_if(key, |_, current| Arc::ptr_eq(current, slot));
     }
 }
 
@@ -301,17 +307,30 @@ impl PositionRuntime {
     }
 
     /// Applies a mutation; returns once it is durable.
-    pub async fn mutate(&self, request: MutationRequest, meta: RequestMeta) -> Result<Mutated, Error> {
+    pub async fn mutate(
+        &self,
+        request: MutationRequest,
+        meta: RequestMeta,
+    ) -> Result<Mutated, Error> {
         request.validate()?;
         let _admission = self.shared.admit(Priority::Write)?;
         let key = request.key.clone();
         let fingerprint = request.fingerprint();
         let outcome = self
-            .dispatch(&key, Work::Mutate { request, fingerprint }, meta)
+            .dispatch(
+                &key,
+                Work::Mutate {
+                    request,
+                    fingerprint,
+                },
+                meta,
+            )
             .await?;
         match outcome {
             Outcome::Mutated(mutated) => Ok(mutated),
-            Outcome::Read(_) => Err(Error::Unavailable("unexpected reply from position actor".into())),
+            Outcome::Read(_) => Err(Error::Unavailable(
+                "unexpected reply from position actor".into(),
+            )),
         }
     }
 
@@ -320,12 +339,22 @@ impl PositionRuntime {
         let _admission = self.shared.admit(Priority::Read)?;
         match self.dispatch(key, Work::Read, meta).await? {
             Outcome::Read(state) => Ok(state),
-            Outcome::Mutated(_) => Err(Error::Unavailable("unexpected reply from position actor".into())),
+            Outcome::Mutated(_) => Err(Error::Unavailable(
+                "unexpected reply from position actor".into(),
+            )),
         }
     }
 
-    async fn dispatch(&self, key: &PositionKey, work: Work, meta: RequestMeta) -> Result<Outcome, Error> {
-        if meta.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+    async fn dispatch(
+        &self,
+        key: &PositionKey,
+        work: Work,
+        meta: RequestMeta,
+    ) -> Result<Outcome, Error> {
+        if meta
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
             return Err(Error::DeadlineExceeded);
         }
         let (reply, answer) = oneshot::channel();
@@ -424,7 +453,8 @@ async fn scan_timers(shared: Arc<Shared>) {
 async fn purge_idempotency(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut interval = tokio::time::interval(Duration::from_secs(60));
-    let retention_ms = i64::try_from(shared.config.idempotency_retention.as_millis()).unwrap_or(i64::MAX);
+    let retention_ms =
+        i64::try_from(shared.config.idempotency_retention.as_millis()).unwrap_or(i64::MAX);
     const PURGE_CHUNK: usize = 10_000;
     loop {
         tokio::select! {

@@ -76,7 +76,11 @@ fn reserve(id: &str, quantity: i64, ttl_ms: i64) -> Command {
 async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let node = start(dir.path(), RuntimeConfig::default(), WriterConfig::default());
+        let node = start(
+            dir.path(),
+            RuntimeConfig::default(),
+            WriterConfig::default(),
+        );
         let first = node
             .runtime
             .mutate(request("receive-1", receive(10)), RequestMeta::default())
@@ -96,29 +100,54 @@ async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
             .await;
         assert_eq!(reused, Err(Error::IdempotencyKeyReused("receive-1".into())));
         node.runtime
-            .mutate(request("reserve-1", reserve("r1", 4, 0)), RequestMeta::default())
+            .mutate(
+                request("reserve-1", reserve("r1", 4, 0)),
+                RequestMeta::default(),
+            )
             .await
             .unwrap();
         node.runtime.shutdown(Duration::from_secs(1)).await;
     }
-    let node = start(dir.path(), RuntimeConfig::default(), WriterConfig::default());
-    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    let node = start(
+        dir.path(),
+        RuntimeConfig::default(),
+        WriterConfig::default(),
+    );
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
     assert_eq!(state.version, 2);
     assert_eq!((state.buckets.on_hand, state.buckets.reserved), (10, 4));
     // The retry after the restart still replays and changes nothing.
     let retry = node
         .runtime
-        .mutate(request("reserve-1", reserve("r1", 4, 0)), RequestMeta::default())
+        .mutate(
+            request("reserve-1", reserve("r1", 4, 0)),
+            RequestMeta::default(),
+        )
         .await
         .unwrap();
     assert!(retry.replayed);
-    assert_eq!(node.runtime.read(&key(), RequestMeta::default()).await.unwrap().version, 2);
+    assert_eq!(
+        node.runtime
+            .read(&key(), RequestMeta::default())
+            .await
+            .unwrap()
+            .version,
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commands_on_one_position_never_oversell() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Arc::new(start(dir.path(), RuntimeConfig::default(), WriterConfig::default()));
+    let node = Arc::new(start(
+        dir.path(),
+        RuntimeConfig::default(),
+        WriterConfig::default(),
+    ));
     node.runtime
         .mutate(request("receive", receive(100)), RequestMeta::default())
         .await
@@ -129,7 +158,10 @@ async fn concurrent_commands_on_one_position_never_oversell() {
         tasks.push(tokio::spawn(async move {
             node.runtime
                 .mutate(
-                    request(&format!("reserve-{index}"), reserve(&format!("r{index}"), 1, 0)),
+                    request(
+                        &format!("reserve-{index}"),
+                        reserve(&format!("r{index}"), 1, 0),
+                    ),
                     RequestMeta::default(),
                 )
                 .await
@@ -144,8 +176,15 @@ async fn concurrent_commands_on_one_position_never_oversell() {
         }
     }
     assert_eq!(granted, 100);
-    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
-    assert_eq!((state.buckets.reserved, state.buckets.available()), (100, 0));
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (state.buckets.reserved, state.buckets.available()),
+        (100, 0)
+    );
     assert_eq!(state.version, 101);
 }
 
@@ -163,7 +202,10 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
             .await
             .unwrap();
         node.runtime
-            .mutate(request("reserve", reserve("r1", 2, 300)), RequestMeta::default())
+            .mutate(
+                request("reserve", reserve("r1", 2, 300)),
+                RequestMeta::default(),
+            )
             .await
             .unwrap();
         // Stop before the TTL runs out.
@@ -177,16 +219,26 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
         tokio::time::sleep(Duration::from_millis(50)).await;
         let journal = node.store.journal(&key().encode()).await.unwrap();
         let last: LedgerEntry = decode(&journal.last().unwrap().1).unwrap();
-        if matches!(last.events.as_slice(), [Event::ReservationExpired { quantity: 2, .. }]) {
+        if matches!(
+            last.events.as_slice(),
+            [Event::ReservationExpired { quantity: 2, .. }]
+        ) {
             assert_eq!(journal.len(), 3, "expired exactly once");
             expired = true;
             break;
         }
     }
     assert!(expired, "the reservation did not expire after the restart");
-    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
     assert_eq!(state.buckets.reserved, 0);
-    assert_eq!(state.reservation("r1").unwrap().state, ReservationState::Expired);
+    assert_eq!(
+        state.reservation("r1").unwrap().state,
+        ReservationState::Expired
+    );
     let commit = node
         .runtime
         .mutate(
@@ -223,7 +275,10 @@ async fn full_queues_refuse_at_once() {
             let started = Instant::now();
             let result = node
                 .runtime
-                .mutate(request(&format!("k{index}"), receive(1)), RequestMeta::default())
+                .mutate(
+                    request(&format!("k{index}"), receive(1)),
+                    RequestMeta::default(),
+                )
                 .await;
             (result, started.elapsed())
         }));
@@ -233,7 +288,10 @@ async fn full_queues_refuse_at_once() {
         let (result, elapsed) = task.await.unwrap();
         if let Err(Error::Overloaded { retry_after_ms, .. }) = result {
             assert!(retry_after_ms > 0);
-            assert!(elapsed < Duration::from_millis(100), "refusal took {elapsed:?}");
+            assert!(
+                elapsed < Duration::from_millis(100),
+                "refusal took {elapsed:?}"
+            );
             refused += 1;
         }
     }
@@ -251,14 +309,21 @@ async fn idle_actors_passivate_and_reload() {
     let node = start(dir.path(), config, WriterConfig::default());
     for index in 0..5 {
         node.runtime
-            .mutate(request(&format!("k{index}"), receive(1)), RequestMeta::default())
+            .mutate(
+                request(&format!("k{index}"), receive(1)),
+                RequestMeta::default(),
+            )
             .await
             .unwrap();
     }
     assert_eq!(node.runtime.active_actors(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(node.runtime.active_actors(), 0);
-    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
     assert_eq!((state.version, state.buckets.on_hand), (5, 5));
     let loaded = node.store.load(&key().encode()).await.unwrap();
     assert_eq!(loaded.snapshot.map(|(version, _)| version), Some(3));
@@ -268,7 +333,11 @@ async fn idle_actors_passivate_and_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadlines_are_dropped_unapplied() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), RuntimeConfig::default(), WriterConfig::default());
+    let node = start(
+        dir.path(),
+        RuntimeConfig::default(),
+        WriterConfig::default(),
+    );
     let meta = RequestMeta {
         correlation_id: "c".into(),
         deadline: Some(Instant::now()),
@@ -277,6 +346,10 @@ async fn expired_deadlines_are_dropped_unapplied() {
         node.runtime.mutate(request("k", receive(1)), meta).await,
         Err(Error::DeadlineExceeded)
     );
-    let state = node.runtime.read(&key(), RequestMeta::default()).await.unwrap();
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
     assert_eq!(state.version, 0);
 }

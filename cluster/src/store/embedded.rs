@@ -20,9 +20,10 @@ use super::{IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
 const JOURNAL: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("journal");
 /// entity -> (sequence, encoded snapshot).
 const SNAPSHOTS: TableDefinition<&[u8], (u64, &[u8])> = TableDefinition::new("snapshots");
-/// (entity, idempotency key) -> (fingerprint, recorded_at_ms, encoded reply).
-const IDEMPOTENCY: TableDefinition<(&[u8], &str), (u128, u64, &[u8])> =
-    TableDefinition::new("idempotency");
+/// (fingerprint, recorded_at_ms, encoded reply).
+type StoredReply<'a> = (u128, u64, &'a [u8]);
+/// (entity, idempotency key) -> the stored reply.
+const IDEMPOTENCY: TableDefinition<(&[u8], &str), StoredReply> = TableDefinition::new("idempotency");
 /// (recorded_at_ms, entity, idempotency key) -> (); the purge index.
 const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &[u8], &str), ()> =
     TableDefinition::new("idempotency_by_time");
@@ -48,7 +49,8 @@ impl EmbeddedStore {
             txn.open_table(JOURNAL).map_err(StoreError::backend)?;
             txn.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
             txn.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
-            txn.open_table(IDEMPOTENCY_BY_TIME).map_err(StoreError::backend)?;
+            txn.open_table(IDEMPOTENCY_BY_TIME)
+                .map_err(StoreError::backend)?;
             txn.open_table(TIMERS).map_err(StoreError::backend)?;
             txn.open_table(TIMERS_BY_DUE).map_err(StoreError::backend)?;
         }
@@ -74,8 +76,9 @@ fn commit_batch(db: &Database, batch: WriteBatch) -> Result<(), StoreError> {
         let mut journal = txn.open_table(JOURNAL).map_err(StoreError::backend)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
-        let mut idempotency_by_time =
-            txn.open_table(IDEMPOTENCY_BY_TIME).map_err(StoreError::backend)?;
+        let mut idempotency_by_time = txn
+            .open_table(IDEMPOTENCY_BY_TIME)
+            .map_err(StoreError::backend)?;
         let mut timers = txn.open_table(TIMERS).map_err(StoreError::backend)?;
         let mut timers_by_due = txn.open_table(TIMERS_BY_DUE).map_err(StoreError::backend)?;
         for entity in &batch.entities {
@@ -94,7 +97,11 @@ fn commit_batch(db: &Database, batch: WriteBatch) -> Result<(), StoreError> {
                 idempotency
                     .insert(
                         (key, record.key.as_str()),
-                        (record.fingerprint, record.recorded_at_ms, record.reply.as_slice()),
+                        (
+                            record.fingerprint,
+                            record.recorded_at_ms,
+                            record.reply.as_slice(),
+                        ),
                     )
                     .map_err(StoreError::backend)?;
                 idempotency_by_time
@@ -102,7 +109,10 @@ fn commit_batch(db: &Database, batch: WriteBatch) -> Result<(), StoreError> {
                     .map_err(StoreError::backend)?;
             }
             if let Some(timer) = entity.timer {
-                let previous = timers.get(key).map_err(StoreError::backend)?.map(|due| due.value());
+                let previous = timers
+                    .get(key)
+                    .map_err(StoreError::backend)?
+                    .map(|due| due.value());
                 if let Some(previous_due) = previous {
                     timers_by_due
                         .remove((previous_due, key))
@@ -222,7 +232,9 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(StoreError::backend)?;
             let purged;
             {
-                let mut by_time = txn.open_table(IDEMPOTENCY_BY_TIME).map_err(StoreError::backend)?;
+                let mut by_time = txn
+                    .open_table(IDEMPOTENCY_BY_TIME)
+                    .map_err(StoreError::backend)?;
                 let mut records = txn.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
                 let empty: &[u8] = &[];
                 let mut expired: Vec<(u64, Vec<u8>, String)> = Vec::new();

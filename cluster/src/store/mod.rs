@@ -105,7 +105,11 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
 
     /// Entities whose timer is due at `now_ms` or earlier, earliest first.
-    async fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, StoreError>;
+    async fn due_timers(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError>;
 
     /// Deletes idempotency records recorded before `before_ms`; returns how many.
     async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
