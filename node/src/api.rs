@@ -49,12 +49,15 @@ impl InventoryApi {
             deadline: grpc_timeout(request.metadata()).map(|timeout| started + timeout),
         };
         let span = tracing::info_span!("rpc", method, correlation_id = %correlation_id);
-        let result = handler(request.into_inner(), meta).instrument(span.clone()).await;
+        let result = handler(request.into_inner(), meta)
+            .instrument(span.clone())
+            .await;
         let code = match &result {
             Ok(_) => "OK",
             Err(error) => code_name(error),
         };
-        metrics::counter!("skuld_grpc_requests_total", "method" => method, "code" => code).increment(1);
+        metrics::counter!("skuld_grpc_requests_total", "method" => method, "code" => code)
+            .increment(1);
         metrics::histogram!("skuld_grpc_request_duration_seconds", "method" => method)
             .record(started.elapsed().as_secs_f64());
         let echo = MetadataValue::try_from(correlation_id.as_str()).ok();
@@ -80,7 +83,11 @@ impl InventoryApi {
         }
     }
 
-    async fn mutate(&self, request: MutationRequest, meta: RequestMeta) -> Result<pb::MutationResponse, Error> {
+    async fn mutate(
+        &self,
+        request: MutationRequest,
+        meta: RequestMeta,
+    ) -> Result<pb::MutationResponse, Error> {
         let key = request.key.clone();
         let mutated = self.runtime.mutate(request, meta).await?;
         Ok(convert::mutation_response(&key, &mutated))
@@ -157,21 +164,30 @@ impl InventoryService for InventoryApi {
         .await
     }
 
-    async fn extend_reservation(&self, request: Request<pb::ExtendReservationRequest>) -> MutationResult {
+    async fn extend_reservation(
+        &self,
+        request: Request<pb::ExtendReservationRequest>,
+    ) -> MutationResult {
         self.serve("ExtendReservation", request, |message, meta| async move {
             self.mutate(convert::extend(message)?, meta).await
         })
         .await
     }
 
-    async fn release_reservation(&self, request: Request<pb::ReleaseReservationRequest>) -> MutationResult {
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> MutationResult {
         self.serve("ReleaseReservation", request, |message, meta| async move {
             self.mutate(convert::release(message)?, meta).await
         })
         .await
     }
 
-    async fn commit_reservation(&self, request: Request<pb::CommitReservationRequest>) -> MutationResult {
+    async fn commit_reservation(
+        &self,
+        request: Request<pb::CommitReservationRequest>,
+    ) -> MutationResult {
         self.serve("CommitReservation", request, |message, meta| async move {
             self.mutate(convert::commit(message)?, meta).await
         })
@@ -185,13 +201,16 @@ impl InventoryService for InventoryApi {
         .await
     }
 
-    async fn cancel_commitment(&self, request: Request<pb::CancelCommitmentRequest>) -> MutationResult {
+    async fn cancel_commitment(
+        &self,
+        request: Request<pb::CancelCommitmentRequest>,
+    ) -> MutationResult {
         self.serve("CancelCommitment", request, |message, meta| async move {
-            self.mutate(convert::cancel_commitment(message)?, meta).await
+            self.mutate(convert::cancel_commitment(message)?, meta)
+                .await
         })
         .await
     }
-
 
     async fn get_position(
         &self,

@@ -132,9 +132,15 @@ pub struct ServeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -153,11 +159,27 @@ impl Config {
             None => Self::default(),
         };
         overlay!(
-            config, args, data_dir, grpc_addr, http_addr, mailbox_capacity, max_in_flight,
-            read_admission_percent, retry_after_ms, idle_timeout_secs, snapshot_every,
-            default_reservation_ttl_secs, max_reservation_ttl_secs, idempotency_retention_secs,
-            timer_scan_interval_ms, writer_queue_capacity, writer_max_batch, max_message_bytes,
-            drain_timeout_secs, log_format, log_filter
+            config,
+            args,
+            data_dir,
+            grpc_addr,
+            http_addr,
+            mailbox_capacity,
+            max_in_flight,
+            read_admission_percent,
+            retry_after_ms,
+            idle_timeout_secs,
+            snapshot_every,
+            default_reservation_ttl_secs,
+            max_reservation_ttl_secs,
+            idempotency_retention_secs,
+            timer_scan_interval_ms,
+            writer_queue_capacity,
+            writer_max_batch,
+            max_message_bytes,
+            drain_timeout_secs,
+            log_format,
+            log_filter
         );
         if args.ports_file.is_some() {
             config.ports_file = args.ports_file.clone();
@@ -183,7 +205,10 @@ impl Config {
             ("max_in_flight", self.max_in_flight as u64),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("snapshot_every", self.snapshot_every),
-            ("default_reservation_ttl_secs", self.default_reservation_ttl_secs),
+            (
+                "default_reservation_ttl_secs",
+                self.default_reservation_ttl_secs,
+            ),
             ("max_reservation_ttl_secs", self.max_reservation_ttl_secs),
             ("timer_scan_interval_ms", self.timer_scan_interval_ms),
             ("writer_queue_capacity", self.writer_queue_capacity as u64),
@@ -191,10 +216,14 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be greater than 0"
+            )));
         }
         if self.read_admission_percent == 0 || self.read_admission_percent > 100 {
-            return Err(ConfigError::Invalid("read_admission_percent must be 1 to 100".into()));
+            return Err(ConfigError::Invalid(
+                "read_admission_percent must be 1 to 100".into(),
+            ));
         }
         if self.default_reservation_ttl_secs > self.max_reservation_ttl_secs {
             return Err(ConfigError::Invalid(
@@ -262,7 +291,10 @@ mod tests {
             config: Some(path),
             ..ServeArgs::default()
         };
-        assert!(matches!(Config::load(&args), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::load(&args),
+            Err(ConfigError::Parse { .. })
+        ));
         let args = ServeArgs {
             mailbox_capacity: Some(0),
             ..ServeArgs::default()

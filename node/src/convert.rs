@@ -31,7 +31,10 @@ fn header(header: Option<pb::MutationHeader>) -> Result<(PositionKey, String, Op
     ))
 }
 
-fn request(header_fields: Option<pb::MutationHeader>, command: Command) -> Result<MutationRequest, Error> {
+fn request(
+    header_fields: Option<pb::MutationHeader>,
+    command: Command,
+) -> Result<MutationRequest, Error> {
     let (key, idempotency_key, expected_version) = header(header_fields)?;
     let request = MutationRequest {
         key,
@@ -61,7 +64,9 @@ fn bucket(field: &'static str, value: i32) -> Result<Bucket, Error> {
 /// An unspecified reason is recorded as OTHER; an unknown value is refused.
 fn reason(value: i32) -> Result<AdjustmentReason, Error> {
     match pb::AdjustmentReason::try_from(value) {
-        Ok(pb::AdjustmentReason::Unspecified | pb::AdjustmentReason::Other) => Ok(AdjustmentReason::Other),
+        Ok(pb::AdjustmentReason::Unspecified | pb::AdjustmentReason::Other) => {
+            Ok(AdjustmentReason::Other)
+        }
         Ok(pb::AdjustmentReason::Receipt) => Ok(AdjustmentReason::Receipt),
         Ok(pb::AdjustmentReason::Sale) => Ok(AdjustmentReason::Sale),
         Ok(pb::AdjustmentReason::CycleCount) => Ok(AdjustmentReason::CycleCount),
@@ -85,7 +90,12 @@ fn owner(owner: Option<pb::ReservationOwner>) -> Result<Owner, Error> {
         Ok(pb::OwnerType::Draft) => OwnerType::Draft,
         Ok(pb::OwnerType::Manual) => OwnerType::Manual,
         Ok(pb::OwnerType::Unspecified) => return Err(invalid("owner.type", "must be set")),
-        Err(_) => return Err(invalid("owner.type", format!("unknown owner type {}", owner.r#type))),
+        Err(_) => {
+            return Err(invalid(
+                "owner.type",
+                format!("unknown owner type {}", owner.r#type),
+            ))
+        }
     };
     Ok(Owner {
         kind,
@@ -209,7 +219,10 @@ pub fn availability_keys(message: pb::GetAvailabilityRequest) -> Result<Vec<Posi
     if message.locations.len() > MAX_AVAILABILITY_LOCATIONS {
         return Err(invalid(
             "locations",
-            format!("at most {MAX_AVAILABILITY_LOCATIONS} per request, got {}", message.locations.len()),
+            format!(
+                "at most {MAX_AVAILABILITY_LOCATIONS} per request, got {}",
+                message.locations.len()
+            ),
         ));
     }
     let mut keys: Vec<PositionKey> = Vec::with_capacity(message.locations.len());

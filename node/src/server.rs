@@ -141,7 +141,10 @@ pub async fn run(
     // The writer ends once the last handle (held by the runtime) is gone and
     // its queue is flushed.
     drop(runtime);
-    if tokio::time::timeout(Duration::from_secs(10), writer_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), writer_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("group-commit writer did not stop within 10 s");
     }
     tracing::info!("skuld node stopped");

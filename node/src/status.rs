@@ -21,7 +21,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 fn precondition(kind: &str, subject: &str, error: &Error) -> Status {
-    let details = ErrorDetails::with_precondition_failure_violation(kind, subject, error.to_string());
+    let details =
+        ErrorDetails::with_precondition_failure_violation(kind, subject, error.to_string());
     Status::with_error_details(Code::FailedPrecondition, error.to_string(), details)
 }
 
@@ -36,7 +37,9 @@ pub fn to_status(error: &Error) -> Status {
         Error::NegativeBucket { bucket, .. } => {
             precondition("NEGATIVE_BUCKET", &bucket.to_string(), error)
         }
-        Error::VersionMismatch { .. } => precondition("VERSION_MISMATCH", "expected_version", error),
+        Error::VersionMismatch { .. } => {
+            precondition("VERSION_MISMATCH", "expected_version", error)
+        }
         Error::ChangeFromMismatch { bucket, .. } => {
             precondition("CHANGE_FROM_MISMATCH", &bucket.to_string(), error)
         }
@@ -48,9 +51,9 @@ pub fn to_status(error: &Error) -> Status {
             Status::already_exists(message)
         }
         Error::Overloaded { retry_after_ms, .. } => {
-            let details = ErrorDetails::with_retry_info(Some(Duration::from_millis(*retry_after_ms)));
-            let mut status =
-                Status::with_error_details(Code::ResourceExhausted, message, details);
+            let details =
+                ErrorDetails::with_retry_info(Some(Duration::from_millis(*retry_after_ms)));
+            let mut status = Status::with_error_details(Code::ResourceExhausted, message, details);
             if let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string()) {
                 status.metadata_mut().insert(RETRY_AFTER_MS, value);
             }
