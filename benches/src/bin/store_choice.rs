@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -163,7 +163,11 @@ impl Workload {
             idem_key[..ENTITY_KEY_LEN].copy_from_slice(entity);
             let (a, b) = (self.rng.next_u64(), self.rng.next_u64());
             for (i, slot) in idem_key[ENTITY_KEY_LEN..].iter_mut().enumerate() {
-                let bits = if i < 12 { a >> (i * 5) } else { b >> ((i - 12) * 5) };
+                let bits = if i < 12 {
+                    a >> (i * 5)
+                } else {
+                    b >> ((i - 12) * 5)
+                };
                 *slot = ALPHABET[(bits & 31) as usize];
             }
 
@@ -268,7 +272,11 @@ impl Store for FjallStore {
                 &r.journal_key[..],
                 &w.journal_values[r.journal_value][..],
             );
-            wb.insert(&self.idem, &r.idem_key[..], &w.idem_values[r.idem_value][..]);
+            wb.insert(
+                &self.idem,
+                &r.idem_key[..],
+                &w.idem_values[r.idem_value][..],
+            );
         }
         wb.commit()?;
         Ok(())
@@ -332,7 +340,11 @@ fn fsync_probe(dir: &Path, seconds: f64) -> Result<u64> {
         let t = Instant::now();
         file.write_all(&block)?;
         file.sync_data()?;
-        hist.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1))?;
+        hist.record(
+            u64::try_from(t.elapsed().as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        )?;
     }
     drop(file);
     std::fs::remove_file(&path)?;
@@ -366,7 +378,9 @@ fn run_one(args: &Args, round: usize, store_name: &str, batch_size: usize) -> Re
     let disk_bytes = dir_size(tmp.path())?;
 
     // Point reads of random journal keys that were written.
-    let written: Vec<usize> = (0..w.entities.len()).filter(|&e| w.next_seq[e] > 0).collect();
+    let written: Vec<usize> = (0..w.entities.len())
+        .filter(|&e| w.next_seq[e] > 0)
+        .collect();
     let read_limit = Duration::from_secs_f64(args.read_seconds);
     let mut reads = 0u64;
     let read_start = Instant::now();
@@ -405,8 +419,8 @@ fn run_one(args: &Args, round: usize, store_name: &str, batch_size: usize) -> Re
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.entities == 0 || args.batch_sizes.contains(&0) {
-        bail!("--entities and every --batch-sizes value must be > 0");
+    if args.entities == 0 || args.rounds == 0 || args.batch_sizes.contains(&0) {
+        bail!("--entities, --rounds and every --batch-sizes value must be > 0");
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -464,7 +478,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Medians over rounds; commit latency percentiles over all rounds' commits.
 fn print_summary(args: &Args, outcomes: &[Outcome]) -> Result<()> {
     println!();
-    println!("Summary over {} round(s): medians of per-run rates; latency percentiles over all commits.", args.rounds);
+    println!(
+        "Summary over {} round(s): medians of per-run rates; latency percentiles over all commits.",
+        args.rounds
+    );
     println!();
     println!(
         "| store | records/commit | durable records/s | commits/s | p50 commit | p99 commit | journal point reads/s | disk fsync p50 (probe) |"
