@@ -33,6 +33,19 @@ pub enum Error {
     CommitmentNotFound(String),
     #[error("position not found")]
     PositionNotFound,
+    #[error("return {0:?} not found")]
+    ReturnNotFound(String),
+    #[error("return {0:?} already exists")]
+    ReturnExists(String),
+    #[error("exception {0} not found on this return")]
+    ExceptionNotFound(u32),
+    /// The return's state does not allow the command.
+    #[error("{command} is not allowed in state {state}; allowed: {}", allowed.join(", "))]
+    IllegalTransition {
+        command: &'static str,
+        state: crate::returns::ReturnState,
+        allowed: Vec<&'static str>,
+    },
     #[error("reservation id {0:?} already exists")]
     ReservationExists(String),
     #[error("idempotency key {0:?} was already used for a different request")]

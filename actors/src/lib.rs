@@ -11,6 +11,7 @@
 pub mod error;
 pub mod key;
 pub mod position;
+pub mod returns;
 pub mod runtime;
 
 pub use error::Error;

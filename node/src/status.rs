@@ -3,9 +3,9 @@
 //! | error | status |
 //! |---|---|
 //! | InvalidArgument | INVALID_ARGUMENT |
-//! | Insufficient, NegativeBucket, VersionMismatch, ChangeFromMismatch, FailedPrecondition | FAILED_PRECONDITION (with google.rpc.PreconditionFailure) |
-//! | ReservationNotFound, CommitmentNotFound, PositionNotFound | NOT_FOUND |
-//! | IdempotencyKeyReused, ReservationExists | ALREADY_EXISTS |
+//! | Insufficient, NegativeBucket, VersionMismatch, ChangeFromMismatch, IllegalTransition, FailedPrecondition | FAILED_PRECONDITION (with google.rpc.PreconditionFailure) |
+//! | ReservationNotFound, CommitmentNotFound, PositionNotFound, ReturnNotFound, ExceptionNotFound | NOT_FOUND |
+//! | IdempotencyKeyReused, ReservationExists, ReturnExists | ALREADY_EXISTS |
 //! | Overloaded | RESOURCE_EXHAUSTED (google.rpc.RetryInfo and `retry-after-ms`) |
 //! | DeadlineExceeded | DEADLINE_EXCEEDED |
 //! | Unavailable | UNAVAILABLE (retry with the same idempotency key) |
@@ -44,10 +44,15 @@ pub fn to_status(error: &Error) -> Status {
             precondition("CHANGE_FROM_MISMATCH", &bucket.to_string(), error)
         }
         Error::FailedPrecondition(_) => Status::failed_precondition(message),
-        Error::ReservationNotFound(_) | Error::CommitmentNotFound(_) | Error::PositionNotFound => {
-            Status::not_found(message)
+        Error::IllegalTransition { state, .. } => {
+            precondition("ILLEGAL_TRANSITION", &state.to_string(), error)
         }
-        Error::IdempotencyKeyReused(_) | Error::ReservationExists(_) => {
+        Error::ReservationNotFound(_)
+        | Error::CommitmentNotFound(_)
+        | Error::PositionNotFound
+        | Error::ReturnNotFound(_)
+        | Error::ExceptionNotFound(_) => Status::not_found(message),
+        Error::IdempotencyKeyReused(_) | Error::ReservationExists(_) | Error::ReturnExists(_) => {
             Status::already_exists(message)
         }
         Error::Overloaded { retry_after_ms, .. } => {
