@@ -9,6 +9,7 @@
 //!   and durable reservation-expiry timers.
 
 pub mod error;
+pub mod journal;
 pub mod key;
 pub mod position;
 pub mod returns;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skuld_actors::position::MutationRequest;
-use skuld_actors::runtime::{PositionRuntime, RequestMeta};
+use skuld_actors::position::PositionEntity;
+use skuld_actors::runtime::{EntityRuntime, RequestMeta};
 use skuld_actors::Error;
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::inventory_service_server::InventoryService;
@@ -22,11 +23,11 @@ use crate::status::to_status;
 pub const CORRELATION_ID: &str = "x-correlation-id";
 
 pub struct InventoryApi {
-    runtime: Arc<PositionRuntime>,
+    runtime: Arc<EntityRuntime<PositionEntity>>,
 }
 
 impl InventoryApi {
-    pub fn new(runtime: Arc<PositionRuntime>) -> Self {
+    pub fn new(runtime: Arc<EntityRuntime<PositionEntity>>) -> Self {
         Self { runtime }
     }
 

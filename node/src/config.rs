@@ -236,15 +236,25 @@ impl Config {
     pub fn runtime(&self) -> skuld_actors::runtime::RuntimeConfig {
         skuld_actors::runtime::RuntimeConfig {
             mailbox_capacity: self.mailbox_capacity,
-            max_in_flight: self.max_in_flight,
-            read_admission_percent: self.read_admission_percent,
-            retry_after: Duration::from_millis(self.retry_after_ms),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             snapshot_every: self.snapshot_every,
-            default_reservation_ttl: Duration::from_secs(self.default_reservation_ttl_secs),
-            max_reservation_ttl: Duration::from_secs(self.max_reservation_ttl_secs),
-            idempotency_retention: Duration::from_secs(self.idempotency_retention_secs),
-            timer_scan_interval: Duration::from_millis(self.timer_scan_interval_ms),
+        }
+    }
+
+    pub fn admission(&self) -> skuld_actors::runtime::Admission {
+        skuld_actors::runtime::Admission::new(
+            self.max_in_flight,
+            self.read_admission_percent,
+            Duration::from_millis(self.retry_after_ms),
+        )
+    }
+
+    pub fn positions(&self) -> skuld_actors::position::PositionEntity {
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1_000)).unwrap_or(i64::MAX);
+        skuld_actors::position::PositionEntity {
+            default_ttl_ms: ms(self.default_reservation_ttl_secs),
+            max_ttl_ms: ms(self.max_reservation_ttl_secs),
+            ..skuld_actors::position::PositionEntity::default()
         }
     }
 

@@ -3,8 +3,8 @@
 //! values, units). Domain rules are checked by the state machine.
 
 use skuld_actors::position::{
-    AdjustmentReason, Bucket, Buckets, Command, MutationRequest, Owner, OwnerType, PositionState,
-    Reservation, ReservationState,
+    AdjustmentReason, Bucket, Buckets, Command, MutationReply, MutationRequest, Owner, OwnerType,
+    PositionState, Reservation, ReservationState,
 };
 use skuld_actors::runtime::Mutated;
 use skuld_actors::{Error, PositionKey};
@@ -289,7 +289,10 @@ fn proto_reservation(reservation: &Reservation) -> pb::Reservation {
     }
 }
 
-pub fn mutation_response(key: &PositionKey, mutated: &Mutated) -> pb::MutationResponse {
+pub fn mutation_response(
+    key: &PositionKey,
+    mutated: &Mutated<MutationReply>,
+) -> pb::MutationResponse {
     let reply = &mutated.reply;
     pb::MutationResponse {
         key: Some(proto_key(key)),

@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use skuld_actors::runtime::PositionRuntime;
+use skuld_actors::runtime::{Background, EntityRuntime, TimerTarget};
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use tokio::net::TcpListener;
@@ -66,11 +66,20 @@ pub async fn run(
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
     let (writer, writer_task) = GroupCommitWriter::start(Arc::clone(&store), config.writer());
-    let runtime = Arc::new(PositionRuntime::start(
+    let admission = Arc::new(config.admission());
+    let runtime = Arc::new(EntityRuntime::new(
+        config.positions(),
         Arc::clone(&store),
         writer,
+        Arc::clone(&admission),
         config.runtime(),
     ));
+    let background = Background::start(
+        Arc::clone(&store),
+        vec![Arc::clone(&runtime) as Arc<dyn TimerTarget>],
+        Duration::from_millis(config.timer_scan_interval_ms),
+        Duration::from_secs(config.idempotency_retention_secs),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -128,9 +137,11 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    runtime
-        .shutdown(Duration::from_secs(config.drain_timeout_secs))
+    admission
+        .drain(Duration::from_secs(config.drain_timeout_secs))
         .await;
+    background.stop().await;
+    runtime.stop().await;
     let _ = stop_servers.send(true);
     if let Err(error) = grpc.await.context("gRPC server task failed")? {
         tracing::warn!(%error, "gRPC server stopped with an error");

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::state::{AdjustmentReason, Bucket, Owner};
-use crate::key::{validate_token, PositionKey};
+use crate::key::validate_token;
 use crate::Error;
 
 /// Longest free-text reference (document URI) accepted, in bytes.
@@ -81,15 +81,6 @@ pub enum Command {
     },
     /// Expires every reservation whose TTL has passed (the durable timer).
     ExpireDue,
-}
-
-/// A client's mutation of one position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MutationRequest {
-    pub key: PositionKey,
-    pub idempotency_key: String,
-    pub expected_version: Option<u64>,
-    pub command: Command,
 }
 
 fn positive(field: &'static str, value: i64) -> Result<(), Error> {
@@ -278,28 +269,5 @@ impl Command {
             }
             Command::ExpireDue => Ok(()),
         }
-    }
-}
-
-impl MutationRequest {
-    /// Validates the key, the idempotency key and the command.
-    pub fn validate(&self) -> Result<(), Error> {
-        validate_token("tenant", &self.key.tenant)?;
-        validate_token("sku", &self.key.sku)?;
-        validate_token("location", &self.key.location)?;
-        validate_token("idempotency_key", &self.idempotency_key)?;
-        self.command.validate()
-    }
-
-    /// Identifies the request apart from its idempotency key: a retry must
-    /// carry the same fingerprint.
-    pub fn fingerprint(&self) -> u128 {
-        let config = bincode::config::standard();
-        let bytes = bincode::serde::encode_to_vec(
-            (&self.key, self.expected_version, &self.command),
-            config,
-        )
-        .unwrap_or_default();
-        xxhash_rust::xxh3::xxh3_128(&bytes)
     }
 }

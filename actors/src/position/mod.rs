@@ -13,10 +13,12 @@
 
 mod command;
 mod decide;
+mod entity;
 mod state;
 
-pub use command::{Command, Context, MutationRequest};
+pub use command::{Command, Context};
 pub use decide::{apply, apply_entry, decide, Decision};
+pub use entity::{MutationRequest, PositionEntity};
 pub use state::{
     AdjustmentReason, Bucket, Buckets, Event, LedgerEntry, MutationReply, Owner, OwnerType,
     PositionState, Reservation, ReservationState, ENDED_RESERVATIONS_KEPT,

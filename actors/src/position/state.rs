@@ -238,16 +238,7 @@ pub enum Event {
 }
 
 /// One accepted mutation in the position's journal (the movement ledger).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    /// The position's version after this entry.
-    pub version: u64,
-    pub recorded_at_ms: i64,
-    /// `None` for mutations the node made itself (reservation expiry).
-    pub idempotency_key: Option<String>,
-    pub correlation_id: String,
-    pub events: Vec<Event>,
-}
+pub type LedgerEntry = crate::journal::JournalEntry<Event>;
 
 /// What a mutation answers; stored with the idempotency key so a retry gets
 /// the same answer.

@@ -697,11 +697,4 @@ pub enum ReturnEvent {
 }
 
 /// One accepted command in the case's journal (its history).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReturnEntry {
-    pub version: u64,
-    pub recorded_at_ms: i64,
-    pub idempotency_key: Option<String>,
-    pub correlation_id: String,
-    pub events: Vec<ReturnEvent>,
-}
+pub type ReturnEntry = crate::journal::JournalEntry<ReturnEvent>;

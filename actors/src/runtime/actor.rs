@@ -1,7 +1,8 @@
-//! The position actor: drains its mailbox, decides every queued command in
+//! The entity actor: drains its mailbox, decides every queued command in
 //! order, persists the batch in one write, then replies.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,36 +10,39 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use skuld_cluster::{EntityWrite, IdempotencyRecord};
 
 use super::codec::{decode, encode};
-use super::{now_ms, Envelope, Mutated, Outcome, Shared, Slot, Work};
-use crate::key::PositionKey;
-use crate::position::{
-    apply_entry, decide, Command, Context, LedgerEntry, MutationReply, PositionState,
-};
+use super::{now_ms, Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
+use crate::journal::JournalEntry;
 use crate::Error;
 
-pub(crate) enum PositionMsg {
+pub(crate) enum EntityMsg {
     /// Commands are waiting in the mailbox.
     Drain,
     /// Time to check whether the actor has been idle long enough to stop.
     IdleCheck,
 }
 
-pub(crate) struct PositionActor;
+pub(crate) struct EntityActor<E>(PhantomData<fn() -> E>);
 
-pub(crate) struct ActorArgs {
-    pub(crate) key: PositionKey,
-    pub(crate) slot: Arc<Slot>,
-    pub(crate) shared: Arc<Shared>,
+impl<E> EntityActor<E> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
 }
 
-pub(crate) struct ActorState {
-    key: PositionKey,
+pub(crate) struct ActorArgs<E: Entity> {
+    pub(crate) key: E::Key,
+    pub(crate) slot: Arc<Slot<E>>,
+    pub(crate) shared: Arc<Shared<E>>,
+}
+
+pub(crate) struct ActorState<E: Entity> {
+    key: E::Key,
     encoded_key: Vec<u8>,
-    slot: Arc<Slot>,
-    shared: Arc<Shared>,
+    slot: Arc<Slot<E>>,
+    shared: Arc<Shared<E>>,
     /// `None` until loaded, and again after a failed write (the store is the
     /// truth; the next drain reloads it).
-    position: Option<PositionState>,
+    state: Option<E::State>,
     /// Version of the latest stored snapshot.
     snapshot_version: u64,
     /// The timer value last written, when known.
@@ -46,23 +50,23 @@ pub(crate) struct ActorState {
     last_active: Instant,
 }
 
-impl Actor for PositionActor {
-    type Msg = PositionMsg;
-    type State = ActorState;
-    type Arguments = ActorArgs;
+impl<E: Entity> Actor for EntityActor<E> {
+    type Msg = EntityMsg;
+    type State = ActorState<E>;
+    type Arguments = ActorArgs<E>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        args: ActorArgs,
-    ) -> Result<ActorState, ActorProcessingErr> {
-        metrics::gauge!("skuld_active_actors").increment(1.0);
+        args: ActorArgs<E>,
+    ) -> Result<ActorState<E>, ActorProcessingErr> {
+        metrics::gauge!("skuld_active_actors", "kind" => E::KIND).increment(1.0);
         Ok(ActorState {
-            encoded_key: args.key.encode(),
+            encoded_key: E::encode_key(&args.key),
             key: args.key,
             slot: args.slot,
             shared: args.shared,
-            position: None,
+            state: None,
             snapshot_version: 0,
             timer_written: None,
             last_active: Instant::now(),
@@ -72,33 +76,33 @@ impl Actor for PositionActor {
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        state: &mut ActorState,
+        state: &mut ActorState<E>,
     ) -> Result<(), ActorProcessingErr> {
-        myself.send_after(state.shared.config.idle_timeout, || PositionMsg::IdleCheck);
+        myself.send_after(state.shared.config.idle_timeout, || EntityMsg::IdleCheck);
         Ok(())
     }
 
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
-        _state: &mut ActorState,
+        _state: &mut ActorState<E>,
     ) -> Result<(), ActorProcessingErr> {
-        metrics::gauge!("skuld_active_actors").decrement(1.0);
+        metrics::gauge!("skuld_active_actors", "kind" => E::KIND).decrement(1.0);
         Ok(())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
-        message: PositionMsg,
-        state: &mut ActorState,
+        message: EntityMsg,
+        state: &mut ActorState<E>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PositionMsg::Drain => {
+            EntityMsg::Drain => {
                 state.last_active = Instant::now();
                 state.drain().await;
             }
-            PositionMsg::IdleCheck => {
+            EntityMsg::IdleCheck => {
                 let idle_timeout = state.shared.config.idle_timeout;
                 let idle = state.last_active.elapsed();
                 if idle >= idle_timeout && state.slot.mailbox.close_if_empty() {
@@ -111,7 +115,7 @@ impl Actor for PositionActor {
                     let wait = idle_timeout
                         .saturating_sub(idle)
                         .max(Duration::from_millis(100));
-                    myself.send_after(wait, || PositionMsg::IdleCheck);
+                    myself.send_after(wait, || EntityMsg::IdleCheck);
                 }
             }
         }
@@ -120,36 +124,26 @@ impl Actor for PositionActor {
 }
 
 /// A reply computed during the drain, sent once the batch is durable.
-struct PendingReply {
-    envelope: Envelope,
-    result: Result<Outcome, Error>,
+struct PendingReply<E: Entity> {
+    envelope: Envelope<E>,
+    result: Result<Outcome<E>, Error>,
 }
 
-impl ActorState {
-    fn context(&self) -> Context {
-        let config = &self.shared.config;
-        Context {
-            now_ms: now_ms(),
-            default_ttl_ms: i64::try_from(config.default_reservation_ttl.as_millis())
-                .unwrap_or(i64::MAX),
-            max_ttl_ms: i64::try_from(config.max_reservation_ttl.as_millis()).unwrap_or(i64::MAX),
-        }
-    }
-
+impl<E: Entity> ActorState<E> {
     async fn load(&mut self) -> Result<(), Error> {
-        if self.position.is_some() {
+        if self.state.is_some() {
             return Ok(());
         }
         let loaded = self.shared.store.load(&self.encoded_key).await?;
-        let mut position = match &loaded.snapshot {
-            Some((_, bytes)) => decode::<PositionState>(bytes)?,
-            None => PositionState::default(),
+        let mut state = match &loaded.snapshot {
+            Some((_, bytes)) => decode::<E::State>(bytes)?,
+            None => E::State::default(),
         };
         for (_, bytes) in &loaded.journal_tail {
-            apply_entry(&mut position, &decode::<LedgerEntry>(bytes)?);
+            E::apply_entry(&mut state, &decode::<JournalEntry<E::Event>>(bytes)?);
         }
         self.snapshot_version = loaded.snapshot.map_or(0, |(version, _)| version);
-        self.position = Some(position);
+        self.state = Some(state);
         Ok(())
     }
 
@@ -158,7 +152,8 @@ impl ActorState {
         if envelopes.is_empty() {
             return;
         }
-        metrics::histogram!("skuld_position_drain_commands").record(envelopes.len() as f64);
+        metrics::histogram!("skuld_drain_commands", "kind" => E::KIND)
+            .record(envelopes.len() as f64);
         let now = Instant::now();
         let mut live = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
@@ -173,7 +168,7 @@ impl ActorState {
             return;
         }
         if let Err(error) = self.load().await {
-            tracing::error!(key = %self.key, %error, "cannot load position");
+            tracing::error!(kind = E::KIND, key = %self.key, %error, "cannot load entity");
             for envelope in live {
                 envelope.answer(Err(error.clone()));
             }
@@ -191,10 +186,11 @@ impl ActorState {
         let (write, replies) = self.decide_all(live, stored);
         let next_timer = write.timer;
         let snapshot_version = write.snapshot.as_ref().map(|(version, _)| *version);
-        let result = if write.is_empty() {
-            Ok(())
-        } else {
+        let wrote = !write.is_empty();
+        let result = if wrote {
             self.shared.writer.write(write).await
+        } else {
+            Ok(())
         };
         match result {
             Ok(()) => {
@@ -208,12 +204,18 @@ impl ActorState {
                 for PendingReply { envelope, result } in replies {
                     envelope.answer(result);
                 }
+                if let Some(state) = &self.state {
+                    let handle = EntityHandle {
+                        shared: Arc::clone(&self.shared),
+                    };
+                    self.shared.entity.after_commit(&self.key, state, &handle);
+                }
             }
             Err(error) => {
                 // The in-memory state holds changes that are not durable:
                 // drop it and reload from the store on the next drain.
-                tracing::error!(key = %self.key, %error, "position write failed");
-                self.position = None;
+                tracing::error!(kind = E::KIND, key = %self.key, %error, "write failed");
+                self.state = None;
                 self.timer_written = None;
                 let error = Error::from(error);
                 for PendingReply { envelope, .. } in replies {
@@ -226,12 +228,12 @@ impl ActorState {
     /// The stored replies for this drain's idempotency keys (one store read).
     async fn stored_replies(
         &self,
-        envelopes: &[Envelope],
+        envelopes: &[Envelope<E>],
     ) -> Result<HashMap<String, IdempotencyRecord>, Error> {
         let keys: Vec<String> = envelopes
             .iter()
             .filter_map(|envelope| match &envelope.work {
-                Work::Mutate { request, .. } => Some(request.idempotency_key.clone()),
+                Work::Mutate { mutation, .. } => Some(mutation.idempotency_key.clone()),
                 _ => None,
             })
             .collect();
@@ -254,116 +256,127 @@ impl ActorState {
     /// collects the one write that makes the accepted ones durable.
     fn decide_all(
         &mut self,
-        envelopes: Vec<Envelope>,
+        envelopes: Vec<Envelope<E>>,
         mut stored: HashMap<String, IdempotencyRecord>,
-    ) -> (EntityWrite, Vec<PendingReply>) {
-        let context = self.context();
+    ) -> (EntityWrite, Vec<PendingReply<E>>) {
+        let now_ms = now_ms();
         let mut write = EntityWrite {
             key: self.encoded_key.clone(),
             ..EntityWrite::default()
         };
         let mut replies = Vec::with_capacity(envelopes.len());
-        let Some(position) = self.position.as_mut() else {
+        let entity = &self.shared.entity;
+        let key = &self.key;
+        let Some(state) = self.state.as_mut() else {
             for envelope in envelopes {
                 replies.push(PendingReply {
                     envelope,
-                    result: Err(Error::Unavailable("position not loaded".into())),
+                    result: Err(Error::Unavailable("entity not loaded".into())),
                 });
             }
             return (write, replies);
         };
 
-        // Expire what is due before anything else sees the position.
-        if position
-            .next_expiry_ms()
-            .is_some_and(|due| due <= context.now_ms)
-        {
-            let expired =
-                decide(position, None, &Command::ExpireDue, &context).and_then(|decision| {
-                    append(
-                        position,
-                        &mut write,
-                        decision.events,
-                        None,
-                        "timer",
-                        context.now_ms,
-                    )
+        // Run a due timer before anything else sees the entity.
+        if E::next_timer_ms(state).is_some_and(|due| due <= now_ms) {
+            let timer = E::timer_command();
+            let fired = entity
+                .decide(key, state, None, &timer, now_ms)
+                .and_then(|(events, _)| {
+                    append::<E>(state, &mut write, events, None, "timer", now_ms)
                 });
-            if let Err(error) = expired {
-                tracing::error!(key = %self.key, %error, "reservation expiry failed");
+            if let Err(error) = fired {
+                tracing::error!(kind = E::KIND, %key, %error, "timer command failed");
             }
         }
 
         for envelope in envelopes {
             let result = match &envelope.work {
-                // Expiry already ran above; a tick needs no answer.
+                // The due timer already ran above; a tick needs no answer.
                 Work::Tick => continue,
-                Work::Read => Ok(Outcome::Read(position.clone())),
+                Work::Read => Ok(Outcome::Read(state.clone())),
+                Work::Internal(command) => {
+                    let applied =
+                        entity
+                            .decide(key, state, None, command, now_ms)
+                            .and_then(|(events, _)| {
+                                append::<E>(
+                                    state,
+                                    &mut write,
+                                    events,
+                                    None,
+                                    &envelope.correlation_id,
+                                    now_ms,
+                                )
+                            });
+                    if let Err(error) = applied {
+                        tracing::warn!(kind = E::KIND, %key, %error, "internal command refused");
+                    }
+                    continue;
+                }
                 Work::Mutate {
-                    request,
+                    mutation,
                     fingerprint,
-                } => match stored.get(&request.idempotency_key) {
+                } => match stored.get(&mutation.idempotency_key) {
                     Some(record) if record.fingerprint == *fingerprint => {
-                        decode::<MutationReply>(&record.reply).map(|reply| {
+                        decode::<E::Reply>(&record.reply).map(|reply| {
                             Outcome::Mutated(Mutated {
                                 reply,
                                 replayed: true,
                             })
                         })
                     }
-                    Some(_) => Err(Error::IdempotencyKeyReused(request.idempotency_key.clone())),
-                    None => decide(
-                        position,
-                        request.expected_version,
-                        &request.command,
-                        &context,
-                    )
-                    .and_then(|decision| {
-                        append(
-                            position,
-                            &mut write,
-                            decision.events,
-                            Some(request.idempotency_key.clone()),
-                            &envelope.correlation_id,
-                            context.now_ms,
-                        )?;
-                        let reply = MutationReply {
-                            version: position.version,
-                            buckets: position.buckets,
-                            reservation: decision
-                                .reservation_id
-                                .and_then(|id| position.reservation(&id).cloned()),
-                            granted_quantity: decision.granted_quantity,
-                        };
-                        let record = IdempotencyRecord {
-                            key: request.idempotency_key.clone(),
-                            fingerprint: *fingerprint,
-                            reply: encode(&reply)?,
-                            recorded_at_ms: u64::try_from(context.now_ms).unwrap_or(0),
-                        };
-                        // A duplicate later in this same drain replays it.
-                        stored.insert(record.key.clone(), record.clone());
-                        write.idempotency.push(record);
-                        Ok(Outcome::Mutated(Mutated {
-                            reply,
-                            replayed: false,
-                        }))
-                    }),
+                    Some(_) => Err(Error::IdempotencyKeyReused(
+                        mutation.idempotency_key.clone(),
+                    )),
+                    None => entity
+                        .decide(
+                            key,
+                            state,
+                            mutation.expected_version,
+                            &mutation.command,
+                            now_ms,
+                        )
+                        .and_then(|(events, outcome)| {
+                            append::<E>(
+                                state,
+                                &mut write,
+                                events,
+                                Some(mutation.idempotency_key.clone()),
+                                &envelope.correlation_id,
+                                now_ms,
+                            )?;
+                            let reply = E::reply(state, outcome);
+                            let record = IdempotencyRecord {
+                                key: mutation.idempotency_key.clone(),
+                                fingerprint: *fingerprint,
+                                reply: encode(&reply)?,
+                                recorded_at_ms: u64::try_from(now_ms).unwrap_or(0),
+                            };
+                            // A duplicate later in this same drain replays it.
+                            stored.insert(record.key.clone(), record.clone());
+                            write.idempotency.push(record);
+                            Ok(Outcome::Mutated(Mutated {
+                                reply,
+                                replayed: false,
+                            }))
+                        }),
                 },
             };
             replies.push(PendingReply { envelope, result });
         }
 
-        let next_expiry = position.next_expiry_ms();
-        if self.timer_written != Some(next_expiry) {
-            write.timer = Some(next_expiry.map(|due| u64::try_from(due).unwrap_or(0)));
+        let next_timer = E::next_timer_ms(state);
+        if self.timer_written != Some(next_timer) {
+            write.timer = Some(next_timer.map(|due| u64::try_from(due).unwrap_or(0)));
         }
+        let version = E::version(state);
         if !write.journal.is_empty()
-            && position.version >= self.snapshot_version + self.shared.config.snapshot_every
+            && version >= self.snapshot_version + self.shared.config.snapshot_every
         {
-            match encode(&*position) {
-                Ok(bytes) => write.snapshot = Some((position.version, bytes)),
-                Err(error) => tracing::warn!(key = %self.key, %error, "snapshot skipped"),
+            match encode(&*state) {
+                Ok(bytes) => write.snapshot = Some((version, bytes)),
+                Err(error) => tracing::warn!(kind = E::KIND, %key, %error, "snapshot skipped"),
             }
         }
         (write, replies)
@@ -371,10 +384,10 @@ impl ActorState {
 }
 
 /// Applies accepted events as one journal entry and adds it to the write.
-fn append(
-    position: &mut PositionState,
+fn append<E: Entity>(
+    state: &mut E::State,
     write: &mut EntityWrite,
-    events: Vec<crate::position::Event>,
+    events: Vec<E::Event>,
     idempotency_key: Option<String>,
     correlation_id: &str,
     now_ms: i64,
@@ -382,15 +395,15 @@ fn append(
     if events.is_empty() {
         return Ok(());
     }
-    let entry = LedgerEntry {
-        version: position.version + 1,
+    let entry = JournalEntry {
+        version: E::version(state) + 1,
         recorded_at_ms: now_ms,
         idempotency_key,
         correlation_id: correlation_id.to_owned(),
         events,
     };
     let bytes = encode(&entry)?;
-    apply_entry(position, &entry);
+    E::apply_entry(state, &entry);
     write.journal.push((entry.version, bytes));
     Ok(())
 }

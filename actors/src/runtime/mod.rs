@@ -1,19 +1,21 @@
-//! The actor runtime: one ractor actor per active inventory position.
+//! The actor runtime: one ractor actor per active entity (inventory
+//! position, return case), generic over [`Entity`].
 //!
-//! Request path: the API validates a command, [`PositionRuntime::mutate`]
-//! admits it against the node-wide in-flight bound, queues it in the
-//! position's bounded mailbox and waits. The position actor drains its
+//! Request path: the API validates a command, [`EntityRuntime::mutate`]
+//! admits it against the node-wide in-flight bound ([`Admission`]), queues it
+//! in the entity's bounded mailbox and waits. The entity's actor drains its
 //! mailbox, applies every queued command in order through the pure state
 //! machine, hands one [`skuld_cluster::EntityWrite`] to the group-commit
 //! writer, and replies to all of them once that write is durable.
 //!
 //! Actors start on first use from the store (snapshot + journal tail) and
-//! passivate after an idle time. Reservation expiry is a durable timer: each
-//! position's earliest expiry is stored with its writes, and a scanner wakes
-//! positions whose timer is due, even after a restart.
+//! passivate after an idle time. Timers are durable: each entity's next
+//! wake-up is stored with its writes, and [`Background`] wakes entities whose
+//! timer is due, even after a restart.
 
 mod actor;
 pub mod codec;
+mod entity;
 mod mailbox;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,55 +23,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
 use ractor::{Actor, ActorRef};
 use skuld_cluster::{GroupCommitWriter, Store};
 use tokio::sync::{oneshot, watch, OnceCell};
 use tokio::task::JoinHandle;
 
-use crate::key::PositionKey;
-use crate::position::{MutationReply, MutationRequest, PositionState};
 use crate::Error;
-use actor::{PositionActor, PositionMsg};
+use actor::{ActorArgs, EntityActor, EntityMsg};
+pub use entity::{Entity, Mutation};
 use mailbox::{Mailbox, Push};
 
-/// Tuning of the position runtime. Every field is a node option.
+/// Tuning of an entity runtime. Every field is a node option.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Commands queued per position at most; beyond it RESOURCE_EXHAUSTED.
+    /// Commands queued per entity at most; beyond it RESOURCE_EXHAUSTED.
     pub mailbox_capacity: usize,
-    /// Requests in flight on the node at most; beyond it RESOURCE_EXHAUSTED.
-    pub max_in_flight: usize,
-    /// Reads are admitted only below this percentage of `max_in_flight`, so
-    /// that reservations and adjustments win when the node is saturated.
-    pub read_admission_percent: usize,
-    /// The retry-after hint sent with RESOURCE_EXHAUSTED.
-    pub retry_after: Duration,
     /// An actor with nothing to do for this long stops (passivation).
     pub idle_timeout: Duration,
     /// A snapshot is written after this many journal entries.
     pub snapshot_every: u64,
-    pub default_reservation_ttl: Duration,
-    pub max_reservation_ttl: Duration,
-    /// How long idempotency records are kept.
-    pub idempotency_retention: Duration,
-    /// How often due timers are looked up in the store.
-    pub timer_scan_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             mailbox_capacity: 1_024,
-            max_in_flight: 10_000,
-            read_admission_percent: 80,
-            retry_after: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(60),
             snapshot_every: 200,
-            default_reservation_ttl: Duration::from_secs(15 * 60),
-            max_reservation_ttl: Duration::from_secs(4 * 60 * 60),
-            idempotency_retention: Duration::from_secs(24 * 60 * 60),
-            timer_scan_interval: Duration::from_millis(500),
         }
     }
 }
@@ -84,74 +64,10 @@ pub struct RequestMeta {
 
 /// The answer to a mutation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mutated {
-    pub reply: MutationReply,
+pub struct Mutated<R> {
+    pub reply: R,
     /// The stored reply of an earlier request with the same idempotency key.
     pub replayed: bool,
-}
-
-// Nearly every envelope is a mutation: boxing it would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Work {
-    Mutate {
-        request: MutationRequest,
-        fingerprint: u128,
-    },
-    Read,
-    /// Wake-up from the timer scanner: expire what is due.
-    Tick,
-}
-
-pub(crate) enum Outcome {
-    Mutated(Mutated),
-    Read(PositionState),
-}
-
-pub(crate) struct Envelope {
-    pub(crate) work: Work,
-    pub(crate) correlation_id: String,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) reply: Option<oneshot::Sender<Result<Outcome, Error>>>,
-}
-
-impl Envelope {
-    pub(crate) fn answer(self, result: Result<Outcome, Error>) {
-        if let Some(reply) = self.reply {
-            // The caller may have gone (cancelled); nothing to do then.
-            let _ = reply.send(result);
-        }
-    }
-}
-
-pub(crate) struct Slot {
-    pub(crate) mailbox: Mailbox<Envelope>,
-    actor: OnceCell<ActorRef<PositionMsg>>,
-}
-
-#[derive(Clone, Copy)]
-enum Priority {
-    Write,
-    Read,
-}
-
-pub(crate) struct Shared {
-    pub(crate) config: RuntimeConfig,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) writer: GroupCommitWriter,
-    pub(crate) actors: DashMap<PositionKey, Arc<Slot>>,
-    in_flight: AtomicUsize,
-    accepting: AtomicBool,
-    shutdown: watch::Sender<bool>,
-}
-
-/// Releases an admission slot when the request is answered or abandoned.
-struct Admission<'a>(&'a AtomicUsize);
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::gauge!("skuld_inflight_requests").set(now as f64);
-    }
 }
 
 /// Milliseconds since the unix epoch.
@@ -163,36 +79,151 @@ pub fn now_ms() -> i64 {
         })
 }
 
-impl Shared {
+// ---- admission --------------------------------------------------------------
+
+/// The node-wide bound on admitted requests, shared by every entity kind.
+pub struct Admission {
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    /// Reads are admitted only below this percentage of `max_in_flight`, so
+    /// that reservations, refunds and adjustments win when saturated.
+    read_admission_percent: usize,
+    retry_after: Duration,
+    accepting: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum Priority {
+    Write,
+    Read,
+}
+
+/// Releases an admission slot when the request is answered or abandoned.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("skuld_inflight_requests").set(now as f64);
+    }
+}
+
+impl Admission {
+    pub fn new(max_in_flight: usize, read_admission_percent: usize, retry_after: Duration) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight,
+            read_admission_percent,
+            retry_after,
+            accepting: AtomicBool::new(true),
+        }
+    }
+
     fn overloaded(&self, queue: &'static str) -> Error {
         metrics::counter!("skuld_rejections_total", "queue" => queue).increment(1);
         Error::Overloaded {
             queue,
-            retry_after_ms: u64::try_from(self.config.retry_after.as_millis()).unwrap_or(u64::MAX),
+            retry_after_ms: u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    fn admit(&self, priority: Priority) -> Result<Admission<'_>, Error> {
+    fn admit(&self, priority: Priority) -> Result<Admitted<'_>, Error> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(Error::Unavailable("node is draining".into()));
         }
         let limit = match priority {
-            Priority::Write => self.config.max_in_flight,
-            Priority::Read => self.config.max_in_flight * self.config.read_admission_percent / 100,
+            Priority::Write => self.max_in_flight,
+            Priority::Read => self.max_in_flight * self.read_admission_percent / 100,
         };
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission(&self.in_flight);
+        let admitted = Admitted(&self.in_flight);
         if before >= limit {
             return Err(self.overloaded("node"));
         }
         metrics::gauge!("skuld_inflight_requests").set((before + 1) as f64);
-        Ok(admission)
+        Ok(admitted)
     }
 
-    /// Queues an envelope for a position, starting its actor if needed.
+    /// Requests currently admitted.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops admitting and waits up to `timeout` for admitted requests.
+    pub async fn drain(&self, timeout: Duration) {
+        self.accepting.store(false, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+// ---- the runtime ------------------------------------------------------------
+
+// Nearly every envelope is a mutation: boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Work<E: Entity> {
+    Mutate {
+        mutation: Mutation<E>,
+        fingerprint: u128,
+    },
+    Read,
+    /// A command the node issues itself (a timer, an effect's result).
+    Internal(E::Command),
+    /// Wake-up from the timer scanner: run the entity's timer command.
+    Tick,
+}
+
+pub(crate) enum Outcome<E: Entity> {
+    Mutated(Mutated<E::Reply>),
+    Read(E::State),
+}
+
+pub(crate) struct Envelope<E: Entity> {
+    pub(crate) work: Work<E>,
+    pub(crate) correlation_id: String,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) reply: Option<oneshot::Sender<Result<Outcome<E>, Error>>>,
+}
+
+impl<E: Entity> Envelope<E> {
+    pub(crate) fn answer(self, result: Result<Outcome<E>, Error>) {
+        if let Some(reply) = self.reply {
+            // The caller may have gone (cancelled); nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+
+    fn internal(work: Work<E>, correlation_id: &str) -> Self {
+        Self {
+            work,
+            correlation_id: correlation_id.to_owned(),
+            deadline: None,
+            reply: None,
+        }
+    }
+}
+
+pub(crate) struct Slot<E: Entity> {
+    pub(crate) mailbox: Mailbox<Envelope<E>>,
+    actor: OnceCell<ActorRef<EntityMsg>>,
+}
+
+pub(crate) struct Shared<E: Entity> {
+    pub(crate) entity: E,
+    pub(crate) config: RuntimeConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) writer: GroupCommitWriter,
+    pub(crate) actors: DashMap<E::Key, Arc<Slot<E>>>,
+    admission: Arc<Admission>,
+}
+
+impl<E: Entity> Shared<E> {
+    /// Queues an envelope for an entity, starting its actor if needed.
     /// Never awaits between queueing and waking the actor, so a cancelled
     /// caller cannot leave a queued command without a drain.
-    fn submit(self: &Arc<Self>, key: &PositionKey, mut envelope: Envelope) -> Result<(), Error> {
+    fn submit(self: &Arc<Self>, key: &E::Key, mut envelope: Envelope<E>) -> Result<(), Error> {
         loop {
             let slot = match self.actors.get(key) {
                 Some(slot) => Arc::clone(slot.value()),
@@ -215,7 +246,14 @@ impl Shared {
                     }
                     return Ok(());
                 }
-                Push::Full(_) => return Err(self.overloaded("position")),
+                Push::Full(_) => {
+                    metrics::counter!("skuld_rejections_total", "queue" => E::KIND).increment(1);
+                    return Err(Error::Overloaded {
+                        queue: E::KIND,
+                        retry_after_ms: u64::try_from(self.admission.retry_after.as_millis())
+                            .unwrap_or(u64::MAX),
+                    });
+                }
                 Push::Closed(returned) => {
                     // The actor passivated; forget it and start a new one.
                     self.actors
@@ -226,10 +264,10 @@ impl Shared {
         }
     }
 
-    fn wake(self: &Arc<Self>, key: &PositionKey, slot: &Arc<Slot>) {
+    fn wake(self: &Arc<Self>, key: &E::Key, slot: &Arc<Slot<E>>) {
         if let Some(actor) = slot.actor.get() {
-            if actor.cast(PositionMsg::Drain).is_err() {
-                self.abandon(key, slot, "position actor stopped");
+            if actor.cast(EntityMsg::Drain).is_err() {
+                self.abandon(key, slot, "actor stopped");
             }
             return;
         }
@@ -242,32 +280,32 @@ impl Shared {
             let started = slot
                 .actor
                 .get_or_try_init(|| async {
-                    let arguments = actor::ActorArgs {
+                    let arguments = ActorArgs {
                         key: key.clone(),
                         slot: Arc::clone(&slot),
                         shared: Arc::clone(&shared),
                     };
-                    Actor::spawn(None, PositionActor, arguments)
+                    Actor::spawn(None, EntityActor::<E>::new(), arguments)
                         .await
                         .map(|(actor, _)| actor)
                 })
                 .await;
             match started {
                 Ok(actor) => {
-                    if actor.cast(PositionMsg::Drain).is_err() {
-                        shared.abandon(&key, &slot, "position actor stopped");
+                    if actor.cast(EntityMsg::Drain).is_err() {
+                        shared.abandon(&key, &slot, "actor stopped");
                     }
                 }
                 Err(error) => {
-                    tracing::error!(%key, %error, "cannot start position actor");
-                    shared.abandon(&key, &slot, "position actor failed to start");
+                    tracing::error!(kind = E::KIND, %key, %error, "cannot start actor");
+                    shared.abandon(&key, &slot, "actor failed to start");
                 }
             }
         });
     }
 
     /// Fails everything queued for a slot whose actor is gone.
-    fn abandon(&self, key: &PositionKey, slot: &Arc<Slot>, why: &str) {
+    fn abandon(&self, key: &E::Key, slot: &Arc<Slot<E>>, why: &str) {
         for envelope in slot.mailbox.close() {
             envelope.answer(Err(Error::Unavailable(why.to_owned())));
         }
@@ -276,81 +314,129 @@ impl Shared {
     }
 }
 
-/// The node's inventory positions: admission, routing to actors, timers.
-pub struct PositionRuntime {
-    shared: Arc<Shared>,
-    background: Mutex<Vec<JoinHandle<()>>>,
+/// A handle entities use to send themselves internal commands (effect
+/// results) from side-effect tasks.
+pub struct EntityHandle<E: Entity> {
+    shared: Arc<Shared<E>>,
 }
 
-impl PositionRuntime {
-    /// Starts the runtime and its background tasks (timer scanner,
-    /// idempotency purge). Must be called inside a tokio runtime.
-    pub fn start(store: Arc<dyn Store>, writer: GroupCommitWriter, config: RuntimeConfig) -> Self {
-        let (shutdown, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            config,
-            store,
-            writer,
-            actors: DashMap::new(),
-            in_flight: AtomicUsize::new(0),
-            accepting: AtomicBool::new(true),
-            shutdown,
-        });
-        let background = vec![
-            tokio::spawn(scan_timers(Arc::clone(&shared))),
-            tokio::spawn(purge_idempotency(Arc::clone(&shared))),
-        ];
+impl<E: Entity> Clone for EntityHandle<E> {
+    fn clone(&self) -> Self {
         Self {
-            shared,
-            background: Mutex::new(background),
+            shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+impl<E: Entity> EntityHandle<E> {
+    /// Queues a node-issued command for `key`; no reply, no admission.
+    pub fn send_internal(
+        &self,
+        key: &E::Key,
+        command: E::Command,
+        correlation_id: &str,
+    ) -> Result<(), Error> {
+        self.shared.submit(
+            key,
+            Envelope::internal(Work::Internal(command), correlation_id),
+        )
+    }
+}
+
+/// Wakes entities whose durable timer is due; implemented by every runtime.
+pub trait TimerTarget: Send + Sync {
+    /// Wakes the entity if the key is of this runtime's kind.
+    fn wake_encoded(&self, encoded_key: &[u8]) -> bool;
+}
+
+/// The actors of one entity kind.
+pub struct EntityRuntime<E: Entity> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E: Entity> EntityRuntime<E> {
+    pub fn new(
+        entity: E,
+        store: Arc<dyn Store>,
+        writer: GroupCommitWriter,
+        admission: Arc<Admission>,
+        config: RuntimeConfig,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                entity,
+                config,
+                store,
+                writer,
+                actors: DashMap::new(),
+                admission,
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> EntityHandle<E> {
+        EntityHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    pub fn entity(&self) -> &E {
+        &self.shared.entity
     }
 
     /// Applies a mutation; returns once it is durable.
     pub async fn mutate(
         &self,
-        request: MutationRequest,
+        mutation: Mutation<E>,
         meta: RequestMeta,
-    ) -> Result<Mutated, Error> {
-        request.validate()?;
-        let _admission = self.shared.admit(Priority::Write)?;
-        let key = request.key.clone();
-        let fingerprint = request.fingerprint();
-        let outcome = self
+    ) -> Result<Mutated<E::Reply>, Error> {
+        mutation.validate()?;
+        let _admitted = self.shared.admission.admit(Priority::Write)?;
+        let key = mutation.key.clone();
+        let fingerprint = mutation.fingerprint();
+        match self
             .dispatch(
                 &key,
                 Work::Mutate {
-                    request,
+                    mutation,
                     fingerprint,
                 },
                 meta,
             )
-            .await?;
-        match outcome {
+            .await?
+        {
             Outcome::Mutated(mutated) => Ok(mutated),
-            Outcome::Read(_) => Err(Error::Unavailable(
-                "unexpected reply from position actor".into(),
-            )),
+            Outcome::Read(_) => Err(Error::Unavailable("unexpected reply from actor".into())),
         }
     }
 
-    /// Reads a position as of every acknowledged change.
-    pub async fn read(&self, key: &PositionKey, meta: RequestMeta) -> Result<PositionState, Error> {
-        let _admission = self.shared.admit(Priority::Read)?;
+    /// Reads an entity as of every acknowledged change.
+    pub async fn read(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
+        let _admitted = self.shared.admission.admit(Priority::Read)?;
         match self.dispatch(key, Work::Read, meta).await? {
             Outcome::Read(state) => Ok(state),
-            Outcome::Mutated(_) => Err(Error::Unavailable(
-                "unexpected reply from position actor".into(),
-            )),
+            Outcome::Mutated(_) => Err(Error::Unavailable("unexpected reply from actor".into())),
         }
+    }
+
+    /// Reads an entity's whole journal from the store (its history).
+    pub async fn journal(
+        &self,
+        key: &E::Key,
+    ) -> Result<Vec<crate::journal::JournalEntry<E::Event>>, Error> {
+        let entries = self.shared.store.journal(&E::encode_key(key)).await?;
+        entries
+            .iter()
+            .map(|(_, bytes)| codec::decode(bytes))
+            .collect()
     }
 
     async fn dispatch(
         &self,
-        key: &PositionKey,
-        work: Work,
+        key: &E::Key,
+        work: Work<E>,
         meta: RequestMeta,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Outcome<E>, Error> {
         if meta
             .deadline
             .is_some_and(|deadline| deadline <= Instant::now())
@@ -369,33 +455,16 @@ impl PositionRuntime {
         )?;
         answer
             .await
-            .map_err(|_| Error::Unavailable("position actor stopped before replying".into()))?
+            .map_err(|_| Error::Unavailable("actor stopped before replying".into()))?
     }
 
-    /// Requests currently admitted.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Acquire)
-    }
-
-    /// Positions with a running actor.
+    /// Entities with a running actor.
     pub fn active_actors(&self) -> usize {
         self.shared.actors.len()
     }
 
-    /// Stops admitting, waits up to `timeout` for admitted requests to be
-    /// answered, then stops every actor and background task.
-    pub async fn shutdown(&self, timeout: Duration) {
-        self.shared.accepting.store(false, Ordering::Release);
-        let _ = self.shared.shutdown.send(true);
-        let deadline = Instant::now() + timeout;
-        while self.in_flight() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let background: Vec<_> = self.background.lock().drain(..).collect();
-        for task in background {
-            task.abort();
-            let _ = task.await;
-        }
+    /// Stops every actor; queued commands are answered UNAVAILABLE.
+    pub async fn stop(&self) {
         let slots: Vec<_> = self
             .shared
             .actors
@@ -413,18 +482,76 @@ impl PositionRuntime {
     }
 }
 
-/// Wakes positions whose reservation-expiry timer is due.
-async fn scan_timers(shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut interval = tokio::time::interval(shared.config.timer_scan_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+impl<E: Entity> TimerTarget for EntityRuntime<E> {
+    fn wake_encoded(&self, encoded_key: &[u8]) -> bool {
+        let Some(key) = E::decode_key(encoded_key) else {
+            return false;
+        };
+        // A full mailbox means the actor is busy and runs its due timer on
+        // its next drain anyway.
+        let _ = self
+            .shared
+            .submit(&key, Envelope::internal(Work::Tick, "timer"));
+        true
+    }
+}
+
+// ---- background tasks -------------------------------------------------------
+
+/// Node-wide background work: the durable-timer scanner and the purge of
+/// old idempotency records.
+pub struct Background {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn start(
+        store: Arc<dyn Store>,
+        targets: Vec<Arc<dyn TimerTarget>>,
+        timer_scan_interval: Duration,
+        idempotency_retention: Duration,
+    ) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(scan_timers(
+                Arc::clone(&store),
+                targets,
+                timer_scan_interval,
+                shutdown.subscribe(),
+            )),
+            tokio::spawn(purge_idempotency(
+                store,
+                idempotency_retention,
+                shutdown.subscribe(),
+            )),
+        ];
+        Self { shutdown, tasks }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn scan_timers(
+    store: Arc<dyn Store>,
+    targets: Vec<Arc<dyn TimerTarget>>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
-        let due = match shared.store.due_timers(now, 4_096).await {
+        let due = match store.due_timers(now, 4_096).await {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(%error, "cannot read due timers");
@@ -432,38 +559,29 @@ async fn scan_timers(shared: Arc<Shared>) {
             }
         };
         for (encoded, _) in due {
-            let Some(key) = PositionKey::decode(&encoded) else {
-                tracing::warn!("timer for an undecodable key ignored");
-                continue;
-            };
-            let tick = Envelope {
-                work: Work::Tick,
-                correlation_id: "timer".into(),
-                deadline: None,
-                reply: None,
-            };
-            // A full mailbox means the actor is busy and expires due
-            // reservations on its next drain anyway.
-            let _ = shared.submit(&key, tick);
+            if !targets.iter().any(|target| target.wake_encoded(&encoded)) {
+                tracing::warn!("timer for an entity of no known kind ignored");
+            }
         }
     }
 }
 
-/// Deletes idempotency records older than the retention.
-async fn purge_idempotency(shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut interval = tokio::time::interval(Duration::from_secs(60));
-    let retention_ms =
-        i64::try_from(shared.config.idempotency_retention.as_millis()).unwrap_or(i64::MAX);
+async fn purge_idempotency(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     const PURGE_CHUNK: usize = 10_000;
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
         let before = u64::try_from(now_ms().saturating_sub(retention_ms)).unwrap_or(0);
         loop {
-            match shared.store.purge_idempotency(before, PURGE_CHUNK).await {
+            match store.purge_idempotency(before, PURGE_CHUNK).await {
                 Ok(purged) => {
                     metrics::counter!("skuld_idempotency_purged_total").increment(purged as u64);
                     if purged < PURGE_CHUNK {

@@ -5,18 +5,46 @@ use std::time::Duration;
 
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store, WriterConfig};
 
-use super::codec::decode;
 use super::*;
 use crate::position::{
-    AdjustmentReason, Bucket, Command, Event, LedgerEntry, Owner, OwnerType, ReservationState,
+    AdjustmentReason, Bucket, Command, Event, MutationRequest, Owner, OwnerType, PositionEntity,
+    ReservationState,
 };
+use crate::PositionKey;
+
+#[derive(Clone)]
+struct Config {
+    runtime: RuntimeConfig,
+    max_in_flight: usize,
+    timer_scan_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeConfig::default(),
+            max_in_flight: 10_000,
+            timer_scan_interval: Duration::from_millis(500),
+        }
+    }
+}
 
 struct Node {
-    runtime: PositionRuntime,
+    runtime: Arc<EntityRuntime<PositionEntity>>,
+    background: Option<Background>,
     store: Arc<dyn Store>,
 }
 
-fn start(dir: &std::path::Path, config: RuntimeConfig, writer_config: WriterConfig) -> Node {
+impl Node {
+    async fn shutdown(mut self) {
+        if let Some(background) = self.background.take() {
+            background.stop().await;
+        }
+        self.runtime.stop().await;
+    }
+}
+
+fn start(dir: &std::path::Path, config: Config, writer_config: WriterConfig) -> Node {
     // A stopped runtime's tasks let go of the database file shortly after.
     let mut opened = EmbeddedStore::open(dir);
     for _ in 0..100 {
@@ -28,8 +56,27 @@ fn start(dir: &std::path::Path, config: RuntimeConfig, writer_config: WriterConf
     }
     let store: Arc<dyn Store> = Arc::new(opened.unwrap());
     let (writer, _) = GroupCommitWriter::start(Arc::clone(&store), writer_config);
+    let admission = Arc::new(Admission::new(
+        config.max_in_flight,
+        80,
+        Duration::from_millis(100),
+    ));
+    let runtime = Arc::new(EntityRuntime::new(
+        PositionEntity::default(),
+        Arc::clone(&store),
+        writer,
+        admission,
+        config.runtime,
+    ));
+    let background = Background::start(
+        Arc::clone(&store),
+        vec![Arc::clone(&runtime) as Arc<dyn TimerTarget>],
+        config.timer_scan_interval,
+        Duration::from_secs(86_400),
+    );
     Node {
-        runtime: PositionRuntime::start(Arc::clone(&store), writer, config),
+        runtime,
+        background: Some(background),
         store,
     }
 }
@@ -76,11 +123,7 @@ fn reserve(id: &str, quantity: i64, ttl_ms: i64) -> Command {
 async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let node = start(
-            dir.path(),
-            RuntimeConfig::default(),
-            WriterConfig::default(),
-        );
+        let node = start(dir.path(), Config::default(), WriterConfig::default());
         let first = node
             .runtime
             .mutate(request("receive-1", receive(10)), RequestMeta::default())
@@ -106,13 +149,9 @@ async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
             )
             .await
             .unwrap();
-        node.runtime.shutdown(Duration::from_secs(1)).await;
+        node.shutdown().await;
     }
-    let node = start(
-        dir.path(),
-        RuntimeConfig::default(),
-        WriterConfig::default(),
-    );
+    let node = start(dir.path(), Config::default(), WriterConfig::default());
     let state = node
         .runtime
         .read(&key(), RequestMeta::default())
@@ -143,20 +182,16 @@ async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commands_on_one_position_never_oversell() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Arc::new(start(
-        dir.path(),
-        RuntimeConfig::default(),
-        WriterConfig::default(),
-    ));
+    let node = start(dir.path(), Config::default(), WriterConfig::default());
     node.runtime
         .mutate(request("receive", receive(100)), RequestMeta::default())
         .await
         .unwrap();
     let mut tasks = Vec::new();
     for index in 0..300 {
-        let node = Arc::clone(&node);
+        let runtime = Arc::clone(&node.runtime);
         tasks.push(tokio::spawn(async move {
-            node.runtime
+            runtime
                 .mutate(
                     request(
                         &format!("reserve-{index}"),
@@ -191,9 +226,9 @@ async fn concurrent_commands_on_one_position_never_oversell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
+    let config = Config {
         timer_scan_interval: Duration::from_millis(50),
-        ..RuntimeConfig::default()
+        ..Config::default()
     };
     {
         let node = start(dir.path(), config.clone(), WriterConfig::default());
@@ -209,7 +244,7 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
             .await
             .unwrap();
         // Stop before the TTL runs out.
-        node.runtime.shutdown(Duration::from_secs(1)).await;
+        node.shutdown().await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let node = start(dir.path(), config, WriterConfig::default());
@@ -217,8 +252,8 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
     let mut expired = false;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let journal = node.store.journal(&key().encode()).await.unwrap();
-        let last: LedgerEntry = decode(&journal.last().unwrap().1).unwrap();
+        let journal = node.runtime.journal(&key()).await.unwrap();
+        let last = journal.last().unwrap();
         if matches!(
             last.events.as_slice(),
             [Event::ReservationExpired { quantity: 2, .. }]
@@ -259,22 +294,24 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queues_refuse_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
-        mailbox_capacity: 2,
-        ..RuntimeConfig::default()
+    let config = Config {
+        runtime: RuntimeConfig {
+            mailbox_capacity: 2,
+            ..RuntimeConfig::default()
+        },
+        ..Config::default()
     };
     let writer_config = WriterConfig {
         commit_delay: Some(Duration::from_millis(200)),
         ..WriterConfig::default()
     };
-    let node = Arc::new(start(dir.path(), config, writer_config));
+    let node = start(dir.path(), config, writer_config);
     let mut tasks = Vec::new();
     for index in 0..20 {
-        let node = Arc::clone(&node);
+        let runtime = Arc::clone(&node.runtime);
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let result = node
-                .runtime
+            let result = runtime
                 .mutate(
                     request(&format!("k{index}"), receive(1)),
                     RequestMeta::default(),
@@ -301,10 +338,13 @@ async fn full_queues_refuse_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_actors_passivate_and_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
-        idle_timeout: Duration::from_millis(100),
-        snapshot_every: 3,
-        ..RuntimeConfig::default()
+    let config = Config {
+        runtime: RuntimeConfig {
+            idle_timeout: Duration::from_millis(100),
+            snapshot_every: 3,
+            ..RuntimeConfig::default()
+        },
+        ..Config::default()
     };
     let node = start(dir.path(), config, WriterConfig::default());
     for index in 0..5 {
@@ -333,11 +373,7 @@ async fn idle_actors_passivate_and_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadlines_are_dropped_unapplied() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(
-        dir.path(),
-        RuntimeConfig::default(),
-        WriterConfig::default(),
-    );
+    let node = start(dir.path(), Config::default(), WriterConfig::default());
     let meta = RequestMeta {
         correlation_id: "c".into(),
         deadline: Some(Instant::now()),

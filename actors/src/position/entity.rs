@@ -1,0 +1,109 @@
+//! Inventory positions as an [`Entity`] of the actor runtime.
+
+use super::{apply_entry, decide, Command, Context, Decision, Event, MutationReply, PositionState};
+use crate::journal::JournalEntry;
+use crate::key::{validate_token, PositionKey};
+use crate::runtime::{Entity, Mutation};
+use crate::Error;
+
+/// A client's mutation of one position.
+pub type MutationRequest = Mutation<PositionEntity>;
+
+/// The position rules with the node's reservation limits.
+#[derive(Debug, Clone)]
+pub struct PositionEntity {
+    /// TTL of a reservation that asks for none.
+    pub default_ttl_ms: i64,
+    /// Longest TTL a reservation or an extension may get.
+    pub max_ttl_ms: i64,
+    /// Longest TTL of an exchange hold placed by a return (they last until
+    /// the return is processed, so far longer than a cart's).
+    pub max_exchange_ttl_ms: i64,
+}
+
+impl Default for PositionEntity {
+    fn default() -> Self {
+        Self {
+            default_ttl_ms: 15 * 60_000,
+            max_ttl_ms: 4 * 3_600_000,
+            max_exchange_ttl_ms: 60 * 86_400_000,
+        }
+    }
+}
+
+impl Entity for PositionEntity {
+    type Key = PositionKey;
+    type State = PositionState;
+    type Command = Command;
+    type Event = Event;
+    type Outcome = Decision;
+    type Reply = MutationReply;
+
+    const KIND: &'static str = "position";
+
+    fn encode_key(key: &PositionKey) -> Vec<u8> {
+        key.encode()
+    }
+
+    fn decode_key(bytes: &[u8]) -> Option<PositionKey> {
+        PositionKey::decode(bytes)
+    }
+
+    fn validate(key: &PositionKey, command: &Command) -> Result<(), Error> {
+        validate_token("tenant", &key.tenant)?;
+        validate_token("sku", &key.sku)?;
+        validate_token("location", &key.location)?;
+        command.validate()
+    }
+
+    fn version(state: &PositionState) -> u64 {
+        state.version
+    }
+
+    fn next_timer_ms(state: &PositionState) -> Option<i64> {
+        state.next_expiry_ms()
+    }
+
+    fn timer_command() -> Command {
+        Command::ExpireDue
+    }
+
+    fn decide(
+        &self,
+        _key: &PositionKey,
+        state: &PositionState,
+        expected_version: Option<u64>,
+        command: &Command,
+        now_ms: i64,
+    ) -> Result<(Vec<Event>, Decision), Error> {
+        let max_ttl_ms = match command {
+            Command::Reserve { owner, .. } if owner.kind == super::OwnerType::ReturnExchange => {
+                self.max_exchange_ttl_ms.max(self.max_ttl_ms)
+            }
+            _ => self.max_ttl_ms,
+        };
+        let context = Context {
+            now_ms,
+            default_ttl_ms: self.default_ttl_ms,
+            max_ttl_ms,
+        };
+        let mut decision = decide(state, expected_version, command, &context)?;
+        let events = std::mem::take(&mut decision.events);
+        Ok((events, decision))
+    }
+
+    fn apply_entry(state: &mut PositionState, entry: &JournalEntry<Event>) {
+        apply_entry(state, entry);
+    }
+
+    fn reply(state: &PositionState, decision: Decision) -> MutationReply {
+        MutationReply {
+            version: state.version,
+            buckets: state.buckets,
+            reservation: decision
+                .reservation_id
+                .and_then(|id| state.reservation(&id).cloned()),
+            granted_quantity: decision.granted_quantity,
+        }
+    }
+}
