@@ -16,4 +16,4 @@ pub mod returns;
 pub mod runtime;
 
 pub use error::Error;
-pub use key::PositionKey;
+pub use key::{PositionKey, ReturnKey};

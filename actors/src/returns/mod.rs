@@ -6,7 +6,7 @@
 //! performed here: accepting a receipt, a disposition or an exchange hold
 //! schedules an [`Effect`] with a step number. The runtime performs each
 //! pending effect against the position actor with the idempotency key
-//! `return:{return_id}:step:{step}` and then records its completion with
+//! `ret:{return_id}:{step}` and then records its completion with
 //! [`Command::CompleteEffect`], so a crash between any two steps resumes the
 //! effect and never applies it twice.
 //!
@@ -18,9 +18,11 @@
 //! * every unit is restocked at most once (one disposition per unit).
 
 mod decide;
+mod entity;
 mod state;
 
-pub use decide::{apply, apply_entry, decide, refundable_quantity, ReturnContext};
+pub use decide::{allowed_commands, apply, apply_entry, decide, refundable_quantity, ReturnContext};
+pub use entity::{effect_mutation, summary_scope, ReturnEntity, ReturnMutation, ReturnSummary};
 pub use state::*;
 
 #[cfg(test)]

@@ -370,6 +370,9 @@ impl<E: Entity> ActorState<E> {
         if self.timer_written != Some(next_timer) {
             write.timer = Some(next_timer.map(|due| u64::try_from(due).unwrap_or(0)));
         }
+        if !write.journal.is_empty() {
+            write.summary = E::summary(key, state);
+        }
         let version = E::version(state);
         if !write.journal.is_empty()
             && version >= self.snapshot_version + self.shared.config.snapshot_every

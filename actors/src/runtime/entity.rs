@@ -53,6 +53,12 @@ pub trait Entity: Send + Sync + Sized + 'static {
 
     fn reply(state: &Self::State, outcome: Self::Outcome) -> Self::Reply;
 
+    /// A listing summary `(scope, value)` stored with each write that
+    /// changes the entity; `None` (the default) keeps no listing.
+    fn summary(_key: &Self::Key, _state: &Self::State) -> Option<(Vec<u8>, Vec<u8>)> {
+        None
+    }
+
     /// Called after each durable write of an entity; starts side effects
     /// the new state asks for. Must not block.
     fn after_commit(&self, _key: &Self::Key, _state: &Self::State, _handle: &EntityHandle<Self>) {}

@@ -39,6 +39,8 @@ struct Inner {
     timers: Keyspace,
     /// due_at(be) ++ entity -> (); the scan index of due timers.
     timers_by_due: Keyspace,
+    /// lp(scope) ++ entity -> summary; listings.
+    summaries: Keyspace,
     /// Serializes the writers that read before they write (commits and
     /// purges): a purge must not delete a record a concurrent commit rewrites.
     write_lock: Mutex<()>,
@@ -106,6 +108,7 @@ impl EmbeddedStore {
             idempotency_by_time: keyspace("idempotency_by_time")?,
             timers: keyspace("timers")?,
             timers_by_due: keyspace("timers_by_due")?,
+            summaries: keyspace("summaries")?,
             write_lock: Mutex::new(()),
             db,
         };
@@ -189,6 +192,9 @@ impl Inner {
                     None => write.remove(&self.timers, key),
                 }
                 timers_in_batch.insert(key, timer);
+            }
+            if let Some((scope, summary)) = &entity.summary {
+                write.insert(&self.summaries, with_suffix(&length_prefixed(scope), key), summary.as_slice());
             }
         }
         write.commit().map_err(StoreError::backend)
@@ -309,6 +315,39 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn list_summaries(
+        &self,
+        scope: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let prefix = length_prefixed(scope);
+        self.blocking(move |inner| {
+            let mut found = Vec::new();
+            let items: Box<dyn Iterator<Item = fjall::Guard>> = match after {
+                Some(after) => {
+                    // Everything in the scope strictly after `after`.
+                    let mut start = with_suffix(&prefix, &after);
+                    start.push(0);
+                    Box::new(inner.summaries.range(start..))
+                }
+                None => Box::new(inner.summaries.prefix(&prefix)),
+            };
+            for item in items {
+                let (k, v) = item.into_inner().map_err(StoreError::backend)?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                found.push((k.get(prefix.len()..).unwrap_or_default().to_vec(), v.to_vec()));
+                if found.len() >= limit {
+                    break;
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let prefixed = length_prefixed(key);
         self.blocking(move |inner| {
@@ -344,6 +383,7 @@ mod tests {
                 recorded_at_ms: 1_000 + sequence,
             }],
             timer: Some(Some(5_000 + sequence)),
+            summary: None,
         }
     }
 
@@ -392,6 +432,26 @@ mod tests {
         assert_eq!(loaded.journal_tail, vec![(3, vec![3])]);
         assert!(store.due_timers(u64::MAX - 1, 10).await.unwrap().is_empty());
         assert_eq!(store.journal(b"a").await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn summaries_page_in_key_order_within_their_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        for (scope, key) in [(b"t1", b"c"), (b"t1", b"a"), (b"t2", b"b"), (b"t1", b"b")] {
+            batch.entities.push(EntityWrite {
+                key: key.to_vec(),
+                summary: Some((scope.to_vec(), key.to_vec())),
+                ..EntityWrite::default()
+            });
+        }
+        store.commit(batch).await.unwrap();
+        let first = store.list_summaries(b"t1", None, 2).await.unwrap();
+        assert_eq!(first.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
+        let rest = store.list_summaries(b"t1", Some(b"b".to_vec()), 2).await.unwrap();
+        assert_eq!(rest, vec![(b"c".to_vec(), b"c".to_vec())]);
+        assert_eq!(store.list_summaries(b"t2", None, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

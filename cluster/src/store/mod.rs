@@ -61,6 +61,9 @@ pub struct EntityWrite {
     /// `Some(Some(t))` sets the entity's wake-up timer to `t` (unix ms),
     /// `Some(None)` clears it, `None` leaves it unchanged.
     pub timer: Option<Option<u64>>,
+    /// A listing summary `(scope, value)` replacing the entity's previous
+    /// one in that scope (e.g. a tenant's returns), for paged listings.
+    pub summary: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EntityWrite {
@@ -69,6 +72,7 @@ impl EntityWrite {
             && self.snapshot.is_none()
             && self.idempotency.is_empty()
             && self.timer.is_none()
+            && self.summary.is_none()
     }
 }
 
@@ -113,6 +117,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes idempotency records recorded before `before_ms`; returns how many.
     async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Summaries in `scope` after the entity key `after`, in key order.
+    async fn list_summaries(
+        &self,
+        scope: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
 
     /// Reads a whole entity journal (for audits, tests and tooling).
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;

@@ -1,0 +1,346 @@
+//! Return cases as an [`Entity`] of the actor runtime, and the executor of
+//! their inventory effects.
+//!
+//! After each durable write of a case, the lowest pending effect (if due) is
+//! run against the position runtime with the idempotency key
+//! `ret:{return_id}:{step}`; its result comes back to the case as an
+//! internal `CompleteEffect` command. Effects of one case run one at a time,
+//! in step order. A crash anywhere leaves the effect pending in the case's
+//! durable state, so it is run again after the restart, and the position's
+//! idempotency record makes the second run a replay: each effect is applied
+//! exactly once (within the idempotency retention, 24 h by default).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::{apply_entry, decide, Effect, EffectKind, EffectOutcome, ReturnCase, ReturnCommand, ReturnContext, ReturnEvent, ReturnState};
+use crate::journal::JournalEntry;
+use crate::position::{
+    AdjustmentReason, Bucket, Command, MutationRequest, Owner, OwnerType, PositionEntity,
+};
+use crate::runtime::{codec, now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
+use crate::{Error, PositionKey, ReturnKey};
+
+/// A client's mutation of one return case.
+pub type ReturnMutation = Mutation<ReturnEntity>;
+
+/// One row of a tenant's return listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnSummary {
+    pub state: Option<ReturnState>,
+    pub order_ref: String,
+    pub open_exceptions: u32,
+    pub version: u64,
+}
+
+/// The listing scope of a tenant's returns.
+pub fn summary_scope(tenant: &str) -> Vec<u8> {
+    let mut scope = b"returns/".to_vec();
+    scope.extend_from_slice(tenant.as_bytes());
+    scope
+}
+
+/// Return cases, with the position runtime their effects act on.
+pub struct ReturnEntity {
+    positions: Arc<EntityRuntime<PositionEntity>>,
+    /// Cases with an effect running now: one at a time per case.
+    running: Arc<Mutex<HashSet<ReturnKey>>>,
+    failpoint: Option<Failpoint>,
+}
+
+/// Crash injection for the exactly-once tests: `SKULD_FAILPOINT_EFFECT` set
+/// to `before:N` or `after:N` aborts the process just before or just after
+/// the position applies effect step N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failpoint {
+    before: bool,
+    step: u32,
+}
+
+impl Failpoint {
+    fn from_env() -> Option<Self> {
+        let value = std::env::var("SKULD_FAILPOINT_EFFECT").ok()?;
+        let (when, step) = value.split_once(':')?;
+        Some(Self {
+            before: when == "before",
+            step: step.parse().ok()?,
+        })
+    }
+
+    fn hit(failpoint: Option<Self>, before: bool, step: u32) {
+        if failpoint == Some(Self { before, step }) {
+            tracing::error!(step, before, "failpoint: aborting the process");
+            std::process::abort();
+        }
+    }
+}
+
+impl ReturnEntity {
+    pub fn new(positions: Arc<EntityRuntime<PositionEntity>>) -> Self {
+        Self {
+            positions,
+            running: Arc::new(Mutex::new(HashSet::new())),
+            failpoint: Failpoint::from_env(),
+        }
+    }
+}
+
+/// The position mutation an effect stands for. Deterministic: a retry sends
+/// the same request, so the position replays it instead of applying it again.
+pub fn effect_mutation(key: &ReturnKey, effect: &Effect) -> Result<MutationRequest, Error> {
+    let reference = format!("return:{}", key.return_id);
+    let (sku, location, command) = match &effect.kind {
+        EffectKind::ReceiveIntoInspection { sku, location, quantity } => (
+            sku,
+            location,
+            Command::Adjust {
+                bucket: Bucket::QualityControl,
+                delta: *quantity,
+                reason: AdjustmentReason::ReturnRestock,
+                change_from: None,
+                reference,
+            },
+        ),
+        EffectKind::Dispose {
+            sku,
+            location,
+            quantity,
+            disposition,
+        } => {
+            use super::Disposition::*;
+            let command = match disposition {
+                Restock | DamagedHold => Command::Move {
+                    from: Bucket::QualityControl,
+                    to: if *disposition == Restock { Bucket::Available } else { Bucket::Damaged },
+                    quantity: *quantity,
+                    reason: if *disposition == Restock {
+                        AdjustmentReason::ReturnRestock
+                    } else {
+                        AdjustmentReason::Damage
+                    },
+                    from_change_from: None,
+                    to_change_from: None,
+                    reference,
+                },
+                Scrap | ReturnToVendor => Command::Adjust {
+                    bucket: Bucket::QualityControl,
+                    delta: -*quantity,
+                    reason: if *disposition == Scrap {
+                        AdjustmentReason::Damage
+                    } else {
+                        AdjustmentReason::Transfer
+                    },
+                    change_from: None,
+                    reference,
+                },
+                RestockAfterProcessing | Missing | KeepItem => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "disposition {disposition:?} has no inventory effect"
+                    )))
+                }
+            };
+            (sku, location, command)
+        }
+        EffectKind::HoldExchange {
+            sku,
+            location,
+            quantity,
+            reservation_id,
+        } => (
+            sku,
+            location,
+            Command::Reserve {
+                reservation_id: reservation_id.clone(),
+                quantity: *quantity,
+                owner: Owner {
+                    kind: OwnerType::ReturnExchange,
+                    id: key.return_id.clone(),
+                    line_id: String::new(),
+                },
+                channel: String::new(),
+                // Capped by the position's exchange-hold maximum.
+                ttl_ms: 60 * 86_400_000,
+                allow_partial: false,
+            },
+        ),
+        EffectKind::ReleaseExchange {
+            sku,
+            location,
+            reservation_id,
+        } => (
+            sku,
+            location,
+            Command::ReleaseReservation {
+                reservation_id: reservation_id.clone(),
+            },
+        ),
+        EffectKind::ConfirmExchange {
+            sku,
+            location,
+            reservation_id,
+            order_ref,
+        } => (
+            sku,
+            location,
+            Command::CommitReservation {
+                reservation_id: reservation_id.clone(),
+                quantity: 0,
+                order_ref: order_ref.clone(),
+            },
+        ),
+    };
+    Ok(MutationRequest {
+        key: PositionKey::new(key.tenant.clone(), sku.clone(), location.clone())?,
+        idempotency_key: format!("ret:{}:{}", key.return_id, effect.step),
+        expected_version: None,
+        command,
+    })
+}
+
+/// Runs one effect; transient failures ask for a retry.
+async fn run_effect(
+    positions: &EntityRuntime<PositionEntity>,
+    key: &ReturnKey,
+    effect: &Effect,
+) -> (EffectOutcome, String) {
+    let mutation = match effect_mutation(key, effect) {
+        Ok(mutation) => mutation,
+        Err(error) => return (EffectOutcome::Refused, error.to_string()),
+    };
+    let meta = RequestMeta {
+        correlation_id: format!("return:{}:{}", key.return_id, effect.step),
+        deadline: None,
+    };
+    match positions.mutate(mutation, meta).await {
+        Ok(_) => (EffectOutcome::Applied, String::new()),
+        // Releasing a hold that no longer exists leaves nothing to do.
+        Err(Error::ReservationNotFound(_)) if matches!(effect.kind, EffectKind::ReleaseExchange { .. }) => {
+            (EffectOutcome::Applied, String::new())
+        }
+        Err(error @ (Error::Overloaded { .. } | Error::Unavailable(_) | Error::DeadlineExceeded)) => {
+            (EffectOutcome::Retry, error.to_string())
+        }
+        Err(error) => (EffectOutcome::Refused, error.to_string()),
+    }
+}
+
+impl Entity for ReturnEntity {
+    type Key = ReturnKey;
+    type State = ReturnCase;
+    type Command = ReturnCommand;
+    type Event = ReturnEvent;
+    type Outcome = ();
+    type Reply = ReturnCase;
+
+    const KIND: &'static str = "return";
+
+    fn encode_key(key: &ReturnKey) -> Vec<u8> {
+        key.encode()
+    }
+
+    fn decode_key(bytes: &[u8]) -> Option<ReturnKey> {
+        ReturnKey::decode(bytes)
+    }
+
+    fn validate(key: &ReturnKey, command: &ReturnCommand) -> Result<(), Error> {
+        key.validate()?;
+        match command {
+            ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => Err(Error::InvalidArgument {
+                field: "command",
+                reason: "reserved for the node".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn version(state: &ReturnCase) -> u64 {
+        state.version
+    }
+
+    fn next_timer_ms(state: &ReturnCase) -> Option<i64> {
+        state.next_timer_ms()
+    }
+
+    fn timer_command() -> ReturnCommand {
+        ReturnCommand::Tick
+    }
+
+    fn decide(
+        &self,
+        key: &ReturnKey,
+        state: &ReturnCase,
+        expected_version: Option<u64>,
+        command: &ReturnCommand,
+        now_ms: i64,
+    ) -> Result<(Vec<ReturnEvent>, ()), Error> {
+        let context = ReturnContext {
+            now_ms,
+            return_id: key.return_id.clone(),
+        };
+        Ok((decide(state, expected_version, command, &context)?, ()))
+    }
+
+    fn apply_entry(state: &mut ReturnCase, entry: &JournalEntry<ReturnEvent>) {
+        apply_entry(state, entry);
+    }
+
+    fn reply(state: &ReturnCase, _outcome: ()) -> ReturnCase {
+        state.clone()
+    }
+
+    fn summary(key: &ReturnKey, state: &ReturnCase) -> Option<(Vec<u8>, Vec<u8>)> {
+        let summary = ReturnSummary {
+            state: state.state,
+            order_ref: state.order_ref.clone(),
+            open_exceptions: u32::try_from(state.open_exceptions().count()).unwrap_or(u32::MAX),
+            version: state.version,
+        };
+        codec::encode(&summary)
+            .ok()
+            .map(|bytes| (summary_scope(&key.tenant), bytes))
+    }
+
+    fn after_commit(&self, key: &ReturnKey, state: &ReturnCase, handle: &EntityHandle<Self>) {
+        let Some(effect) = state.pending_effects.values().next() else {
+            return;
+        };
+        if effect.retry_at_ms > now_ms() {
+            // The durable timer wakes the case when the retry is due.
+            return;
+        }
+        if !self.running.lock().insert(key.clone()) {
+            return;
+        }
+        let positions = Arc::clone(&self.positions);
+        let running = Arc::clone(&self.running);
+        let handle = handle.clone();
+        let key = key.clone();
+        let effect = effect.clone();
+        let failpoint = self.failpoint;
+        tokio::spawn(async move {
+            Failpoint::hit(failpoint, true, effect.step);
+            let (outcome, error) = run_effect(&positions, &key, &effect).await;
+            Failpoint::hit(failpoint, false, effect.step);
+            running.lock().remove(&key);
+            metrics::counter!("skuld_return_effects_total", "outcome" => match outcome {
+                EffectOutcome::Applied => "applied",
+                EffectOutcome::Refused => "refused",
+                EffectOutcome::Retry => "retry",
+            })
+            .increment(1);
+            let report = ReturnCommand::CompleteEffect {
+                step: effect.step,
+                outcome,
+                error,
+            };
+            if let Err(error) = handle.send_internal(&key, report, "effect") {
+                // The effect stays pending; the timer runs it again and the
+                // position replays it.
+                tracing::warn!(%key, step = effect.step, %error, "effect result not delivered");
+            }
+        });
+    }
+}
