@@ -142,7 +142,10 @@ impl ReturnKey {
         if self.return_id.len() > MAX_RETURN_ID_BYTES {
             return Err(Error::invalid(
                 "return_id",
-                format!("is {} bytes; at most {MAX_RETURN_ID_BYTES} allowed", self.return_id.len()),
+                format!(
+                    "is {} bytes; at most {MAX_RETURN_ID_BYTES} allowed",
+                    self.return_id.len()
+                ),
             ));
         }
         Ok(())

@@ -2,9 +2,7 @@
 //! position runtime, encode; plus per-RPC metrics, correlation ids and
 //! deadlines.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use skuld_actors::position::MutationRequest;
 use skuld_actors::position::PositionEntity;
@@ -12,15 +10,10 @@ use skuld_actors::runtime::{EntityRuntime, RequestMeta};
 use skuld_actors::Error;
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::inventory_service_server::InventoryService;
-use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::convert;
-use crate::status::to_status;
-
-/// Metadata key of the correlation id, accepted and echoed back.
-pub const CORRELATION_ID: &str = "x-correlation-id";
+use crate::rpc;
 
 pub struct InventoryApi {
     runtime: Arc<EntityRuntime<PositionEntity>>,
@@ -29,59 +22,6 @@ pub struct InventoryApi {
 impl InventoryApi {
     pub fn new(runtime: Arc<EntityRuntime<PositionEntity>>) -> Self {
         Self { runtime }
-    }
-
-    /// Wraps a handler with what every RPC needs: correlation id, deadline,
-    /// a tracing span, metrics and the error-to-status mapping.
-    async fn serve<Req, Resp, F, Fut>(
-        &self,
-        method: &'static str,
-        request: Request<Req>,
-        handler: F,
-    ) -> Result<Response<Resp>, Status>
-    where
-        F: FnOnce(Req, RequestMeta) -> Fut,
-        Fut: Future<Output = Result<Resp, Error>>,
-    {
-        let started = Instant::now();
-        let correlation_id = correlation_id(request.metadata());
-        let meta = RequestMeta {
-            correlation_id: correlation_id.clone(),
-            deadline: grpc_timeout(request.metadata()).map(|timeout| started + timeout),
-        };
-        let span = tracing::info_span!("rpc", method, correlation_id = %correlation_id);
-        let result = handler(request.into_inner(), meta)
-            .instrument(span.clone())
-            .await;
-        let code = match &result {
-            Ok(_) => "OK",
-            Err(error) => code_name(error),
-        };
-        metrics::counter!("skuld_grpc_requests_total", "method" => method, "code" => code)
-            .increment(1);
-        metrics::histogram!("skuld_grpc_request_duration_seconds", "method" => method)
-            .record(started.elapsed().as_secs_f64());
-        let echo = MetadataValue::try_from(correlation_id.as_str()).ok();
-        match result {
-            Ok(body) => {
-                let mut response = Response::new(body);
-                if let Some(value) = echo {
-                    response.metadata_mut().insert(CORRELATION_ID, value);
-                }
-                Ok(response)
-            }
-            Err(error) => {
-                span.in_scope(|| match &error {
-                    Error::Unavailable(_) => tracing::warn!(%error, "request failed"),
-                    _ => tracing::debug!(%error, "request refused"),
-                });
-                let mut status = to_status(&error);
-                if let Some(value) = echo {
-                    status.metadata_mut().insert(CORRELATION_ID, value);
-                }
-                Err(status)
-            }
-        }
     }
 
     async fn mutate(
@@ -95,71 +35,33 @@ impl InventoryApi {
     }
 }
 
-fn code_name(error: &Error) -> &'static str {
-    match to_status(error).code() {
-        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-        tonic::Code::NotFound => "NOT_FOUND",
-        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
-        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        tonic::Code::Unavailable => "UNAVAILABLE",
-        _ => "OTHER",
-    }
-}
-
-/// The caller's correlation id when it is a sane token, else a new one.
-fn correlation_id(metadata: &MetadataMap) -> String {
-    metadata
-        .get(CORRELATION_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| skuld_actors::key::validate_token(CORRELATION_ID, value).is_ok())
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
-}
-
-/// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3_600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 type MutationResult = Result<Response<pb::MutationResponse>, Status>;
 
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
     async fn adjust(&self, request: Request<pb::AdjustRequest>) -> MutationResult {
-        self.serve("Adjust", request, |message, meta| async move {
+        rpc::serve("Adjust", request, |message, meta| async move {
             self.mutate(convert::adjust(message)?, meta).await
         })
         .await
     }
 
     async fn set_on_hand(&self, request: Request<pb::SetOnHandRequest>) -> MutationResult {
-        self.serve("SetOnHand", request, |message, meta| async move {
+        rpc::serve("SetOnHand", request, |message, meta| async move {
             self.mutate(convert::set_on_hand(message)?, meta).await
         })
         .await
     }
 
     async fn r#move(&self, request: Request<pb::MoveRequest>) -> MutationResult {
-        self.serve("Move", request, |message, meta| async move {
+        rpc::serve("Move", request, |message, meta| async move {
             self.mutate(convert::move_quantity(message)?, meta).await
         })
         .await
     }
 
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> MutationResult {
-        self.serve("Reserve", request, |message, meta| async move {
+        rpc::serve("Reserve", request, |message, meta| async move {
             self.mutate(convert::reserve(message)?, meta).await
         })
         .await
@@ -169,7 +71,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ExtendReservationRequest>,
     ) -> MutationResult {
-        self.serve("ExtendReservation", request, |message, meta| async move {
+        rpc::serve("ExtendReservation", request, |message, meta| async move {
             self.mutate(convert::extend(message)?, meta).await
         })
         .await
@@ -179,7 +81,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> MutationResult {
-        self.serve("ReleaseReservation", request, |message, meta| async move {
+        rpc::serve("ReleaseReservation", request, |message, meta| async move {
             self.mutate(convert::release(message)?, meta).await
         })
         .await
@@ -189,14 +91,14 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CommitReservationRequest>,
     ) -> MutationResult {
-        self.serve("CommitReservation", request, |message, meta| async move {
+        rpc::serve("CommitReservation", request, |message, meta| async move {
             self.mutate(convert::commit(message)?, meta).await
         })
         .await
     }
 
     async fn fulfill(&self, request: Request<pb::FulfillRequest>) -> MutationResult {
-        self.serve("Fulfill", request, |message, meta| async move {
+        rpc::serve("Fulfill", request, |message, meta| async move {
             self.mutate(convert::fulfill(message)?, meta).await
         })
         .await
@@ -206,7 +108,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CancelCommitmentRequest>,
     ) -> MutationResult {
-        self.serve("CancelCommitment", request, |message, meta| async move {
+        rpc::serve("CancelCommitment", request, |message, meta| async move {
             self.mutate(convert::cancel_commitment(message)?, meta)
                 .await
         })
@@ -217,7 +119,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetPositionRequest>,
     ) -> Result<Response<pb::GetPositionResponse>, Status> {
-        self.serve("GetPosition", request, |message, meta| async move {
+        rpc::serve("GetPosition", request, |message, meta| async move {
             let key = convert::position_key(message.key)?;
             let state = self.runtime.read(&key, meta).await?;
             if state.version == 0 {
@@ -234,7 +136,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetAvailabilityRequest>,
     ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
-        self.serve("GetAvailability", request, |message, meta| async move {
+        rpc::serve("GetAvailability", request, |message, meta| async move {
             let keys = convert::availability_keys(message)?;
             let reads = keys.iter().map(|key| self.runtime.read(key, meta.clone()));
             let states = futures::future::try_join_all(reads).await?;
@@ -250,31 +152,5 @@ impl InventoryService for InventoryApi {
             })
         })
         .await
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc_timeouts() {
-        let mut metadata = MetadataMap::new();
-        metadata.insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(250)));
-        metadata.insert("grpc-timeout", "2S".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
-        metadata.insert("grpc-timeout", "x".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), None);
-    }
-
-    #[test]
-    fn keeps_a_sane_correlation_id_and_replaces_a_bad_one() {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(CORRELATION_ID, "order-42".parse().unwrap());
-        assert_eq!(correlation_id(&metadata), "order-42");
-        metadata.insert(CORRELATION_ID, "x".repeat(200).parse().unwrap());
-        assert_eq!(correlation_id(&metadata).len(), 36);
     }
 }

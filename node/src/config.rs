@@ -52,6 +52,10 @@ pub struct Config {
     pub log_format: String,
     /// Log filter (tracing EnvFilter syntax), e.g. "info,skuld=debug".
     pub log_filter: String,
+    /// Return policies by scope (file only): `[return_policies.default]`,
+    /// `[return_policies.<tenant>]`, `[return_policies."<tenant>/<channel>"]`.
+    /// The most specific applies; a case keeps the policy it opened with.
+    pub return_policies: std::collections::BTreeMap<String, skuld_actors::returns::ReturnPolicy>,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             drain_timeout_secs: 20,
             log_format: "text".into(),
             log_filter: "info".into(),
+            return_policies: std::collections::BTreeMap::new(),
         }
     }
 }

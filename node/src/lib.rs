@@ -7,6 +7,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod returns_api;
+pub mod rpc;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -17,15 +17,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::{Background, EntityRuntime, TimerTarget};
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
+use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::InventoryApi;
 use crate::config::Config;
+use crate::returns_api::{ReturnPolicies, ReturnsApi};
 
 /// The sockets the node serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -70,13 +73,23 @@ pub async fn run(
     let runtime = Arc::new(EntityRuntime::new(
         config.positions(),
         Arc::clone(&store),
-        writer,
+        writer.clone(),
+        Arc::clone(&admission),
+        config.runtime(),
+    ));
+    let returns = Arc::new(EntityRuntime::new(
+        ReturnEntity::new(Arc::clone(&runtime)),
+        Arc::clone(&store),
+        writer.clone(),
         Arc::clone(&admission),
         config.runtime(),
     ));
     let background = Background::start(
         Arc::clone(&store),
-        vec![Arc::clone(&runtime) as Arc<dyn TimerTarget>],
+        vec![
+            Arc::clone(&runtime) as Arc<dyn TimerTarget>,
+            Arc::clone(&returns) as Arc<dyn TimerTarget>,
+        ],
         Duration::from_millis(config.timer_scan_interval_ms),
         Duration::from_secs(config.idempotency_retention_secs),
     );
@@ -84,6 +97,9 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<InventoryServiceServer<InventoryApi>>()
+        .await;
+    health
+        .set_serving::<ReturnsServiceServer<ReturnsApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(skuld_proto::FILE_DESCRIPTOR_SET)
@@ -93,6 +109,12 @@ pub async fn run(
     let inventory = InventoryServiceServer::new(InventoryApi::new(Arc::clone(&runtime)))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
+    let returns_service = ReturnsServiceServer::new(ReturnsApi::new(
+        Arc::clone(&returns),
+        ReturnPolicies(config.return_policies.clone()),
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
 
     let (stop_servers, servers_stopped) = watch::channel(false);
     let grpc_stop = wait_for(servers_stopped.clone());
@@ -101,6 +123,7 @@ pub async fn run(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(inventory)
+            .add_service(returns_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), grpc_stop),
     );
 
@@ -135,12 +158,17 @@ pub async fn run(
         .set_not_serving::<InventoryServiceServer<InventoryApi>>()
         .await;
     health
+        .set_not_serving::<ReturnsServiceServer<ReturnsApi>>()
+        .await;
+    health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     admission
         .drain(Duration::from_secs(config.drain_timeout_secs))
         .await;
     background.stop().await;
+    // Return cases first: their effects act on positions.
+    returns.stop().await;
     runtime.stop().await;
     let _ = stop_servers.send(true);
     if let Err(error) = grpc.await.context("gRPC server task failed")? {
@@ -151,7 +179,9 @@ pub async fn run(
     }
     // The writer ends once the last handle (held by the runtime) is gone and
     // its queue is flushed.
+    drop(returns);
     drop(runtime);
+    drop(writer);
     if tokio::time::timeout(Duration::from_secs(10), writer_task)
         .await
         .is_err()

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{apply_entry, decide, Effect, EffectKind, EffectOutcome, ReturnCase, ReturnCommand, ReturnContext, ReturnEvent, ReturnState};
+use super::{
+    apply_entry, decide, Effect, EffectKind, EffectOutcome, ReturnCase, ReturnCommand,
+    ReturnContext, ReturnEvent, ReturnState,
+};
 use crate::journal::JournalEntry;
 use crate::position::{
     AdjustmentReason, Bucket, Command, MutationRequest, Owner, OwnerType, PositionEntity,
@@ -93,7 +96,11 @@ impl ReturnEntity {
 pub fn effect_mutation(key: &ReturnKey, effect: &Effect) -> Result<MutationRequest, Error> {
     let reference = format!("return:{}", key.return_id);
     let (sku, location, command) = match &effect.kind {
-        EffectKind::ReceiveIntoInspection { sku, location, quantity } => (
+        EffectKind::ReceiveIntoInspection {
+            sku,
+            location,
+            quantity,
+        } => (
             sku,
             location,
             Command::Adjust {
@@ -114,7 +121,11 @@ pub fn effect_mutation(key: &ReturnKey, effect: &Effect) -> Result<MutationReque
             let command = match disposition {
                 Restock | DamagedHold => Command::Move {
                     from: Bucket::QualityControl,
-                    to: if *disposition == Restock { Bucket::Available } else { Bucket::Damaged },
+                    to: if *disposition == Restock {
+                        Bucket::Available
+                    } else {
+                        Bucket::Damaged
+                    },
                     quantity: *quantity,
                     reason: if *disposition == Restock {
                         AdjustmentReason::ReturnRestock
@@ -217,12 +228,14 @@ async fn run_effect(
     match positions.mutate(mutation, meta).await {
         Ok(_) => (EffectOutcome::Applied, String::new()),
         // Releasing a hold that no longer exists leaves nothing to do.
-        Err(Error::ReservationNotFound(_)) if matches!(effect.kind, EffectKind::ReleaseExchange { .. }) => {
+        Err(Error::ReservationNotFound(_))
+            if matches!(effect.kind, EffectKind::ReleaseExchange { .. }) =>
+        {
             (EffectOutcome::Applied, String::new())
         }
-        Err(error @ (Error::Overloaded { .. } | Error::Unavailable(_) | Error::DeadlineExceeded)) => {
-            (EffectOutcome::Retry, error.to_string())
-        }
+        Err(
+            error @ (Error::Overloaded { .. } | Error::Unavailable(_) | Error::DeadlineExceeded),
+        ) => (EffectOutcome::Retry, error.to_string()),
         Err(error) => (EffectOutcome::Refused, error.to_string()),
     }
 }
@@ -248,10 +261,12 @@ impl Entity for ReturnEntity {
     fn validate(key: &ReturnKey, command: &ReturnCommand) -> Result<(), Error> {
         key.validate()?;
         match command {
-            ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => Err(Error::InvalidArgument {
-                field: "command",
-                reason: "reserved for the node".into(),
-            }),
+            ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => {
+                Err(Error::InvalidArgument {
+                    field: "command",
+                    reason: "reserved for the node".into(),
+                })
+            }
             _ => Ok(()),
         }
     }

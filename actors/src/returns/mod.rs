@@ -21,7 +21,9 @@ mod decide;
 mod entity;
 mod state;
 
-pub use decide::{allowed_commands, apply, apply_entry, decide, refundable_quantity, ReturnContext};
+pub use decide::{
+    allowed_commands, apply, apply_entry, decide, refundable_quantity, ReturnContext,
+};
 pub use entity::{effect_mutation, summary_scope, ReturnEntity, ReturnMutation, ReturnSummary};
 pub use state::*;
 

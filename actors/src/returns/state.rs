@@ -59,6 +59,7 @@ pub enum Requester {
 
 /// When a refund may be released (DOMAIN.md 1.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RefundGate {
     Immediate,
     OnLabelCreated,
@@ -73,14 +74,17 @@ pub enum RefundGate {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WindowStart {
     Delivered,
     Fulfilled,
 }
 
 /// The policy in force when the case opened; later policy changes do not
-/// alter open cases.
+/// alter open cases. In the node's TOML configuration every field is
+/// optional (the defaults below apply).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReturnPolicy {
     pub window_days: u32,
     pub window_start: WindowStart,
@@ -694,6 +698,53 @@ pub enum ReturnEvent {
         error: String,
         retry_at_ms: i64,
     },
+}
+
+impl ReturnEvent {
+    /// The event's name for consumers (DOMAIN.md 2.2).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReturnEvent::Opened {
+                requester: Requester::Customer,
+                ..
+            } => "return.requested",
+            ReturnEvent::Opened { .. } => "return.created",
+            ReturnEvent::FlaggedForReview { .. } => "return.flagged_for_review",
+            ReturnEvent::Approved { .. } => "return.approved",
+            ReturnEvent::Declined { .. } => "return.declined",
+            ReturnEvent::LabelAttached { .. } => "return.label.created",
+            ReturnEvent::MilestoneReached { milestone, .. } => match milestone {
+                Milestone::LabelCreated => "return.label.created",
+                Milestone::InTransit => "return.shipment.in_transit",
+                Milestone::OutForDelivery => "return.shipment.out_for_delivery",
+                Milestone::Delivered => "return.shipment.delivered",
+            },
+            ReturnEvent::ItemsReceived { .. } => "return.items.received",
+            ReturnEvent::ItemsInspected { .. } => "return.items.inspected",
+            ReturnEvent::ItemsDisposed { .. } => "return.items.disposed",
+            ReturnEvent::StateChanged { .. } => "return.state_changed",
+            ReturnEvent::RefundDecided { .. } => "return.refund.pending_gate",
+            ReturnEvent::RefundReleased { .. } => "return.refund.released",
+            ReturnEvent::RefundManuallyApproved { .. } => "return.refund.manually_approved",
+            ReturnEvent::ErpConfirmed { .. } => "return.erp.confirmed",
+            ReturnEvent::Closed { .. } => "return.closed",
+            ReturnEvent::Reopened { .. } => "return.reopened",
+            ReturnEvent::Canceled { .. } => "return.canceled",
+            ReturnEvent::Expired { .. } => "return.expired",
+            ReturnEvent::ExceptionRaised { .. } => "return.exception.raised",
+            ReturnEvent::ExceptionResolved { .. } => "return.exception.resolved",
+            ReturnEvent::ExchangeUpdated { state, .. } => match state {
+                ExchangeState::Requested => "return.exchange.requested",
+                ExchangeState::Held => "return.exchange.reserved",
+                ExchangeState::OutOfStock => "return.exchange.out_of_stock",
+                ExchangeState::Released => "return.exchange.released",
+                ExchangeState::Confirmed => "return.exchange.confirmed",
+            },
+            ReturnEvent::EffectScheduled { .. } => "return.step.scheduled",
+            ReturnEvent::EffectCompleted { .. } => "return.step.completed",
+            ReturnEvent::EffectFailed { .. } => "return.step.failed",
+        }
+    }
 }
 
 /// One accepted command in the case's journal (its history).

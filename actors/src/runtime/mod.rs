@@ -431,6 +431,24 @@ impl<E: Entity> EntityRuntime<E> {
             .collect()
     }
 
+    /// A page of listing summaries in `scope`, after the entity `after`.
+    pub async fn summaries(
+        &self,
+        scope: &[u8],
+        after: Option<&E::Key>,
+        limit: usize,
+    ) -> Result<Vec<(E::Key, Vec<u8>)>, Error> {
+        let rows = self
+            .shared
+            .store
+            .list_summaries(scope, after.map(E::encode_key), limit)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, value)| E::decode_key(&key).map(|key| (key, value)))
+            .collect())
+    }
+
     async fn dispatch(
         &self,
         key: &E::Key,

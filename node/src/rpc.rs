@@ -1,0 +1,131 @@
+//! What every RPC of every service needs: correlation id, deadline, a
+//! tracing span, metrics, and the one error-to-status mapping.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use skuld_actors::runtime::RequestMeta;
+use skuld_actors::Error;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::status::to_status;
+
+/// Metadata key of the correlation id, accepted and echoed back.
+pub const CORRELATION_ID: &str = "x-correlation-id";
+
+/// Wraps a handler with what every RPC needs: correlation id, deadline,
+/// a tracing span, metrics and the error-to-status mapping.
+pub async fn serve<Req, Resp, F, Fut>(
+    method: &'static str,
+    request: Request<Req>,
+    handler: F,
+) -> Result<Response<Resp>, Status>
+where
+    F: FnOnce(Req, RequestMeta) -> Fut,
+    Fut: Future<Output = Result<Resp, Error>>,
+{
+    let started = Instant::now();
+    let correlation_id = correlation_id(request.metadata());
+    let meta = RequestMeta {
+        correlation_id: correlation_id.clone(),
+        deadline: grpc_timeout(request.metadata()).map(|timeout| started + timeout),
+    };
+    let span = tracing::info_span!("rpc", method, correlation_id = %correlation_id);
+    let result = handler(request.into_inner(), meta)
+        .instrument(span.clone())
+        .await;
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(error) => code_name(error),
+    };
+    metrics::counter!("skuld_grpc_requests_total", "method" => method, "code" => code).increment(1);
+    metrics::histogram!("skuld_grpc_request_duration_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    let echo = MetadataValue::try_from(correlation_id.as_str()).ok();
+    match result {
+        Ok(body) => {
+            let mut response = Response::new(body);
+            if let Some(value) = echo {
+                response.metadata_mut().insert(CORRELATION_ID, value);
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            span.in_scope(|| match &error {
+                Error::Unavailable(_) => tracing::warn!(%error, "request failed"),
+                _ => tracing::debug!(%error, "request refused"),
+            });
+            let mut status = to_status(&error);
+            if let Some(value) = echo {
+                status.metadata_mut().insert(CORRELATION_ID, value);
+            }
+            Err(status)
+        }
+    }
+}
+
+fn code_name(error: &Error) -> &'static str {
+    match to_status(error).code() {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        _ => "OTHER",
+    }
+}
+
+/// The caller's correlation id when it is a sane token, else a new one.
+fn correlation_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get(CORRELATION_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| skuld_actors::key::validate_token(CORRELATION_ID, value).is_ok())
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+/// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3_600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(250)));
+        metadata.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
+        metadata.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
+    }
+
+    #[test]
+    fn keeps_a_sane_correlation_id_and_replaces_a_bad_one() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(CORRELATION_ID, "order-42".parse().unwrap());
+        assert_eq!(correlation_id(&metadata), "order-42");
+        metadata.insert(CORRELATION_ID, "x".repeat(200).parse().unwrap());
+        assert_eq!(correlation_id(&metadata).len(), 36);
+    }
+}
