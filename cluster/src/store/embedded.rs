@@ -194,7 +194,11 @@ impl Inner {
                 timers_in_batch.insert(key, timer);
             }
             if let Some((scope, summary)) = &entity.summary {
-                write.insert(&self.summaries, with_suffix(&length_prefixed(scope), key), summary.as_slice());
+                write.insert(
+                    &self.summaries,
+                    with_suffix(&length_prefixed(scope), key),
+                    summary.as_slice(),
+                );
             }
         }
         write.commit().map_err(StoreError::backend)
@@ -338,7 +342,10 @@ impl Store for EmbeddedStore {
                 if !k.starts_with(&prefix) {
                     break;
                 }
-                found.push((k.get(prefix.len()..).unwrap_or_default().to_vec(), v.to_vec()));
+                found.push((
+                    k.get(prefix.len()..).unwrap_or_default().to_vec(),
+                    v.to_vec(),
+                ));
                 if found.len() >= limit {
                     break;
                 }
@@ -448,10 +455,19 @@ mod tests {
         }
         store.commit(batch).await.unwrap();
         let first = store.list_summaries(b"t1", None, 2).await.unwrap();
-        assert_eq!(first.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
-        let rest = store.list_summaries(b"t1", Some(b"b".to_vec()), 2).await.unwrap();
+        assert_eq!(
+            first.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        let rest = store
+            .list_summaries(b"t1", Some(b"b".to_vec()), 2)
+            .await
+            .unwrap();
         assert_eq!(rest, vec![(b"c".to_vec(), b"c".to_vec())]);
-        assert_eq!(store.list_summaries(b"t2", None, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store.list_summaries(b"t2", None, 10).await.unwrap().len(),
+            1
+        );
     }
 
     #[tokio::test]
