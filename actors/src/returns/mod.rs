@@ -28,4 +28,6 @@ pub use entity::{effect_mutation, summary_scope, ReturnEntity, ReturnMutation, R
 pub use state::*;
 
 #[cfg(test)]
+mod runtime_tests;
+#[cfg(test)]
 mod tests;
