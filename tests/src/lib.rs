@@ -88,7 +88,9 @@ impl TestNode {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
-        let ports_file = self.data_dir.with_extension(format!("ports{}", self.starts));
+        let ports_file = self
+            .data_dir
+            .with_extension(format!("ports{}", self.starts));
         let _ = std::fs::remove_file(&ports_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -124,7 +126,10 @@ impl TestNode {
             }
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("skuld exited with {status} while starting; log:\n{}", self.log());
+                    bail!(
+                        "skuld exited with {status} while starting; log:\n{}",
+                        self.log()
+                    );
                 }
             }
             if Instant::now() > deadline {
@@ -161,7 +166,10 @@ impl TestNode {
     /// A plain HTTP/1.1 GET against the node's HTTP port.
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(&self.http_addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http_addr);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http_addr
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
@@ -170,7 +178,11 @@ impl TestNode {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .context("malformed HTTP response")?;
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
         Ok((status, body))
     }
 
@@ -184,7 +196,10 @@ impl TestNode {
     }
 
     /// Waits for the process to exit by itself (e.g. after a failpoint abort).
-    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -205,7 +220,10 @@ impl TestNode {
     /// SIGTERM, then waits for a clean exit.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.pid().context("the node is not running")?;
-        let sent = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
         if !sent.success() {
             bail!("kill -TERM {pid} failed");
         }
@@ -254,7 +272,11 @@ pub mod requests {
         })
     }
 
-    pub fn receive(key: &pb::PositionKey, idempotency_key: &str, quantity: i64) -> pb::AdjustRequest {
+    pub fn receive(
+        key: &pb::PositionKey,
+        idempotency_key: &str,
+        quantity: i64,
+    ) -> pb::AdjustRequest {
         pb::AdjustRequest {
             header: header(key, idempotency_key),
             bucket: pb::Bucket::Available.into(),
@@ -265,7 +287,12 @@ pub mod requests {
         }
     }
 
-    pub fn reserve(key: &pb::PositionKey, idempotency_key: &str, quantity: i64, ttl_seconds: i64) -> pb::ReserveRequest {
+    pub fn reserve(
+        key: &pb::PositionKey,
+        idempotency_key: &str,
+        quantity: i64,
+        ttl_seconds: i64,
+    ) -> pb::ReserveRequest {
         pb::ReserveRequest {
             header: header(key, idempotency_key),
             reservation_id: String::new(),
@@ -282,6 +309,8 @@ pub mod requests {
     }
 
     pub fn get(key: &pb::PositionKey) -> pb::GetPositionRequest {
-        pb::GetPositionRequest { key: Some(key.clone()) }
+        pb::GetPositionRequest {
+            key: Some(key.clone()),
+        }
     }
 }

@@ -18,10 +18,15 @@ const CALLERS: usize = 32;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_reservations_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = TestNode::start(&dir.path().join("node"), NodeOptions::default()).await.unwrap();
+    let mut node = TestNode::start(&dir.path().join("node"), NodeOptions::default())
+        .await
+        .unwrap();
     let position = key("acme", "FLASH-1", "DC1");
     let mut client = node.inventory().await.unwrap();
-    client.adjust(receive(&position, "stock", 1_000_000)).await.unwrap();
+    client
+        .adjust(receive(&position, "stock", 1_000_000))
+        .await
+        .unwrap();
 
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let unknown = Arc::new(Mutex::new(BTreeSet::new()));
@@ -30,7 +35,11 @@ async fn acknowledged_reservations_survive_kill_9() {
     for caller in 0..CALLERS {
         let mut client = client.clone();
         let position = position.clone();
-        let (acknowledged, unknown, stop) = (Arc::clone(&acknowledged), Arc::clone(&unknown), Arc::clone(&stop));
+        let (acknowledged, unknown, stop) = (
+            Arc::clone(&acknowledged),
+            Arc::clone(&unknown),
+            Arc::clone(&stop),
+        );
         callers.push(tokio::spawn(async move {
             let mut sequence = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -60,17 +69,46 @@ async fn acknowledged_reservations_survive_kill_9() {
     }
     let acknowledged = acknowledged.lock().await.clone();
     let unknown = unknown.lock().await.clone();
-    assert!(acknowledged.len() >= 100, "only {} reservations acknowledged before the kill", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 100,
+        "only {} reservations acknowledged before the kill",
+        acknowledged.len()
+    );
 
     node.restart().await.unwrap();
     let mut client = node.inventory().await.unwrap();
-    let position_after = client.get_position(get(&position)).await.unwrap().into_inner().position.unwrap();
-    let held: BTreeSet<String> = position_after.reservations.iter().map(|r| r.reservation_id.clone()).collect();
-    assert_eq!(held.len(), position_after.reservations.len(), "a reservation id appears twice");
+    let position_after = client
+        .get_position(get(&position))
+        .await
+        .unwrap()
+        .into_inner()
+        .position
+        .unwrap();
+    let held: BTreeSet<String> = position_after
+        .reservations
+        .iter()
+        .map(|r| r.reservation_id.clone())
+        .collect();
+    assert_eq!(
+        held.len(),
+        position_after.reservations.len(),
+        "a reservation id appears twice"
+    );
     let missing: Vec<_> = acknowledged.difference(&held).collect();
-    assert!(missing.is_empty(), "{} acknowledged reservations lost, e.g. {:?}", missing.len(), missing.first());
-    let phantom: Vec<_> = held.iter().filter(|id| !acknowledged.contains(*id) && !unknown.contains(*id)).collect();
-    assert!(phantom.is_empty(), "reservations nobody asked for: {phantom:?}");
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged reservations lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    let phantom: Vec<_> = held
+        .iter()
+        .filter(|id| !acknowledged.contains(*id) && !unknown.contains(*id))
+        .collect();
+    assert!(
+        phantom.is_empty(),
+        "reservations nobody asked for: {phantom:?}"
+    );
     let buckets = position_after.buckets.unwrap();
     assert_eq!(buckets.reserved, held.len() as i64);
     assert_eq!(buckets.on_hand, 1_000_000);
@@ -87,10 +125,20 @@ async fn acknowledged_reservations_survive_kill_9() {
     // Retrying acknowledged requests replays them and changes nothing.
     let version = position_after.version;
     for id in acknowledged.iter().take(20) {
-        let reply = client.reserve(reserve(&position, id, 1, 3_600)).await.unwrap().into_inner();
+        let reply = client
+            .reserve(reserve(&position, id, 1, 3_600))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(reply.replayed, "retry of {id} was applied again");
     }
-    let after_retries = client.get_position(get(&position)).await.unwrap().into_inner().position.unwrap();
+    let after_retries = client
+        .get_position(get(&position))
+        .await
+        .unwrap()
+        .into_inner()
+        .position
+        .unwrap();
     assert_eq!(after_retries.version, version);
     let _: pb::Position = after_retries;
 }

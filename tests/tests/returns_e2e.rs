@@ -1,0 +1,685 @@
+//! Returns through real gRPC against the real binary: the lifecycle under
+//! every refund gate with the inventory buckets checked at each step, a
+//! crash before and after every inventory step, expiry across a restart, and
+//! bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use skuld_proto::v1 as pb;
+use skuld_tests::requests::{get, key, receive};
+use skuld_tests::{NodeOptions, TestNode};
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Returns = pb::returns_service_client::ReturnsServiceClient<Channel>;
+type Inventory = pb::inventory_service_client::InventoryServiceClient<Channel>;
+
+const GATES: [&str; 9] = [
+    "IMMEDIATE",
+    "ON_LABEL_CREATED",
+    "ON_FIRST_SCAN",
+    "ON_OUT_FOR_DELIVERY",
+    "ON_DELIVERED",
+    "ON_RECEIPT",
+    "ON_INSPECTION_PASS",
+    "MANUAL",
+    "ERP_VALIDATION",
+];
+
+/// One tenant per gate, plus `expiring` whose returns must ship at once.
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let mut toml = String::from("timer_scan_interval_ms = 100\n");
+    for gate in GATES {
+        toml.push_str(&format!(
+            "[return_policies.{}]\nrefund_gate = \"{gate}\"\nrestocking_fee_bps = 1000\nreturn_shipping_fee_minor = 500\n",
+            gate.to_lowercase()
+        ));
+    }
+    toml.push_str("[return_policies.expiring]\nship_by_days = 0\n");
+    let path = dir.join("skuld.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn rkey(tenant: &str, return_id: &str) -> Option<pb::ReturnKey> {
+    Some(pb::ReturnKey {
+        tenant: tenant.into(),
+        return_id: return_id.into(),
+    })
+}
+
+struct Case {
+    tenant: String,
+    return_id: String,
+    step: u32,
+    /// Fixed per case so that a retried open is the same request.
+    delivered_at_ms: i64,
+}
+
+impl Case {
+    fn new(tenant: &str, return_id: &str) -> Self {
+        Self {
+            tenant: tenant.into(),
+            return_id: return_id.into(),
+            step: 0,
+            delivered_at_ms: now_ms(),
+        }
+    }
+
+    /// A header with a fresh idempotency key per call.
+    fn header(&mut self) -> Option<pb::ReturnHeader> {
+        self.step += 1;
+        Some(pb::ReturnHeader {
+            key: rkey(&self.tenant, &self.return_id),
+            idempotency_key: format!("{}-{}", self.return_id, self.step),
+            expected_version: None,
+        })
+    }
+
+    fn open(&mut self, exchange: bool) -> pb::OpenReturnRequest {
+        let now = self.delivered_at_ms;
+        let line = |id: &str, sku: &str, quantity, paid| pb::OrderLine {
+            line_id: id.into(),
+            sku: sku.into(),
+            quantity,
+            amount_paid_minor: paid,
+            fulfilled_at_unix_ms: now,
+            delivered_at_unix_ms: now,
+            location: "DC1".into(),
+        };
+        let mut lines = vec![pb::RequestedLine {
+            order_line_id: "L1".into(),
+            quantity: 3,
+            reason_code: "too_small".into(),
+            resolution: pb::Resolution::RefundOriginal.into(),
+            exchange_sku: String::new(),
+        }];
+        if exchange {
+            lines.push(pb::RequestedLine {
+                order_line_id: "L2".into(),
+                quantity: 1,
+                reason_code: "wrong_color".into(),
+                resolution: pb::Resolution::Exchange.into(),
+                exchange_sku: "SHOE-RED".into(),
+            });
+        }
+        pb::OpenReturnRequest {
+            header: self.header(),
+            order_ref: format!("O-{}", self.return_id),
+            customer_ref: "C1".into(),
+            channel: "web".into(),
+            order_lines: vec![line("L1", "SHIRT", 4, 12_000), line("L2", "SHOE", 1, 9_000)],
+            lines,
+            override_window: false,
+        }
+    }
+}
+
+async fn buckets(inventory: &mut Inventory, tenant: &str, sku: &str) -> pb::Buckets {
+    match inventory.get_position(get(&key(tenant, sku, "DC1"))).await {
+        Ok(reply) => reply.into_inner().position.unwrap().buckets.unwrap(),
+        Err(status) if status.code() == Code::NotFound => pb::Buckets::default(),
+        Err(status) => panic!("{status}"),
+    }
+}
+
+/// Waits until the case has no pending inventory step and returns it.
+async fn settled(returns: &mut Returns, tenant: &str, return_id: &str) -> pb::ReturnCase {
+    for _ in 0..300 {
+        let case = returns
+            .get_return(pb::GetReturnRequest {
+                key: rkey(tenant, return_id),
+                include_history: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .r#case
+            .unwrap();
+        if case.pending_steps.is_empty() {
+            return case;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("inventory steps of {return_id} did not settle");
+}
+
+fn state(case: &pb::ReturnCase) -> pb::ReturnState {
+    pb::ReturnState::try_from(case.state).unwrap()
+}
+
+/// Drives one return through its whole lifecycle, checking buckets.
+async fn lifecycle(returns: &mut Returns, inventory: &mut Inventory, gate: &str) {
+    let tenant = gate.to_lowercase();
+    let mut case = Case::new(&tenant, &format!("R-{tenant}"));
+    inventory
+        .adjust(receive(&key(&tenant, "SHOE-RED", "DC1"), "stock-red", 5))
+        .await
+        .unwrap();
+
+    let opened = returns
+        .request_return(case.open(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .r#case
+        .unwrap();
+    assert_eq!(state(&opened), pb::ReturnState::Requested);
+    returns
+        .approve_return(pb::ApproveReturnRequest {
+            header: case.header(),
+            approved_by: "agent-7".into(),
+        })
+        .await
+        .unwrap();
+    settled(returns, &tenant, &case.return_id).await;
+    let red = buckets(inventory, &tenant, "SHOE-RED").await;
+    assert_eq!(
+        (red.reserved, red.available),
+        (1, 4),
+        "{gate}: exchange hold"
+    );
+
+    returns
+        .attach_label(pb::AttachLabelRequest {
+            header: case.header(),
+            carrier: "ups".into(),
+            tracking_number: "1Z999".into(),
+            label_url: String::new(),
+        })
+        .await
+        .unwrap();
+    for milestone in [
+        pb::CarrierMilestone::InTransit,
+        pb::CarrierMilestone::OutForDelivery,
+        pb::CarrierMilestone::Delivered,
+    ] {
+        returns
+            .record_carrier_event(pb::RecordCarrierEventRequest {
+                header: case.header(),
+                milestone: milestone.into(),
+                at_unix_ms: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let receive_items = |case: &mut Case, quantity| pb::ReceiveItemsRequest {
+        header: case.header(),
+        lines: vec![pb::ReceivedLine {
+            line_id: "L1".into(),
+            quantity,
+            location: String::new(),
+        }],
+        accept_surplus: false,
+    };
+    let received = returns
+        .receive_items(receive_items(&mut case, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .r#case
+        .unwrap();
+    assert_eq!(state(&received), pb::ReturnState::Received);
+    settled(returns, &tenant, &case.return_id).await;
+    let shirt = buckets(inventory, &tenant, "SHIRT").await;
+    assert_eq!(
+        (shirt.quality_control, shirt.on_hand, shirt.available),
+        (1, 1, 0),
+        "{gate}: partial receipt"
+    );
+    returns
+        .receive_items(receive_items(&mut case, 2))
+        .await
+        .unwrap();
+    settled(returns, &tenant, &case.return_id).await;
+    let shirt = buckets(inventory, &tenant, "SHIRT").await;
+    assert_eq!(shirt.quality_control, 3, "{gate}: full receipt");
+
+    returns
+        .inspect_items(pb::InspectItemsRequest {
+            header: case.header(),
+            lines: vec![
+                pb::InspectedLine {
+                    line_id: "L1".into(),
+                    quantity: 2,
+                    grade: pb::Grade::A.into(),
+                },
+                pb::InspectedLine {
+                    line_id: "L1".into(),
+                    quantity: 1,
+                    grade: pb::Grade::Unsellable.into(),
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    returns
+        .dispose_items(pb::DisposeItemsRequest {
+            header: case.header(),
+            line_id: "L1".into(),
+            quantity: 2,
+            disposition: pb::Disposition::Restock.into(),
+        })
+        .await
+        .unwrap();
+    returns
+        .dispose_items(pb::DisposeItemsRequest {
+            header: case.header(),
+            line_id: "L1".into(),
+            quantity: 1,
+            disposition: pb::Disposition::DamagedHold.into(),
+        })
+        .await
+        .unwrap();
+    settled(returns, &tenant, &case.return_id).await;
+    let shirt = buckets(inventory, &tenant, "SHIRT").await;
+    assert_eq!(
+        (
+            shirt.quality_control,
+            shirt.available,
+            shirt.damaged,
+            shirt.on_hand
+        ),
+        (0, 2, 1, 3),
+        "{gate}: dispositions"
+    );
+
+    let processed = returns
+        .process_return(pb::ProcessReturnRequest {
+            header: case.header(),
+            method: pb::RefundMethod::OriginalPayment.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .r#case
+        .unwrap();
+    assert_eq!(state(&processed), pb::ReturnState::Processed);
+    let refund = &processed.refunds[0];
+    // ON_INSPECTION_PASS refunds the 2 sellable units; the others all 3.
+    let (gross, fee) = if gate == "ON_INSPECTION_PASS" {
+        (6_000, 600)
+    } else {
+        (9_000, 900)
+    };
+    assert_eq!(
+        refund.total_minor,
+        gross - fee - 500,
+        "{gate}: refund amount"
+    );
+    let pending = refund.state == "PENDING_GATE";
+    assert_eq!(
+        pending,
+        matches!(gate, "MANUAL" | "ERP_VALIDATION"),
+        "{gate}: refund state {}",
+        refund.state
+    );
+    if pending {
+        let early = returns
+            .close_return(pb::CloseReturnRequest {
+                header: case.header(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(early.code(), Code::FailedPrecondition);
+        if gate == "MANUAL" {
+            returns
+                .approve_refund(pb::ApproveRefundRequest {
+                    header: case.header(),
+                    approved_by: "lead".into(),
+                })
+                .await
+                .unwrap();
+        } else {
+            returns
+                .confirm_erp(pb::ConfirmErpRequest {
+                    header: case.header(),
+                    credit_memo: "CM-1".into(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let done = settled(returns, &tenant, &case.return_id).await;
+    assert!(done.refunds.iter().all(|r| r.state == "RELEASED"), "{gate}");
+    let red = buckets(inventory, &tenant, "SHOE-RED").await;
+    assert_eq!(
+        (red.reserved, red.committed, red.available),
+        (0, 1, 4),
+        "{gate}: exchange confirmed"
+    );
+    let closed = returns
+        .close_return(pb::CloseReturnRequest {
+            header: case.header(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .r#case
+        .unwrap();
+    assert_eq!(state(&closed), pb::ReturnState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_under_every_refund_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let node = TestNode::start(
+        &dir.path().join("node"),
+        NodeOptions::default().arg("--config", config.display()),
+    )
+    .await
+    .unwrap();
+    let mut returns = node.returns().await.unwrap();
+    let mut inventory = node.inventory().await.unwrap();
+    for gate in GATES {
+        lifecycle(&mut returns, &mut inventory, gate).await;
+    }
+    let listed = returns
+        .list_returns(pb::ListReturnsRequest {
+            tenant: "manual".into(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.returns.len(), 1);
+    let history = returns
+        .get_return(pb::GetReturnRequest {
+            key: rkey("manual", "R-manual"),
+            include_history: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .r#case
+        .unwrap()
+        .history;
+    let names: Vec<&str> = history
+        .iter()
+        .flat_map(|h| h.events.iter().map(String::as_str))
+        .collect();
+    for expected in [
+        "return.requested",
+        "return.approved",
+        "return.items.received",
+        "return.refund.released",
+        "return.closed",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "history lacks {expected}: {names:?}"
+        );
+    }
+}
+
+/// Kills the node (a failpoint aborts it) just before and just after each
+/// inventory step of a return, restarts it, finishes the return, and checks
+/// that every inventory effect was applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_or_after_any_step_applies_each_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    // Steps: 0 exchange hold, 1 receipt, 2 restock, 3 exchange commit.
+    for step in 0..4u32 {
+        for when in ["before", "after"] {
+            let tenant = "immediate";
+            let return_id = format!("crash-{when}-{step}");
+            let data = dir.path().join(&return_id);
+            let failing = NodeOptions::default()
+                .arg("--config", config.display())
+                .env("SKULD_FAILPOINT_EFFECT", format!("{when}:{step}"));
+            let mut node = TestNode::start(&data, failing).await.unwrap();
+            let mut inventory = node.inventory().await.unwrap();
+            inventory
+                .adjust(receive(&key(tenant, "SHOE-RED", "DC1"), "stock-red", 5))
+                .await
+                .unwrap();
+            let mut returns = node.returns().await.unwrap();
+            let mut case = Case::new(tenant, &return_id);
+            // Drive the case until the failpoint kills the node.
+            let mut calls: Vec<Box<dyn FnMut(&mut Case) -> Call>> = vec![
+                Box::new(|c| Call::Create(c.open(true))),
+                Box::new(|c| {
+                    Call::Receive(pb::ReceiveItemsRequest {
+                        header: c.header(),
+                        lines: vec![pb::ReceivedLine {
+                            line_id: "L1".into(),
+                            quantity: 3,
+                            location: String::new(),
+                        }],
+                        accept_surplus: false,
+                    })
+                }),
+                Box::new(|c| {
+                    Call::Dispose(pb::DisposeItemsRequest {
+                        header: c.header(),
+                        line_id: "L1".into(),
+                        quantity: 3,
+                        disposition: pb::Disposition::Restock.into(),
+                    })
+                }),
+                Box::new(|c| {
+                    Call::Process(pb::ProcessReturnRequest {
+                        header: c.header(),
+                        method: pb::RefundMethod::StoreCredit.into(),
+                    })
+                }),
+            ];
+            let mut next = 0;
+            let mut crashed = false;
+            while next < calls.len() {
+                let call = calls[next](&mut case);
+                // The abort may beat the reply out of the process.
+                let sent = call.send(&mut returns).await;
+                next += 1;
+                if sent.is_err() {
+                    crashed = node.wait_exit(Duration::from_secs(5)).await.is_ok();
+                    break;
+                }
+                // Let the step run (or the failpoint fire).
+                for _ in 0..50 {
+                    if node.wait_exit(Duration::from_millis(20)).await.is_ok() {
+                        crashed = true;
+                        break;
+                    }
+                }
+                if crashed {
+                    break;
+                }
+            }
+            assert!(crashed, "failpoint {when}:{step} never fired");
+            node.restart_with(NodeOptions::default().arg("--config", config.display()))
+                .await
+                .unwrap();
+            let mut returns = node.returns().await.unwrap();
+            let mut inventory = node.inventory().await.unwrap();
+            settled(&mut returns, tenant, &return_id).await;
+            // Finish the calls the crash interrupted (retries replay).
+            case.step = 0;
+            for call in calls.iter_mut() {
+                call(&mut case).send(&mut returns).await.unwrap();
+                settled(&mut returns, tenant, &return_id).await;
+            }
+            let shirt = buckets(&mut inventory, tenant, "SHIRT").await;
+            assert_eq!(
+                (shirt.quality_control, shirt.available, shirt.on_hand),
+                (0, 3, 3),
+                "{when}:{step}: receipt and restock once"
+            );
+            let red = buckets(&mut inventory, tenant, "SHOE-RED").await;
+            assert_eq!(
+                (red.reserved, red.committed, red.available),
+                (0, 1, 4),
+                "{when}:{step}: exchange held and committed once"
+            );
+            node.terminate().await.unwrap();
+        }
+    }
+}
+
+enum Call {
+    Create(pb::OpenReturnRequest),
+    Receive(pb::ReceiveItemsRequest),
+    Dispose(pb::DisposeItemsRequest),
+    Process(pb::ProcessReturnRequest),
+}
+
+impl Call {
+    async fn send(self, returns: &mut Returns) -> Result<(), tonic::Status> {
+        match self {
+            Call::Create(request) => returns.create_return(request).await.map(drop),
+            Call::Receive(request) => returns.receive_items(request).await.map(drop),
+            Call::Dispose(request) => returns.dispose_items(request).await.map(drop),
+            Call::Process(request) => returns.process_return(request).await.map(drop),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_releases_the_exchange_hold_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    // Abort before the hold is even placed: the restarted node must place it,
+    // expire the unscanned return and release the hold, by its timers alone.
+    let failing = NodeOptions::default()
+        .arg("--config", config.display())
+        .env("SKULD_FAILPOINT_EFFECT", "before:0");
+    let mut node = TestNode::start(&dir.path().join("node"), failing)
+        .await
+        .unwrap();
+    let mut inventory = node.inventory().await.unwrap();
+    inventory
+        .adjust(receive(&key("expiring", "SHOE-RED", "DC1"), "stock-red", 5))
+        .await
+        .unwrap();
+    let mut returns = node.returns().await.unwrap();
+    let mut case = Case::new("expiring", "R-exp");
+    // The abort may beat the reply out of the process; the case was durable
+    // before the step ran either way.
+    let _ = returns.create_return(case.open(true)).await;
+    node.wait_exit(Duration::from_secs(5)).await.unwrap();
+    node.restart_with(NodeOptions::default().arg("--config", config.display()))
+        .await
+        .unwrap();
+    let mut returns = node.returns().await.unwrap();
+    let mut inventory = node.inventory().await.unwrap();
+    let mut expired = None;
+    for _ in 0..100 {
+        let case = settled(&mut returns, "expiring", "R-exp").await;
+        if state(&case) == pb::ReturnState::Expired {
+            expired = Some(case);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expired = expired.expect("the return did not expire");
+    assert_eq!(expired.exchanges[0].state, "RELEASED");
+    let red = buckets(&mut inventory, "expiring", "SHOE-RED").await;
+    assert_eq!((red.reserved, red.available), (0, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_return_input_gets_a_clear_status_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let node = TestNode::start(
+        &dir.path().join("node"),
+        NodeOptions::default().arg("--config", config.display()),
+    )
+    .await
+    .unwrap();
+    let mut returns = node.returns().await.unwrap();
+    let mut case = Case::new("on_receipt", "R-bad");
+
+    let unknown = returns
+        .get_return(pb::GetReturnRequest {
+            key: rkey("on_receipt", "nope"),
+            include_history: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut not_in_order = case.open(false);
+    not_in_order.lines[0].order_line_id = "L9".into();
+    assert_eq!(
+        returns
+            .request_return(not_in_order)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let mut too_many = case.open(false);
+    too_many.lines[0].quantity = 5;
+    assert_eq!(
+        returns.request_return(too_many).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    returns.create_return(case.open(false)).await.unwrap();
+    let before = settled(&mut returns, "on_receipt", "R-bad").await;
+    let over = returns
+        .receive_items(pb::ReceiveItemsRequest {
+            header: case.header(),
+            lines: vec![pb::ReceivedLine {
+                line_id: "L1".into(),
+                quantity: 4,
+                location: String::new(),
+            }],
+            accept_surplus: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::FailedPrecondition);
+    let illegal = returns
+        .close_return(pb::CloseReturnRequest {
+            header: case.header(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(illegal.code(), Code::FailedPrecondition);
+    assert!(
+        illegal.message().contains("APPROVED"),
+        "{}",
+        illegal.message()
+    );
+    returns
+        .receive_items(pb::ReceiveItemsRequest {
+            header: case.header(),
+            lines: vec![pb::ReceivedLine {
+                line_id: "L1".into(),
+                quantity: 1,
+                location: String::new(),
+            }],
+            accept_surplus: false,
+        })
+        .await
+        .unwrap();
+    let received = settled(&mut returns, "on_receipt", "R-bad").await;
+    let cancel = returns
+        .cancel_return(pb::CancelReturnRequest {
+            header: case.header(),
+            reason: "late".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(cancel.code(), Code::FailedPrecondition);
+    let after = settled(&mut returns, "on_receipt", "R-bad").await;
+    assert_eq!(
+        after.version, received.version,
+        "a refused command changed the case"
+    );
+    assert_eq!(before.version + 2, received.version);
+}
