@@ -448,9 +448,9 @@ async fn a_crash_before_or_after_any_step_applies_each_effect_once() {
             let mut returns = node.returns().await.unwrap();
             let mut case = Case::new(tenant, &return_id);
             // Drive the case until the failpoint kills the node.
-            let mut calls: Vec<Box<dyn FnMut(&mut Case) -> Call>> = vec![
-                Box::new(|c| Call::Create(c.open(true))),
-                Box::new(|c| {
+            let calls: [fn(&mut Case) -> Call; 4] = [
+                |c| Call::Create(c.open(true)),
+                |c| {
                     Call::Receive(pb::ReceiveItemsRequest {
                         header: c.header(),
                         lines: vec![pb::ReceivedLine {
@@ -460,21 +460,21 @@ async fn a_crash_before_or_after_any_step_applies_each_effect_once() {
                         }],
                         accept_surplus: false,
                     })
-                }),
-                Box::new(|c| {
+                },
+                |c| {
                     Call::Dispose(pb::DisposeItemsRequest {
                         header: c.header(),
                         line_id: "L1".into(),
                         quantity: 3,
                         disposition: pb::Disposition::Restock.into(),
                     })
-                }),
-                Box::new(|c| {
+                },
+                |c| {
                     Call::Process(pb::ProcessReturnRequest {
                         header: c.header(),
                         method: pb::RefundMethod::StoreCredit.into(),
                     })
-                }),
+                },
             ];
             let mut next = 0;
             let mut crashed = false;
@@ -507,7 +507,7 @@ async fn a_crash_before_or_after_any_step_applies_each_effect_once() {
             settled(&mut returns, tenant, &return_id).await;
             // Finish the calls the crash interrupted (retries replay).
             case.step = 0;
-            for call in calls.iter_mut() {
+            for call in calls {
                 call(&mut case).send(&mut returns).await.unwrap();
                 settled(&mut returns, tenant, &return_id).await;
             }
