@@ -168,52 +168,53 @@ async fn bad_input_gets_its_status_and_changes_nothing() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let before = position(&mut client, &dc1).await;
 
-    let mut cases: Vec<(&str, Code, pb::ReserveRequest)> = Vec::new();
-    cases.push((
-        "empty tenant",
-        Code::InvalidArgument,
-        reserve(&key("", "SKU-1", "DC1"), "k1", 1, 60),
-    ));
-    cases.push((
-        "oversized sku",
-        Code::InvalidArgument,
-        reserve(&key("acme", &"S".repeat(129), "DC1"), "k2", 1, 60),
-    ));
-    cases.push((
-        "non-printable sku",
-        Code::InvalidArgument,
-        reserve(&key("acme", "SKU\u{7}", "DC1"), "k3", 1, 60),
-    ));
-    cases.push((
-        "zero quantity",
-        Code::InvalidArgument,
-        reserve(&dc1, "k4", 0, 60),
-    ));
-    cases.push((
-        "negative quantity",
-        Code::InvalidArgument,
-        reserve(&dc1, "k5", -1, 60),
-    ));
-    cases.push((
-        "missing idempotency key",
-        Code::InvalidArgument,
-        reserve(&dc1, "", 1, 60),
-    ));
-    cases.push((
-        "more than available",
-        Code::FailedPrecondition,
-        reserve(&dc1, "k6", 1_000, 60),
-    ));
     let mut stale = reserve(&dc1, "k7", 1, 60);
     stale.header.as_mut().unwrap().expected_version = Some(before.version - 1);
-    cases.push(("stale expected_version", Code::FailedPrecondition, stale));
     let mut reused = reserve(&dc1, "receive", 1, 60);
     reused.quantity = 2;
-    cases.push((
-        "idempotency key reused for another request",
-        Code::AlreadyExists,
-        reused,
-    ));
+    let cases: Vec<(&str, Code, pb::ReserveRequest)> = vec![
+        (
+            "empty tenant",
+            Code::InvalidArgument,
+            reserve(&key("", "SKU-1", "DC1"), "k1", 1, 60),
+        ),
+        (
+            "oversized sku",
+            Code::InvalidArgument,
+            reserve(&key("acme", &"S".repeat(129), "DC1"), "k2", 1, 60),
+        ),
+        (
+            "non-printable sku",
+            Code::InvalidArgument,
+            reserve(&key("acme", "SKU\u{7}", "DC1"), "k3", 1, 60),
+        ),
+        (
+            "zero quantity",
+            Code::InvalidArgument,
+            reserve(&dc1, "k4", 0, 60),
+        ),
+        (
+            "negative quantity",
+            Code::InvalidArgument,
+            reserve(&dc1, "k5", -1, 60),
+        ),
+        (
+            "missing idempotency key",
+            Code::InvalidArgument,
+            reserve(&dc1, "", 1, 60),
+        ),
+        (
+            "more than available",
+            Code::FailedPrecondition,
+            reserve(&dc1, "k6", 1_000, 60),
+        ),
+        ("stale expected_version", Code::FailedPrecondition, stale),
+        (
+            "idempotency key reused for another request",
+            Code::AlreadyExists,
+            reused,
+        ),
+    ];
     for (what, code, request) in cases {
         let status = client.reserve(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{what}: {status:?}");
