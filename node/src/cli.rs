@@ -634,7 +634,12 @@ async fn connect(
     timeout: Duration,
 ) -> anyhow::Result<InventoryServiceClient<Channel>> {
     let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| fail(format!("invalid endpoint {endpoint:?}: {}", error_chain(&e))))?
+        .map_err(|e| {
+            fail(format!(
+                "invalid endpoint {endpoint:?}: {}",
+                error_chain(&e)
+            ))
+        })?
         .connect_timeout(timeout)
         .connect()
         .await
@@ -721,7 +726,10 @@ fn print_json<T: Serialize>(reply: &T) -> anyhow::Result<()> {
 /// Writes to stdout; a closed pipe (`skuld ... | head`) is not an error.
 fn emit(text: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
             Err(anyhow::Error::new(e).context("cannot write to stdout"))
         }
@@ -846,7 +854,10 @@ fn format_table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let header: Vec<String> = columns.iter().map(|(title, _)| (*title).to_owned()).collect();
+    let header: Vec<String> = columns
+        .iter()
+        .map(|(title, _)| (*title).to_owned())
+        .collect();
     let mut out = String::new();
     for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
@@ -868,7 +879,11 @@ fn format_table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
 
 /// Formats `label  value` lines with the values aligned.
 fn format_fields(fields: &[(&str, String)]) -> String {
-    let width = fields.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    let width = fields
+        .iter()
+        .map(|(label, _)| label.len())
+        .max()
+        .unwrap_or(0);
     fields
         .iter()
         .map(|(label, value)| format!("{label:<width$}  {value}").trim_end().to_owned() + "\n")
@@ -893,7 +908,10 @@ fn format_buckets(buckets: &Buckets) -> String {
         ("incoming", buckets.incoming),
     ]
     .map(|(name, quantity)| vec![name.to_owned(), quantity.to_string()]);
-    format_table(&[("BUCKET", Align::Left), ("QUANTITY", Align::Right)], &rows)
+    format_table(
+        &[("BUCKET", Align::Left), ("QUANTITY", Align::Right)],
+        &rows,
+    )
 }
 
 /// Unix milliseconds as an RFC 3339 UTC timestamp, to the second.
@@ -964,7 +982,11 @@ fn format_timestamp(at_ms: i64, now_ms: i64) -> String {
     if at_ms == 0 {
         "-".to_owned()
     } else {
-        format!("{} ({})", format_unix_ms(at_ms), format_relative(at_ms, now_ms))
+        format!(
+            "{} ({})",
+            format_unix_ms(at_ms),
+            format_relative(at_ms, now_ms)
+        )
     }
 }
 
@@ -977,7 +999,9 @@ fn enum_label(name: Option<&'static str>, prefix: &str, raw: i32) -> String {
 }
 
 fn state_label(raw: i32) -> String {
-    let name = ReservationState::try_from(raw).ok().map(|s| s.as_str_name());
+    let name = ReservationState::try_from(raw)
+        .ok()
+        .map(|s| s.as_str_name());
     enum_label(name, "RESERVATION_STATE_", raw)
 }
 
@@ -988,7 +1012,11 @@ fn owner_label(owner: Option<&ReservationOwner>) -> String {
     let name = OwnerType::try_from(owner.r#type)
         .ok()
         .map(|t| t.as_str_name());
-    let mut label = format!("{} {}", enum_label(name, "OWNER_TYPE_", owner.r#type), owner.id);
+    let mut label = format!(
+        "{} {}",
+        enum_label(name, "OWNER_TYPE_", owner.r#type),
+        owner.id
+    );
     if !owner.line_id.is_empty() {
         label.push_str(&format!(" line {}", owner.line_id));
     }
@@ -1021,7 +1049,10 @@ fn format_mutation(
         fields.push(("granted", reply.granted_quantity.to_string()));
     }
     if reply.replayed {
-        fields.push(("replayed", "true (stored reply of an earlier request)".to_owned()));
+        fields.push((
+            "replayed",
+            "true (stored reply of an earlier request)".to_owned(),
+        ));
     }
     let key_note = if idempotency_key.generated {
         " (generated; pass --idempotency-key to retry)"
@@ -1051,7 +1082,9 @@ fn format_reservation(reservation: &Reservation, now_ms: i64) -> String {
             "quantity",
             format!(
                 "{} (requested {}, committed {})",
-                reservation.quantity, reservation.requested_quantity, reservation.committed_quantity
+                reservation.quantity,
+                reservation.requested_quantity,
+                reservation.committed_quantity
             ),
         ),
         ("owner", owner_label(reservation.owner.as_ref())),
@@ -1079,7 +1112,12 @@ fn format_position(position: &Position, requested: &PositionKey, now_ms: i64) ->
         ("version", position.version.to_string()),
         (
             "backorder",
-            if position.allow_backorder { "allowed" } else { "no" }.to_owned(),
+            if position.allow_backorder {
+                "allowed"
+            } else {
+                "no"
+            }
+            .to_owned(),
         ),
         ("last count", last_count),
     ]);
@@ -1151,10 +1189,7 @@ fn format_availability(reply: &GetAvailabilityResponse) -> String {
             ]
         })
         .collect();
-    rows.push(vec![
-        "TOTAL".to_owned(),
-        reply.total_available.to_string(),
-    ]);
+    rows.push(vec!["TOTAL".to_owned(), reply.total_available.to_string()]);
     format_table(
         &[
             ("LOCATION", Align::Left),
@@ -1257,7 +1292,14 @@ mod tests {
     #[test]
     fn reason_defaults_to_other() {
         let cli = parse(&[
-            "skuld", "adjust", "--sku", "A", "--location", "L", "--delta", "5",
+            "skuld",
+            "adjust",
+            "--sku",
+            "A",
+            "--location",
+            "L",
+            "--delta",
+            "5",
         ]);
         let ClientCommand::Adjust(args) = cli.command else {
             panic!("expected adjust");
@@ -1369,7 +1411,15 @@ mod tests {
     fn rejects_missing_sku_and_unknown_bucket() {
         assert!(TestCli::try_parse_from(["skuld", "position", "--location", "L"]).is_err());
         assert!(TestCli::try_parse_from([
-            "skuld", "adjust", "--sku", "A", "--location", "L", "--delta", "1", "--bucket",
+            "skuld",
+            "adjust",
+            "--sku",
+            "A",
+            "--location",
+            "L",
+            "--delta",
+            "1",
+            "--bucket",
             "shelf",
         ])
         .is_err());
@@ -1560,15 +1610,24 @@ expires at   2023-11-14T22:28:20Z (in 15m 0s)
             location: "L".into(),
         };
         let text = format_position(&position, &requested, 1_000);
-        assert!(text.starts_with("position    t/A@L\nversion     3\n"), "{text}");
+        assert!(
+            text.starts_with("position    t/A@L\nversion     3\n"),
+            "{text}"
+        );
         assert!(text.contains("last count  never\n"), "{text}");
-        assert!(text.contains(
-            "reservations: 1\n\
-             RESERVATION  STATE   QTY  COMMITTED  OWNER           CHANNEL  EXPIRES AT\n\
+        assert!(
+            text.contains(
+                "reservations: 1\n\
+             RESERVATION  STATE   QTY  COMMITTED  OWNER             CHANNEL  EXPIRES AT\n\
              r-1          ACTIVE    1          0  ORDER o-1 line 2  -        \
              1970-01-01T00:01:01Z (in 1m 0s)\n"
-        ), "{text}");
-        assert!(text.ends_with("commitments: 1\nORDER  QTY\no-1      2\n"), "{text}");
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("commitments: 1\nORDER  QTY\no-1      2\n"),
+            "{text}"
+        );
     }
 
     #[test]
