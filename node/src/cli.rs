@@ -1,5 +1,8 @@
 //! The people-facing command-line client: one subcommand per `InventoryService`
-//! RPC, printing either a plain-text summary or the proto3-JSON reply.
+//! RPC (and, under `skuld returns`, per `ReturnsService` RPC), printing either a
+//! plain-text summary or the proto3-JSON reply.
+
+mod returns;
 
 use std::fmt;
 use std::future::Future;
@@ -76,6 +79,9 @@ pub enum ClientCommand {
     Position(PositionArgs),
     /// Show a SKU's availability at several locations.
     Availability(AvailabilityArgs),
+    /// Return cases: request, approve, receive, inspect, dispose, refund, ...
+    #[command(subcommand)]
+    Returns(returns::ReturnsCommand),
 }
 
 /// Names one inventory position.
@@ -465,7 +471,8 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
     let correlation_id = AsciiMetadataValue::try_from(correlation_id.as_str())
         .map_err(|_| fail(format!("invalid correlation id {correlation_id:?}")))?;
     let timeout = Duration::from_millis(options.timeout_ms);
-    let mut client = connect(&options.endpoint, timeout).await?;
+    let channel = connect(&options.endpoint, timeout).await?;
+    let mut client = InventoryServiceClient::new(channel.clone());
     let ctx = CallContext {
         correlation_id,
         timeout,
@@ -625,14 +632,12 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
             }
             emit(&format_availability(&reply))
         }
+        ClientCommand::Returns(command) => returns::run(&ctx, channel, command).await,
     }
 }
 
 /// Opens a channel to `endpoint`, reporting failure as one line on stderr.
-async fn connect(
-    endpoint: &str,
-    timeout: Duration,
-) -> anyhow::Result<InventoryServiceClient<Channel>> {
+async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result<Channel> {
     let channel = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| {
             fail(format!(
@@ -649,7 +654,7 @@ async fn connect(
                 error_chain(&e)
             ))
         })?;
-    Ok(InventoryServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// What every call of one invocation shares.
