@@ -126,7 +126,12 @@ impl InventoryService for InventoryApi {
                 return Err(Error::PositionNotFound);
             }
             Ok(pb::GetPositionResponse {
-                position: Some(convert::position(&key, &state)),
+                position: Some(convert::position(
+                    &key,
+                    &state,
+                    message.reservations_page_size,
+                    &message.reservations_page_token,
+                )?),
             })
         })
         .await

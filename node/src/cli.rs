@@ -607,6 +607,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
         ClientCommand::Position(args) => {
             let request = GetPositionRequest {
                 key: Some(args.key()),
+                ..GetPositionRequest::default()
             };
             let reply = ctx.call(request, None, |r| client.get_position(r)).await?;
             if ctx.json {

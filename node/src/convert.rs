@@ -304,13 +304,52 @@ pub fn mutation_response(
     }
 }
 
-pub fn position(key: &PositionKey, state: &PositionState) -> pb::Position {
-    pb::Position {
+/// Reservations listed per page by default, and at most.
+pub const DEFAULT_RESERVATIONS_PAGE: usize = 100;
+pub const MAX_RESERVATIONS_PAGE: usize = 1_000;
+
+/// A position with one page of its active reservations.
+pub fn position(
+    key: &PositionKey,
+    state: &PositionState,
+    page_size: u32,
+    page_token: &str,
+) -> Result<pb::Position, Error> {
+    let page_size = match usize::try_from(page_size).unwrap_or(usize::MAX) {
+        0 => DEFAULT_RESERVATIONS_PAGE,
+        size if size > MAX_RESERVATIONS_PAGE => {
+            return Err(invalid(
+                "reservations_page_size",
+                format!("at most {MAX_RESERVATIONS_PAGE}"),
+            ))
+        }
+        size => size,
+    };
+    let after = if page_token.is_empty() {
+        std::ops::Bound::Unbounded
+    } else {
+        std::ops::Bound::Excluded(page_token.to_owned())
+    };
+    let mut page: Vec<pb::Reservation> = state
+        .reservations
+        .range((after, std::ops::Bound::Unbounded))
+        .take(page_size + 1)
+        .map(|(_, reservation)| proto_reservation(reservation))
+        .collect();
+    let next_reservations_page_token = if page.len() > page_size {
+        page.truncate(page_size);
+        page.last()
+            .map(|r| r.reservation_id.clone())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(pb::Position {
         key: Some(proto_key(key)),
         version: state.version,
         buckets: Some(proto_buckets(&state.buckets)),
         allow_backorder: state.allow_backorder,
-        reservations: state.reservations.values().map(proto_reservation).collect(),
+        reservations: page,
         commitments: state
             .commitments
             .iter()
@@ -320,7 +359,9 @@ pub fn position(key: &PositionKey, state: &PositionState) -> pb::Position {
             })
             .collect(),
         last_counted_at_unix_ms: state.last_counted_at_ms,
-    }
+        active_reservations: state.reservations.len() as u64,
+        next_reservations_page_token,
+    })
 }
 
 pub fn location_availability(key: &PositionKey, state: &PositionState) -> pb::LocationAvailability {

@@ -311,6 +311,7 @@ pub mod requests {
     pub fn get(key: &pb::PositionKey) -> pb::GetPositionRequest {
         pb::GetPositionRequest {
             key: Some(key.clone()),
+            ..pb::GetPositionRequest::default()
         }
     }
 }

@@ -77,23 +77,32 @@ async fn acknowledged_reservations_survive_kill_9() {
 
     node.restart().await.unwrap();
     let mut client = node.inventory().await.unwrap();
-    let position_after = client
-        .get_position(get(&position))
-        .await
-        .unwrap()
-        .into_inner()
-        .position
-        .unwrap();
-    let held: BTreeSet<String> = position_after
-        .reservations
-        .iter()
-        .map(|r| r.reservation_id.clone())
-        .collect();
-    assert_eq!(
-        held.len(),
-        position_after.reservations.len(),
-        "a reservation id appears twice"
-    );
+    // Page through every active reservation.
+    let mut held = BTreeSet::new();
+    let mut listed = 0;
+    let mut page_token = String::new();
+    let position_after = loop {
+        let request = pb::GetPositionRequest {
+            key: Some(position.clone()),
+            reservations_page_size: 1_000,
+            reservations_page_token: page_token.clone(),
+        };
+        let page = client
+            .get_position(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .position
+            .unwrap();
+        listed += page.reservations.len();
+        held.extend(page.reservations.iter().map(|r| r.reservation_id.clone()));
+        if page.next_reservations_page_token.is_empty() {
+            assert_eq!(page.active_reservations as usize, listed);
+            break page;
+        }
+        page_token = page.next_reservations_page_token.clone();
+    };
+    assert_eq!(held.len(), listed, "a reservation id appears twice");
     let missing: Vec<_> = acknowledged.difference(&held).collect();
     assert!(
         missing.is_empty(),

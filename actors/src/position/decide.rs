@@ -261,9 +261,7 @@ pub fn decide(
         }
         Command::ExpireDue => Ok(Decision::events(
             state
-                .reservations
-                .values()
-                .filter(|r| r.expires_at_ms <= context.now_ms)
+                .expired_at(context.now_ms)
                 .map(|r| Event::ReservationExpired {
                     reservation_id: r.id.clone(),
                     quantity: r.quantity,
@@ -423,6 +421,9 @@ fn apply_to_buckets(buckets: &mut Buckets, event: &Event) {
 
 fn end_reservation(state: &mut PositionState, reservation_id: &str, end: ReservationState) {
     if let Some(mut reservation) = state.reservations.remove(reservation_id) {
+        state
+            .expiries
+            .remove(&(reservation.expires_at_ms, reservation.id.clone()));
         reservation.state = end;
         state.ended.insert(reservation.id.clone(), reservation);
         state.ended_order.push_back(reservation_id.to_owned());
@@ -443,6 +444,9 @@ pub fn apply(state: &mut PositionState, event: &Event) {
         Event::OnHandCounted { counted_at_ms, .. } => state.last_counted_at_ms = *counted_at_ms,
         Event::ReservationCreated { reservation } => {
             state
+                .expiries
+                .insert((reservation.expires_at_ms, reservation.id.clone()));
+            state
                 .reservations
                 .insert(reservation.id.clone(), reservation.clone());
         }
@@ -451,7 +455,13 @@ pub fn apply(state: &mut PositionState, event: &Event) {
             expires_at_ms,
         } => {
             if let Some(reservation) = state.reservations.get_mut(reservation_id) {
+                state
+                    .expiries
+                    .remove(&(reservation.expires_at_ms, reservation.id.clone()));
                 reservation.expires_at_ms = *expires_at_ms;
+                state
+                    .expiries
+                    .insert((*expires_at_ms, reservation.id.clone()));
             }
         }
         Event::ReservationReleased { reservation_id, .. } => {

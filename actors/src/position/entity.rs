@@ -60,6 +60,10 @@ impl Entity for PositionEntity {
         state.version
     }
 
+    fn size_hint(state: &PositionState) -> u64 {
+        (state.reservations.len() + state.ended.len() + state.commitments.len()) as u64
+    }
+
     fn next_timer_ms(state: &PositionState) -> Option<i64> {
         state.next_expiry_ms()
     }

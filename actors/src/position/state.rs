@@ -168,12 +168,25 @@ pub struct PositionState {
     pub commitments: BTreeMap<String, i64>,
     /// `counted_at` of the last physical count applied (unix ms).
     pub last_counted_at_ms: i64,
+    /// Active reservations by expiry, so the next expiry is found without
+    /// scanning a hot position's thousands of holds.
+    pub expiries: std::collections::BTreeSet<(i64, String)>,
 }
 
 impl PositionState {
     /// When the earliest active reservation expires: the position's timer.
     pub fn next_expiry_ms(&self) -> Option<i64> {
-        self.reservations.values().map(|r| r.expires_at_ms).min()
+        self.expiries
+            .first()
+            .map(|(expires_at_ms, _)| *expires_at_ms)
+    }
+
+    /// Active reservations expired at `now_ms`, earliest first.
+    pub fn expired_at(&self, now_ms: i64) -> impl Iterator<Item = &Reservation> {
+        self.expiries
+            .iter()
+            .take_while(move |(expires_at_ms, _)| *expires_at_ms <= now_ms)
+            .filter_map(|(_, id)| self.reservations.get(id))
     }
 
     /// An active or recently ended reservation.

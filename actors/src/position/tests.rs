@@ -331,6 +331,12 @@ fn check_invariants(state: &PositionState) -> Result<(), TestCaseError> {
         .all(|r| r.quantity > 0 && r.state == ReservationState::Active));
     prop_assert!(state.commitments.values().all(|q| *q > 0));
     prop_assert!(state.ended.len() == state.ended_order.len());
+    let indexed: std::collections::BTreeSet<(i64, String)> = state
+        .reservations
+        .values()
+        .map(|r| (r.expires_at_ms, r.id.clone()))
+        .collect();
+    prop_assert_eq!(&indexed, &state.expiries);
     Ok(())
 }
 

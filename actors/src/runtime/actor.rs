@@ -374,9 +374,8 @@ impl<E: Entity> ActorState<E> {
             write.summary = E::summary(key, state);
         }
         let version = E::version(state);
-        if !write.journal.is_empty()
-            && version >= self.snapshot_version + self.shared.config.snapshot_every
-        {
+        let snapshot_every = self.shared.config.snapshot_every.max(E::size_hint(state));
+        if !write.journal.is_empty() && version >= self.snapshot_version + snapshot_every {
             match encode(&*state) {
                 Ok(bytes) => write.snapshot = Some((version, bytes)),
                 Err(error) => tracing::warn!(kind = E::KIND, %key, %error, "snapshot skipped"),

@@ -894,6 +894,8 @@ async fn read_position(clients: &Clients, key: &pb::PositionKey) -> anyhow::Resu
     let reply = client
         .get_position(pb::GetPositionRequest {
             key: Some(key.clone()),
+            reservations_page_size: 1,
+            ..pb::GetPositionRequest::default()
         })
         .await
         .context("cannot read back a position")?;
