@@ -1131,6 +1131,13 @@ fn format_position(position: &Position, requested: &PositionKey, now_ms: i64) ->
     out.push_str(&format_buckets(&position.buckets.unwrap_or_default()));
     out.push('\n');
     out.push_str(&format_reservations(&position.reservations, now_ms));
+    let shown = position.reservations.len() as u64;
+    if position.active_reservations > shown {
+        out.push_str(&format!(
+            "({} of {} active reservations shown)\n",
+            shown, position.active_reservations
+        ));
+    }
     out.push('\n');
     out.push_str(&format_commitments(&position.commitments));
     out
@@ -1609,6 +1616,8 @@ expires at   2023-11-14T22:28:20Z (in 15m 0s)
                 quantity: 2,
             }],
             last_counted_at_unix_ms: 0,
+            active_reservations: 1,
+            next_reservations_page_token: String::new(),
         };
         let requested = PositionKey {
             tenant: "t".into(),
