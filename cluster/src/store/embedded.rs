@@ -50,6 +50,52 @@ struct Inner {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    lookups: std::sync::mpsc::SyncSender<LookupJob>,
+}
+
+type LookupReply = tokio::sync::oneshot::Sender<Result<Vec<Option<IdempotencyRecord>>, StoreError>>;
+
+/// One actor's idempotency lookup, answered by the reader thread.
+struct LookupJob {
+    prefixed_entity: Vec<u8>,
+    keys: Vec<String>,
+    reply: LookupReply,
+}
+
+/// Idempotency lookups are the one read on every command's path. A
+/// dedicated thread answers every lookup queued since it last woke, so a
+/// burst of actors costs one thread wake-up instead of one blocking-pool
+/// round trip each. It ends when the last store handle is dropped.
+fn spawn_lookup_thread(
+    idempotency: Keyspace,
+) -> Result<std::sync::mpsc::SyncSender<LookupJob>, StoreError> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<LookupJob>(16_384);
+    std::thread::Builder::new()
+        .name("skuld-idempotency-reader".into())
+        .spawn(move || {
+            while let Ok(first) = receiver.recv() {
+                let mut jobs = vec![first];
+                jobs.extend(receiver.try_iter());
+                for job in jobs {
+                    let result = job
+                        .keys
+                        .into_iter()
+                        .map(|key| {
+                            let found = idempotency
+                                .get(with_suffix(&job.prefixed_entity, key.as_bytes()))
+                                .map_err(StoreError::backend)?;
+                            found
+                                .map(|value| decode_idempotency(key, &value))
+                                .transpose()
+                        })
+                        .collect();
+                    // The asking actor may have stopped; nothing to do then.
+                    let _ = job.reply.send(result);
+                }
+            }
+        })
+        .map_err(StoreError::backend)?;
+    Ok(sender)
 }
 
 /// `u16` length prefix, then the bytes.
@@ -112,8 +158,10 @@ impl EmbeddedStore {
             write_lock: Mutex::new(()),
             db,
         };
+        let lookups = spawn_lookup_thread(inner.idempotency.clone())?;
         Ok(Self {
             inner: Arc::new(inner),
+            lookups,
         })
     }
 
@@ -276,21 +324,22 @@ impl Store for EmbeddedStore {
         entity: &[u8],
         keys: Vec<String>,
     ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
-        let prefixed = length_prefixed(entity);
-        self.blocking(move |inner| {
-            keys.into_iter()
-                .map(|key| {
-                    let found = inner
-                        .idempotency
-                        .get(with_suffix(&prefixed, key.as_bytes()))
-                        .map_err(StoreError::backend)?;
-                    found
-                        .map(|value| decode_idempotency(key, &value))
-                        .transpose()
-                })
-                .collect()
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = LookupJob {
+            prefixed_entity: length_prefixed(entity),
+            keys,
+            reply,
+        };
+        let lookups = self.lookups.clone();
+        // A full queue means the reader is far behind: wait off the async
+        // threads rather than refuse.
+        if let Err(std::sync::mpsc::TrySendError::Full(job)) = lookups.try_send(job) {
+            tokio::task::spawn_blocking(move || lookups.send(job))
+                .await
+                .map_err(StoreError::backend)?
+                .map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
