@@ -22,7 +22,10 @@ pub struct Config {
     pub ports_file: Option<PathBuf>,
     /// Commands queued per position at most.
     pub mailbox_capacity: usize,
-    /// Requests in flight on the node at most.
+    /// Requests in flight on the node at most. Admitted requests wait at
+    /// most about max_in_flight / throughput, so this bounds accepted
+    /// latency under overload: about capacity x target latency (16k/s x
+    /// 25 ms = 400 on a 2-core machine); beyond it RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
     /// Reads are admitted only below this share (%) of max_in_flight.
     pub read_admission_percent: usize,
@@ -66,7 +69,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             ports_file: None,
             mailbox_capacity: 1_024,
-            max_in_flight: 10_000,
+            max_in_flight: 512,
             read_admission_percent: 80,
             retry_after_ms: 100,
             idle_timeout_secs: 60,

@@ -274,6 +274,9 @@ struct Reservations {
     zipf: rand_distr::Zipf<f64>,
     acknowledged: Vec<AtomicI64>,
     unknown: Vec<AtomicI64>,
+    /// Idempotency keys are numbered across every phase of a run, so no two
+    /// requests of a run share a key (a replayed reply would count twice).
+    next_key: AtomicU64,
 }
 
 impl Reservations {
@@ -290,11 +293,11 @@ impl Reservations {
 }
 
 impl Workload for Reservations {
-    fn call(&self, caller: usize, sequence: u64) -> Call<'_> {
+    fn call(&self, caller: usize, _sequence: u64) -> Call<'_> {
         Box::pin(async move {
             let index = self.pick();
             let mut client = self.clients.inventory(caller);
-            let id = format!("{}-{caller}-{sequence}", self.run);
+            let id = format!("{}-{}", self.run, self.next_key.fetch_add(1, Ordering::Relaxed));
             let result = client
                 .reserve(
                     self.clients
@@ -1139,6 +1142,7 @@ fn reservations(
         zipf: rand_distr::Zipf::new(count as f64, 1.1).map_err(|e| anyhow::anyhow!("zipf: {e}"))?,
         acknowledged: (0..count).map(|_| AtomicI64::new(0)).collect(),
         unknown: (0..count).map(|_| AtomicI64::new(0)).collect(),
+        next_key: AtomicU64::new(0),
     })
 }
 
