@@ -297,7 +297,11 @@ impl Workload for Reservations {
         Box::pin(async move {
             let index = self.pick();
             let mut client = self.clients.inventory(caller);
-            let id = format!("{}-{}", self.run, self.next_key.fetch_add(1, Ordering::Relaxed));
+            let id = format!(
+                "{}-{}",
+                self.run,
+                self.next_key.fetch_add(1, Ordering::Relaxed)
+            );
             let result = client
                 .reserve(
                     self.clients
