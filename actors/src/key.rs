@@ -35,6 +35,40 @@ pub fn validate_token(field: &'static str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A tag byte, then each part length-prefixed (`u16` big-endian), so no two
+/// keys share an encoding whatever characters they contain. Parts are
+/// validated to at most [`MAX_TOKEN_BYTES`], so their length fits a `u16`.
+fn encode_parts(tag: u8, parts: &[&str]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + parts.iter().map(|p| 2 + p.len()).sum::<usize>());
+    bytes.push(tag);
+    for part in parts {
+        let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(part.as_bytes());
+    }
+    bytes
+}
+
+/// Inverse of [`encode_parts`] for exactly `N` parts under `tag`.
+fn decode_parts<const N: usize>(tag: u8, bytes: &[u8]) -> Option<[String; N]> {
+    let (found, mut rest) = bytes.split_first()?;
+    if *found != tag {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(N);
+    for _ in 0..N {
+        let (len, tail) = rest.split_at_checked(2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let (part, tail) = tail.split_at_checked(len)?;
+        parts.push(String::from_utf8(part.to_vec()).ok()?);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    parts.try_into().ok()
+}
+
 /// A SKU at a location, of one tenant: the key of an inventory position actor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PositionKey {
@@ -63,42 +97,14 @@ impl PositionKey {
         Ok(key)
     }
 
-    /// The storage key: a tag byte, then each part length-prefixed, so no
-    /// two keys share an encoding whatever characters they contain.
+    /// The storage key (see [`encode_parts`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(
-            1 + 3 * 2 + self.tenant.len() + self.sku.len() + self.location.len(),
-        );
-        bytes.push(POSITION_TAG);
-        for part in [&self.tenant, &self.sku, &self.location] {
-            // Parts are validated to at most MAX_TOKEN_BYTES, so they fit a u16.
-            let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
-            bytes.extend_from_slice(&len.to_be_bytes());
-            bytes.extend_from_slice(part.as_bytes());
-        }
-        bytes
+        encode_parts(POSITION_TAG, &[&self.tenant, &self.sku, &self.location])
     }
 
     /// Inverse of [`PositionKey::encode`]; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let (tag, mut rest) = bytes.split_first()?;
-        if *tag != POSITION_TAG {
-            return None;
-        }
-        let mut parts = Vec::with_capacity(3);
-        for _ in 0..3 {
-            let (len, tail) = rest.split_at_checked(2)?;
-            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-            let (part, tail) = tail.split_at_checked(len)?;
-            parts.push(String::from_utf8(part.to_vec()).ok()?);
-            rest = tail;
-        }
-        if !rest.is_empty() {
-            return None;
-        }
-        let location = parts.pop()?;
-        let sku = parts.pop()?;
-        let tenant = parts.pop()?;
+        let [tenant, sku, location] = decode_parts(POSITION_TAG, bytes)?;
         Some(Self {
             tenant,
             sku,
@@ -151,36 +157,14 @@ impl ReturnKey {
         Ok(())
     }
 
-    /// A tag byte, then each part length-prefixed.
+    /// The storage key (see [`encode_parts`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(1 + 4 + self.tenant.len() + self.return_id.len());
-        bytes.push(RETURN_TAG);
-        for part in [&self.tenant, &self.return_id] {
-            let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
-            bytes.extend_from_slice(&len.to_be_bytes());
-            bytes.extend_from_slice(part.as_bytes());
-        }
-        bytes
+        encode_parts(RETURN_TAG, &[&self.tenant, &self.return_id])
     }
 
+    /// Inverse of [`ReturnKey::encode`]; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let (tag, mut rest) = bytes.split_first()?;
-        if *tag != RETURN_TAG {
-            return None;
-        }
-        let mut parts = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let (len, tail) = rest.split_at_checked(2)?;
-            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-            let (part, tail) = tail.split_at_checked(len)?;
-            parts.push(String::from_utf8(part.to_vec()).ok()?);
-            rest = tail;
-        }
-        if !rest.is_empty() {
-            return None;
-        }
-        let return_id = parts.pop()?;
-        let tenant = parts.pop()?;
+        let [tenant, return_id] = decode_parts(RETURN_TAG, bytes)?;
         Some(Self { tenant, return_id })
     }
 }

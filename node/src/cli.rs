@@ -123,16 +123,7 @@ pub struct MutationArgs {
 impl MutationArgs {
     /// Builds the request header, generating an idempotency key if none was given.
     fn header(&self, position: &PositionArgs) -> (MutationHeader, IdempotencyKey) {
-        let key = match &self.idempotency_key {
-            Some(value) => IdempotencyKey {
-                value: value.clone(),
-                generated: false,
-            },
-            None => IdempotencyKey {
-                value: Uuid::new_v4().to_string(),
-                generated: true,
-            },
-        };
+        let key = IdempotencyKey::from_flag(self.idempotency_key.as_deref());
         let header = MutationHeader {
             key: Some(position.key()),
             idempotency_key: key.value.clone(),
@@ -457,6 +448,22 @@ struct IdempotencyKey {
     value: String,
     /// Made up by the client because none was given.
     generated: bool,
+}
+
+impl IdempotencyKey {
+    /// The key given with `--idempotency-key`, or a new UUID v4.
+    fn from_flag(flag: Option<&str>) -> Self {
+        match flag {
+            Some(value) => Self {
+                value: value.to_owned(),
+                generated: false,
+            },
+            None => Self {
+                value: Uuid::new_v4().to_string(),
+                generated: true,
+            },
+        }
+    }
 }
 
 /// Runs one client subcommand against the node at `options.endpoint`.

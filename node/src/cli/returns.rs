@@ -4,7 +4,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
 use tonic::transport::Channel;
-use uuid::Uuid;
 
 use super::{
     emit, fail, format_fields, format_table, format_unix_ms, print_json, Align, CallContext,
@@ -76,16 +75,7 @@ impl CaseArgs {
     }
 
     fn header(&self) -> (Option<pb::ReturnHeader>, IdempotencyKey) {
-        let key = match &self.idempotency_key {
-            Some(value) => IdempotencyKey {
-                value: value.clone(),
-                generated: false,
-            },
-            None => IdempotencyKey {
-                value: Uuid::new_v4().to_string(),
-                generated: true,
-            },
-        };
+        let key = IdempotencyKey::from_flag(self.idempotency_key.as_deref());
         let header = pb::ReturnHeader {
             key: Some(self.key()),
             idempotency_key: key.value.clone(),
