@@ -433,7 +433,10 @@ async fn correlation_id_health_probes_and_metrics() {
         "skuld_grpc_request_duration_seconds_bucket",
         "skuld_store_commit_seconds_bucket",
     ] {
-        assert!(metrics.contains(name), "{name} missing (histograms, not summaries):\n{metrics}");
+        assert!(
+            metrics.contains(name),
+            "{name} missing (histograms, not summaries):\n{metrics}"
+        );
     }
 }
 
