@@ -17,12 +17,9 @@ pub enum StoreError {
     /// write was applied; callers may retry.
     #[error("store backend failed: {0}")]
     Backend(String),
-    /// The group-commit writer is gone (node shutting down).
-    #[error("store writer is closed")]
+    /// The store's writer or reader is gone (node shutting down).
+    #[error("store is closed")]
     Closed,
-    /// A write was refused because the writer's queue is full.
-    #[error("store writer queue is full")]
-    Overloaded,
 }
 
 impl StoreError {
