@@ -519,7 +519,9 @@ struct ReturnsSurge {
     /// Per caller: (case number, next step).
     callers: Vec<Mutex<(u64, u8)>>,
     closed: AtomicU64,
-    restocked: AtomicI64,
+    /// Per caller: restocks acknowledged. Each caller's cases return its
+    /// own SKU, so the surge spreads over as many positions as callers.
+    restocked: Vec<AtomicI64>,
     uncertain: AtomicBool,
 }
 
@@ -549,7 +551,7 @@ impl Workload for ReturnsSurge {
                         channel: String::new(),
                         order_lines: vec![pb::OrderLine {
                             line_id: "L1".into(),
-                            sku: format!("{}-SHIRT", self.run),
+                            sku: format!("{}-SHIRT-{caller}", self.run),
                             quantity: 1,
                             amount_paid_minor: 2_500,
                             fulfilled_at_unix_ms: 0,
@@ -608,7 +610,7 @@ impl Workload for ReturnsSurge {
                     };
                     let result = client.dispose_items(r.request(request)).await.map(drop);
                     if result.is_ok() {
-                        self.restocked.fetch_add(1, Ordering::Relaxed);
+                        self.restocked[caller].fetch_add(1, Ordering::Relaxed);
                     }
                     ("dispose", result)
                 }
@@ -1325,7 +1327,7 @@ async fn returns_surge(clients: &Arc<Clients>, args: &Args, run: &str) -> anyhow
         tenant: args.tenant.clone(),
         callers: (0..callers).map(|_| Mutex::new((0, 0))).collect(),
         closed: AtomicU64::new(0),
-        restocked: AtomicI64::new(0),
+        restocked: (0..callers).map(|_| AtomicI64::new(0)).collect(),
         uncertain: AtomicBool::new(false),
     });
     let closed = Args {
@@ -1339,34 +1341,42 @@ async fn returns_surge(clients: &Arc<Clients>, args: &Args, run: &str) -> anyhow
         duration,
     )
     .await;
-    // Every acknowledged restock reaches the shirt's position exactly once.
+    // Every acknowledged restock reaches its SKU's position exactly once.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let buckets =
-        read_position(clients, &pkey(&args.tenant, &format!("{run}-SHIRT"), "DC1")).await?;
-    let restocked = workload.restocked.load(Ordering::Relaxed);
     let uncertain = workload.uncertain.load(Ordering::Relaxed);
-    let passed = if uncertain {
-        buckets.available >= restocked
-    } else {
-        buckets.available == restocked
-    };
-    let check = Check {
-        passed: passed && buckets.available >= 0,
-        positions_checked: 1,
-        positions_with_unknown_outcomes: usize::from(uncertain),
-        failures: if passed {
-            Vec::new()
+    let mut failures = Vec::new();
+    let mut quality_control_left = 0;
+    for (caller, restocked) in workload.restocked.iter().enumerate() {
+        let restocked = restocked.load(Ordering::Relaxed);
+        let sku = format!("{run}-SHIRT-{caller}");
+        let buckets = if restocked == 0 && !uncertain {
+            pb::Buckets::default()
         } else {
-            vec![format!(
-                "restocked {restocked} acknowledged, available {}",
+            read_position(clients, &pkey(&args.tenant, &sku, "DC1")).await?
+        };
+        quality_control_left += buckets.quality_control;
+        let fits = if uncertain {
+            buckets.available >= restocked
+        } else {
+            buckets.available == restocked
+        };
+        if !fits || buckets.available < 0 {
+            failures.push(format!(
+                "{sku}: restocked {restocked} acknowledged, available {}",
                 buckets.available
-            )]
-        },
+            ));
+        }
+    }
+    let check = Check {
+        passed: failures.is_empty(),
+        positions_checked: workload.restocked.len(),
+        positions_with_unknown_outcomes: usize::from(uncertain),
+        failures,
     };
     let extra = serde_json::json!({
         "cases_closed": workload.closed.load(Ordering::Relaxed),
         "transitions_per_s": recorder.ok_count() as f64 / duration.as_secs_f64(),
-        "quality_control_left": buckets.quality_control,
+        "quality_control_left": quality_control_left,
     });
     let ok = check.passed;
     let report = build_report(
