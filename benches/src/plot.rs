@@ -12,8 +12,9 @@ fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("cannot draw the plot: {error}")
 }
 
-/// Writes `path` with three panels: ok/s, p99 per second, and latency by
-/// percentile (log scale on the percentile axis).
+/// Writes `path` with three panels: ok/s and errors/s per second, p99 of
+/// each second's OK answers, and latency by percentile (the percentile axis
+/// in "nines"). Text is written as SVG <text>: no fonts are needed.
 pub fn write_svg(
     path: &Path,
     title: &str,
@@ -26,9 +27,15 @@ pub fn write_svg(
     let panels = root.split_evenly((3, 1));
     let seconds = series.len().max(1) as f64;
 
-    let max_ok = series.iter().map(|s| s.ok).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let max_ok = series
+        .iter()
+        .map(|s| s.ok.max(s.errors))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
     let mut throughput = ChartBuilder::on(&panels[0])
-        .caption("throughput (ok/s)", ("sans-serif", 15))
+        .caption("throughput per second", ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -36,6 +43,7 @@ pub fn write_svg(
         .map_err(plot_error)?;
     throughput
         .configure_mesh()
+        .max_light_lines(0)
         .x_desc("second")
         .draw()
         .map_err(plot_error)?;
@@ -44,6 +52,24 @@ pub fn write_svg(
             series.iter().map(|s| (s.second as f64, s.ok as f64)),
             &BLUE,
         ))
+        .map_err(plot_error)?
+        .label("ok/s")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    if series.iter().any(|s| s.errors > 0) {
+        throughput
+            .draw_series(LineSeries::new(
+                series.iter().map(|s| (s.second as f64, s.errors as f64)),
+                &RED,
+            ))
+            .map_err(plot_error)?
+            .label("errors/s")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    throughput
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
         .map_err(plot_error)?;
 
     let max_p99 = series.iter().map(|s| s.p99_ms).fold(0.0, f64::max).max(0.1) * 1.1;
@@ -55,12 +81,13 @@ pub fn write_svg(
         .build_cartesian_2d(0f64..seconds, 0f64..max_p99)
         .map_err(plot_error)?;
     p99.configure_mesh()
+        .max_light_lines(0)
         .x_desc("second")
         .draw()
         .map_err(plot_error)?;
     p99.draw_series(LineSeries::new(
         series.iter().map(|s| (s.second as f64, s.p99_ms)),
-        &RED,
+        &MAGENTA,
     ))
     .map_err(plot_error)?;
 
@@ -77,19 +104,47 @@ pub fn write_svg(
         .collect();
     let max_latency = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.1;
     let mut distribution = ChartBuilder::on(&panels[2])
-        .caption(
-            "latency by percentile (ms): x = number of nines (2 = p99, 3 = p99.9)",
-            ("sans-serif", 15),
-        )
+        .margin_right(25)
+        .caption("latency by percentile (ms)", ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..4f64, 0f64..max_latency)
         .map_err(plot_error)?;
-    distribution.configure_mesh().draw().map_err(plot_error)?;
+    distribution
+        .configure_mesh()
+        .max_light_lines(0)
+        .x_labels(5)
+        .x_label_formatter(&|nines| percentile_label(*nines))
+        .x_desc("percentile")
+        .y_desc("ms")
+        .draw()
+        .map_err(plot_error)?;
     distribution
         .draw_series(LineSeries::new(points, &BLACK))
         .map_err(plot_error)?;
     root.present().map_err(plot_error)?;
     Ok(())
+}
+
+/// "p99.9" for 3 nines.
+fn percentile_label(nines: f64) -> String {
+    let percent = 100.0 * (1.0 - 10f64.powf(-nines));
+    let text = format!("{percent:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("p{text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_labels() {
+        assert_eq!(percentile_label(0.0), "p0");
+        assert_eq!(percentile_label(1.0), "p90");
+        assert_eq!(percentile_label(2.0), "p99");
+        assert_eq!(percentile_label(3.0), "p99.9");
+        assert_eq!(percentile_label(4.0), "p99.99");
+    }
 }

@@ -24,6 +24,8 @@ pub struct Recorder {
     pub errors: BTreeMap<String, u64>,
     /// Latency of RESOURCE_EXHAUSTED answers.
     pub rejections: Histogram<u64>,
+    /// The first message seen per error code (for diagnosis).
+    pub error_samples: BTreeMap<String, String>,
 }
 
 impl Default for Recorder {
@@ -35,6 +37,7 @@ impl Default for Recorder {
             per_second: Vec::new(),
             errors: BTreeMap::new(),
             rejections: histogram(),
+            error_samples: BTreeMap::new(),
         }
     }
 }
@@ -74,7 +77,21 @@ impl Recorder {
         self.second(second).1 += 1;
     }
 
+    /// Keeps the first message seen for `code`.
+    pub fn error_sample(&mut self, code: &str, message: &str) {
+        if !self.error_samples.contains_key(code) {
+            self.error_samples
+                .insert(code.to_owned(), message.chars().take(200).collect());
+        }
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
+        self.merge_at(other, 0);
+    }
+
+    /// Merges `other` with its per-second series shifted by `offset`
+    /// seconds (phases of one run laid end to end).
+    pub fn merge_at(&mut self, other: &Recorder, offset: usize) {
         let _ = self.latency.add(&other.latency);
         let _ = self.rejections.add(&other.rejections);
         for (operation, recorded) in &other.by_operation {
@@ -85,13 +102,16 @@ impl Recorder {
                 .add(recorded);
         }
         for (index, (ok, errors, latency)) in other.per_second.iter().enumerate() {
-            let slot = self.second(index);
+            let slot = self.second(index + offset);
             slot.0 += ok;
             slot.1 += errors;
             let _ = slot.2.add(latency);
         }
         for (code, count) in &other.errors {
             *self.errors.entry(code.clone()).or_default() += count;
+        }
+        for (code, message) in &other.error_samples {
+            self.error_sample(code, message);
         }
     }
 
@@ -127,6 +147,40 @@ impl Percentiles {
             max_ms: ms(histogram.max()),
         }
     }
+}
+
+/// All operations whose name passes `keep`, merged (e.g. every operation
+/// on the non-hot positions).
+pub fn combined(recorder: &Recorder, keep: impl Fn(&str) -> bool) -> Histogram<u64> {
+    let mut all = histogram();
+    for (name, latency) in &recorder.by_operation {
+        if keep(name) {
+            let _ = all.add(latency);
+        }
+    }
+    all
+}
+
+/// One point of a latency distribution.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuantilePoint {
+    pub percentile: f64,
+    pub ms: f64,
+}
+
+/// The latency at p0, then every quarter "nine" up to p99.99 (p43.8, p68.4,
+/// p82.2, p90, ... p99, p99.44, p99.68, p99.82, p99.9, ...): enough to see
+/// a second mode in the tail.
+pub fn distribution(histogram: &Histogram<u64>) -> Vec<QuantilePoint> {
+    (0..=16)
+        .map(|step| {
+            let quantile = 1.0 - 10f64.powf(-f64::from(step) / 4.0);
+            QuantilePoint {
+                percentile: (quantile * 1e6).round() / 1e4,
+                ms: histogram.value_at_quantile(quantile) as f64 / 1_000.0,
+            }
+        })
+        .collect()
 }
 
 /// One second of the run.
@@ -173,6 +227,59 @@ mod tests {
         assert_eq!(intended_offset(0, 1_000.0), Duration::ZERO);
         assert_eq!(intended_offset(500, 1_000.0), Duration::from_millis(500));
         assert_eq!(intended_offset(3, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn open_loop_schedule_is_fixed_whatever_the_answers() {
+        // 250/s: request k is due at k * 4 ms; 1 s holds exactly 250.
+        let due: Vec<_> = (0..)
+            .map(|k| intended_offset(k, 250.0))
+            .take_while(|offset| *offset < Duration::from_secs(1))
+            .collect();
+        assert_eq!(due.len(), 250);
+        assert_eq!(due[1], Duration::from_millis(4));
+        assert_eq!(due[249], Duration::from_millis(996));
+    }
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut latency = histogram();
+        for ms in 1..=1_000u64 {
+            latency.record(ms * 1_000).unwrap();
+        }
+        let p = Percentiles::of(&latency);
+        assert_eq!(p.count, 1_000);
+        let close = |value: f64, want: f64| (value - want).abs() <= want * 0.002;
+        assert!(close(p.p50_ms, 500.0), "{p:?}");
+        assert!(close(p.p90_ms, 900.0), "{p:?}");
+        assert!(close(p.p99_ms, 990.0), "{p:?}");
+        assert!(close(p.p999_ms, 999.0), "{p:?}");
+        assert!(close(p.max_ms, 1_000.0), "{p:?}");
+        let points = distribution(&latency);
+        assert_eq!(points.len(), 17);
+        assert_eq!(points[4].percentile, 90.0);
+        assert_eq!(points[8].percentile, 99.0);
+        assert!(close(points[8].ms, 990.0), "{points:?}");
+        assert!(points.windows(2).all(|w| w[0].ms <= w[1].ms));
+    }
+
+    #[test]
+    fn phases_merge_end_to_end_and_subsets_combine() {
+        let mut first = Recorder::default();
+        first.ok("reserve", 0, Duration::from_millis(1));
+        first.ok("reserve-hot", 1, Duration::from_millis(9));
+        let mut second = Recorder::default();
+        second.error("ResourceExhausted", 0, Duration::from_micros(200));
+        second.error_sample("ResourceExhausted", "queue full");
+        let mut total = Recorder::default();
+        total.merge_at(&first, 0);
+        total.merge_at(&second, 2);
+        assert_eq!(total.per_second.len(), 3);
+        assert_eq!(total.per_second[2].1, 1);
+        assert_eq!(total.error_samples["ResourceExhausted"], "queue full");
+        let cold = combined(&total, |name| !name.ends_with("-hot"));
+        assert_eq!(cold.len(), 1);
+        assert!(cold.max() < 2_000);
     }
 
     #[test]
