@@ -910,17 +910,9 @@ fn format_key(key: &PositionKey) -> String {
 
 /// The buckets as a two-column table, on_hand first.
 fn format_buckets(buckets: &Buckets) -> String {
-    let rows = [
-        ("on_hand", buckets.on_hand),
-        ("available", buckets.available),
-        ("reserved", buckets.reserved),
-        ("committed", buckets.committed),
-        ("damaged", buckets.damaged),
-        ("quality_control", buckets.quality_control),
-        ("safety_stock", buckets.safety_stock),
-        ("incoming", buckets.incoming),
-    ]
-    .map(|(name, quantity)| vec![name.to_owned(), quantity.to_string()]);
+    let rows = buckets
+        .named()
+        .map(|(name, quantity)| vec![name.to_owned(), quantity.to_string()]);
     format_table(
         &[("BUCKET", Align::Left), ("QUANTITY", Align::Right)],
         &rows,

@@ -11,3 +11,20 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every skuld proto, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("skuld_descriptor");
+
+impl v1::Buckets {
+    /// Every bucket with its name, on_hand first: one list for tables,
+    /// checks and reports.
+    pub fn named(&self) -> [(&'static str, i64); 8] {
+        [
+            ("on_hand", self.on_hand),
+            ("available", self.available),
+            ("reserved", self.reserved),
+            ("committed", self.committed),
+            ("damaged", self.damaged),
+            ("quality_control", self.quality_control),
+            ("safety_stock", self.safety_stock),
+            ("incoming", self.incoming),
+        ]
+    }
+}

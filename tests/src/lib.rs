@@ -495,16 +495,7 @@ pub async fn position_with_all_reservations(
 /// Checks the bucket invariants of a position without backorders: no bucket
 /// is negative and on_hand is the sum of the physical buckets.
 pub fn check_buckets(buckets: &skuld_proto::v1::Buckets) -> anyhow::Result<()> {
-    let named = [
-        ("on_hand", buckets.on_hand),
-        ("available", buckets.available),
-        ("reserved", buckets.reserved),
-        ("committed", buckets.committed),
-        ("damaged", buckets.damaged),
-        ("quality_control", buckets.quality_control),
-        ("safety_stock", buckets.safety_stock),
-        ("incoming", buckets.incoming),
-    ];
+    let named = buckets.named();
     if let Some((name, value)) = named.iter().find(|(_, value)| *value < 0) {
         bail!("{name} is negative ({value}): {buckets:?}");
     }
