@@ -5,7 +5,12 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("skuld_descriptor.bin");
-    let protos = ["skuld/v1/inventory.proto", "skuld/v1/returns.proto"];
+    let protos = [
+        "skuld/v1/inventory.proto",
+        "skuld/v1/returns.proto",
+        "skuld/v1/admin.proto",
+        "skuld/internal/v1/peer.proto",
+    ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .compile_protos(&protos, &["."])?;

@@ -62,6 +62,18 @@ pub enum Error {
     /// The store failed or the node is stopping; nothing was acknowledged.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// No node serves the key's shard right now (a handoff or a failover);
+    /// nothing was applied, retry after the hint.
+    #[error("shard {shard} is moving between nodes; retry shortly")]
+    ShardMoving { shard: u32, retry_after_ms: u64 },
+    /// The owning node answered with this error (cluster mode).
+    #[error("{message}")]
+    Remote {
+        /// The gRPC status code the owner answered with.
+        code: i32,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl Error {
@@ -75,6 +87,13 @@ impl Error {
 
 impl From<skuld_cluster::StoreError> for Error {
     fn from(error: skuld_cluster::StoreError) -> Self {
-        Error::Unavailable(error.to_string())
+        match error {
+            // Another node owns the shard now; the caller's retry is routed there.
+            skuld_cluster::StoreError::Fenced { shard, .. } => Error::ShardMoving {
+                shard,
+                retry_after_ms: 100,
+            },
+            other => Error::Unavailable(other.to_string()),
+        }
     }
 }

@@ -1,11 +1,27 @@
-//! Cluster-side parts of skuld: the storage trait and its backends, and the
-//! group-commit writer that batches many actors' changes into one durable write.
-//!
-//! Membership, placement, ownership and routing (cluster mode) will live here
-//! too; the single-node embedded mode needs only the store.
+//! Cluster-side parts of skuld: the storage trait and its backends, the
+//! group-commit writer, and cluster mode's membership (etcd), placement,
+//! ownership with epochs, and the routing table requests consult.
 
+pub mod error;
+pub mod membership;
+pub mod ownership;
+pub mod placement;
+pub mod shards;
 pub mod store;
 
+pub use error::ClusterError;
 pub use store::embedded::EmbeddedStore;
+pub use store::postgres::PostgresStore;
 pub use store::writer::{GroupCommitWriter, WriterConfig};
-pub use store::{EntityWrite, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+pub use store::{
+    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch,
+};
+
+/// Milliseconds since the unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}

@@ -55,6 +55,29 @@ pub struct Config {
     pub log_format: String,
     /// Log filter (tracing EnvFilter syntax), e.g. "info,skuld=debug".
     pub log_filter: String,
+    /// etcd endpoints (`http://host:2379`). Empty: single node on the
+    /// embedded store. Set: cluster mode (needs `postgres_url`).
+    pub etcd_endpoints: Vec<String>,
+    /// PostgreSQL connection URL of the cluster store (cluster mode).
+    pub postgres_url: Option<String>,
+    /// PostgreSQL connections per node at most.
+    pub postgres_pool_size: usize,
+    /// Namespace of this cluster's keys in etcd.
+    pub cluster_name: String,
+    /// This node's id in the cluster; the host name when empty.
+    pub node_id: String,
+    /// The gRPC endpoint other nodes reach this one at, e.g.
+    /// `http://skuld-0.skuld-peers:7070`; `http://<grpc_addr>` when empty.
+    pub advertise_endpoint: String,
+    /// Shard count of a new cluster (fixed once the cluster exists).
+    pub shard_count: u32,
+    /// etcd lease TTL in seconds: how long a dead node's shards stay
+    /// unavailable before others take them.
+    pub lease_ttl_secs: u64,
+    /// How long a request waits for a moving shard before UNAVAILABLE, in ms.
+    pub handoff_wait_ms: u64,
+    /// Shards this node hands over at once at most (scale-out, drain).
+    pub max_concurrent_moves: usize,
     /// Return policies by scope (file only): `[return_policies.default]`,
     /// `[return_policies.<tenant>]`, `[return_policies."<tenant>/<channel>"]`.
     /// The most specific applies; a case keeps the policy it opened with.
@@ -84,6 +107,16 @@ impl Default for Config {
             drain_timeout_secs: 20,
             log_format: "text".into(),
             log_filter: "info".into(),
+            etcd_endpoints: Vec::new(),
+            postgres_url: None,
+            postgres_pool_size: 16,
+            cluster_name: "skuld".into(),
+            node_id: String::new(),
+            advertise_endpoint: String::new(),
+            shard_count: 1_024,
+            lease_ttl_secs: 5,
+            handoff_wait_ms: 2_000,
+            max_concurrent_moves: 64,
             return_policies: std::collections::BTreeMap::new(),
         }
     }
@@ -135,6 +168,27 @@ pub struct ServeArgs {
     pub log_format: Option<String>,
     #[arg(long, env = "SKULD_LOG", alias = "log-level")]
     pub log_filter: Option<String>,
+    /// Comma-separated etcd endpoints; enables cluster mode.
+    #[arg(long, env = "SKULD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    #[arg(long, env = "SKULD_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+    #[arg(long, env = "SKULD_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
+    #[arg(long, env = "SKULD_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    #[arg(long, env = "SKULD_NODE_ID")]
+    pub node_id: Option<String>,
+    #[arg(long, env = "SKULD_ADVERTISE_ENDPOINT")]
+    pub advertise_endpoint: Option<String>,
+    #[arg(long, env = "SKULD_SHARD_COUNT")]
+    pub shard_count: Option<u32>,
+    #[arg(long, env = "SKULD_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<u64>,
+    #[arg(long, env = "SKULD_HANDOFF_WAIT_MS")]
+    pub handoff_wait_ms: Option<u64>,
+    #[arg(long, env = "SKULD_MAX_CONCURRENT_MOVES")]
+    pub max_concurrent_moves: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +241,22 @@ impl Config {
             max_message_bytes,
             drain_timeout_secs,
             log_format,
-            log_filter
+            log_filter,
+            etcd_endpoints,
+            postgres_pool_size,
+            cluster_name,
+            node_id,
+            advertise_endpoint,
+            shard_count,
+            lease_ttl_secs,
+            handoff_wait_ms,
+            max_concurrent_moves
         );
         if args.ports_file.is_some() {
             config.ports_file = args.ports_file.clone();
+        }
+        if args.postgres_url.is_some() {
+            config.postgres_url = args.postgres_url.clone();
         }
         config.validate()?;
         Ok(config)
@@ -222,6 +288,10 @@ impl Config {
             ("writer_queue_capacity", self.writer_queue_capacity as u64),
             ("writer_max_batch", self.writer_max_batch as u64),
             ("max_message_bytes", self.max_message_bytes as u64),
+            ("postgres_pool_size", self.postgres_pool_size as u64),
+            ("shard_count", u64::from(self.shard_count)),
+            ("lease_ttl_secs", self.lease_ttl_secs),
+            ("max_concurrent_moves", self.max_concurrent_moves as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Invalid(format!(
@@ -233,12 +303,39 @@ impl Config {
                 "read_admission_percent must be 1 to 100".into(),
             ));
         }
+        if self.is_clustered() && self.postgres_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "cluster mode (etcd_endpoints set) needs postgres_url: shards move between nodes, so their data must live in the shared store".into(),
+            ));
+        }
+        if self.lease_ttl_secs < 2 {
+            return Err(ConfigError::Invalid(
+                "lease_ttl_secs must be at least 2 (the node stops serving a third of the TTL before its lease can expire)".into(),
+            ));
+        }
         if self.default_reservation_ttl_secs > self.max_reservation_ttl_secs {
             return Err(ConfigError::Invalid(
                 "default_reservation_ttl_secs must not exceed max_reservation_ttl_secs".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Cluster mode: etcd membership and the PostgreSQL store.
+    pub fn is_clustered(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+
+    /// The node id: configured, else the host name, else "skuld".
+    pub fn effective_node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "skuld".into())
     }
 
     pub fn runtime(&self) -> skuld_actors::runtime::RuntimeConfig {

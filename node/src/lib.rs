@@ -3,10 +3,13 @@
 //! `server::run(config, listeners, metrics, shutdown)` runs a node until the
 //! shutdown future resolves; `main` binds the ports and passes SIGTERM/SIGINT.
 
+pub mod admin_api;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod peer;
 pub mod returns_api;
 pub mod rpc;
 pub mod server;

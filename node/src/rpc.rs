@@ -14,6 +14,9 @@ use crate::status::to_status;
 
 /// Metadata key of the correlation id, accepted and echoed back.
 pub const CORRELATION_ID: &str = "x-correlation-id";
+/// Reply metadata naming the node that served the request (cluster mode),
+/// so a smart client can go to the owner directly next time.
+pub const OWNER: &str = "skuld-owner";
 
 /// Wraps a handler with what every RPC needs: correlation id, deadline,
 /// a tracing span, metrics and the error-to-status mapping.
@@ -31,7 +34,9 @@ where
     let meta = RequestMeta {
         correlation_id: correlation_id.clone(),
         deadline: grpc_timeout(request.metadata()).map(|timeout| started + timeout),
+        ..RequestMeta::default()
     };
+    let served_by = meta.served_by.clone();
     let span = tracing::info_span!("rpc", method, correlation_id = %correlation_id);
     let result = handler(request.into_inner(), meta)
         .instrument(span.clone())
@@ -44,11 +49,17 @@ where
     metrics::histogram!("skuld_grpc_request_duration_seconds", "method" => method)
         .record(started.elapsed().as_secs_f64());
     let echo = MetadataValue::try_from(correlation_id.as_str()).ok();
+    let owner = served_by
+        .get()
+        .and_then(|node| MetadataValue::try_from(node).ok());
     match result {
         Ok(body) => {
             let mut response = Response::new(body);
             if let Some(value) = echo {
                 response.metadata_mut().insert(CORRELATION_ID, value);
+            }
+            if let Some(value) = owner {
+                response.metadata_mut().insert(OWNER, value);
             }
             Ok(response)
         }
@@ -80,7 +91,7 @@ fn code_name(error: &Error) -> &'static str {
 }
 
 /// The caller's correlation id when it is a sane token, else a new one.
-fn correlation_id(metadata: &MetadataMap) -> String {
+pub(crate) fn correlation_id(metadata: &MetadataMap) -> String {
     metadata
         .get(CORRELATION_ID)
         .and_then(|value| value.to_str().ok())
@@ -89,7 +100,7 @@ fn correlation_id(metadata: &MetadataMap) -> String {
 }
 
 /// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
     let amount: u64 = digits.parse().ok()?;

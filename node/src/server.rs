@@ -1,9 +1,12 @@
 //! The node: stores, runtime, gRPC and HTTP servers, and ordered shutdown.
 //!
 //! Shutdown order (on the `shutdown` future): gRPC health NOT_SERVING and
-//! /readyz 503 first, so load balancers stop sending; then the runtime stops
-//! admitting and waits for admitted requests; then the servers stop; last the
-//! group-commit writer flushes and the store closes.
+//! /readyz 503 first, so load balancers stop sending; in cluster mode every
+//! shard is then handed over (stop admitting it, finish and persist what was
+//! accepted, release the claim) while the node keeps forwarding; then the
+//! runtime stops admitting and waits for admitted requests; the lease is
+//! revoked; then the servers stop; last the group-commit writer flushes and
+//! the store closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,16 +21,22 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use skuld_actors::returns::ReturnEntity;
-use skuld_actors::runtime::{Background, EntityRuntime, TimerTarget};
+use skuld_actors::runtime::routing::Routing;
+use skuld_actors::runtime::{Background, Entity, EntityRuntime, TimerTarget};
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
+use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
+use skuld_proto::v1::admin_service_server::AdminServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
+use crate::cluster;
 use crate::config::Config;
+use crate::peer::PeerApi;
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
 
 /// The sockets the node serves on, bound by the caller (tests bind port 0).
@@ -64,25 +73,40 @@ pub async fn run(
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
 
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&config.data_dir)
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
-    );
+    let joined = if config.is_clustered() {
+        Some(cluster::join(&config, grpc_addr).await?)
+    } else {
+        None
+    };
+    let store: Arc<dyn Store> =
+        match &joined {
+            Some(joined) => Arc::clone(&joined.store),
+            None => Arc::new(EmbeddedStore::open(&config.data_dir).with_context(|| {
+                format!("cannot open the store in {}", config.data_dir.display())
+            })?),
+        };
     let (writer, writer_task) = GroupCommitWriter::start(Arc::clone(&store), config.writer());
     let admission = Arc::new(config.admission());
-    let runtime = Arc::new(EntityRuntime::new(
-        config.positions(),
-        Arc::clone(&store),
-        writer.clone(),
-        Arc::clone(&admission),
-        config.runtime(),
+    let routing = joined.as_ref().map(|joined| joined.routing.clone());
+    let runtime = Arc::new(routed(
+        EntityRuntime::new(
+            config.positions(),
+            Arc::clone(&store),
+            writer.clone(),
+            Arc::clone(&admission),
+            config.runtime(),
+        ),
+        routing.clone(),
     ));
-    let returns = Arc::new(EntityRuntime::new(
-        ReturnEntity::new(Arc::clone(&runtime)),
-        Arc::clone(&store),
-        writer.clone(),
-        Arc::clone(&admission),
-        config.runtime(),
+    let returns = Arc::new(routed(
+        EntityRuntime::new(
+            ReturnEntity::new(Arc::clone(&runtime)),
+            Arc::clone(&store),
+            writer.clone(),
+            Arc::clone(&admission),
+            config.runtime(),
+        ),
+        routing,
     ));
     let background = Background::start(
         Arc::clone(&store),
@@ -90,9 +114,12 @@ pub async fn run(
             Arc::clone(&runtime) as Arc<dyn TimerTarget>,
             Arc::clone(&returns) as Arc<dyn TimerTarget>,
         ],
+        joined.as_ref().map(|joined| Arc::clone(&joined.table)),
         Duration::from_millis(config.timer_scan_interval_ms),
         Duration::from_secs(config.idempotency_retention_secs),
     );
+    let node_id = config.effective_node_id();
+    let ready = Arc::new(AtomicBool::new(false));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -115,6 +142,24 @@ pub async fn run(
     ))
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
+    let admin = AdminServiceServer::new(AdminApi {
+        node_id: node_id.clone(),
+        cluster: joined
+            .as_ref()
+            .map(|joined| (Arc::clone(&joined.membership), Arc::clone(&joined.table))),
+        admission: Arc::clone(&admission),
+        positions: Arc::clone(&runtime),
+        returns: Arc::clone(&returns),
+        ready: Arc::clone(&ready),
+    });
+    // Forwarded messages carry whole commands; allow the largest a client
+    // may send plus framing.
+    let peer = PeerServiceServer::new(PeerApi::new(
+        node_id.clone(),
+        vec![Arc::clone(&runtime) as _, Arc::clone(&returns) as _],
+    ))
+    .max_decoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024))
+    .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
 
     let (stop_servers, servers_stopped) = watch::channel(false);
     let grpc_stop = wait_for(servers_stopped.clone());
@@ -124,10 +169,11 @@ pub async fn run(
             .add_service(reflection)
             .add_service(inventory)
             .add_service(returns_service)
+            .add_service(admin)
+            .add_service(peer)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), grpc_stop),
     );
 
-    let ready = Arc::new(AtomicBool::new(false));
     let http_state = HttpState {
         ready: Arc::clone(&ready),
         metrics,
@@ -144,12 +190,19 @@ pub async fn run(
             .await
     });
 
+    let mut running = joined
+        .as_ref()
+        .map(|joined| cluster::start(&config, joined, Arc::clone(&runtime), Arc::clone(&returns)));
     if let Some(path) = &config.ports_file {
         write_ports_file(path, grpc_addr, http_addr)?;
     }
     ready.store(true, Ordering::Release);
     metrics::gauge!("skuld_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "skuld node ready");
+    if config.is_clustered() {
+        tracing::info!(%grpc_addr, %http_addr, node = %node_id, "skuld node ready (cluster mode)");
+    } else {
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "skuld node ready");
+    }
 
     shutdown.await;
     tracing::info!("shutdown requested: draining");
@@ -163,6 +216,9 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    if let Some(running) = running.as_mut() {
+        running.hand_over().await;
+    }
     admission
         .drain(Duration::from_secs(config.drain_timeout_secs))
         .await;
@@ -170,6 +226,9 @@ pub async fn run(
     // Return cases first: their effects act on positions.
     returns.stop().await;
     runtime.stop().await;
+    if let Some(running) = running {
+        running.leave().await;
+    }
     let _ = stop_servers.send(true);
     if let Err(error) = grpc.await.context("gRPC server task failed")? {
         tracing::warn!(%error, "gRPC server stopped with an error");
@@ -190,6 +249,14 @@ pub async fn run(
     }
     tracing::info!("skuld node stopped");
     Ok(())
+}
+
+/// In cluster mode, a runtime serves its own shards and forwards the rest.
+fn routed<E: Entity>(runtime: EntityRuntime<E>, routing: Option<Routing>) -> EntityRuntime<E> {
+    match routing {
+        Some(routing) => runtime.with_routing(routing),
+        None => runtime,
+    }
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

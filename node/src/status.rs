@@ -9,6 +9,8 @@
 //! | Overloaded | RESOURCE_EXHAUSTED (google.rpc.RetryInfo and `retry-after-ms`) |
 //! | DeadlineExceeded | DEADLINE_EXCEEDED |
 //! | Unavailable | UNAVAILABLE (retry with the same idempotency key) |
+//! | ShardMoving | UNAVAILABLE (RetryInfo and `retry-after-ms`: a handoff is under way) |
+//! | Remote | the code the owning node answered with |
 
 use std::time::Duration;
 
@@ -56,17 +58,44 @@ pub fn to_status(error: &Error) -> Status {
             Status::already_exists(message)
         }
         Error::Overloaded { retry_after_ms, .. } => {
-            let details =
-                ErrorDetails::with_retry_info(Some(Duration::from_millis(*retry_after_ms)));
-            let mut status = Status::with_error_details(Code::ResourceExhausted, message, details);
-            if let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string()) {
-                status.metadata_mut().insert(RETRY_AFTER_MS, value);
-            }
-            status
+            with_retry_hint(Code::ResourceExhausted, message, *retry_after_ms)
         }
         Error::DeadlineExceeded => Status::deadline_exceeded(message),
         Error::Unavailable(_) => Status::unavailable(message),
+        Error::ShardMoving { retry_after_ms, .. } => {
+            with_retry_hint(Code::Unavailable, message, *retry_after_ms)
+        }
+        Error::Remote {
+            code,
+            retry_after_ms,
+            ..
+        } => match retry_after_ms {
+            Some(retry_after_ms) => {
+                with_retry_hint(Code::from_i32(*code), message, *retry_after_ms)
+            }
+            None => Status::new(Code::from_i32(*code), message),
+        },
     }
+}
+
+/// The retry hint of an error, if it carries one.
+pub fn retry_after_ms(error: &Error) -> Option<u64> {
+    match error {
+        Error::Overloaded { retry_after_ms, .. } | Error::ShardMoving { retry_after_ms, .. } => {
+            Some(*retry_after_ms)
+        }
+        Error::Remote { retry_after_ms, .. } => *retry_after_ms,
+        _ => None,
+    }
+}
+
+fn with_retry_hint(code: Code, message: String, retry_after_ms: u64) -> Status {
+    let details = ErrorDetails::with_retry_info(Some(Duration::from_millis(retry_after_ms)));
+    let mut status = Status::with_error_details(code, message, details);
+    if let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string()) {
+        status.metadata_mut().insert(RETRY_AFTER_MS, value);
+    }
+    status
 }
 
 #[cfg(test)]

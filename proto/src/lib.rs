@@ -9,6 +9,14 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/skuld.v1.serde.rs"));
 }
 
+/// The node-to-node API (`skuld.internal.v1`); not for clients.
+pub mod internal {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        tonic::include_proto!("skuld.internal.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every skuld proto, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("skuld_descriptor");
 

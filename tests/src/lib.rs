@@ -18,6 +18,8 @@ use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
+pub mod services;
+
 /// How long a node may take to write its ports file and answer /readyz 200.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to drain and exit after SIGTERM.
@@ -25,7 +27,7 @@ pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one plain HTTP request to a node.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many log lines a failing test prints.
-const LOG_TAIL_LINES: usize = 60;
+pub(crate) const LOG_TAIL_LINES: usize = 60;
 
 /// The `skuld` binary: `SKULD_BIN`, else `target/debug/skuld` of this
 /// workspace (honouring `CARGO_TARGET_DIR`).
@@ -388,7 +390,7 @@ impl Drop for TestNode {
     }
 }
 
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;

@@ -223,7 +223,7 @@ async fn run_effect(
     };
     let meta = RequestMeta {
         correlation_id: format!("return:{}:{}", key.return_id, effect.step),
-        deadline: None,
+        ..RequestMeta::default()
     };
     match positions.mutate(mutation, meta).await {
         Ok(_) => (EffectOutcome::Applied, String::new()),
@@ -234,7 +234,17 @@ async fn run_effect(
             (EffectOutcome::Applied, String::new())
         }
         Err(
-            error @ (Error::Overloaded { .. } | Error::Unavailable(_) | Error::DeadlineExceeded),
+            error @ (Error::Overloaded { .. }
+            | Error::Unavailable(_)
+            | Error::DeadlineExceeded
+            | Error::ShardMoving { .. }),
+        ) => (EffectOutcome::Retry, error.to_string()),
+        // The position's owner (another node) refused for a passing reason:
+        // DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), UNAVAILABLE (14).
+        Err(
+            error @ Error::Remote {
+                code: 4 | 8 | 14, ..
+            },
         ) => (EffectOutcome::Retry, error.to_string()),
         Err(error) => (EffectOutcome::Refused, error.to_string()),
     }

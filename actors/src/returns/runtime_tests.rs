@@ -45,6 +45,7 @@ fn start(dir: &std::path::Path) -> Node {
             Arc::clone(&positions) as Arc<dyn TimerTarget>,
             Arc::clone(&returns) as Arc<dyn TimerTarget>,
         ],
+        None,
         Duration::from_millis(50),
         Duration::from_secs(86_400),
     );

@@ -47,6 +47,10 @@ pub(crate) struct ActorState<E: Entity> {
     snapshot_version: u64,
     /// The timer value last written, when known.
     timer_written: Option<Option<i64>>,
+    /// The key's shard and the ownership epoch the state was loaded under;
+    /// every write carries them so the store can refuse a stale owner.
+    shard: u32,
+    epoch: u64,
     last_active: Instant,
 }
 
@@ -69,6 +73,8 @@ impl<E: Entity> Actor for EntityActor<E> {
             state: None,
             snapshot_version: 0,
             timer_written: None,
+            shard: 0,
+            epoch: 0,
             last_active: Instant::now(),
         })
     }
@@ -131,9 +137,16 @@ struct PendingReply<E: Entity> {
 
 impl<E: Entity> ActorState<E> {
     async fn load(&mut self) -> Result<(), Error> {
-        if self.state.is_some() {
+        let (shard, epoch) = self.shared.ownership(&self.encoded_key)?;
+        if self.state.is_some() && epoch == self.epoch {
             return Ok(());
         }
+        // First load, or the shard was claimed again since: the store is the
+        // truth, whatever this actor still remembers.
+        self.state = None;
+        self.timer_written = None;
+        self.shard = shard;
+        self.epoch = epoch;
         let loaded = self.shared.store.load(&self.encoded_key).await?;
         let mut state = match &loaded.snapshot {
             Some((_, bytes)) => decode::<E::State>(bytes)?,
@@ -262,6 +275,8 @@ impl<E: Entity> ActorState<E> {
         let now_ms = now_ms();
         let mut write = EntityWrite {
             key: self.encoded_key.clone(),
+            shard: self.shard,
+            epoch: self.epoch,
             ..EntityWrite::default()
         };
         let mut replies = Vec::with_capacity(envelopes.len());

@@ -14,9 +14,9 @@ use crate::Error;
 /// An entity kind (inventory position, return case): its key, state,
 /// commands and events, and the pure rules that connect them.
 pub trait Entity: Send + Sync + Sized + 'static {
-    type Key: Clone + Eq + Hash + Display + Serialize + Send + Sync + 'static;
+    type Key: Clone + Eq + Hash + Display + Serialize + DeserializeOwned + Send + Sync + 'static;
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
-    type Command: Serialize + Send + Sync + 'static;
+    type Command: Serialize + DeserializeOwned + Send + Sync + 'static;
     type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What `decide` tells `reply` beyond the new state.
     type Outcome: Send + 'static;

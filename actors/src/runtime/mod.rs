@@ -17,6 +17,7 @@ mod actor;
 pub mod codec;
 mod entity;
 mod mailbox;
+pub mod routing;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorRef};
+use skuld_cluster::shards::ShardTable;
 use skuld_cluster::{GroupCommitWriter, Store};
 use tokio::sync::{oneshot, watch, OnceCell};
 use tokio::task::JoinHandle;
@@ -32,6 +34,7 @@ use crate::Error;
 use actor::{ActorArgs, EntityActor, EntityMsg};
 pub use entity::{Entity, Mutation};
 use mailbox::{Mailbox, Push};
+use routing::{Destination, ForwardTarget, Operation, Routing, ServedBy};
 
 /// Tuning of an entity runtime. Every field is a node option.
 #[derive(Debug, Clone)]
@@ -60,6 +63,9 @@ pub struct RequestMeta {
     pub correlation_id: String,
     /// Past this instant the command is dropped unapplied.
     pub deadline: Option<Instant>,
+    /// Filled with the id of the node that served the request (cluster
+    /// mode), so the reply can name the owner.
+    pub served_by: ServedBy,
 }
 
 /// The answer to a mutation.
@@ -217,9 +223,24 @@ pub(crate) struct Shared<E: Entity> {
     pub(crate) writer: GroupCommitWriter,
     pub(crate) actors: DashMap<E::Key, Arc<Slot<E>>>,
     admission: Arc<Admission>,
+    pub(crate) routing: Option<Routing>,
 }
 
 impl<E: Entity> Shared<E> {
+    /// The shard of an encoded key and the epoch this node serves it under;
+    /// `(0, 0)` in single-node mode, where nothing is fenced.
+    pub(crate) fn ownership(&self, encoded_key: &[u8]) -> Result<(u32, u64), Error> {
+        let Some(routing) = &self.routing else {
+            return Ok((0, 0));
+        };
+        let shard = routing.table.shard_of(encoded_key);
+        routing
+            .table
+            .local_epoch(shard)
+            .map(|epoch| (shard, epoch))
+            .ok_or_else(|| routing.moving(shard))
+    }
+
     /// Queues an envelope for an entity, starting its actor if needed.
     /// Never awaits between queueing and waking the actor, so a cancelled
     /// caller cannot leave a queued command without a drain.
@@ -370,8 +391,18 @@ impl<E: Entity> EntityRuntime<E> {
                 writer,
                 actors: DashMap::new(),
                 admission,
+                routing: None,
             }),
         }
+    }
+
+    /// Serves only the shards `routing` says this node owns and forwards
+    /// the rest (cluster mode). Call before the runtime is shared.
+    pub fn with_routing(mut self, routing: Routing) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.routing = Some(routing);
+        }
+        self
     }
 
     pub fn handle(&self) -> EntityHandle<E> {
@@ -384,7 +415,8 @@ impl<E: Entity> EntityRuntime<E> {
         &self.shared.entity
     }
 
-    /// Applies a mutation; returns once it is durable.
+    /// Applies a mutation; returns once it is durable. In cluster mode the
+    /// owner of the key's shard applies it, here or on another node.
     pub async fn mutate(
         &self,
         mutation: Mutation<E>,
@@ -392,6 +424,62 @@ impl<E: Entity> EntityRuntime<E> {
     ) -> Result<Mutated<E::Reply>, Error> {
         mutation.validate()?;
         let _admitted = self.shared.admission.admit(Priority::Write)?;
+        let Some(routing) = self.shared.routing.clone() else {
+            return self.mutate_here(mutation, meta).await;
+        };
+        let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
+        let give_up = routing.give_up(meta.deadline);
+        let mut payload = None;
+        loop {
+            match routing.destination(shard, Some(give_up), false).await? {
+                Destination::Here(_serving) => {
+                    meta.served_by.set(&routing.node_id);
+                    return self.mutate_here(mutation, meta).await;
+                }
+                Destination::There(peer) => {
+                    let bytes = match &payload {
+                        Some(bytes) => Vec::clone(bytes),
+                        None => {
+                            let bytes = codec::encode(&(
+                                &mutation.key,
+                                &mutation.idempotency_key,
+                                mutation.expected_version,
+                                &mutation.command,
+                            ))?;
+                            payload = Some(bytes.clone());
+                            bytes
+                        }
+                    };
+                    let answer = routing
+                        .forwarder
+                        .forward(&peer, E::KIND, Operation::Mutate, bytes, &meta)
+                        .await;
+                    match answer {
+                        Ok(bytes) => {
+                            meta.served_by.set(&peer.node_id);
+                            let (reply, replayed) = codec::decode::<(E::Reply, bool)>(&bytes)?;
+                            return Ok(Mutated { reply, replayed });
+                        }
+                        // The shard moved on, or its owner cannot be reached
+                        // (it may have died): look again. The idempotency
+                        // key makes a resend of an applied command a replay.
+                        Err(error) if routing.retryable(&error) => {
+                            routing
+                                .wait_for_change(&peer, shard, give_up, error)
+                                .await?;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn mutate_here(
+        &self,
+        mutation: Mutation<E>,
+        meta: RequestMeta,
+    ) -> Result<Mutated<E::Reply>, Error> {
         let key = mutation.key.clone();
         let fingerprint = mutation.fingerprint();
         match self
@@ -410,9 +498,44 @@ impl<E: Entity> EntityRuntime<E> {
         }
     }
 
-    /// Reads an entity as of every acknowledged change.
+    /// Reads an entity as of every acknowledged change (on its owner, in
+    /// cluster mode).
     pub async fn read(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
         let _admitted = self.shared.admission.admit(Priority::Read)?;
+        let Some(routing) = self.shared.routing.clone() else {
+            return self.read_here(key, meta).await;
+        };
+        let shard = routing.table.shard_of(&E::encode_key(key));
+        let give_up = routing.give_up(meta.deadline);
+        loop {
+            match routing.destination(shard, Some(give_up), false).await? {
+                Destination::Here(_serving) => {
+                    meta.served_by.set(&routing.node_id);
+                    return self.read_here(key, meta).await;
+                }
+                Destination::There(peer) => {
+                    let answer = routing
+                        .forwarder
+                        .forward(&peer, E::KIND, Operation::Read, codec::encode(key)?, &meta)
+                        .await;
+                    match answer {
+                        Ok(bytes) => {
+                            meta.served_by.set(&peer.node_id);
+                            return codec::decode(&bytes);
+                        }
+                        Err(error) if routing.retryable(&error) => {
+                            routing
+                                .wait_for_change(&peer, shard, give_up, error)
+                                .await?;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_here(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
         match self.dispatch(key, Work::Read, meta).await? {
             Outcome::Read(state) => Ok(state),
             Outcome::Mutated(_) => Err(Error::Unavailable("unexpected reply from actor".into())),
@@ -481,6 +604,30 @@ impl<E: Entity> EntityRuntime<E> {
         self.shared.actors.len()
     }
 
+    /// Stops the actors of every key of `shard` (it is no longer served
+    /// here), so that a later claim starts them afresh from the store.
+    pub async fn evict_shard(&self, shard: u32) {
+        let Some(routing) = &self.shared.routing else {
+            return;
+        };
+        let slots: Vec<_> = self
+            .shared
+            .actors
+            .iter()
+            .filter(|entry| routing.table.shard_of(&E::encode_key(entry.key())) == shard)
+            .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
+            .collect();
+        for (key, slot) in slots {
+            self.shared
+                .abandon(&key, &slot, "its shard moved to another node");
+            if let Some(actor) = slot.actor.get() {
+                let _ = actor
+                    .stop_and_wait(None, Some(Duration::from_secs(5)))
+                    .await;
+            }
+        }
+    }
+
     /// Stops every actor; queued commands are answered UNAVAILABLE.
     pub async fn stop(&self) {
         let slots: Vec<_> = self
@@ -495,6 +642,63 @@ impl<E: Entity> EntityRuntime<E> {
                 let _ = actor
                     .stop_and_wait(None, Some(Duration::from_secs(1)))
                     .await;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<E: Entity> ForwardTarget for EntityRuntime<E> {
+    fn kind(&self) -> &'static str {
+        E::KIND
+    }
+
+    /// Serves a request another node forwarded, here or not at all: a
+    /// forwarded request is never forwarded again.
+    async fn serve_forwarded(
+        &self,
+        operation: Operation,
+        payload: Vec<u8>,
+        meta: RequestMeta,
+    ) -> Result<Vec<u8>, Error> {
+        let routing = self
+            .shared
+            .routing
+            .clone()
+            .ok_or_else(|| Error::Unavailable("this node is not in cluster mode".into()))?;
+        match operation {
+            Operation::Mutate => {
+                let (key, idempotency_key, expected_version, command) =
+                    codec::decode::<(E::Key, String, Option<u64>, E::Command)>(&payload)?;
+                let mutation = Mutation::<E> {
+                    key,
+                    idempotency_key,
+                    expected_version,
+                    command,
+                };
+                mutation.validate()?;
+                let _admitted = self.shared.admission.admit(Priority::Write)?;
+                let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
+                let give_up = routing.give_up(meta.deadline);
+                let Destination::Here(_serving) =
+                    routing.destination(shard, Some(give_up), true).await?
+                else {
+                    return Err(routing.moving(shard));
+                };
+                let mutated = self.mutate_here(mutation, meta).await?;
+                codec::encode(&(mutated.reply, mutated.replayed))
+            }
+            Operation::Read => {
+                let key = codec::decode::<E::Key>(&payload)?;
+                let _admitted = self.shared.admission.admit(Priority::Read)?;
+                let shard = routing.table.shard_of(&E::encode_key(&key));
+                let give_up = routing.give_up(meta.deadline);
+                let Destination::Here(_serving) =
+                    routing.destination(shard, Some(give_up), true).await?
+                else {
+                    return Err(routing.moving(shard));
+                };
+                codec::encode(&self.read_here(&key, meta).await?)
             }
         }
     }
@@ -524,9 +728,12 @@ pub struct Background {
 }
 
 impl Background {
+    /// `shards`: in cluster mode, the routing table; timers are scanned
+    /// only for the shards this node serves.
     pub fn start(
         store: Arc<dyn Store>,
         targets: Vec<Arc<dyn TimerTarget>>,
+        shards: Option<Arc<ShardTable>>,
         timer_scan_interval: Duration,
         idempotency_retention: Duration,
     ) -> Self {
@@ -535,6 +742,7 @@ impl Background {
             tokio::spawn(scan_timers(
                 Arc::clone(&store),
                 targets,
+                shards,
                 timer_scan_interval,
                 shutdown.subscribe(),
             )),
@@ -558,6 +766,7 @@ impl Background {
 async fn scan_timers(
     store: Arc<dyn Store>,
     targets: Vec<Arc<dyn TimerTarget>>,
+    shards: Option<Arc<ShardTable>>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -569,7 +778,11 @@ async fn scan_timers(
             _ = shutdown.changed() => return,
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
-        let due = match store.due_timers(now, 4_096).await {
+        let owned = shards.as_ref().map(|table| table.local_shards());
+        if owned.as_ref().is_some_and(Vec::is_empty) {
+            continue;
+        }
+        let due = match store.due_timers(now, 4_096, owned).await {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(%error, "cannot read due timers");

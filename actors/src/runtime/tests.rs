@@ -71,6 +71,7 @@ fn start(dir: &std::path::Path, config: Config, writer_config: WriterConfig) -> 
     let background = Background::start(
         Arc::clone(&store),
         vec![Arc::clone(&runtime) as Arc<dyn TimerTarget>],
+        None,
         config.timer_scan_interval,
         Duration::from_secs(86_400),
     );
@@ -377,6 +378,7 @@ async fn expired_deadlines_are_dropped_unapplied() {
     let meta = RequestMeta {
         correlation_id: "c".into(),
         deadline: Some(Instant::now()),
+        ..RequestMeta::default()
     };
     assert_eq!(
         node.runtime.mutate(request("k", receive(1)), meta).await,

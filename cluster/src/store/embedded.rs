@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
-use super::{IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
 
 struct Inner {
     db: Database,
@@ -342,14 +342,23 @@ impl Store for EmbeddedStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.blocking(move |inner| inner.commit_batch(batch)).await
+    async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
+        // One node owns every key of an embedded store: nothing to fence.
+        self.blocking(move |inner| inner.commit_batch(batch))
+            .await?;
+        Ok(Committed::default())
+    }
+
+    async fn fence(&self, _shard: u32, _epoch: u64) -> Result<bool, StoreError> {
+        Ok(true)
     }
 
     async fn due_timers(
         &self,
         now_ms: u64,
         limit: usize,
+        // Single-node: the node owns every shard.
+        _shards: Option<Vec<u32>>,
     ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         self.blocking(move |inner| {
             let mut due = Vec::new();
@@ -440,6 +449,7 @@ mod tests {
             }],
             timer: Some(Some(5_000 + sequence)),
             summary: None,
+            ..EntityWrite::default()
         }
     }
 
@@ -464,9 +474,9 @@ mod tests {
         assert_eq!(found[0].as_ref().unwrap().fingerprint, 2);
         assert!(found[1].is_none());
         // The second write of "a" moved its timer from 5001 to 5002.
-        let due = store.due_timers(10_000, 10).await.unwrap();
+        let due = store.due_timers(10_000, 10, None).await.unwrap();
         assert_eq!(due, vec![(b"b".to_vec(), 5_001), (b"a".to_vec(), 5_002)]);
-        assert_eq!(store.due_timers(5_001, 10).await.unwrap().len(), 1);
+        assert_eq!(store.due_timers(5_001, 10, None).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -486,7 +496,11 @@ mod tests {
         let loaded = store.load(b"a").await.unwrap();
         assert_eq!(loaded.snapshot, Some((2, vec![9])));
         assert_eq!(loaded.journal_tail, vec![(3, vec![3])]);
-        assert!(store.due_timers(u64::MAX - 1, 10).await.unwrap().is_empty());
+        assert!(store
+            .due_timers(u64::MAX - 1, 10, None)
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(store.journal(b"a").await.unwrap().len(), 3);
     }
 

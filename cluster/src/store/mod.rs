@@ -6,6 +6,7 @@
 //! trait for the embedded (redb) and the cluster (PostgreSQL) backends.
 
 pub mod embedded;
+pub mod postgres;
 pub mod writer;
 
 use async_trait::async_trait;
@@ -20,6 +21,14 @@ pub enum StoreError {
     /// The store's writer or reader is gone (node shutting down).
     #[error("store is closed")]
     Closed,
+    /// The write carried an ownership epoch older than the shard's current
+    /// one: another node owns the shard now. Nothing was applied.
+    #[error("write fenced: shard {shard} epoch {epoch} is stale (current {current})")]
+    Fenced {
+        shard: u32,
+        epoch: u64,
+        current: u64,
+    },
 }
 
 impl StoreError {
@@ -49,6 +58,12 @@ pub struct IdempotencyRecord {
 pub struct EntityWrite {
     /// The encoded entity key.
     pub key: Vec<u8>,
+    /// The shard the key hashes to (0 in single-node mode).
+    pub shard: u32,
+    /// The writer's ownership epoch of `shard`. A backend that fences
+    /// (PostgreSQL) rejects the write when the shard's stored epoch is
+    /// higher; 0 means unfenced (single-node mode).
+    pub epoch: u64,
     /// Journal entries as (sequence, encoded entry); sequences increase.
     pub journal: Vec<(u64, Vec<u8>)>,
     /// A snapshot of the state at the given sequence, replacing the previous one.
@@ -79,6 +94,14 @@ pub struct WriteBatch {
     pub entities: Vec<EntityWrite>,
 }
 
+/// The result of a commit: the writes that were refused because their
+/// shard's epoch was stale. Every other write of the batch is durable.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// `(index in the batch, the shard's current epoch)` of each fenced write.
+    pub fenced: Vec<(usize, u64)>,
+}
+
 /// What is needed to rebuild an entity: its latest snapshot and the journal
 /// entries after it.
 #[derive(Debug, Clone, Default)]
@@ -102,14 +125,25 @@ pub trait Store: Send + Sync + 'static {
         keys: Vec<String>,
     ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError>;
 
-    /// Commits a batch atomically; returns only once it is durable.
-    async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Commits a batch atomically; returns only once it is durable. Writes
+    /// whose epoch is stale are left out and reported in [`Committed`]; the
+    /// check and the writes happen in one transaction, so a stale owner can
+    /// never commit after a newer owner raised the shard's epoch.
+    async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError>;
 
-    /// Entities whose timer is due at `now_ms` or earlier, earliest first.
+    /// Raises `shard`'s epoch to `epoch`, waiting for writes in flight under
+    /// the old epoch to finish. Returns false when the stored epoch is
+    /// already `epoch` or higher (the claim is stale and must not be
+    /// served). Stores that do not fence return true.
+    async fn fence(&self, shard: u32, epoch: u64) -> Result<bool, StoreError>;
+
+    /// Entities whose timer is due at `now_ms` or earlier, earliest first;
+    /// only those of `shards` when given (a node scans the shards it owns).
     async fn due_timers(
         &self,
         now_ms: u64,
         limit: usize,
+        shards: Option<Vec<u32>>,
     ) -> Result<Vec<(Vec<u8>, u64)>, StoreError>;
 
     /// Deletes idempotency records recorded before `before_ms`; returns how many.

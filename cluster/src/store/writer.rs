@@ -81,7 +81,9 @@ async fn run_writer(
             entities: Vec::with_capacity(pending.len()),
         };
         let mut waiters = Vec::with_capacity(pending.len());
+        let mut shards = Vec::with_capacity(pending.len());
         for PendingWrite { write, done } in pending.drain(..) {
+            shards.push((write.shard, write.epoch));
             batch.entities.push(write);
             waiters.push(done);
         }
@@ -90,13 +92,33 @@ async fn run_writer(
         let result = store.commit(batch).await;
         metrics::histogram!("skuld_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("skuld_store_commit_batch_entities").record(size as f64);
-        if let Err(error) = &result {
-            metrics::counter!("skuld_store_commit_errors_total").increment(1);
-            tracing::error!(%error, entities = size, "group commit failed");
-        }
-        for waiter in waiters {
-            // A waiter that went away (its request was cancelled) needs no reply.
-            let _ = waiter.send(result.clone());
+        match result {
+            Ok(committed) => {
+                let mut answers: Vec<Result<(), StoreError>> = vec![Ok(()); waiters.len()];
+                for &(index, current) in &committed.fenced {
+                    metrics::counter!("skuld_store_fenced_writes_total").increment(1);
+                    if let (Some(answer), Some(&(shard, epoch))) =
+                        (answers.get_mut(index), shards.get(index))
+                    {
+                        *answer = Err(StoreError::Fenced {
+                            shard,
+                            epoch,
+                            current,
+                        });
+                    }
+                }
+                for (waiter, answer) in waiters.drain(..).zip(answers) {
+                    // A waiter that went away (its request was cancelled) needs no reply.
+                    let _ = waiter.send(answer);
+                }
+            }
+            Err(error) => {
+                metrics::counter!("skuld_store_commit_errors_total").increment(1);
+                tracing::error!(%error, entities = size, "group commit failed");
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
         }
     }
 }

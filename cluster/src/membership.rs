@@ -1,0 +1,603 @@
+//! Membership in etcd: this node's lease-backed registration, the cluster
+//! settings, and a live view of members, shard claims and drain requests.
+//!
+//! Layout under `/skuld/<cluster>/`:
+//! - `settings`: `{"shard_count": N}`, created once by the first node.
+//! - `members/<node>`: a [`Member`], attached to the node's lease.
+//! - `owners/<shard>`: a [`ClaimRecord`], attached to the owner's lease; the
+//!   key's `create_revision` is the claim's epoch.
+//! - `drains/<node>`: present while an operator asks that node to drain.
+//!
+//! A node whose lease runs out loses its member key and every claim at once,
+//! which is how the others learn that it died.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::ClusterError;
+
+/// How this node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    pub etcd_endpoints: Vec<String>,
+    /// Namespace of this cluster's keys, so clusters can share an etcd.
+    pub cluster_name: String,
+    pub node_id: String,
+    /// The gRPC endpoint other nodes forward to.
+    pub endpoint: String,
+    /// Shard count used only when this node creates the cluster.
+    pub shard_count: u32,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Takes shards.
+    Active,
+    /// Handing its shards over (SIGTERM or an operator's drain); still
+    /// forwards requests.
+    Draining,
+}
+
+/// A node as registered in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    pub endpoint: String,
+    pub version: String,
+    pub state: MemberState,
+    /// Distinguishes restarts of the same node id.
+    pub incarnation: String,
+    pub started_at_ms: i64,
+}
+
+/// The value of a shard's owner key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    pub node_id: String,
+    pub incarnation: String,
+}
+
+/// A claim as seen in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub node_id: String,
+    pub incarnation: String,
+    /// The owner key's create_revision: unique per claim and larger than
+    /// every earlier claim of the shard.
+    pub epoch: u64,
+}
+
+/// What this node knows of the cluster, rebuilt from etcd and its watch.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// The etcd revision the view reflects; 0 until first loaded.
+    pub revision: i64,
+    pub members: BTreeMap<String, Member>,
+    pub owners: BTreeMap<u32, Claim>,
+    pub drains: BTreeSet<String>,
+}
+
+impl ClusterView {
+    /// Ids of the members that should own shards, in id order.
+    pub fn candidates(&self) -> Vec<&str> {
+        self.members
+            .values()
+            .filter(|member| {
+                member.state == MemberState::Active && !self.drains.contains(&member.node_id)
+            })
+            .map(|member| member.node_id.as_str())
+            .collect()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Settings {
+    shard_count: u32,
+}
+
+/// How healthy this node's lease is, for the ownership watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// The current lease; a new one after the old one expired.
+    pub lease_id: i64,
+    /// Send time of the last keep-alive etcd confirmed. etcd expires the
+    /// lease no earlier than this plus the TTL.
+    pub confirmed_at: Instant,
+}
+
+/// This node's connection to the cluster's etcd.
+pub struct Membership {
+    client: Client,
+    config: MembershipConfig,
+    prefix: String,
+    incarnation: String,
+    member: Mutex<Member>,
+    lease_id: AtomicI64,
+    lease: watch::Sender<LeaseStatus>,
+    view: watch::Sender<Arc<ClusterView>>,
+    shard_count: u32,
+}
+
+fn etcd_timeout(ttl: Duration) -> Duration {
+    (ttl / 2).max(Duration::from_millis(500))
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(ClusterError::from),
+        Err(_) => Err(ClusterError::Etcd(format!("no answer within {limit:?}"))),
+    }
+}
+
+impl Membership {
+    /// Connects, reads or creates the cluster settings, and registers this
+    /// node under a new lease. Does not start the keep-alive and watch
+    /// loops: see [`Membership::run`].
+    pub async fn join(config: MembershipConfig, version: &str) -> Result<Arc<Self>, ClusterError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let limit = etcd_timeout(config.lease_ttl).max(Duration::from_secs(5));
+        let mut client = bounded(
+            limit,
+            Client::connect(config.etcd_endpoints.clone(), Some(options)),
+        )
+        .await?;
+        let prefix = format!("/skuld/{}", config.cluster_name);
+        let shard_count = ensure_settings(&mut client, &prefix, config.shard_count, limit).await?;
+        let incarnation = uuid::Uuid::new_v4().to_string();
+        let member = Member {
+            node_id: config.node_id.clone(),
+            endpoint: config.endpoint.clone(),
+            version: version.to_owned(),
+            state: MemberState::Active,
+            incarnation: incarnation.clone(),
+            started_at_ms: crate::now_ms(),
+        };
+        let (lease, _) = watch::channel(LeaseStatus {
+            lease_id: 0,
+            confirmed_at: Instant::now(),
+        });
+        let (view, _) = watch::channel(Arc::new(ClusterView::default()));
+        let membership = Arc::new(Self {
+            client,
+            prefix,
+            incarnation,
+            member: Mutex::new(member),
+            lease_id: AtomicI64::new(0),
+            lease,
+            view,
+            shard_count,
+            config,
+        });
+        // A fresh start takes shards again, whatever an operator asked of
+        // the previous run.
+        let mut client = membership.client.clone();
+        bounded(
+            limit,
+            client.delete(membership.drain_key(&membership.config.node_id), None),
+        )
+        .await?;
+        membership.register().await?;
+        Ok(membership)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    pub fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+
+    pub fn lease(&self) -> watch::Receiver<LeaseStatus> {
+        self.lease.subscribe()
+    }
+
+    fn limit(&self) -> Duration {
+        etcd_timeout(self.config.lease_ttl)
+    }
+
+    fn member_key(&self, node: &str) -> String {
+        format!("{}/members/{node}", self.prefix)
+    }
+
+    fn owner_key(&self, shard: u32) -> String {
+        format!("{}/owners/{shard:05}", self.prefix)
+    }
+
+    fn drain_key(&self, node: &str) -> String {
+        format!("{}/drains/{node}", self.prefix)
+    }
+
+    /// Grants a new lease and puts this node's member key under it.
+    async fn register(&self) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        let ttl = i64::try_from(self.config.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let sent = Instant::now();
+        let granted = bounded(self.limit(), client.lease_grant(ttl, None)).await?;
+        let lease_id = granted.id();
+        self.put_member(lease_id).await?;
+        self.lease_id.store(lease_id, Ordering::Release);
+        self.lease.send_replace(LeaseStatus {
+            lease_id,
+            confirmed_at: sent,
+        });
+        tracing::info!(node = %self.config.node_id, lease_id, "registered in etcd");
+        Ok(())
+    }
+
+    async fn put_member(&self, lease_id: i64) -> Result<(), ClusterError> {
+        let value = serde_json::to_vec(&*self.member.lock())
+            .map_err(|error| ClusterError::Etcd(error.to_string()))?;
+        let mut client = self.client.clone();
+        bounded(
+            self.limit(),
+            client.put(
+                self.member_key(&self.config.node_id),
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Announces that this node is handing its shards over.
+    pub async fn set_state(&self, state: MemberState) -> Result<(), ClusterError> {
+        self.member.lock().state = state;
+        self.put_member(self.lease_id.load(Ordering::Acquire)).await
+    }
+
+    /// Asks `node` to hand its shards over (an operator's drain).
+    pub async fn request_drain(&self, node: &str) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        bounded(
+            self.limit(),
+            client.put(self.drain_key(node), "requested", None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Claims `shard` under this node's lease if nobody holds it. Returns the
+    /// claim's epoch, or `None` when another claim exists.
+    pub async fn claim(&self, shard: u32) -> Result<Option<u64>, ClusterError> {
+        let key = self.owner_key(shard);
+        let record = ClaimRecord {
+            node_id: self.config.node_id.clone(),
+            incarnation: self.incarnation.clone(),
+        };
+        let value =
+            serde_json::to_vec(&record).map_err(|error| ClusterError::Etcd(error.to_string()))?;
+        let lease_id = self.lease_id.load(Ordering::Acquire);
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let mut client = self.client.clone();
+        let response = bounded(self.limit(), client.txn(txn)).await?;
+        if !response.succeeded() {
+            return Ok(None);
+        }
+        // The put is the transaction's only write, so the key's
+        // create_revision is the revision the transaction produced.
+        let revision = response
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| ClusterError::Etcd("transaction answer without a header".into()))?;
+        Ok(u64::try_from(revision).ok())
+    }
+
+    /// Deletes this node's claim of `shard` made at `epoch`, if it still
+    /// exists; a newer claim is left alone.
+    pub async fn release(&self, shard: u32, epoch: u64) -> Result<(), ClusterError> {
+        let key = self.owner_key(shard);
+        let revision = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        let mut client = self.client.clone();
+        bounded(self.limit(), client.txn(txn)).await?;
+        Ok(())
+    }
+
+    /// Revokes the lease: the member key and every claim left vanish at once.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        let lease_id = self.lease_id.load(Ordering::Acquire);
+        bounded(self.limit(), client.lease_revoke(lease_id)).await?;
+        Ok(())
+    }
+
+    /// Keeps the lease alive and the view current until `shutdown`. Both
+    /// loops reconnect on their own after etcd restarts or network faults.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let keep_alive = tokio::spawn(Arc::clone(&self).keep_alive_loop(shutdown.clone()));
+        let watch = tokio::spawn(Arc::clone(&self).watch_loop(shutdown));
+        let _ = keep_alive.await;
+        let _ = watch.await;
+    }
+
+    async fn keep_alive_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let interval = (self.config.lease_ttl / 4).max(Duration::from_millis(250));
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let lease_id = self.lease_id.load(Ordering::Acquire);
+            let mut client = self.client.clone();
+            let stream = bounded(self.limit(), client.lease_keep_alive(lease_id)).await;
+            let (mut keeper, mut responses) = match stream {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open the lease keep-alive stream");
+                    if sleep_or_shutdown(interval, &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            loop {
+                let sent = Instant::now();
+                let answered = async {
+                    keeper.keep_alive().await?;
+                    responses.message().await
+                };
+                match tokio::time::timeout(self.limit(), answered).await {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                        self.lease.send_modify(|status| {
+                            if status.lease_id == lease_id {
+                                status.confirmed_at = sent;
+                            }
+                        });
+                    }
+                    Ok(Ok(Some(_))) => {
+                        tracing::error!(lease_id, "lease expired: registering again");
+                        metrics::counter!("skuld_lease_lost_total").increment(1);
+                        if let Err(error) = self.register().await {
+                            tracing::warn!(%error, "cannot register again yet");
+                        }
+                        break;
+                    }
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                        tracing::warn!(lease_id, "lease keep-alive failed; reconnecting");
+                        break;
+                    }
+                }
+                if sleep_or_shutdown(interval, &mut shutdown).await {
+                    return;
+                }
+            }
+            if sleep_or_shutdown(Duration::from_millis(200), &mut shutdown).await {
+                return;
+            }
+        }
+    }
+
+    async fn watch_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            match self.load_and_follow(&mut shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cluster watch interrupted; reloading");
+                    if sleep_or_shutdown(Duration::from_millis(300), &mut shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads everything once, then applies watch events from the next
+    /// revision on. Returns Ok only on shutdown.
+    async fn load_and_follow(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        let prefix = format!("{}/", self.prefix);
+        let all = bounded(
+            self.limit(),
+            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = all.header().map_or(0, |header| header.revision());
+        let mut view = ClusterView {
+            revision,
+            ..ClusterView::default()
+        };
+        for kv in all.kvs() {
+            self.apply(&mut view, kv.key(), Some(kv.value()), kv.create_revision());
+        }
+        self.view.send_replace(Arc::new(view.clone()));
+        let mut stream = bounded(
+            self.limit(),
+            client.watch(
+                prefix,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1)
+                        .with_progress_notify(),
+                ),
+            ),
+        )
+        .await?;
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message?,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let Some(response) = message else {
+                return Err(ClusterError::Etcd("watch stream ended".into()));
+            };
+            if response.canceled() {
+                return Err(ClusterError::Etcd(format!(
+                    "watch cancelled: {}",
+                    response.cancel_reason()
+                )));
+            }
+            if response.events().is_empty() {
+                continue;
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let value = match event.event_type() {
+                    EventType::Put => Some(kv.value()),
+                    EventType::Delete => None,
+                };
+                self.apply(&mut view, kv.key(), value, kv.create_revision());
+                view.revision = view.revision.max(kv.mod_revision());
+            }
+            self.view.send_replace(Arc::new(view.clone()));
+        }
+    }
+
+    /// Applies one key's new value (None: deleted) to the view.
+    fn apply(&self, view: &mut ClusterView, key: &[u8], value: Option<&[u8]>, created: i64) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return;
+        };
+        let Some(rest) = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return;
+        };
+        if let Some(node) = rest.strip_prefix("members/") {
+            match value.map(serde_json::from_slice::<Member>) {
+                Some(Ok(member)) => {
+                    view.members.insert(node.to_owned(), member);
+                }
+                Some(Err(error)) => tracing::warn!(key, %error, "malformed member record"),
+                None => {
+                    view.members.remove(node);
+                }
+            }
+        } else if let Some(shard) = rest.strip_prefix("owners/") {
+            let Ok(shard) = shard.parse::<u32>() else {
+                return;
+            };
+            match value.map(serde_json::from_slice::<ClaimRecord>) {
+                Some(Ok(record)) => {
+                    view.owners.insert(
+                        shard,
+                        Claim {
+                            node_id: record.node_id,
+                            incarnation: record.incarnation,
+                            epoch: u64::try_from(created).unwrap_or(0),
+                        },
+                    );
+                }
+                Some(Err(error)) => tracing::warn!(key, %error, "malformed claim record"),
+                None => {
+                    view.owners.remove(&shard);
+                }
+            }
+        } else if let Some(node) = rest.strip_prefix("drains/") {
+            if value.is_some() {
+                view.drains.insert(node.to_owned());
+            } else {
+                view.drains.remove(node);
+            }
+        }
+    }
+}
+
+/// Sleeps for `duration`; true if shutdown was signalled meanwhile.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Creates the settings key if absent (first node wins), then reads it.
+async fn ensure_settings(
+    client: &mut Client,
+    prefix: &str,
+    shard_count: u32,
+    limit: Duration,
+) -> Result<u32, ClusterError> {
+    let key = format!("{prefix}/settings");
+    let value = serde_json::to_vec(&Settings { shard_count })
+        .map_err(|error| ClusterError::Etcd(error.to_string()))?;
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(key.clone(), value, None)]);
+    bounded(limit, client.txn(txn)).await?;
+    let stored = bounded(limit, client.get(key.clone(), None)).await?;
+    let kv = stored
+        .kvs()
+        .first()
+        .ok_or_else(|| ClusterError::Malformed {
+            key: key.clone(),
+            reason: "missing right after creation".into(),
+        })?;
+    let settings: Settings =
+        serde_json::from_slice(kv.value()).map_err(|error| ClusterError::Malformed {
+            key: key.clone(),
+            reason: error.to_string(),
+        })?;
+    if settings.shard_count == 0 {
+        return Err(ClusterError::Malformed {
+            key,
+            reason: "shard_count is 0".into(),
+        });
+    }
+    if settings.shard_count != shard_count {
+        tracing::info!(
+            stored = settings.shard_count,
+            configured = shard_count,
+            "the cluster already exists: its shard count wins"
+        );
+    }
+    Ok(settings.shard_count)
+}

@@ -1,0 +1,409 @@
+//! Ownership: claims and releases shards so that this node serves exactly
+//! the shards placement gives it, with an epoch the store fences on.
+//!
+//! A claim is served only after (1) the owner key was created in etcd under
+//! this node's lease (the epoch is its create_revision) and (2) the store's
+//! fence for the shard was raised to that epoch, which waits out any write
+//! of an older owner still in flight. A release stops admitting, waits for
+//! the requests in flight, stops the shard's actors, and only then deletes
+//! the claim. A node whose lease is about to run out stops serving every
+//! shard on its own, before anyone else can claim them.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::membership::{ClusterView, LeaseStatus, MemberState, Membership};
+use crate::placement::assign;
+use crate::shards::{Peer, Route, ShardTable};
+use crate::store::Store;
+
+/// What the node does when a shard stops being served here: stop (and
+/// forget) the actors of its keys, so a later claim reloads from the store.
+pub trait ShardHost: Send + Sync + 'static {
+    fn evict(&self, shard: u32) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Tuning of handoffs.
+#[derive(Debug, Clone)]
+pub struct OwnershipConfig {
+    /// Shards being handed off by this node at once at most (not applied
+    /// when draining for shutdown).
+    pub max_concurrent_moves: usize,
+    /// How long a release waits for requests in flight before it goes on.
+    pub quiesce_timeout: Duration,
+    /// Stop serving when the lease has not been confirmed for
+    /// `lease_ttl - safety_margin`.
+    pub safety_margin: Duration,
+}
+
+impl OwnershipConfig {
+    pub fn for_ttl(lease_ttl: Duration) -> Self {
+        Self {
+            max_concurrent_moves: 64,
+            quiesce_timeout: Duration::from_secs(5),
+            safety_margin: (lease_ttl / 3).max(Duration::from_millis(500)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Claimed in etcd, store fence not yet raised: not served.
+    Fencing,
+    Serving,
+    Releasing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    epoch: u64,
+    phase: Phase,
+}
+
+enum Done {
+    Claimed { shard: u32, epoch: Option<u64> },
+    Fenced { shard: u32, epoch: u64, ok: bool },
+    Released { shard: u32 },
+    Evicted,
+}
+
+/// Runs claims and releases for one node.
+pub struct ShardManager {
+    membership: Arc<Membership>,
+    table: Arc<ShardTable>,
+    store: Arc<dyn Store>,
+    host: Arc<dyn ShardHost>,
+    config: OwnershipConfig,
+    held: HashMap<u32, Held>,
+    busy: HashSet<u32>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    draining: bool,
+}
+
+impl ShardManager {
+    pub fn new(
+        membership: Arc<Membership>,
+        table: Arc<ShardTable>,
+        store: Arc<dyn Store>,
+        host: Arc<dyn ShardHost>,
+        config: OwnershipConfig,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            membership,
+            table,
+            store,
+            host,
+            config,
+            held: HashMap::new(),
+            busy: HashSet::new(),
+            done_tx,
+            done_rx,
+            draining: false,
+        }
+    }
+
+    /// Serves shards until `drain` turns true, then hands every shard over
+    /// (bounded by `drain_timeout`) and returns.
+    pub async fn run(mut self, mut drain: watch::Receiver<bool>, drain_timeout: Duration) {
+        let mut view_rx = self.membership.view();
+        let mut lease_rx = self.membership.lease();
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = view_rx.changed() => {}
+                _ = lease_rx.changed() => {}
+                Some(done) = self.done_rx.recv() => self.finish(done),
+                _ = ticker.tick() => {}
+                _ = drain.changed(), if drain_deadline.is_none() => {}
+            }
+            if *drain.borrow() && drain_deadline.is_none() {
+                drain_deadline = Some(Instant::now() + drain_timeout);
+                self.draining = true;
+                tracing::info!(shards = self.held.len(), "handing every shard over");
+                if let Err(error) = self.membership.set_state(MemberState::Draining).await {
+                    tracing::warn!(%error, "cannot announce the drain; releasing anyway");
+                }
+            }
+            let lease = *lease_rx.borrow();
+            self.watchdog(lease);
+            let view = Arc::clone(&view_rx.borrow());
+            self.reconcile(&view, lease);
+            if let Some(deadline) = drain_deadline {
+                if self.held.is_empty() && self.busy.is_empty() {
+                    tracing::info!("every shard handed over");
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        left = self.held.len(),
+                        "drain timed out; the lease revocation frees the rest"
+                    );
+                    for shard in self.held.keys().copied().collect::<Vec<_>>() {
+                        self.table.set(shard, Route::Moving);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops serving everything when the lease may be about to expire:
+    /// etcd could hand the shards to another node at any moment after.
+    fn watchdog(&mut self, lease: LeaseStatus) {
+        let ttl = self.membership.lease_ttl();
+        let unsafe_after = ttl.saturating_sub(self.config.safety_margin);
+        if lease.confirmed_at.elapsed() < unsafe_after || self.held.is_empty() {
+            return;
+        }
+        tracing::error!(
+            shards = self.held.len(),
+            unconfirmed_ms = lease.confirmed_at.elapsed().as_millis() as u64,
+            "lease not confirmed in time: no longer serving any shard"
+        );
+        metrics::counter!("skuld_self_fenced_total").increment(1);
+        let shards: Vec<u32> = self.held.drain().map(|(shard, _)| shard).collect();
+        for shard in shards {
+            self.table.set(shard, Route::Moving);
+            self.spawn_evict(shard);
+        }
+    }
+
+    fn lease_healthy(&self, lease: LeaseStatus) -> bool {
+        let ttl = self.membership.lease_ttl();
+        lease.confirmed_at.elapsed() < ttl.saturating_sub(self.config.safety_margin)
+    }
+
+    fn reconcile(&mut self, view: &ClusterView, lease: LeaseStatus) {
+        if view.revision == 0 {
+            return;
+        }
+        let me = self.membership.node_id().to_owned();
+        let incarnation = self.membership.incarnation().to_owned();
+        let shard_count = self.membership.shard_count();
+        let candidates = view.candidates();
+        let target = assign(shard_count, &candidates);
+        let may_take =
+            !self.draining && self.lease_healthy(lease) && candidates.contains(&me.as_str());
+        let mut releasing = self
+            .held
+            .values()
+            .filter(|held| held.phase == Phase::Releasing)
+            .count();
+        let cap = if self.draining {
+            usize::MAX
+        } else {
+            self.config.max_concurrent_moves.max(1)
+        };
+
+        for shard in 0..shard_count {
+            let claim = view.owners.get(&shard);
+            let ours =
+                claim.is_some_and(|claim| claim.node_id == me && claim.incarnation == incarnation);
+            let wanted =
+                may_take && target.get(shard as usize).copied().flatten() == Some(me.as_str());
+            let busy = self.busy.contains(&shard);
+            match self.held.get(&shard).copied() {
+                Some(held) => {
+                    let still_claimed =
+                        ours && claim.is_some_and(|claim| claim.epoch == held.epoch);
+                    // A view older than the claim itself cannot show it yet.
+                    let view_knows = u64::try_from(view.revision).unwrap_or(0) >= held.epoch;
+                    if !still_claimed && view_knows && !busy {
+                        // The claim vanished (lease expired) or was replaced:
+                        // someone else may own the shard now.
+                        tracing::warn!(shard, epoch = held.epoch, "claim lost; no longer serving");
+                        self.held.remove(&shard);
+                        self.table.set(shard, Route::Moving);
+                        self.spawn_evict(shard);
+                    } else if held.phase == Phase::Serving && !wanted && !busy && releasing < cap {
+                        releasing += 1;
+                        self.start_release(shard, held.epoch);
+                    }
+                }
+                None if busy => {}
+                None => match claim {
+                    None if wanted => self.start_claim(shard),
+                    // A claim of an earlier run of this node, or one this
+                    // node gave up serving: free the shard for a fresh claim.
+                    Some(claim) if claim.node_id == me => {
+                        self.start_drop_stale(shard, claim.epoch);
+                    }
+                    _ => {}
+                },
+            }
+            if !matches!(self.held.get(&shard), Some(held) if held.phase == Phase::Serving) {
+                let route = claim
+                    .filter(|claim| claim.node_id != me)
+                    .and_then(|claim| view.members.get(&claim.node_id))
+                    .map_or(Route::Moving, |member| {
+                        Route::Remote(Arc::new(Peer {
+                            node_id: member.node_id.clone(),
+                            endpoint: member.endpoint.clone(),
+                        }))
+                    });
+                self.table.set(shard, route);
+            }
+        }
+        metrics::gauge!("skuld_shards_owned").set(
+            self.held
+                .values()
+                .filter(|held| held.phase == Phase::Serving)
+                .count() as f64,
+        );
+    }
+
+    fn start_claim(&mut self, shard: u32) {
+        self.busy.insert(shard);
+        let membership = Arc::clone(&self.membership);
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let epoch = match membership.claim(shard).await {
+                Ok(epoch) => epoch,
+                Err(error) => {
+                    tracing::debug!(shard, %error, "claim failed");
+                    None
+                }
+            };
+            let _ = done.send(Done::Claimed { shard, epoch });
+        });
+    }
+
+    fn start_fence(&mut self, shard: u32, epoch: u64) {
+        self.busy.insert(shard);
+        let store = Arc::clone(&self.store);
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let ok = match store.fence(shard, epoch).await {
+                Ok(ok) => ok,
+                Err(error) => {
+                    tracing::warn!(shard, epoch, %error, "cannot raise the store fence yet");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let _ = done.send(Done::Claimed {
+                        shard,
+                        epoch: Some(epoch),
+                    });
+                    return;
+                }
+            };
+            let _ = done.send(Done::Fenced { shard, epoch, ok });
+        });
+    }
+
+    fn start_release(&mut self, shard: u32, epoch: u64) {
+        self.busy.insert(shard);
+        self.held.insert(
+            shard,
+            Held {
+                epoch,
+                phase: Phase::Releasing,
+            },
+        );
+        // From here no new request is admitted for the shard.
+        self.table.set(shard, Route::Moving);
+        metrics::counter!("skuld_handoffs_total", "direction" => "out").increment(1);
+        let table = Arc::clone(&self.table);
+        let host = Arc::clone(&self.host);
+        let membership = Arc::clone(&self.membership);
+        let quiesce = self.config.quiesce_timeout;
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            if !table.quiesce(shard, quiesce).await {
+                tracing::warn!(
+                    shard,
+                    "requests still in flight after {quiesce:?}; releasing anyway"
+                );
+            }
+            host.evict(shard).await;
+            for attempt in 0..5u32 {
+                match membership.release(shard, epoch).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(shard, attempt, %error, "release failed; the lease bounds it");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            let _ = done.send(Done::Released { shard });
+        });
+    }
+
+    fn start_drop_stale(&mut self, shard: u32, epoch: u64) {
+        self.busy.insert(shard);
+        let membership = Arc::clone(&self.membership);
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            if let Err(error) = membership.release(shard, epoch).await {
+                tracing::debug!(shard, %error, "cannot drop a stale claim yet");
+            }
+            let _ = done.send(Done::Released { shard });
+        });
+    }
+
+    fn spawn_evict(&self, shard: u32) {
+        let host = Arc::clone(&self.host);
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            host.evict(shard).await;
+            let _ = done.send(Done::Evicted);
+        });
+    }
+
+    fn finish(&mut self, done: Done) {
+        match done {
+            Done::Claimed { shard, epoch } => {
+                self.busy.remove(&shard);
+                if let Some(epoch) = epoch {
+                    self.held.insert(
+                        shard,
+                        Held {
+                            epoch,
+                            phase: Phase::Fencing,
+                        },
+                    );
+                    self.start_fence(shard, epoch);
+                }
+            }
+            Done::Fenced { shard, epoch, ok } => {
+                self.busy.remove(&shard);
+                match self.held.get_mut(&shard) {
+                    Some(held) if held.epoch == epoch && ok => {
+                        held.phase = Phase::Serving;
+                        self.table.set(shard, Route::Local { epoch });
+                        metrics::counter!("skuld_handoffs_total", "direction" => "in").increment(1);
+                        tracing::debug!(shard, epoch, "serving");
+                    }
+                    Some(held) if held.epoch == epoch => {
+                        tracing::error!(
+                            shard,
+                            epoch,
+                            "the store holds a newer epoch: claim dropped"
+                        );
+                        self.held.remove(&shard);
+                        self.start_drop_stale(shard, epoch);
+                    }
+                    _ => {}
+                }
+            }
+            Done::Released { shard } => {
+                self.busy.remove(&shard);
+                if self
+                    .held
+                    .get(&shard)
+                    .is_some_and(|held| held.phase == Phase::Releasing)
+                {
+                    self.held.remove(&shard);
+                }
+            }
+            Done::Evicted => {}
+        }
+    }
+}

@@ -1,0 +1,679 @@
+//! The cluster-mode store: one PostgreSQL database shared by every node, so
+//! a shard can move to any node and find its entities there.
+//!
+//! Fencing lives in the database, not in the nodes: a commit reads the
+//! epochs of its shards `FOR SHARE` in the same transaction as its writes,
+//! and [`Store::fence`] raises an epoch with an `UPDATE` of the same row. The
+//! row lock makes the new owner's fence wait for the old owner's commit in
+//! flight, and every commit that starts after the fence sees the new epoch,
+//! so a stale owner can never slip a write in after a claim.
+//!
+//! A commit is one transaction for the whole group-commit batch, with one
+//! set-based statement per table (arrays through `UNNEST`) sent pipelined on
+//! one connection: the cost of a batch is a few round trips and one WAL
+//! flush whatever its size.
+//!
+//! The schema lives in `cluster/migrations/`; every node applies what is
+//! missing when it connects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use super::{
+    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch,
+};
+
+/// Migrations as (version, SQL), applied in order. A released migration is
+/// never edited: a change to the schema is a new file and a new entry.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+
+/// Key of the transaction-scoped advisory lock that serializes the
+/// migrations of nodes connecting at the same time ("skuld" and 1).
+const MIGRATION_LOCK: i64 = 0x736b_756c_6400_0001;
+
+/// Bounds connecting (DNS, TCP, authentication) so a node notices an
+/// unreachable database instead of hanging its writer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds how long unacknowledged data may sit on a connection whose server
+/// vanished without closing it (a failed-over host), which TCP alone would
+/// retry for many minutes.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bounds the wait for a pooled connection, so an overloaded database turns
+/// into errors the callers can shed rather than an ever-growing queue.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SELECT_FENCES: &str =
+    "SELECT shard, epoch FROM shard_fences WHERE shard = ANY($1::int[]) ORDER BY shard FOR SHARE";
+const INSERT_MISSING_FENCES: &str = "INSERT INTO shard_fences (shard, epoch) \
+     SELECT shard, 0 FROM UNNEST($1::int[]) AS shard ON CONFLICT (shard) DO NOTHING";
+const RAISE_FENCE: &str = "INSERT INTO shard_fences (shard, epoch) VALUES ($1, $2) \
+     ON CONFLICT (shard) DO UPDATE SET epoch = EXCLUDED.epoch \
+     WHERE shard_fences.epoch < EXCLUDED.epoch";
+const INSERT_JOURNAL: &str = "INSERT INTO journal (entity, seq, entry) \
+     SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bytea[])";
+const UPSERT_SNAPSHOTS: &str = "INSERT INTO snapshots (entity, seq, state) \
+     SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bytea[]) \
+     ON CONFLICT (entity) DO UPDATE SET seq = EXCLUDED.seq, state = EXCLUDED.state";
+const INSERT_IDEMPOTENCY: &str =
+    "INSERT INTO idempotency (entity, key, fingerprint, reply, recorded_at_ms) \
+     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::bigint[])";
+const UPSERT_TIMERS: &str = "INSERT INTO timers (entity, shard, due_ms) \
+     SELECT * FROM UNNEST($1::bytea[], $2::int[], $3::bigint[]) \
+     ON CONFLICT (entity) DO UPDATE SET shard = EXCLUDED.shard, due_ms = EXCLUDED.due_ms";
+const DELETE_TIMERS: &str = "DELETE FROM timers WHERE entity = ANY($1::bytea[])";
+const UPSERT_SUMMARIES: &str = "INSERT INTO summaries (scope, entity, value) \
+     SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[]) \
+     ON CONFLICT (scope, entity) DO UPDATE SET value = EXCLUDED.value";
+const SELECT_SNAPSHOT: &str = "SELECT seq, state FROM snapshots WHERE entity = $1";
+const SELECT_JOURNAL_AFTER: &str =
+    "SELECT seq, entry FROM journal WHERE entity = $1 AND seq > $2 ORDER BY seq";
+const SELECT_JOURNAL: &str = "SELECT seq, entry FROM journal WHERE entity = $1 ORDER BY seq";
+const SELECT_IDEMPOTENCY: &str = "SELECT key, fingerprint, reply, recorded_at_ms \
+     FROM idempotency WHERE entity = $1 AND key = ANY($2::text[])";
+const SELECT_DUE_TIMERS: &str = "SELECT entity, due_ms FROM timers WHERE due_ms <= $1 \
+     ORDER BY due_ms, entity LIMIT $2";
+const SELECT_DUE_TIMERS_OF_SHARDS: &str = "SELECT entity, due_ms FROM timers \
+     WHERE due_ms <= $1 AND shard = ANY($3::int[]) ORDER BY due_ms, entity LIMIT $2";
+// SKIP LOCKED: nodes purging at the same time split the work instead of
+// queueing on each other's rows.
+const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (entity, key) IN ( \
+     SELECT entity, key FROM idempotency WHERE recorded_at_ms < $1 \
+     ORDER BY recorded_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)";
+const SELECT_SUMMARIES: &str =
+    "SELECT entity, value FROM summaries WHERE scope = $1 ORDER BY entity LIMIT $2";
+const SELECT_SUMMARIES_AFTER: &str = "SELECT entity, value FROM summaries \
+     WHERE scope = $1 AND entity > $3 ORDER BY entity LIMIT $2";
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+/// (key, value) rows.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The PostgreSQL store of cluster mode. Cloning shares the pool.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// Connects a pool of up to `pool_size` connections to `url`, brings the
+    /// schema up to date and makes sure every shard in `0..shard_count` has
+    /// a fence row, so commits always have a row to lock.
+    pub async fn connect(
+        url: &str,
+        shard_count: u32,
+        pool_size: usize,
+    ) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::backend)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("skuld");
+        }
+        // Fast recycling still drops a connection whose socket closed (a
+        // restarted or failed-over server) before handing it out; checking
+        // each one with a query would add a round trip to every call.
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .build()
+            .map_err(StoreError::backend)?;
+        let store = Self { pool };
+        store.migrate(shard_count).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(StoreError::backend)
+    }
+
+    /// Applies the missing migrations and creates the missing fence rows in
+    /// one transaction under an advisory lock: nodes that start together
+    /// take turns, and all but the first find nothing to do.
+    async fn migrate(&self, shard_count: u32) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::backend)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(StoreError::backend)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS skuld_schema_migrations ( \
+                 version integer PRIMARY KEY, \
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(StoreError::backend)?;
+        let applied: Vec<i32> = tx
+            .query("SELECT version FROM skuld_schema_migrations", &[])
+            .await
+            .map_err(StoreError::backend)?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::backend)?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql)
+                .await
+                .map_err(|error| StoreError::Backend(format!("migration {version}: {error}")))?;
+            tx.execute(
+                "INSERT INTO skuld_schema_migrations (version, applied_at) VALUES ($1, now())",
+                &[version],
+            )
+            .await
+            .map_err(StoreError::backend)?;
+            tracing::info!(version, "applied a PostgreSQL schema migration");
+        }
+        let shard_count = i32::try_from(shard_count).map_err(|_| {
+            StoreError::Backend(format!("shard count {shard_count} does not fit an int"))
+        })?;
+        tx.execute(
+            "INSERT INTO shard_fences (shard, epoch) \
+             SELECT shard, 0 FROM generate_series(0, $1 - 1) AS shard \
+             ON CONFLICT (shard) DO NOTHING",
+            &[&shard_count],
+        )
+        .await
+        .map_err(StoreError::backend)?;
+        tx.commit().await.map_err(StoreError::backend)
+    }
+}
+
+/// Reads (and row-locks `FOR SHARE`) the stored epochs of `shards` (sorted,
+/// distinct). A shard without a row gets one at epoch 0 first: without a
+/// row there would be nothing to lock and a fence could slip past.
+async fn lock_fences(
+    tx: &deadpool_postgres::Transaction<'_>,
+    shards: &[i32],
+) -> Result<HashMap<i32, u64>, StoreError> {
+    let select = tx
+        .prepare_cached(SELECT_FENCES)
+        .await
+        .map_err(StoreError::backend)?;
+    let mut epochs = read_epochs(tx.query(&select, &[&shards]).await)?;
+    if epochs.len() < shards.len() {
+        let missing: Vec<i32> = shards
+            .iter()
+            .copied()
+            .filter(|shard| !epochs.contains_key(shard))
+            .collect();
+        tx.execute(INSERT_MISSING_FENCES, &[&missing])
+            .await
+            .map_err(StoreError::backend)?;
+        epochs = read_epochs(tx.query(&select, &[&shards]).await)?;
+    }
+    Ok(epochs)
+}
+
+fn read_epochs(
+    rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+) -> Result<HashMap<i32, u64>, StoreError> {
+    rows.map_err(StoreError::backend)?
+        .iter()
+        .map(|row| {
+            let shard: i32 = row.try_get(0).map_err(StoreError::backend)?;
+            let epoch: i64 = row.try_get(1).map_err(StoreError::backend)?;
+            Ok((shard, from_i64(epoch, "epoch")?))
+        })
+        .collect()
+}
+
+/// The accepted writes of a batch as one array per column. Snapshots,
+/// timers and summaries are keyed maps because an upsert may touch a row
+/// only once per statement: the last write of the batch wins, as it would
+/// have applied one after the other. Maps also sort the rows, so
+/// concurrent commits lock them in the same order.
+#[derive(Default)]
+struct Rows<'a> {
+    journal_entities: Vec<&'a [u8]>,
+    journal_seqs: Vec<i64>,
+    journal_entries: Vec<&'a [u8]>,
+    snapshots: BTreeMap<&'a [u8], (i64, &'a [u8])>,
+    idempotency_entities: Vec<&'a [u8]>,
+    idempotency_keys: Vec<&'a str>,
+    idempotency_fingerprints: Vec<[u8; 16]>,
+    idempotency_replies: Vec<&'a [u8]>,
+    idempotency_recorded_at: Vec<i64>,
+    timers: BTreeMap<&'a [u8], Option<(i32, i64)>>,
+    summaries: BTreeMap<(&'a [u8], &'a [u8]), &'a [u8]>,
+}
+
+impl<'a> Rows<'a> {
+    fn add(&mut self, write: &'a EntityWrite) -> Result<(), StoreError> {
+        let key = write.key.as_slice();
+        for (seq, entry) in &write.journal {
+            self.journal_entities.push(key);
+            self.journal_seqs.push(to_i64(*seq, "journal sequence")?);
+            self.journal_entries.push(entry);
+        }
+        if let Some((seq, state)) = &write.snapshot {
+            self.snapshots
+                .insert(key, (to_i64(*seq, "snapshot sequence")?, state));
+        }
+        for record in &write.idempotency {
+            self.idempotency_entities.push(key);
+            self.idempotency_keys.push(&record.key);
+            self.idempotency_fingerprints
+                .push(record.fingerprint.to_be_bytes());
+            self.idempotency_replies.push(&record.reply);
+            self.idempotency_recorded_at
+                .push(to_i64(record.recorded_at_ms, "recorded_at_ms")?);
+        }
+        if let Some(timer) = write.timer {
+            let set = match timer {
+                Some(due) => Some((to_i32(write.shard)?, to_i64(due, "timer")?)),
+                None => None,
+            };
+            self.timers.insert(key, set);
+        }
+        if let Some((scope, value)) = &write.summary {
+            self.summaries.insert((scope, key), value);
+        }
+        Ok(())
+    }
+
+    /// Sends every statement at once: tokio-postgres pipelines concurrent
+    /// queries on one connection, so the batch costs one round trip.
+    async fn apply(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        let (snapshot_entities, snapshot_seqs, snapshot_states) = unzip3(
+            self.snapshots
+                .iter()
+                .map(|(entity, (seq, state))| (*entity, *seq, *state)),
+        );
+        let fingerprints: Vec<&[u8]> = self
+            .idempotency_fingerprints
+            .iter()
+            .map(|bytes| bytes.as_slice())
+            .collect();
+        let (timer_entities, timer_shards, timer_dues) = unzip3(
+            self.timers
+                .iter()
+                .filter_map(|(entity, set)| set.map(|(shard, due)| (*entity, shard, due))),
+        );
+        let cleared_timers: Vec<&[u8]> = self
+            .timers
+            .iter()
+            .filter(|(_, set)| set.is_none())
+            .map(|(entity, _)| *entity)
+            .collect();
+        let (summary_scopes, summary_entities, summary_values) = unzip3(
+            self.summaries
+                .iter()
+                .map(|((scope, entity), value)| (*scope, *entity, *value)),
+        );
+        tokio::try_join!(
+            execute(
+                tx,
+                INSERT_JOURNAL,
+                vec![
+                    &self.journal_entities as Param,
+                    &self.journal_seqs,
+                    &self.journal_entries
+                ],
+                self.journal_entities.is_empty(),
+            ),
+            execute(
+                tx,
+                UPSERT_SNAPSHOTS,
+                vec![
+                    &snapshot_entities as Param,
+                    &snapshot_seqs,
+                    &snapshot_states
+                ],
+                snapshot_entities.is_empty(),
+            ),
+            execute(
+                tx,
+                INSERT_IDEMPOTENCY,
+                vec![
+                    &self.idempotency_entities as Param,
+                    &self.idempotency_keys,
+                    &fingerprints,
+                    &self.idempotency_replies,
+                    &self.idempotency_recorded_at
+                ],
+                self.idempotency_entities.is_empty(),
+            ),
+            execute(
+                tx,
+                UPSERT_TIMERS,
+                vec![&timer_entities as Param, &timer_shards, &timer_dues],
+                timer_entities.is_empty(),
+            ),
+            execute(
+                tx,
+                DELETE_TIMERS,
+                vec![&cleared_timers as Param],
+                cleared_timers.is_empty(),
+            ),
+            execute(
+                tx,
+                UPSERT_SUMMARIES,
+                vec![&summary_scopes as Param, &summary_entities, &summary_values],
+                summary_scopes.is_empty(),
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+/// Runs a cached prepared statement unless there is nothing to write.
+async fn execute(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: Vec<Param<'_>>,
+    skip: bool,
+) -> Result<u64, StoreError> {
+    if skip {
+        return Ok(0);
+    }
+    let statement = tx.prepare_cached(sql).await.map_err(StoreError::backend)?;
+    tx.execute(&statement, &params)
+        .await
+        .map_err(StoreError::backend)
+}
+
+fn unzip3<A, B, C>(items: impl Iterator<Item = (A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
+    let mut unzipped = (Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c) in items {
+        unzipped.0.push(a);
+        unzipped.1.push(b);
+        unzipped.2.push(c);
+    }
+    unzipped
+}
+
+/// Sequences, epochs and times are u64 in Rust and bigint in PostgreSQL;
+/// a value past i64::MAX is refused rather than stored negative, which
+/// would break the ordering every query relies on.
+fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Backend(format!("{what} {value} does not fit a bigint")))
+}
+
+fn from_i64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::Backend(format!("stored {what} {value} is negative")))
+}
+
+fn to_i32(shard: u32) -> Result<i32, StoreError> {
+    i32::try_from(shard)
+        .map_err(|_| StoreError::Backend(format!("shard {shard} does not fit an int")))
+}
+
+/// A query bound past every storable value means "everything".
+fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn decode_record(row: &tokio_postgres::Row) -> Result<IdempotencyRecord, StoreError> {
+    let key: String = row.try_get(0).map_err(StoreError::backend)?;
+    let fingerprint: &[u8] = row.try_get(1).map_err(StoreError::backend)?;
+    let fingerprint: [u8; 16] = fingerprint.try_into().map_err(|_| {
+        StoreError::Backend("stored idempotency fingerprint is not 16 bytes".into())
+    })?;
+    let reply: Vec<u8> = row.try_get(2).map_err(StoreError::backend)?;
+    let recorded_at_ms: i64 = row.try_get(3).map_err(StoreError::backend)?;
+    Ok(IdempotencyRecord {
+        key,
+        fingerprint: u128::from_be_bytes(fingerprint),
+        reply,
+        recorded_at_ms: from_i64(recorded_at_ms, "recorded_at_ms")?,
+    })
+}
+
+fn sequenced(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let seq: i64 = row.try_get(0).map_err(StoreError::backend)?;
+            let entry: Vec<u8> = row.try_get(1).map_err(StoreError::backend)?;
+            Ok((from_i64(seq, "journal sequence")?, entry))
+        })
+        .collect()
+}
+
+fn keyed(rows: Vec<tokio_postgres::Row>) -> Result<Pairs, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let key: Vec<u8> = row.try_get(0).map_err(StoreError::backend)?;
+            let value: Vec<u8> = row.try_get(1).map_err(StoreError::backend)?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load(&self, key: &[u8]) -> Result<LoadedEntity, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_SNAPSHOT)
+            .await
+            .map_err(StoreError::backend)?;
+        let snapshot = match client
+            .query_opt(&statement, &[&key])
+            .await
+            .map_err(StoreError::backend)?
+        {
+            Some(row) => {
+                let seq: i64 = row.try_get(0).map_err(StoreError::backend)?;
+                let state: Vec<u8> = row.try_get(1).map_err(StoreError::backend)?;
+                Some((from_i64(seq, "snapshot sequence")?, state))
+            }
+            None => None,
+        };
+        // Read after the snapshot: the journal only grows, so entries
+        // committed in between are simply part of the tail.
+        let after = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+        let statement = client
+            .prepare_cached(SELECT_JOURNAL_AFTER)
+            .await
+            .map_err(StoreError::backend)?;
+        let rows = client
+            .query(&statement, &[&key, &bound(after)])
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(LoadedEntity {
+            snapshot,
+            journal_tail: sequenced(rows)?,
+        })
+    }
+
+    async fn idempotency_lookup(
+        &self,
+        entity: &[u8],
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_IDEMPOTENCY)
+            .await
+            .map_err(StoreError::backend)?;
+        let rows = client
+            .query(&statement, &[&entity, &keys])
+            .await
+            .map_err(StoreError::backend)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = decode_record(row)?;
+            found.insert(record.key.clone(), record);
+        }
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+    }
+
+    async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
+        if batch.entities.is_empty() {
+            return Ok(Committed::default());
+        }
+        let mut shards = batch
+            .entities
+            .iter()
+            .map(|write| to_i32(write.shard))
+            .collect::<Result<Vec<_>, _>>()?;
+        shards.sort_unstable();
+        shards.dedup();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(StoreError::backend)?;
+        let epochs = lock_fences(&tx, &shards).await?;
+        let mut fenced = Vec::new();
+        let mut rows = Rows::default();
+        for (index, write) in batch.entities.iter().enumerate() {
+            let current = epochs
+                .get(&to_i32(write.shard)?)
+                .copied()
+                .unwrap_or_default();
+            // Equal, not at-least: a writer ahead of the stored epoch has not
+            // fenced yet, so the previous owner may still be writing.
+            if write.epoch == current {
+                rows.add(write)?;
+            } else {
+                fenced.push((index, current));
+            }
+        }
+        rows.apply(&tx).await?;
+        tx.commit().await.map_err(StoreError::backend)?;
+        Ok(Committed { fenced })
+    }
+
+    async fn fence(&self, shard: u32, epoch: u64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(RAISE_FENCE)
+            .await
+            .map_err(StoreError::backend)?;
+        let raised = client
+            .execute(&statement, &[&to_i32(shard)?, &to_i64(epoch, "epoch")?])
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(raised == 1)
+    }
+
+    async fn due_timers(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        shards: Option<Vec<u32>>,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        if limit == 0 || shards.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let now = bound(now_ms);
+        let count = self::limit(limit);
+        let rows = match shards {
+            Some(shards) => {
+                let shards = shards
+                    .into_iter()
+                    .map(to_i32)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let statement = client
+                    .prepare_cached(SELECT_DUE_TIMERS_OF_SHARDS)
+                    .await
+                    .map_err(StoreError::backend)?;
+                client.query(&statement, &[&now, &count, &shards]).await
+            }
+            None => {
+                let statement = client
+                    .prepare_cached(SELECT_DUE_TIMERS)
+                    .await
+                    .map_err(StoreError::backend)?;
+                client.query(&statement, &[&now, &count]).await
+            }
+        }
+        .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                let entity: Vec<u8> = row.try_get(0).map_err(StoreError::backend)?;
+                let due: i64 = row.try_get(1).map_err(StoreError::backend)?;
+                Ok((entity, from_i64(due, "timer")?))
+            })
+            .collect()
+    }
+
+    async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(PURGE_IDEMPOTENCY)
+            .await
+            .map_err(StoreError::backend)?;
+        let purged = client
+            .execute(&statement, &[&bound(before_ms), &self::limit(limit)])
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(usize::try_from(purged).unwrap_or(usize::MAX))
+    }
+
+    async fn list_summaries(
+        &self,
+        scope: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let count = self::limit(limit);
+        let rows = match &after {
+            Some(after) => {
+                let statement = client
+                    .prepare_cached(SELECT_SUMMARIES_AFTER)
+                    .await
+                    .map_err(StoreError::backend)?;
+                client.query(&statement, &[&scope, &count, after]).await
+            }
+            None => {
+                let statement = client
+                    .prepare_cached(SELECT_SUMMARIES)
+                    .await
+                    .map_err(StoreError::backend)?;
+                client.query(&statement, &[&scope, &count]).await
+            }
+        }
+        .map_err(StoreError::backend)?;
+        keyed(rows)
+    }
+
+    async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_JOURNAL)
+            .await
+            .map_err(StoreError::backend)?;
+        let rows = client
+            .query(&statement, &[&key])
+            .await
+            .map_err(StoreError::backend)?;
+        sequenced(rows)
+    }
+}

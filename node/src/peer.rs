@@ -1,0 +1,230 @@
+//! Node-to-node forwarding (cluster mode): the `skuld.internal.v1`
+//! PeerService that owners serve, and the client side that sends a request
+//! to the owner of its key.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use skuld_actors::runtime::routing::{ForwardTarget, Forwarder, Operation};
+use skuld_actors::runtime::RequestMeta;
+use skuld_actors::Error;
+use skuld_cluster::shards::Peer;
+use skuld_proto::internal::v1 as wire;
+use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
+use skuld_proto::internal::v1::peer_service_server::PeerService;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::rpc::{self, CORRELATION_ID};
+use crate::status::{retry_after_ms, to_status};
+
+/// Serves requests forwarded by other nodes.
+pub struct PeerApi {
+    node_id: String,
+    targets: Vec<Arc<dyn ForwardTarget>>,
+}
+
+impl PeerApi {
+    pub fn new(node_id: String, targets: Vec<Arc<dyn ForwardTarget>>) -> Self {
+        Self { node_id, targets }
+    }
+}
+
+fn operation_from_wire(value: i32) -> Option<Operation> {
+    match wire::Operation::try_from(value).ok()? {
+        wire::Operation::Mutate => Some(Operation::Mutate),
+        wire::Operation::Read => Some(Operation::Read),
+        wire::Operation::Unspecified => None,
+    }
+}
+
+fn error_to_wire(error: &Error) -> wire::RemoteError {
+    let status = to_status(error);
+    let shard = match error {
+        Error::ShardMoving { shard, .. } => Some(*shard),
+        _ => None,
+    };
+    wire::RemoteError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        retry_after_ms: retry_after_ms(error),
+        moved: shard.is_some(),
+        shard: shard.unwrap_or_default(),
+    }
+}
+
+fn error_from_wire(error: wire::RemoteError) -> Error {
+    if error.moved {
+        return Error::ShardMoving {
+            shard: error.shard,
+            retry_after_ms: error.retry_after_ms.unwrap_or(100),
+        };
+    }
+    Error::Remote {
+        code: error.code,
+        message: error.message,
+        retry_after_ms: error.retry_after_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    async fn forward(
+        &self,
+        request: Request<wire::ForwardRequest>,
+    ) -> Result<Response<wire::ForwardReply>, Status> {
+        let started = Instant::now();
+        let meta = RequestMeta {
+            correlation_id: rpc::correlation_id(request.metadata()),
+            deadline: rpc::grpc_timeout(request.metadata()).map(|timeout| started + timeout),
+            ..RequestMeta::default()
+        };
+        let message = request.into_inner();
+        let target = self
+            .targets
+            .iter()
+            .find(|target| target.kind() == message.kind)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown kind {:?}", message.kind)))?;
+        let operation = operation_from_wire(message.operation)
+            .ok_or_else(|| Status::invalid_argument("operation is unspecified"))?;
+        let result = target
+            .serve_forwarded(operation, message.payload, meta)
+            .await;
+        metrics::counter!("skuld_forwarded_served_total", "kind" => target.kind()).increment(1);
+        let outcome = match result {
+            Ok(bytes) => wire::forward_reply::Outcome::Ok(bytes),
+            Err(error) => wire::forward_reply::Outcome::Error(error_to_wire(&error)),
+        };
+        Ok(Response::new(wire::ForwardReply {
+            served_by: self.node_id.clone(),
+            outcome: Some(outcome),
+        }))
+    }
+}
+
+/// Sends requests to their owners over one lazily connected channel per peer.
+pub struct GrpcForwarder {
+    channels: DashMap<String, Channel>,
+    max_message_bytes: usize,
+}
+
+impl GrpcForwarder {
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            channels: DashMap::new(),
+            max_message_bytes,
+        }
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel, Error> {
+        if let Some(channel) = self.channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|error| Error::Unavailable(format!("bad peer endpoint {endpoint}: {error}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        self.channels.insert(endpoint.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+#[async_trait]
+impl Forwarder for GrpcForwarder {
+    async fn forward(
+        &self,
+        peer: &Peer,
+        kind: &'static str,
+        operation: Operation,
+        payload: Vec<u8>,
+        meta: &RequestMeta,
+    ) -> Result<Vec<u8>, Error> {
+        let channel = self.channel(&peer.endpoint)?;
+        let mut client = PeerServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024))
+            .max_encoding_message_size(self.max_message_bytes.max(4 * 1024 * 1024));
+        let mut request = Request::new(wire::ForwardRequest {
+            kind: kind.to_owned(),
+            operation: match operation {
+                Operation::Mutate => wire::Operation::Mutate,
+                Operation::Read => wire::Operation::Read,
+            } as i32,
+            payload,
+        });
+        // Without a caller deadline a dead peer must still not hold the
+        // request forever.
+        let timeout = meta.deadline.map_or(Duration::from_secs(10), |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        request.set_timeout(timeout);
+        if let Ok(value) = MetadataValue::try_from(meta.correlation_id.as_str()) {
+            request.metadata_mut().insert(CORRELATION_ID, value);
+        }
+        metrics::counter!("skuld_forwarded_total", "kind" => kind).increment(1);
+        match client.forward(request).await {
+            Ok(reply) => match reply.into_inner().outcome {
+                Some(wire::forward_reply::Outcome::Ok(bytes)) => Ok(bytes),
+                Some(wire::forward_reply::Outcome::Error(error)) => Err(error_from_wire(error)),
+                None => Err(Error::Unavailable(format!(
+                    "{} answered without an outcome",
+                    peer.node_id
+                ))),
+            },
+            // The request may or may not have been applied; the caller
+            // resends with the same idempotency key, which replays it.
+            Err(status) => {
+                metrics::counter!("skuld_forward_failures_total", "kind" => kind).increment(1);
+                Err(Error::Unavailable(format!(
+                    "owner {} not reachable: {}",
+                    peer.node_id,
+                    status.message()
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_the_wire_with_their_code_and_hint() {
+        let moving = error_from_wire(error_to_wire(&Error::ShardMoving {
+            shard: 17,
+            retry_after_ms: 100,
+        }));
+        assert_eq!(
+            moving,
+            Error::ShardMoving {
+                shard: 17,
+                retry_after_ms: 100
+            }
+        );
+        let refused = error_from_wire(error_to_wire(&Error::Insufficient {
+            requested: 5,
+            available: 2,
+        }));
+        let status = to_status(&refused);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("available 2"));
+        let overloaded = to_status(&error_from_wire(error_to_wire(&Error::Overloaded {
+            queue: "node",
+            retry_after_ms: 250,
+        })));
+        assert_eq!(overloaded.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            overloaded
+                .metadata()
+                .get(crate::status::RETRY_AFTER_MS)
+                .map(|v| v.to_str().ok()),
+            Some(Some("250"))
+        );
+    }
+}

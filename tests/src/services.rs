@@ -1,0 +1,721 @@
+//! Real etcd and PostgreSQL servers for tests, started by the tests
+//! themselves from the Debian packages `scripts/setup` installs.
+//!
+//! Each server listens on loopback ports picked free just before it starts
+//! (bind `127.0.0.1:0`, read the port, let it go), so parallel tests and
+//! parallel test runs never share one; when another process grabs a port in
+//! that short window the start is retried on new ports. Dropping a server
+//! stops it, so no process outlives its test. The servers stay in the
+//! test's process group: a Ctrl-C of `cargo test`, which skips every
+//! `Drop`, reaches them too.
+//!
+//! Starting, killing and restarting are blocking calls (they wait for the
+//! server, at most tens of seconds) so they can be used from sync and async
+//! tests alike; the waits that need async I/O run on a private runtime.
+
+use std::future::Future;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+
+/// How long etcd may take to answer `GET /health` with `"health":"true"`.
+pub const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long PostgreSQL may take to accept connections (crash recovery
+/// included).
+pub const POSTGRES_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Starts retried on new ports when the chosen ones were taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+/// How long a server may take to exit after it was told to stop at once.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(free_ports::<1>()?[0])
+}
+
+/// `N` distinct free loopback ports: all listeners are held until every
+/// port is read, so the same port cannot come back twice.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot bind a free loopback port")?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// Runs `future` to completion on a runtime of its own, on a thread of its
+/// own, so blocking callers work inside a test's runtime as well as outside.
+fn block_on<F>(future: F) -> anyhow::Result<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot build a runtime")?;
+                Ok(runtime.block_on(future))
+            })
+            .join()
+            .map_err(|_| anyhow!("the waiting thread panicked"))?
+    })
+}
+
+/// The last lines of a server log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(crate::LOG_TAIL_LINES)..].join("\n")
+}
+
+/// What a log says after `offset` (this start's part of an appended log).
+fn log_since(path: &Path, offset: u64) -> String {
+    let log = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(log.len());
+    String::from_utf8_lossy(&log[start..]).into_owned()
+}
+
+fn open_log(path: &Path) -> anyhow::Result<(std::fs::File, u64)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the log {}", path.display()))?;
+    let offset = log.metadata()?.len();
+    Ok((log, offset))
+}
+
+/// How one attempt to start a server ended.
+enum Started {
+    Ready,
+    /// It exited because one of its ports was taken: worth new ports.
+    PortTaken(anyhow::Error),
+}
+
+/// SIGKILL, then reaps the process.
+fn kill9(child: &mut Option<Child>) -> anyhow::Result<()> {
+    if let Some(mut process) = child.take() {
+        // Fails only when the process already exited; wait() reaps it.
+        let _ = process.kill();
+        process.wait()?;
+    }
+    Ok(())
+}
+
+/// Sends `signal` and waits up to [`STOP_TIMEOUT`] for the process to exit,
+/// then SIGKILLs it.
+fn stop(child: &mut Option<Child>, signal: &str) -> anyhow::Result<()> {
+    let Some(process) = child.as_mut() else {
+        return Ok(());
+    };
+    if process.try_wait()?.is_none() {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(process.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while process.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                return kill9(child);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    *child = None;
+    Ok(())
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The etcd binary: `SKULD_ETCD_BIN`, else `etcd` on `PATH`, else
+/// `/usr/bin/etcd`.
+pub fn etcd_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("SKULD_ETCD_BIN") {
+        let binary = PathBuf::from(path);
+        if !binary.is_file() {
+            bail!("SKULD_ETCD_BIN={} does not exist", binary.display());
+        }
+        return Ok(binary);
+    }
+    find_on_path("etcd")
+        .or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|path| path.is_file()))
+        .context("etcd not found: run scripts/setup (installs the etcd-server package)")
+}
+
+/// A single-member etcd on loopback ports, with its data and log in the
+/// directory given to [`Etcd::start`].
+pub struct Etcd {
+    child: Option<Child>,
+    binary: PathBuf,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    /// Starts etcd with its data in `dir/etcd-data` and its log in
+    /// `dir/etcd.log`, and waits until it reports itself healthy.
+    pub fn start(dir: &Path) -> anyhow::Result<Etcd> {
+        let binary = etcd_binary()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let data_dir = dir.join("etcd-data");
+        let fresh = !data_dir.exists();
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let [client_port, peer_port] = free_ports::<2>()?;
+            let mut etcd = Etcd {
+                child: None,
+                binary: binary.clone(),
+                data_dir: data_dir.clone(),
+                log_path: dir.join("etcd.log"),
+                client_port,
+                peer_port,
+            };
+            match etcd.spawn()? {
+                Started::Ready => return Ok(etcd),
+                Started::PortTaken(error) => {
+                    // A member's data dir remembers its peer URL: a retry on
+                    // new ports needs a new one.
+                    if fresh {
+                        let _ = std::fs::remove_dir_all(&data_dir);
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!("etcd did not start in {START_ATTEMPTS} attempts")))
+    }
+
+    /// `http://127.0.0.1:PORT`, the client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: etcd loses whatever it had not synced. Waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = kill9(&mut self.child);
+    }
+
+    /// Starts etcd again on the same ports and data (killing it first if it
+    /// still runs) and waits until it is healthy.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            match self.spawn()? {
+                Started::Ready => return Ok(()),
+                // Someone holds our port; it may let go soon.
+                Started::PortTaken(error) => {
+                    last_error = Some(error);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context("etcd did not restart on its ports"))
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<Started> {
+        let (log, offset) = open_log(&self.log_path)?;
+        let name = "skuld-test";
+        let client_url = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .arg("--initial-cluster")
+            .arg(format!("{name}={peer_url}"))
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", name])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.client_port);
+        let waited = block_on(async {
+            let deadline = Instant::now() + ETCD_START_TIMEOUT;
+            loop {
+                if let Some(child) = self.child.as_mut() {
+                    if let Some(status) = child.try_wait()? {
+                        self.child = None;
+                        return Ok(Err(status));
+                    }
+                }
+                let last_health = match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::http_get(&address, "/health"),
+                )
+                .await
+                {
+                    Ok(Ok((200, body))) if body.contains(r#""health":"true""#) => {
+                        return Ok(Ok(()))
+                    }
+                    Ok(other) => format!("{other:?}"),
+                    Err(_) => "no answer in 2s".into(),
+                };
+                if Instant::now() > deadline {
+                    return Err(anyhow!(
+                        "not healthy in {ETCD_START_TIMEOUT:?} (last /health: {last_health})"
+                    ));
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        })?;
+        match waited {
+            Ok(Ok(())) => Ok(Started::Ready),
+            Ok(Err(status)) => {
+                let error = anyhow!(
+                    "etcd exited with {status} while starting; log {}:\n{}",
+                    self.log_path.display(),
+                    log_tail(&self.log_path)
+                );
+                if log_since(&self.log_path, offset).contains("address already in use") {
+                    Ok(Started::PortTaken(error))
+                } else {
+                    Err(error)
+                }
+            }
+            Err(error) => {
+                self.kill();
+                Err(error.context(format!(
+                    "etcd at {}; log {}:\n{}",
+                    self.endpoint(),
+                    self.log_path.display(),
+                    log_tail(&self.log_path)
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "etcd log at {}; last lines:\n{}",
+                self.log_path.display(),
+                log_tail(&self.log_path)
+            );
+        }
+    }
+}
+
+/// The PostgreSQL binaries: `SKULD_PG_BIN_DIR`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian's layout).
+pub fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    const MISSING: &str =
+        "PostgreSQL not found: run scripts/setup (installs the postgresql package)";
+    if let Ok(path) = std::env::var("SKULD_PG_BIN_DIR") {
+        let dir = PathBuf::from(path);
+        if !dir.join("postgres").is_file() {
+            bail!(
+                "SKULD_PG_BIN_DIR={} has no `postgres` binary",
+                dir.display()
+            );
+        }
+        return Ok(dir);
+    }
+    let versions = std::fs::read_dir("/usr/lib/postgresql").context(MISSING)?;
+    versions
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version: Vec<u32> = entry
+                .file_name()
+                .to_str()?
+                .split('.')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").is_file().then_some((version, bin))
+        })
+        .max()
+        .map(|(_, bin)| bin)
+        .context(MISSING)
+}
+
+/// Whether this process runs as root (effective uid 0).
+fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match status.lines().find_map(|line| line.strip_prefix("Uid:")) {
+        Some(uids) => uids.split_whitespace().nth(1) == Some("0"),
+        None => Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| output.stdout.trim_ascii() == b"0"),
+    }
+}
+
+/// `id -u postgres` or `id -g postgres`.
+fn postgres_id(flag: &str) -> anyhow::Result<u32> {
+    let output = Command::new("id")
+        .args([flag, "postgres"])
+        .output()
+        .context("cannot run `id`")?;
+    if !output.status.success() {
+        bail!(
+            "running as root, PostgreSQL must run as the `postgres` user, which does not exist \
+             (the postgresql package creates it): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("unexpected output of `id`")
+}
+
+/// A throwaway PostgreSQL server on a loopback port, its data dir and log
+/// in a temp dir of its own, removed on drop (kept when a test panics).
+///
+/// PostgreSQL refuses to run as root; as root, its temp dir is created in
+/// `/tmp` (not inside a root-only test dir) and handed to the `postgres`
+/// user, and `initdb` and `postgres` run as that user. They are started
+/// with their uid and gid set directly rather than through `runuser`, so
+/// the child process is the postmaster itself and can be signalled.
+pub struct Postgres {
+    child: Option<Child>,
+    bin_dir: PathBuf,
+    root: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    port: u16,
+    /// The `postgres` user's (uid, gid) when this process is root.
+    run_as: Option<(u32, u32)>,
+}
+
+impl Postgres {
+    /// Creates a cluster (`initdb`) and starts a server on a free port with
+    /// fsync on, and waits until it accepts connections.
+    pub fn start() -> anyhow::Result<Postgres> {
+        let bin_dir = postgres_bin_dir()?;
+        let run_as = if running_as_root() {
+            Some((postgres_id("-u")?, postgres_id("-g")?))
+        } else {
+            None
+        };
+        let root = tempfile::Builder::new()
+            .prefix("skuld-pg-")
+            .tempdir_in("/tmp")
+            .context("cannot create a temp dir in /tmp")?;
+        if run_as.is_some() {
+            let chowned = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(root.path())
+                .status()
+                .context("cannot run `chown`")?;
+            if !chowned.success() {
+                bail!(
+                    "chown -R postgres:postgres {} failed",
+                    root.path().display()
+                );
+            }
+        }
+        let mut postgres = Postgres {
+            child: None,
+            data_dir: root.path().join("data"),
+            log_path: root.path().join("postgres.log"),
+            root: Some(root),
+            bin_dir,
+            port: 0,
+            run_as,
+        };
+        postgres.initdb()?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            postgres.port = free_port()?;
+            match postgres.spawn()? {
+                Started::Ready => return Ok(postgres),
+                Started::PortTaken(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!(
+                "PostgreSQL did not start in {START_ATTEMPTS} attempts"
+            )))
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/DATABASE`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+        {
+            bail!("database name {name:?}: use 1 to 63 ASCII letters, digits and underscores");
+        }
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("cannot connect to PostgreSQL on port {}", self.port))?;
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("cannot create database {name}"))?;
+        drop(client);
+        let _ = connection.await;
+        Ok(self.url(name))
+    }
+
+    /// Stops the server the way a crash would: immediate shutdown (SIGQUIT:
+    /// every backend quits at once, nothing is checkpointed, the next start
+    /// replays the WAL), SIGKILL if that takes too long. Waits until it is
+    /// gone.
+    pub fn kill(&mut self) {
+        let _ = stop(&mut self.child, "QUIT");
+    }
+
+    /// Starts the server again on the same port and data (killing it first
+    /// if it still runs) and waits until it accepts connections.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            match self.spawn()? {
+                Started::Ready => return Ok(()),
+                // Someone holds our port; it may let go soon.
+                Started::PortTaken(error) => {
+                    last_error = Some(error);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context("PostgreSQL did not restart on its port"))
+    }
+
+    fn command(&self, program: &str) -> anyhow::Result<Command> {
+        let mut command = Command::new(self.bin_dir.join(program));
+        let (log, _) = open_log(&self.log_path)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(root) = &self.root {
+            // The test's working directory may be closed to the postgres user.
+            command.current_dir(root.path());
+        }
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        Ok(command)
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let status = self
+            .command("initdb")?
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            // The server's messages and sort order then do not depend on
+            // which locales the machine has generated.
+            .arg("--locale=C")
+            .status()
+            .with_context(|| format!("cannot run {}", self.bin_dir.join("initdb").display()))?;
+        if !status.success() {
+            bail!(
+                "initdb failed with {status}; log {}:\n{}",
+                self.log_path.display(),
+                log_tail(&self.log_path)
+            );
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<Started> {
+        let offset = open_log(&self.log_path)?.1;
+        let child = self
+            .command("postgres")?
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(&self.data_dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "max_connections=200"])
+            .args(["-c", "shared_buffers=64MB"])
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin_dir.join("postgres").display()))?;
+        self.child = Some(child);
+        let url = self.url("postgres");
+        let waited = block_on(async {
+            let deadline = Instant::now() + POSTGRES_START_TIMEOUT;
+            loop {
+                if let Some(child) = self.child.as_mut() {
+                    if let Some(status) = child.try_wait()? {
+                        self.child = None;
+                        return Ok(Err(status));
+                    }
+                }
+                let mut config: tokio_postgres::Config = url.parse()?;
+                config.connect_timeout(Duration::from_secs(2));
+                let last_error = match config.connect(tokio_postgres::NoTls).await {
+                    Ok(_) => return Ok(Ok(())),
+                    Err(error) => error.to_string(),
+                };
+                if Instant::now() > deadline {
+                    return Err(anyhow!(
+                        "not accepting connections in {POSTGRES_START_TIMEOUT:?} (last: {last_error})"
+                    ));
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        })?;
+        match waited {
+            Ok(Ok(())) => Ok(Started::Ready),
+            Ok(Err(status)) => {
+                let error = anyhow!(
+                    "postgres exited with {status} while starting; log {}:\n{}",
+                    self.log_path.display(),
+                    log_tail(&self.log_path)
+                );
+                if log_since(&self.log_path, offset).contains("Address already in use") {
+                    Ok(Started::PortTaken(error))
+                } else {
+                    Err(error)
+                }
+            }
+            Err(error) => {
+                self.kill();
+                Err(error.context(format!(
+                    "PostgreSQL on port {}; log {}:\n{}",
+                    self.port,
+                    self.log_path.display(),
+                    log_tail(&self.log_path)
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            if let Some(root) = self.root.as_mut() {
+                root.disable_cleanup(true);
+            }
+            eprintln!(
+                "PostgreSQL data and log kept in {}; last log lines:\n{}",
+                self.data_dir.parent().unwrap_or(&self.data_dir).display(),
+                log_tail(&self.log_path)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: u32) -> bool {
+        // A reaped process has no /proc entry; a zombie would still say Z.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    async fn healthy(endpoint: &str) -> bool {
+        let address = endpoint.trim_start_matches("http://");
+        matches!(
+            crate::http_get(address, "/health").await,
+            Ok((200, body)) if body.contains(r#""health":"true""#)
+        )
+    }
+
+    #[tokio::test]
+    async fn etcd_starts_restarts_and_is_gone_after_drop() {
+        let dir = crate::TestDir::new().unwrap();
+        let mut etcd = Etcd::start(dir.path()).unwrap();
+        let endpoint = etcd.endpoint();
+        assert!(healthy(&endpoint).await);
+        etcd.kill();
+        assert!(!healthy(&endpoint).await);
+        etcd.restart().unwrap();
+        assert_eq!(etcd.endpoint(), endpoint);
+        assert!(healthy(&endpoint).await);
+        let pid = etcd.pid().unwrap();
+        drop(etcd);
+        assert!(!alive(pid));
+        assert!(dir.path().join("etcd-data").is_dir());
+    }
+
+    #[tokio::test]
+    async fn postgres_stops_on_drop_and_removes_its_dir() {
+        let postgres = Postgres::start().unwrap();
+        let url = postgres.create_database("smoke").await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let fsync: String = client.query_one("SHOW fsync", &[]).await.unwrap().get(0);
+        assert_eq!(fsync, "on");
+        let pid = postgres.pid().unwrap();
+        let dir = postgres.log_path().parent().unwrap().to_path_buf();
+        drop(postgres);
+        assert!(!alive(pid));
+        assert!(!dir.exists());
+    }
+}

@@ -1,0 +1,461 @@
+//! `PostgresStore` against a real PostgreSQL: the same semantics as the
+//! embedded store, plus fencing by shard epochs, concurrent migrations and
+//! surviving a database crash and restart with the same store value.
+//!
+//! Every test starts its own server (about a second: `initdb --no-sync`)
+//! so a test that kills it disturbs no other, and works in a database of
+//! its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use skuld_cluster::{EntityWrite, IdempotencyRecord, PostgresStore, Store, StoreError, WriteBatch};
+use skuld_tests::services::Postgres;
+
+const SHARDS: u32 = 8;
+
+async fn store(postgres: &Postgres, database: &str) -> (PostgresStore, String) {
+    let url = postgres.create_database(database).await.unwrap();
+    let store = PostgresStore::connect(&url, SHARDS, 4).await.unwrap();
+    (store, url)
+}
+
+/// A raw connection, to look at the tables or hold locks the store would.
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn record(key: &str, fingerprint: u128, recorded_at_ms: u64) -> IdempotencyRecord {
+    IdempotencyRecord {
+        key: key.into(),
+        fingerprint,
+        reply: format!("reply-{key}").into_bytes(),
+        recorded_at_ms,
+    }
+}
+
+/// A write of `key` on `shard` at `epoch` with one journal entry, one
+/// idempotency record, a timer and a summary.
+fn full_write(key: &[u8], shard: u32, epoch: u64, seq: u64) -> EntityWrite {
+    EntityWrite {
+        key: key.to_vec(),
+        shard,
+        epoch,
+        journal: vec![(seq, vec![seq as u8])],
+        snapshot: Some((seq, b"state".to_vec())),
+        idempotency: vec![record(&format!("k{seq}"), u128::from(seq), 1_000)],
+        timer: Some(Some(5_000)),
+        summary: Some((b"scope".to_vec(), key.to_vec())),
+    }
+}
+
+fn batch(entities: Vec<EntityWrite>) -> WriteBatch {
+    WriteBatch { entities }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_batch_reads_back_like_the_embedded_store() {
+    let postgres = Postgres::start().unwrap();
+    let (store, _) = store(&postgres, "round_trip").await;
+
+    let big_fingerprint = u128::MAX - 5;
+    let committed = store
+        .commit(batch(vec![
+            EntityWrite {
+                key: b"a".to_vec(),
+                journal: vec![(1, b"a1".to_vec()), (2, b"a2".to_vec())],
+                idempotency: vec![record("k1", big_fingerprint, 1_001)],
+                timer: Some(Some(5_000)),
+                summary: Some((b"t1".to_vec(), b"a-first".to_vec())),
+                ..EntityWrite::default()
+            },
+            EntityWrite {
+                key: b"b".to_vec(),
+                shard: 3,
+                journal: vec![(1, b"b1".to_vec())],
+                timer: Some(Some(4_000)),
+                summary: Some((b"t1".to_vec(), b"b".to_vec())),
+                ..EntityWrite::default()
+            },
+            // The same entity again in the same batch: its snapshot, timer
+            // and summary replace the earlier ones.
+            EntityWrite {
+                key: b"a".to_vec(),
+                journal: vec![(3, b"a3".to_vec())],
+                snapshot: Some((2, b"a@2".to_vec())),
+                idempotency: vec![record("k3", 3, 1_003)],
+                timer: Some(Some(6_000)),
+                summary: Some((b"t1".to_vec(), b"a-second".to_vec())),
+                ..EntityWrite::default()
+            },
+            EntityWrite {
+                key: b"c".to_vec(),
+                summary: Some((b"t2".to_vec(), b"c".to_vec())),
+                ..EntityWrite::default()
+            },
+        ]))
+        .await
+        .unwrap();
+    assert!(committed.fenced.is_empty());
+
+    let loaded = store.load(b"a").await.unwrap();
+    assert_eq!(loaded.snapshot, Some((2, b"a@2".to_vec())));
+    assert_eq!(loaded.journal_tail, vec![(3, b"a3".to_vec())]);
+    assert_eq!(
+        store.journal(b"a").await.unwrap(),
+        vec![
+            (1, b"a1".to_vec()),
+            (2, b"a2".to_vec()),
+            (3, b"a3".to_vec())
+        ]
+    );
+    let unknown = store.load(b"nobody").await.unwrap();
+    assert!(unknown.snapshot.is_none() && unknown.journal_tail.is_empty());
+
+    let found = store
+        .idempotency_lookup(b"a", vec!["k3".into(), "missing".into(), "k1".into()])
+        .await
+        .unwrap();
+    assert_eq!(found[0], Some(record("k3", 3, 1_003)));
+    assert_eq!(found[1], None);
+    assert_eq!(found[2], Some(record("k1", big_fingerprint, 1_001)));
+    // Records are scoped to their entity.
+    assert_eq!(
+        store
+            .idempotency_lookup(b"b", vec!["k1".into()])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+
+    assert_eq!(
+        store.due_timers(10_000, 10, None).await.unwrap(),
+        vec![(b"b".to_vec(), 4_000), (b"a".to_vec(), 6_000)]
+    );
+    assert_eq!(
+        store.due_timers(5_999, 10, None).await.unwrap(),
+        vec![(b"b".to_vec(), 4_000)]
+    );
+    assert_eq!(store.due_timers(10_000, 1, None).await.unwrap().len(), 1);
+
+    assert_eq!(
+        store.list_summaries(b"t1", None, 1).await.unwrap(),
+        vec![(b"a".to_vec(), b"a-second".to_vec())]
+    );
+    assert_eq!(
+        store
+            .list_summaries(b"t1", Some(b"a".to_vec()), 10)
+            .await
+            .unwrap(),
+        vec![(b"b".to_vec(), b"b".to_vec())]
+    );
+    assert!(store
+        .list_summaries(b"t1", Some(b"b".to_vec()), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.list_summaries(b"t2", None, 10).await.unwrap(),
+        vec![(b"c".to_vec(), b"c".to_vec())]
+    );
+
+    // Clearing a timer.
+    store
+        .commit(batch(vec![EntityWrite {
+            key: b"a".to_vec(),
+            timer: Some(None),
+            ..EntityWrite::default()
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.due_timers(u64::MAX, 10, None).await.unwrap(),
+        vec![(b"b".to_vec(), 4_000)]
+    );
+
+    // A journal entry written twice is a bug: the whole batch fails and
+    // nothing of it is applied, not even the other entity's write.
+    let failed = store
+        .commit(batch(vec![
+            full_write(b"d", 0, 0, 1),
+            EntityWrite {
+                key: b"a".to_vec(),
+                journal: vec![(3, b"again".to_vec())],
+                ..EntityWrite::default()
+            },
+        ]))
+        .await;
+    assert!(matches!(failed, Err(StoreError::Backend(_))), "{failed:?}");
+    assert!(store.journal(b"d").await.unwrap().is_empty());
+    assert!(store.load(b"d").await.unwrap().snapshot.is_none());
+    assert_eq!(store.journal(b"a").await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epochs_are_fenced_per_write() {
+    let postgres = Postgres::start().unwrap();
+    let (store, _) = store(&postgres, "fencing").await;
+
+    assert!(store.fence(1, 1).await.unwrap());
+    assert!(store.fence(1, 2).await.unwrap());
+    assert!(!store.fence(1, 2).await.unwrap(), "equal epoch");
+    assert!(!store.fence(1, 1).await.unwrap(), "lower epoch");
+
+    let committed = store
+        .commit(batch(vec![
+            full_write(b"stale", 1, 1, 1),
+            full_write(b"owner", 1, 2, 1),
+            full_write(b"other", 2, 0, 1),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(committed.fenced, vec![(0, 2)]);
+
+    // Nothing of the stale write is stored.
+    assert!(store.journal(b"stale").await.unwrap().is_empty());
+    assert!(store.load(b"stale").await.unwrap().snapshot.is_none());
+    assert_eq!(
+        store
+            .idempotency_lookup(b"stale", vec!["k1".into()])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    let scope = store.list_summaries(b"scope", None, 10).await.unwrap();
+    let listed: Vec<&[u8]> = scope.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(listed, vec![b"other".as_slice(), b"owner".as_slice()]);
+    let due = store.due_timers(u64::MAX, 10, None).await.unwrap();
+    assert!(due.iter().all(|(key, _)| key != b"stale"), "{due:?}");
+    assert_eq!(due.len(), 2);
+    // The accepted writes are complete.
+    for key in [b"owner".as_slice(), b"other".as_slice()] {
+        assert_eq!(store.journal(key).await.unwrap(), vec![(1, vec![1])]);
+        assert!(store
+            .idempotency_lookup(key, vec!["k1".into()])
+            .await
+            .unwrap()[0]
+            .is_some());
+    }
+
+    // A writer ahead of the stored epoch has not fenced yet: refused too.
+    let ahead = store
+        .commit(batch(vec![full_write(b"ahead", 2, 7, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(ahead.fenced, vec![(0, 0)]);
+    assert!(store.journal(b"ahead").await.unwrap().is_empty());
+
+    // Shards beyond the count given at connect get their fence row on use.
+    assert!(store.fence(SHARDS + 5, 3).await.unwrap());
+    assert!(!store.fence(SHARDS + 5, 3).await.unwrap());
+    let beyond = store
+        .commit(batch(vec![
+            full_write(b"beyond-fenced", SHARDS + 5, 3, 1),
+            full_write(b"beyond-new", SHARDS + 6, 0, 1),
+        ]))
+        .await
+        .unwrap();
+    assert!(beyond.fenced.is_empty());
+    assert_eq!(store.journal(b"beyond-new").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_waits_for_the_commit_in_flight() {
+    let postgres = Postgres::start().unwrap();
+    let (store, url) = store(&postgres, "fence_waits").await;
+
+    // The old owner's commit, held open between its epoch check and its
+    // COMMIT, exactly as PostgresStore::commit does it.
+    let mut old_owner = raw(&url).await;
+    let tx = old_owner.transaction().await.unwrap();
+    let epoch: i64 = tx
+        .query_one(
+            "SELECT epoch FROM shard_fences WHERE shard = ANY($1::int[]) FOR SHARE",
+            &[&vec![0_i32]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 0);
+    tx.execute(
+        "INSERT INTO journal (entity, seq, entry) VALUES ($1, 1, $2)",
+        &[&b"held".as_slice(), &b"old owner".as_slice()],
+    )
+    .await
+    .unwrap();
+
+    let fencing = tokio::spawn({
+        let store = store.clone();
+        async move { store.fence(0, 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !fencing.is_finished(),
+        "the fence slipped past a commit in flight"
+    );
+
+    tx.commit().await.unwrap();
+    let fenced = tokio::time::timeout(Duration::from_secs(5), fencing)
+        .await
+        .expect("the fence did not finish after the commit")
+        .unwrap()
+        .unwrap();
+    assert!(fenced);
+
+    // The old owner's write landed before the fence; its next one does not.
+    assert_eq!(
+        store.journal(b"held").await.unwrap(),
+        vec![(1, b"old owner".to_vec())]
+    );
+    let committed = store
+        .commit(batch(vec![full_write(b"held", 0, 0, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(committed.fenced, vec![(0, 1)]);
+    assert_eq!(store.journal(b"held").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_timers_can_be_limited_to_shards() {
+    let postgres = Postgres::start().unwrap();
+    let (store, _) = store(&postgres, "timers").await;
+    let timer = |key: &[u8], shard: u32, due: u64| EntityWrite {
+        key: key.to_vec(),
+        shard,
+        timer: Some(Some(due)),
+        ..EntityWrite::default()
+    };
+    store
+        .commit(batch(vec![
+            timer(b"s0-late", 0, 300),
+            timer(b"s1", 1, 100),
+            timer(b"s2", 2, 200),
+            timer(b"s0-early", 0, 50),
+            timer(b"s2-future", 2, 10_000),
+        ]))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.due_timers(1_000, 10, Some(vec![0, 2])).await.unwrap(),
+        vec![
+            (b"s0-early".to_vec(), 50),
+            (b"s2".to_vec(), 200),
+            (b"s0-late".to_vec(), 300)
+        ]
+    );
+    assert_eq!(
+        store.due_timers(1_000, 1, Some(vec![2])).await.unwrap(),
+        vec![(b"s2".to_vec(), 200)]
+    );
+    assert!(store
+        .due_timers(1_000, 10, Some(vec![]))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.due_timers(1_000, 10, None).await.unwrap().len(), 4);
+    assert_eq!(store.due_timers(u64::MAX, 10, None).await.unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_only_old_records_up_to_the_limit() {
+    let postgres = Postgres::start().unwrap();
+    let (store, _) = store(&postgres, "purge").await;
+    store
+        .commit(batch(vec![
+            EntityWrite {
+                key: b"a".to_vec(),
+                idempotency: vec![record("a1", 1, 1_001), record("a5", 5, 1_005)],
+                ..EntityWrite::default()
+            },
+            EntityWrite {
+                key: b"b".to_vec(),
+                shard: 1,
+                idempotency: vec![record("b2", 2, 1_002), record("b3", 3, 1_003)],
+                ..EntityWrite::default()
+            },
+        ]))
+        .await
+        .unwrap();
+
+    assert_eq!(store.purge_idempotency(1_003, 1).await.unwrap(), 1);
+    assert_eq!(store.purge_idempotency(1_003, 100).await.unwrap(), 1);
+    assert_eq!(store.purge_idempotency(1_003, 100).await.unwrap(), 0);
+    let a = store
+        .idempotency_lookup(b"a", vec!["a1".into(), "a5".into()])
+        .await
+        .unwrap();
+    let b = store
+        .idempotency_lookup(b"b", vec!["b2".into(), "b3".into()])
+        .await
+        .unwrap();
+    assert_eq!(a, vec![None, Some(record("a5", 5, 1_005))]);
+    assert_eq!(b, vec![None, Some(record("b3", 3, 1_003))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_even_when_nodes_connect_together() {
+    let postgres = Postgres::start().unwrap();
+    let url = postgres.create_database("migrations").await.unwrap();
+
+    let connects =
+        futures::future::join_all((0..4).map(|_| PostgresStore::connect(&url, SHARDS, 2))).await;
+    let stores: Vec<PostgresStore> = connects.into_iter().map(Result::unwrap).collect();
+    assert!(stores[0].fence(0, 5).await.unwrap());
+
+    // Connecting again (with more shards) changes nothing that exists.
+    let again = PostgresStore::connect(&url, SHARDS * 2, 2).await.unwrap();
+    assert!(!again.fence(0, 5).await.unwrap(), "the epoch was reset");
+
+    let client = raw(&url).await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM skuld_schema_migrations", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, vec![1]);
+    let fences: i64 = client
+        .query_one(
+            "SELECT count(*) FROM shard_fences WHERE epoch = 0 AND shard < $1",
+            &[&i32::try_from(SHARDS * 2).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fences, i64::from(SHARDS * 2) - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_works_again_after_postgres_crashes_and_restarts() {
+    let mut postgres = Postgres::start().unwrap();
+    let (store, _) = store(&postgres, "restart").await;
+    store
+        .commit(batch(vec![full_write(b"before", 0, 0, 1)]))
+        .await
+        .unwrap();
+
+    postgres.kill();
+    let down = store
+        .commit(batch(vec![full_write(b"during", 0, 0, 1)]))
+        .await;
+    assert!(matches!(down, Err(StoreError::Backend(_))), "{down:?}");
+    let read = store.load(b"before").await;
+    assert!(matches!(read, Err(StoreError::Backend(_))), "{read:?}");
+
+    postgres.restart().unwrap();
+    let committed = store
+        .commit(batch(vec![full_write(b"after", 0, 0, 1)]))
+        .await
+        .unwrap();
+    assert!(committed.fenced.is_empty());
+    // What was acknowledged before the crash survived it.
+    assert_eq!(store.journal(b"before").await.unwrap(), vec![(1, vec![1])]);
+    assert_eq!(store.journal(b"after").await.unwrap(), vec![(1, vec![1])]);
+    assert!(store.journal(b"during").await.unwrap().is_empty());
+}
