@@ -2,6 +2,7 @@
 //! RPC (and, under `skuld returns`, per `ReturnsService` RPC), printing either a
 //! plain-text summary or the proto3-JSON reply.
 
+mod admin;
 mod returns;
 
 use std::fmt;
@@ -82,6 +83,14 @@ pub enum ClientCommand {
     /// Return cases: request, approve, receive, inspect, dispose, refund, ...
     #[command(subcommand)]
     Returns(returns::ReturnsCommand),
+    /// The node's own status: mode, shards served, lease, load.
+    Status,
+    /// Cluster members: state, shards owned, endpoint.
+    Members,
+    /// Owner and epoch of every shard.
+    Shards(admin::ShardsArgs),
+    /// Ask a node to hand all its shards over (before maintenance).
+    Drain(admin::DrainArgs),
 }
 
 /// Names one inventory position.
@@ -641,6 +650,10 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
             emit(&format_availability(&reply))
         }
         ClientCommand::Returns(command) => returns::run(&ctx, channel, command).await,
+        ClientCommand::Status => admin::status(&ctx, channel).await,
+        ClientCommand::Members => admin::members(&ctx, channel).await,
+        ClientCommand::Shards(args) => admin::shards(&ctx, channel, args).await,
+        ClientCommand::Drain(args) => admin::drain(&ctx, channel, args).await,
     }
 }
 
