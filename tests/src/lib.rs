@@ -18,6 +18,7 @@ use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
+pub mod cluster;
 pub mod services;
 
 /// How long a node may take to write its ports file and answer /readyz 200.

@@ -1,0 +1,481 @@
+//! Cluster mode against real etcd and real PostgreSQL: routing, scale-out and
+//! scale-in under load, `kill -9`, a zombie owner, and etcd / PostgreSQL
+//! restarts. Every fault test ends with the client-history check of
+//! `skuld_tests::cluster::verify`, and fails when too few operations
+//! succeeded, so it cannot pass by doing nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use skuld_proto::v1 as pb;
+use skuld_tests::cluster::{
+    node_id, verify, TestCluster, Workload, TEST_LEASE_TTL_SECS,
+};
+use skuld_tests::requests::{commit, fulfill, key, receive, release, reserve};
+use skuld_tests::{NodeOptions, TestNode};
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Inventory = pb::inventory_service_client::InventoryServiceClient<Channel>;
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// The same script of operations, position by position; returns the status
+/// code of every call (in order) so two deployments can be compared.
+async fn run_script(clients: &mut [Inventory], keys: &[pb::PositionKey]) -> Vec<Code> {
+    let mut codes = Vec::new();
+    for (index, position) in keys.iter().enumerate() {
+        let count = clients.len();
+        let client = |step: usize| clients[(index + step) % count].clone();
+        let results = [
+            client(0)
+                .adjust(receive(position, &format!("{index}-stock"), 100))
+                .await
+                .map(|_| ()),
+            client(1)
+                .reserve(pb::ReserveRequest {
+                    reservation_id: "r-a".into(),
+                    ..reserve(position, &format!("{index}-ra"), 10, 600)
+                })
+                .await
+                .map(|_| ()),
+            client(2)
+                .reserve(pb::ReserveRequest {
+                    reservation_id: "r-b".into(),
+                    ..reserve(position, &format!("{index}-rb"), 5, 600)
+                })
+                .await
+                .map(|_| ()),
+            client(0)
+                .commit_reservation(commit(position, &format!("{index}-c"), "r-a", 0, "o-1"))
+                .await
+                .map(|_| ()),
+            client(1)
+                .release_reservation(release(position, &format!("{index}-rel"), "r-b"))
+                .await
+                .map(|_| ()),
+            // More than available: refused with FAILED_PRECONDITION.
+            client(2)
+                .reserve(reserve(position, &format!("{index}-big"), 1_000, 600))
+                .await
+                .map(|_| ()),
+            client(0)
+                .fulfill(fulfill(position, &format!("{index}-f"), "o-1", 4))
+                .await
+                .map(|_| ()),
+            // A retry of the first reservation: a replay, nothing changes.
+            client(2)
+                .reserve(pb::ReserveRequest {
+                    reservation_id: "r-a".into(),
+                    ..reserve(position, &format!("{index}-ra"), 10, 600)
+                })
+                .await
+                .map(|_| ()),
+        ];
+        codes.extend(results.iter().map(|result| match result {
+            Ok(()) => Code::Ok,
+            Err(status) => status.code(),
+        }));
+    }
+    codes
+}
+
+/// Buckets, version and reservation count of a position.
+async fn summary(client: &mut Inventory, position: &pb::PositionKey) -> (pb::Buckets, u64, u64) {
+    let position = client
+        .get_position(pb::GetPositionRequest {
+            key: Some(position.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .position
+        .unwrap();
+    (
+        position.buckets.unwrap(),
+        position.version,
+        position.active_reservations,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_route_every_request_to_its_owner_like_a_single_node() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    let keys: Vec<_> = (0..12)
+        .map(|index| key("routing", &format!("sku-{index}"), "store-7"))
+        .collect();
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push(cluster.inventory(index).await.unwrap());
+    }
+    let cluster_codes = run_script(&mut clients, &keys).await;
+
+    let single_dir = cluster.dir.node_dir("single");
+    let single = TestNode::start(&single_dir, NodeOptions::default())
+        .await
+        .unwrap();
+    let mut single_client = vec![single.inventory().await.unwrap()];
+    let single_codes = run_script(&mut single_client, &keys).await;
+    assert_eq!(
+        cluster_codes, single_codes,
+        "the cluster answered differently"
+    );
+    assert!(cluster_codes.contains(&Code::FailedPrecondition));
+    assert_eq!(
+        cluster_codes
+            .iter()
+            .filter(|code| **code == Code::Ok)
+            .count(),
+        keys.len() * 7
+    );
+
+    let mut owners = BTreeSet::new();
+    for position in &keys {
+        let expected = summary(&mut single_client[0], position).await;
+        let mut owner_seen = None;
+        for client in clients.iter_mut() {
+            assert_eq!(summary(client, position).await, expected, "{position:?}");
+            let response = client
+                .get_position(pb::GetPositionRequest {
+                    key: Some(position.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let owner = response
+                .metadata()
+                .get("skuld-owner")
+                .expect("a cluster reply names its owner")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            // Whichever node is asked, the same owner serves the key.
+            assert_eq!(*owner_seen.get_or_insert(owner.clone()), owner);
+        }
+        owners.insert(owner_seen.unwrap());
+    }
+    assert!(
+        owners.len() >= 2,
+        "12 keys should spread over several owners, got {owners:?}"
+    );
+    for owner in &owners {
+        assert!(owner.starts_with("node-"), "{owner}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_three_to_five_and_in_to_two_under_load_loses_nothing() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let keys = 24;
+    let workload = Workload::start(&cluster, keys, 12).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let scale_out = Instant::now();
+    cluster.add_node(NodeOptions::default()).await.unwrap();
+    cluster.add_node(NodeOptions::default()).await.unwrap();
+    workload.set_addresses(cluster.addresses()).await;
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
+    let settle_out = scale_out.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let scale_in = Instant::now();
+    for index in [0, 2, 4] {
+        // A load balancer stops sending to a node before it is stopped.
+        let remaining: Vec<String> = cluster
+            .live()
+            .into_iter()
+            .filter(|live| *live != index)
+            .map(|live| cluster.node(live).grpc_addr.clone())
+            .collect();
+        workload.set_addresses(remaining).await;
+        let drained_in = cluster.terminate(index).await.unwrap();
+        eprintln!("{} drained and stopped in {drained_in:?}", node_id(index));
+    }
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
+    let settle_in = scale_in.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let history = workload.stop().await.unwrap();
+    eprintln!(
+        "scale-out 3->5 settled in {settle_out:?}; scale-in 5->2 settled in {settle_in:?}; {}",
+        history.summary()
+    );
+    let (acknowledged, unknown) = verify(&cluster, keys, &history).await.unwrap();
+    assert!(
+        acknowledged >= 500,
+        "only {acknowledged} reservations succeeded"
+    );
+    // Graceful moves with retrying clients: no operation is left without an answer.
+    assert_eq!(
+        unknown,
+        0,
+        "operations without an answer: {}",
+        history.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_shards_are_served_again_within_the_lease_ttl() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let keys = 24;
+    // A probe position (apart from the workload's) owned by the node about to die.
+    let victim = 1;
+    let mut client = cluster.inventory(0).await.unwrap();
+    let mut probe = None;
+    for index in 0..64 {
+        let position = key("probe", &format!("sku-{index}"), "dc-1");
+        let response = client
+            .adjust(receive(&position, &format!("probe-{index}"), 1))
+            .await
+            .unwrap();
+        let owner = response
+            .metadata()
+            .get("skuld-owner")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if owner == node_id(victim) {
+            probe = Some(position);
+            break;
+        }
+    }
+    let probe = probe.expect("one of 64 keys is owned by the victim");
+    let workload = Workload::start(&cluster, keys, 8).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let remaining: Vec<String> = [0, 2]
+        .iter()
+        .map(|index| cluster.node(*index).grpc_addr.clone())
+        .collect();
+    workload.set_addresses(remaining).await;
+    let killed = Instant::now();
+    cluster.kill9(victim).unwrap();
+    let mut attempt = 0;
+    let unavailable_for = loop {
+        attempt += 1;
+        let mut request = tonic::Request::new(receive(&probe, &format!("after-kill-{attempt}"), 1));
+        request.set_timeout(Duration::from_millis(500));
+        if client.adjust(request).await.is_ok() {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the killed node's shards never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("a killed node's key was unavailable for {unavailable_for:?} (lease TTL {TEST_LEASE_TTL_SECS} s)");
+    assert!(
+        unavailable_for < Duration::from_secs(TEST_LEASE_TTL_SECS + 3),
+        "unavailable for {unavailable_for:?}"
+    );
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let history = workload.stop().await.unwrap();
+    eprintln!("kill -9 under load: {}", history.summary());
+    let (acknowledged, _) = verify(&cluster, keys, &history).await.unwrap();
+    assert!(
+        acknowledged >= 200,
+        "only {acknowledged} reservations succeeded"
+    );
+}
+
+/// SIGSTOP an owner while its writes wait for the group commit, let its lease
+/// run out and its shards move, then SIGCONT it: the store's fence refuses
+/// every write it still makes for those shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
+    let mut cluster = TestCluster::start(2).await.unwrap();
+    // The zombie-to-be holds every write for 1.5 s before committing it.
+    let zombie = cluster
+        .add_node(NodeOptions::default().env("SKULD_FAILPOINT_COMMIT_DELAY_MS", 1_500))
+        .await
+        .unwrap();
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
+    let mut client = cluster.inventory(0).await.unwrap();
+    let mut owned = Vec::new();
+    for index in 0..200 {
+        let position = key("zombie", &format!("sku-{index}"), "dc-1");
+        let response = client
+            .get_position(pb::GetPositionRequest {
+                key: Some(position.clone()),
+                ..Default::default()
+            })
+            .await;
+        let owner = match &response {
+            Ok(response) => response.metadata().get("skuld-owner"),
+            Err(status) => status.metadata().get("skuld-owner"),
+        }
+        .map(|value| value.to_str().unwrap().to_owned());
+        if owner.as_deref() == Some(node_id(zombie).as_str()) {
+            owned.push(position);
+            if owned.len() == 4 {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        owned.len(),
+        4,
+        "the third node owns about a third of the keys"
+    );
+    for (index, position) in owned.iter().enumerate() {
+        client
+            .adjust(receive(position, &format!("stock-{index}"), 100))
+            .await
+            .unwrap();
+    }
+
+    // Writes sent to the zombie itself, stuck in its commit delay.
+    let mut stuck = Vec::new();
+    let zombie_client = cluster.inventory(zombie).await.unwrap();
+    for (index, position) in owned.iter().enumerate() {
+        let mut request = tonic::Request::new(pb::ReserveRequest {
+            reservation_id: format!("zombie-{index}"),
+            ..reserve(position, &format!("zombie-{index}"), 7, 600)
+        });
+        request.set_timeout(Duration::from_secs(60));
+        let mut client = zombie_client.clone();
+        stuck.push(tokio::spawn(async move { client.reserve(request).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = cluster.node(zombie).pid().unwrap();
+    signal(pid, "STOP");
+    let paused = Instant::now();
+
+    // Its lease runs out and the others take its shards.
+    let taken = loop {
+        let owners = cluster.shard_owners(0).await.unwrap();
+        if owners
+            .iter()
+            .all(|owner| owner != &node_id(zombie) && !owner.is_empty())
+        {
+            break paused.elapsed();
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(30),
+            "shards never moved: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("the paused node's shards moved after {taken:?}");
+    // The new owners serve the keys.
+    for (index, position) in owned.iter().enumerate() {
+        client
+            .reserve(pb::ReserveRequest {
+                reservation_id: format!("new-owner-{index}"),
+                ..reserve(position, &format!("new-owner-{index}"), 2, 600)
+            })
+            .await
+            .unwrap();
+    }
+
+    signal(pid, "CONT");
+    for (index, handle) in stuck.into_iter().enumerate() {
+        let result = handle.await.unwrap();
+        let status = result.expect_err("a fenced write must not be acknowledged");
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "write {index}: {status:?}"
+        );
+    }
+    // The store refused them: the zombie counted fenced writes.
+    let (_, metrics) = cluster.node(zombie).http_get("/metrics").await.unwrap();
+    let fenced: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("skuld_store_fenced_writes_total"))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    assert!(fenced >= 1.0, "no fenced write counted:\n{metrics}");
+    // Only the new owner's reservations exist.
+    for (index, position) in owned.iter().enumerate() {
+        let (buckets, _, reservations) = summary(&mut client, position).await;
+        assert_eq!(reservations, 1, "{position:?}");
+        assert_eq!(buckets.reserved, 2, "{position:?}: {buckets:?}");
+        assert_eq!(buckets.available, 98, "{position:?}: {buckets:?}");
+        let held = client
+            .get_position(pb::GetPositionRequest {
+                key: Some(position.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .position
+            .unwrap()
+            .reservations;
+        assert_eq!(held[0].reservation_id, format!("new-owner-{index}"));
+    }
+}
+
+/// etcd, then PostgreSQL, killed and restarted under load: the cluster
+/// carries on by itself and the history holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_recovers_from_etcd_and_postgres_restarts_under_load() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let keys = 24;
+    let workload = Workload::start(&cluster, keys, 8).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    cluster.etcd.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.etcd.restart().unwrap();
+    let etcd_back = Instant::now();
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
+    eprintln!("settled {:?} after etcd came back", etcd_back.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    cluster.postgres.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.postgres.restart().unwrap();
+    let postgres_back = Instant::now();
+    // Writes succeed again without anyone restarting a node.
+    let mut client = cluster.inventory(0).await.unwrap();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut request = tonic::Request::new(receive(
+            &key("probe", "after-postgres", "dc-1"),
+            &format!("probe-{attempt}"),
+            1,
+        ));
+        request.set_timeout(Duration::from_secs(1));
+        if client.adjust(request).await.is_ok() {
+            break;
+        }
+        assert!(
+            postgres_back.elapsed() < Duration::from_secs(20),
+            "writes did not recover after PostgreSQL restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "writes recovered {:?} after PostgreSQL came back",
+        postgres_back.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let history = workload.stop().await.unwrap();
+    eprintln!(
+        "etcd and PostgreSQL restarts under load: {}",
+        history.summary()
+    );
+    let (acknowledged, _) = verify(&cluster, keys, &history).await.unwrap();
+    assert!(
+        acknowledged >= 200,
+        "only {acknowledged} reservations succeeded"
+    );
+}
