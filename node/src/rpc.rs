@@ -72,6 +72,9 @@ where
             if let Some(value) = echo {
                 status.metadata_mut().insert(CORRELATION_ID, value);
             }
+            if let Some(value) = owner {
+                status.metadata_mut().insert(OWNER, value);
+            }
             Err(status)
         }
     }

@@ -10,9 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use skuld_proto::v1 as pb;
-use skuld_tests::cluster::{
-    node_id, verify, TestCluster, Workload, TEST_LEASE_TTL_SECS,
-};
+use skuld_tests::cluster::{node_id, verify, TestCluster, Workload, TEST_LEASE_TTL_SECS};
 use skuld_tests::requests::{commit, fulfill, key, receive, release, reserve};
 use skuld_tests::{NodeOptions, TestNode};
 use tonic::transport::Channel;
