@@ -62,6 +62,9 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// PostgreSQL connections per node at most.
     pub postgres_pool_size: usize,
+    /// Group commits in flight at once on PostgreSQL (cluster mode; the
+    /// embedded store commits one at a time).
+    pub postgres_concurrent_commits: usize,
     /// Namespace of this cluster's keys in etcd.
     pub cluster_name: String,
     /// This node's id in the cluster; the host name when empty.
@@ -110,6 +113,7 @@ impl Default for Config {
             etcd_endpoints: Vec::new(),
             postgres_url: None,
             postgres_pool_size: 16,
+            postgres_concurrent_commits: 4,
             cluster_name: "skuld".into(),
             node_id: String::new(),
             advertise_endpoint: String::new(),
@@ -175,6 +179,8 @@ pub struct ServeArgs {
     pub postgres_url: Option<String>,
     #[arg(long, env = "SKULD_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<usize>,
+    #[arg(long, env = "SKULD_POSTGRES_CONCURRENT_COMMITS")]
+    pub postgres_concurrent_commits: Option<usize>,
     #[arg(long, env = "SKULD_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     #[arg(long, env = "SKULD_NODE_ID")]
@@ -244,6 +250,7 @@ impl Config {
             log_filter,
             etcd_endpoints,
             postgres_pool_size,
+            postgres_concurrent_commits,
             cluster_name,
             node_id,
             advertise_endpoint,
@@ -289,6 +296,10 @@ impl Config {
             ("writer_max_batch", self.writer_max_batch as u64),
             ("max_message_bytes", self.max_message_bytes as u64),
             ("postgres_pool_size", self.postgres_pool_size as u64),
+            (
+                "postgres_concurrent_commits",
+                self.postgres_concurrent_commits as u64,
+            ),
             ("shard_count", u64::from(self.shard_count)),
             ("lease_ttl_secs", self.lease_ttl_secs),
             ("max_concurrent_moves", self.max_concurrent_moves as u64),
@@ -367,6 +378,11 @@ impl Config {
         skuld_cluster::WriterConfig {
             queue_capacity: self.writer_queue_capacity,
             max_batch_entities: self.writer_max_batch,
+            concurrent_commits: if self.is_clustered() {
+                self.postgres_concurrent_commits
+            } else {
+                1
+            },
             // Test-only fault injection, deliberately not a documented option.
             commit_delay: std::env::var("SKULD_FAILPOINT_COMMIT_DELAY_MS")
                 .ok()

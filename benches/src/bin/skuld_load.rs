@@ -82,6 +82,8 @@ enum Scenario {
 struct Args {
     #[arg(long, value_enum, default_value = "spread")]
     scenario: Scenario,
+    /// gRPC endpoint; several, comma-separated (the nodes of a cluster),
+    /// spread the connections over them.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     endpoint: String,
     /// Start `target/release/skuld serve` in a temp data dir, wait for
@@ -2053,15 +2055,24 @@ async fn returns_surge(clients: &Arc<Clients>, args: &Args, run: &str) -> anyhow
 async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
     let mut inventory = Vec::new();
     let mut returns = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    let endpoints: Vec<&str> = args
+        .endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .collect();
+    for index in 0..args.connections.max(endpoints.len()).max(1) {
+        let endpoint = endpoints
+            .get(index % endpoints.len().max(1))
+            .with_context(|| format!("no endpoint in {:?}", args.endpoint))?;
         // One HTTP/2 connection per channel.
-        let channel = Endpoint::from_shared(args.endpoint.clone())
-            .with_context(|| format!("bad endpoint {}", args.endpoint))?
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .with_context(|| format!("bad endpoint {endpoint}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await
-            .with_context(|| format!("cannot reach skuld at {}", args.endpoint))?;
+            .with_context(|| format!("cannot reach skuld at {endpoint}"))?;
         inventory.push(InventoryServiceClient::new(channel.clone()));
         returns.push(ReturnsServiceClient::new(channel));
     }

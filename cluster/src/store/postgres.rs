@@ -73,8 +73,14 @@ const SELECT_SNAPSHOT: &str = "SELECT seq, state FROM snapshots WHERE entity = $
 const SELECT_JOURNAL_AFTER: &str =
     "SELECT seq, entry FROM journal WHERE entity = $1 AND seq > $2 ORDER BY seq";
 const SELECT_JOURNAL: &str = "SELECT seq, entry FROM journal WHERE entity = $1 ORDER BY seq";
-const SELECT_IDEMPOTENCY: &str = "SELECT key, fingerprint, reply, recorded_at_ms \
-     FROM idempotency WHERE entity = $1 AND key = ANY($2::text[])";
+// One primary-key probe per asked key. Plain `key = ANY($2)` or a join let
+// the planner scan every record of the entity (a hot position holds tens of
+// thousands) on every drain; `LIMIT 1` in a LATERAL subquery keeps it from
+// being flattened, so each asked key is one index lookup.
+const SELECT_IDEMPOTENCY: &str = "SELECT i.key, i.fingerprint, i.reply, i.recorded_at_ms \
+     FROM unnest($2::text[]) AS asked(key) \
+     CROSS JOIN LATERAL (SELECT key, fingerprint, reply, recorded_at_ms FROM idempotency \
+         WHERE entity = $1 AND key = asked.key LIMIT 1) AS i";
 const SELECT_DUE_TIMERS: &str = "SELECT entity, due_ms FROM timers WHERE due_ms <= $1 \
      ORDER BY due_ms, entity LIMIT $2";
 const SELECT_DUE_TIMERS_OF_SHARDS: &str = "SELECT entity, due_ms FROM timers \

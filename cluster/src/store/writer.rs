@@ -4,11 +4,15 @@
 //! Under light load each write commits alone (lowest latency); under heavy
 //! load a batch grows to whatever arrived during the previous fsync, so many
 //! actors' changes share one durable write. Callers wait for their batch.
+//!
+//! A networked store (PostgreSQL) spends most of a commit waiting on round
+//! trips, so the writer may keep several commits in flight. That never
+//! reorders one entity's writes: an actor has at most one write in flight.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{EntityWrite, Store, StoreError, WriteBatch};
@@ -20,6 +24,8 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Entity writes merged into one commit at most.
     pub max_batch_entities: usize,
+    /// Commits in flight at once (1: strictly one after the other).
+    pub concurrent_commits: usize,
     /// Test-only fault injection: sleep this long before every commit, to
     /// make queues fill up deterministically in overload tests.
     pub commit_delay: Option<Duration>,
@@ -30,6 +36,7 @@ impl Default for WriterConfig {
         Self {
             queue_capacity: 16_384,
             max_batch_entities: 4_096,
+            concurrent_commits: 1,
             commit_delay: None,
         }
     }
@@ -72,8 +79,18 @@ async fn run_writer(
     mut receiver: mpsc::Receiver<PendingWrite>,
 ) {
     let max_batch = config.max_batch_entities.max(1);
+    let slots = config.concurrent_commits.max(1);
+    let in_flight = Arc::new(Semaphore::new(slots));
     let mut pending = Vec::with_capacity(max_batch);
-    while receiver.recv_many(&mut pending, max_batch).await > 0 {
+    loop {
+        // Take a commit slot first: while every slot is busy, writes keep
+        // queueing and the next batch grows.
+        let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        if receiver.recv_many(&mut pending, max_batch).await == 0 {
+            break;
+        }
         if let Some(delay) = config.commit_delay {
             tokio::time::sleep(delay).await;
         }
@@ -87,37 +104,59 @@ async fn run_writer(
             batch.entities.push(write);
             waiters.push(done);
         }
-        let size = batch.entities.len();
-        let started = Instant::now();
-        let result = store.commit(batch).await;
-        metrics::histogram!("skuld_store_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("skuld_store_commit_batch_entities").record(size as f64);
-        match result {
-            Ok(committed) => {
-                let mut answers: Vec<Result<(), StoreError>> = vec![Ok(()); waiters.len()];
-                for &(index, current) in &committed.fenced {
-                    metrics::counter!("skuld_store_fenced_writes_total").increment(1);
-                    if let (Some(answer), Some(&(shard, epoch))) =
-                        (answers.get_mut(index), shards.get(index))
-                    {
-                        *answer = Err(StoreError::Fenced {
-                            shard,
-                            epoch,
-                            current,
-                        });
-                    }
-                }
-                for (waiter, answer) in waiters.drain(..).zip(answers) {
-                    // A waiter that went away (its request was cancelled) needs no reply.
-                    let _ = waiter.send(answer);
+        let store = Arc::clone(&store);
+        let commit = async move {
+            commit_and_answer(store.as_ref(), batch, waiters, shards).await;
+            drop(slot);
+        };
+        if slots == 1 {
+            commit.await;
+        } else {
+            tokio::spawn(commit);
+        }
+    }
+    // Flush: wait for the commits still in flight.
+    let _ = in_flight
+        .acquire_many(u32::try_from(slots).unwrap_or(u32::MAX))
+        .await;
+}
+
+async fn commit_and_answer(
+    store: &dyn Store,
+    batch: WriteBatch,
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    shards: Vec<(u32, u64)>,
+) {
+    let size = batch.entities.len();
+    let started = Instant::now();
+    let result = store.commit(batch).await;
+    metrics::histogram!("skuld_store_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("skuld_store_commit_batch_entities").record(size as f64);
+    match result {
+        Ok(committed) => {
+            let mut answers: Vec<Result<(), StoreError>> = vec![Ok(()); waiters.len()];
+            for &(index, current) in &committed.fenced {
+                metrics::counter!("skuld_store_fenced_writes_total").increment(1);
+                if let (Some(answer), Some(&(shard, epoch))) =
+                    (answers.get_mut(index), shards.get(index))
+                {
+                    *answer = Err(StoreError::Fenced {
+                        shard,
+                        epoch,
+                        current,
+                    });
                 }
             }
-            Err(error) => {
-                metrics::counter!("skuld_store_commit_errors_total").increment(1);
-                tracing::error!(%error, entities = size, "group commit failed");
-                for waiter in waiters.drain(..) {
-                    let _ = waiter.send(Err(error.clone()));
-                }
+            for (waiter, answer) in waiters.into_iter().zip(answers) {
+                // A waiter that went away (its request was cancelled) needs no reply.
+                let _ = waiter.send(answer);
+            }
+        }
+        Err(error) => {
+            metrics::counter!("skuld_store_commit_errors_total").increment(1);
+            tracing::error!(%error, entities = size, "group commit failed");
+            for waiter in waiters {
+                let _ = waiter.send(Err(error.clone()));
             }
         }
     }
