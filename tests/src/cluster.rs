@@ -165,6 +165,18 @@ impl TestCluster {
         ))
     }
 
+    pub async fn returns(
+        &self,
+        index: usize,
+    ) -> anyhow::Result<skuld_proto::v1::returns_service_client::ReturnsServiceClient<Channel>>
+    {
+        Ok(
+            skuld_proto::v1::returns_service_client::ReturnsServiceClient::new(
+                channel(&self.node(index).grpc_addr).await?,
+            ),
+        )
+    }
+
     /// Owner of every shard as node `index` sees etcd.
     pub async fn shard_owners(&self, index: usize) -> anyhow::Result<Vec<String>> {
         let shards = self

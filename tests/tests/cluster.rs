@@ -477,3 +477,127 @@ async fn the_cluster_recovers_from_etcd_and_postgres_restarts_under_load() {
         "only {acknowledged} reservations succeeded"
     );
 }
+
+fn return_header(return_id: &str, step: &str) -> Option<pb::ReturnHeader> {
+    Some(pb::ReturnHeader {
+        key: Some(pb::ReturnKey {
+            tenant: "returns".into(),
+            return_id: return_id.into(),
+        }),
+        idempotency_key: format!("{return_id}-{step}"),
+        expected_version: None,
+    })
+}
+
+fn owner_of<T>(response: &tonic::Response<T>) -> String {
+    response
+        .metadata()
+        .get("skuld-owner")
+        .expect("a cluster reply names its owner")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A return case and the position its receipt moves stock into live on
+/// different nodes: the case's inventory effect is forwarded to the
+/// position's owner and applied there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_on_one_node_moves_stock_of_a_position_on_another() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    let mut inventory = cluster.inventory(0).await.unwrap();
+    let mut returns = cluster.returns(1).await.unwrap();
+    let position = key("returns", "SHIRT", "DC1");
+    let stocked = inventory
+        .adjust(receive(&position, "stock", 10))
+        .await
+        .unwrap();
+    let position_owner = owner_of(&stocked);
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Open cases until one lands on another node than the position.
+    let mut chosen = None;
+    for attempt in 0..30 {
+        let return_id = format!("R-{attempt}");
+        let opened = returns
+            .create_return(pb::OpenReturnRequest {
+                header: return_header(&return_id, "open"),
+                order_ref: format!("O-{attempt}"),
+                customer_ref: "C1".into(),
+                channel: "web".into(),
+                order_lines: vec![pb::OrderLine {
+                    line_id: "L1".into(),
+                    sku: "SHIRT".into(),
+                    quantity: 4,
+                    amount_paid_minor: 12_000,
+                    fulfilled_at_unix_ms: now,
+                    delivered_at_unix_ms: now,
+                    location: "DC1".into(),
+                }],
+                lines: vec![pb::RequestedLine {
+                    order_line_id: "L1".into(),
+                    quantity: 3,
+                    reason_code: "too_small".into(),
+                    resolution: pb::Resolution::RefundOriginal.into(),
+                    exchange_sku: String::new(),
+                }],
+                override_window: false,
+            })
+            .await
+            .unwrap();
+        if owner_of(&opened) != position_owner {
+            chosen = Some(return_id);
+            break;
+        }
+    }
+    let return_id = chosen.expect("some case lands on another node than the position");
+    for repeat in 0..2 {
+        // The second send is a client retry: a replay, not a second receipt.
+        let received = returns
+            .receive_items(pb::ReceiveItemsRequest {
+                header: return_header(&return_id, "receive"),
+                lines: vec![pb::ReceivedLine {
+                    line_id: "L1".into(),
+                    quantity: 3,
+                    location: String::new(),
+                }],
+                accept_surplus: false,
+            })
+            .await
+            .unwrap();
+        assert_ne!(owner_of(&received), position_owner, "repeat {repeat}");
+    }
+    // The receipt's effect reaches the position's owner.
+    let started = Instant::now();
+    let buckets = loop {
+        let case = returns
+            .get_return(pb::GetReturnRequest {
+                key: Some(pb::ReturnKey {
+                    tenant: "returns".into(),
+                    return_id: return_id.clone(),
+                }),
+                include_history: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .r#case
+            .unwrap();
+        if case.pending_steps.is_empty() {
+            break summary(&mut inventory, &position).await.0;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the receipt never reached the position"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (buckets.on_hand, buckets.quality_control, buckets.available),
+        (13, 3, 10),
+        "{buckets:?}"
+    );
+}
