@@ -483,6 +483,25 @@ impl Workload {
         *self.addresses.write().await = addresses;
     }
 
+    /// Stops the callers, prints what they saw under `label`, checks the
+    /// history against the store, and fails when fewer than
+    /// `min_acknowledged` reservations succeeded. Returns the history.
+    pub async fn finish(
+        self,
+        cluster: &TestCluster,
+        label: &str,
+        min_acknowledged: usize,
+    ) -> anyhow::Result<History> {
+        let keys = self.keys;
+        let history = self.stop().await?;
+        eprintln!("{label}: {}", history.summary());
+        let (acknowledged, _) = verify(cluster, keys, &history).await?;
+        if acknowledged < min_acknowledged {
+            bail!("{label}: only {acknowledged} reservations succeeded (at least {min_acknowledged} expected)");
+        }
+        Ok(history)
+    }
+
     /// Stops the callers and returns their merged history.
     pub async fn stop(self) -> anyhow::Result<History> {
         self.stop.store(true, Ordering::Release);

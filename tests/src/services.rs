@@ -103,6 +103,63 @@ enum Started {
     PortTaken(anyhow::Error),
 }
 
+/// Waits until `ready` succeeds (started), the child exits (a failed start;
+/// `PortTaken` when its log since `offset` mentions `port_taken`), or
+/// `timeout` passes (an error; the caller stops the child).
+fn await_start<F, Fut>(
+    child: &mut Option<Child>,
+    what: &str,
+    timeout: Duration,
+    log_path: &Path,
+    offset: u64,
+    port_taken: &str,
+    mut ready: F,
+) -> anyhow::Result<Started>
+where
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let waited = block_on(async {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(running) = child.as_mut() {
+                if let Some(status) = running.try_wait()? {
+                    *child = None;
+                    return Ok(Err(status));
+                }
+            }
+            let last = match ready().await {
+                Ok(()) => return Ok(Ok(())),
+                Err(last) => last,
+            };
+            if Instant::now() > deadline {
+                return Err(anyhow!("{what} not ready in {timeout:?} ({last})"));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    })?;
+    match waited {
+        Ok(Ok(())) => Ok(Started::Ready),
+        Ok(Err(status)) => {
+            let error = anyhow!(
+                "{what} exited with {status} while starting; log {}:\n{}",
+                log_path.display(),
+                log_tail(log_path)
+            );
+            if log_since(log_path, offset).contains(port_taken) {
+                Ok(Started::PortTaken(error))
+            } else {
+                Err(error)
+            }
+        }
+        Err(error) => Err(error.context(format!(
+            "log {}:\n{}",
+            log_path.display(),
+            log_tail(log_path)
+        ))),
+    }
+}
+
 /// SIGKILL, then reaps the process.
 fn kill9(child: &mut Option<Child>) -> anyhow::Result<()> {
     if let Some(mut process) = child.take() {
@@ -270,59 +327,30 @@ impl Etcd {
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
         self.child = Some(child);
         let address = format!("127.0.0.1:{}", self.client_port);
-        let waited = block_on(async {
-            let deadline = Instant::now() + ETCD_START_TIMEOUT;
-            loop {
-                if let Some(child) = self.child.as_mut() {
-                    if let Some(status) = child.try_wait()? {
-                        self.child = None;
-                        return Ok(Err(status));
-                    }
-                }
-                let last_health = match tokio::time::timeout(
+        let waited = await_start(
+            &mut self.child,
+            "etcd",
+            ETCD_START_TIMEOUT,
+            &self.log_path,
+            offset,
+            "address already in use",
+            || async {
+                match tokio::time::timeout(
                     Duration::from_secs(2),
                     crate::http_get(&address, "/health"),
                 )
                 .await
                 {
-                    Ok(Ok((200, body))) if body.contains(r#""health":"true""#) => {
-                        return Ok(Ok(()))
-                    }
-                    Ok(other) => format!("{other:?}"),
-                    Err(_) => "no answer in 2s".into(),
-                };
-                if Instant::now() > deadline {
-                    return Err(anyhow!(
-                        "not healthy in {ETCD_START_TIMEOUT:?} (last /health: {last_health})"
-                    ));
+                    Ok(Ok((200, body))) if body.contains(r#""health":"true""#) => Ok(()),
+                    Ok(other) => Err(format!("last /health: {other:?}")),
+                    Err(_) => Err("no /health answer in 2 s".into()),
                 }
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        })?;
-        match waited {
-            Ok(Ok(())) => Ok(Started::Ready),
-            Ok(Err(status)) => {
-                let error = anyhow!(
-                    "etcd exited with {status} while starting; log {}:\n{}",
-                    self.log_path.display(),
-                    log_tail(&self.log_path)
-                );
-                if log_since(&self.log_path, offset).contains("address already in use") {
-                    Ok(Started::PortTaken(error))
-                } else {
-                    Err(error)
-                }
-            }
-            Err(error) => {
-                self.kill();
-                Err(error.context(format!(
-                    "etcd at {}; log {}:\n{}",
-                    self.endpoint(),
-                    self.log_path.display(),
-                    log_tail(&self.log_path)
-                )))
-            }
-        }
+            },
+        );
+        let endpoint = self.endpoint();
+        waited
+            .inspect_err(|_| self.kill())
+            .map_err(|error| error.context(format!("etcd at {endpoint}")))
     }
 }
 
@@ -599,53 +627,27 @@ impl Postgres {
             .with_context(|| format!("cannot start {}", self.bin_dir.join("postgres").display()))?;
         self.child = Some(child);
         let url = self.url("postgres");
-        let waited = block_on(async {
-            let deadline = Instant::now() + POSTGRES_START_TIMEOUT;
-            loop {
-                if let Some(child) = self.child.as_mut() {
-                    if let Some(status) = child.try_wait()? {
-                        self.child = None;
-                        return Ok(Err(status));
-                    }
-                }
-                let mut config: tokio_postgres::Config = url.parse()?;
+        let waited = await_start(
+            &mut self.child,
+            "postgres",
+            POSTGRES_START_TIMEOUT,
+            &self.log_path,
+            offset,
+            "Address already in use",
+            || async {
+                let mut config: tokio_postgres::Config =
+                    url.parse().map_err(|error| format!("{error}"))?;
                 config.connect_timeout(Duration::from_secs(2));
-                let last_error = match config.connect(tokio_postgres::NoTls).await {
-                    Ok(_) => return Ok(Ok(())),
-                    Err(error) => error.to_string(),
-                };
-                if Instant::now() > deadline {
-                    return Err(anyhow!(
-                        "not accepting connections in {POSTGRES_START_TIMEOUT:?} (last: {last_error})"
-                    ));
+                match config.connect(tokio_postgres::NoTls).await {
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(format!("last connection attempt: {error}")),
                 }
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        })?;
-        match waited {
-            Ok(Ok(())) => Ok(Started::Ready),
-            Ok(Err(status)) => {
-                let error = anyhow!(
-                    "postgres exited with {status} while starting; log {}:\n{}",
-                    self.log_path.display(),
-                    log_tail(&self.log_path)
-                );
-                if log_since(&self.log_path, offset).contains("Address already in use") {
-                    Ok(Started::PortTaken(error))
-                } else {
-                    Err(error)
-                }
-            }
-            Err(error) => {
-                self.kill();
-                Err(error.context(format!(
-                    "PostgreSQL on port {}; log {}:\n{}",
-                    self.port,
-                    self.log_path.display(),
-                    log_tail(&self.log_path)
-                )))
-            }
-        }
+            },
+        );
+        let port = self.port;
+        waited
+            .inspect_err(|_| self.kill())
+            .map_err(|error| error.context(format!("PostgreSQL on port {port}")))
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use skuld_proto::v1 as pb;
-use skuld_tests::cluster::{node_id, verify, TestCluster, Workload, TEST_LEASE_TTL_SECS};
+use skuld_tests::cluster::{node_id, TestCluster, Workload, TEST_LEASE_TTL_SECS};
 use skuld_tests::requests::{commit, fulfill, key, receive, release, reserve};
 use skuld_tests::{NodeOptions, TestNode};
 use tonic::transport::Channel;
@@ -174,8 +174,7 @@ async fn three_nodes_route_every_request_to_its_owner_like_a_single_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_three_to_five_and_in_to_two_under_load_loses_nothing() {
     let mut cluster = TestCluster::start(3).await.unwrap();
-    let keys = 24;
-    let workload = Workload::start(&cluster, keys, 12).await.unwrap();
+    let workload = Workload::start(&cluster, 24, 12).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let scale_out = Instant::now();
@@ -203,20 +202,19 @@ async fn scale_out_three_to_five_and_in_to_two_under_load_loses_nothing() {
     let settle_in = scale_in.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let history = workload.stop().await.unwrap();
-    eprintln!(
-        "scale-out 3->5 settled in {settle_out:?}; scale-in 5->2 settled in {settle_in:?}; {}",
-        history.summary()
-    );
-    let (acknowledged, unknown) = verify(&cluster, keys, &history).await.unwrap();
-    assert!(
-        acknowledged >= 500,
-        "only {acknowledged} reservations succeeded"
-    );
+    let history = workload
+        .finish(
+            &cluster,
+            &format!(
+                "scale-out 3->5 settled in {settle_out:?}; scale-in 5->2 settled in {settle_in:?}"
+            ),
+            500,
+        )
+        .await
+        .unwrap();
     // Graceful moves with retrying clients: no operation is left without an answer.
-    assert_eq!(
-        unknown,
-        0,
+    assert!(
+        history.unknown.is_empty(),
         "operations without an answer: {}",
         history.summary()
     );
@@ -280,13 +278,10 @@ async fn killed_node_shards_are_served_again_within_the_lease_ttl() {
     );
     cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let history = workload.stop().await.unwrap();
-    eprintln!("kill -9 under load: {}", history.summary());
-    let (acknowledged, _) = verify(&cluster, keys, &history).await.unwrap();
-    assert!(
-        acknowledged >= 200,
-        "only {acknowledged} reservations succeeded"
-    );
+    workload
+        .finish(&cluster, "kill -9 under load", 200)
+        .await
+        .unwrap();
 }
 
 /// SIGSTOP an owner while its writes wait for the group commit, let its lease
@@ -424,8 +419,7 @@ async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_recovers_from_etcd_and_postgres_restarts_under_load() {
     let mut cluster = TestCluster::start(3).await.unwrap();
-    let keys = 24;
-    let workload = Workload::start(&cluster, keys, 8).await.unwrap();
+    let workload = Workload::start(&cluster, 24, 8).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     cluster.etcd.kill();
@@ -466,16 +460,10 @@ async fn the_cluster_recovers_from_etcd_and_postgres_restarts_under_load() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let history = workload.stop().await.unwrap();
-    eprintln!(
-        "etcd and PostgreSQL restarts under load: {}",
-        history.summary()
-    );
-    let (acknowledged, _) = verify(&cluster, keys, &history).await.unwrap();
-    assert!(
-        acknowledged >= 200,
-        "only {acknowledged} reservations succeeded"
-    );
+    workload
+        .finish(&cluster, "etcd and PostgreSQL restarts under load", 200)
+        .await
+        .unwrap();
 }
 
 fn return_header(return_id: &str, step: &str) -> Option<pb::ReturnHeader> {
