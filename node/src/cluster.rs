@@ -61,9 +61,20 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
         .postgres_url
         .as_deref()
         .context("cluster mode needs postgres_url")?;
-    let store = PostgresStore::connect(url, membership.shard_count(), config.postgres_pool_size)
-        .await
-        .context("cannot open the PostgreSQL store")?;
+    let store = match PostgresStore::connect(
+        url,
+        membership.shard_count(),
+        config.postgres_pool_size,
+    )
+    .await
+    {
+        Ok(store) => store,
+        Err(error) => {
+            // Placement must not count on a member that will never serve.
+            let _ = membership.leave().await;
+            return Err(error).context("cannot open the PostgreSQL store");
+        }
+    };
     let table = ShardTable::new(membership.shard_count());
     let routing = Routing {
         table: Arc::clone(&table),

@@ -17,10 +17,12 @@
 //! missing when it connects.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
@@ -73,14 +75,20 @@ const SELECT_SNAPSHOT: &str = "SELECT seq, state FROM snapshots WHERE entity = $
 const SELECT_JOURNAL_AFTER: &str =
     "SELECT seq, entry FROM journal WHERE entity = $1 AND seq > $2 ORDER BY seq";
 const SELECT_JOURNAL: &str = "SELECT seq, entry FROM journal WHERE entity = $1 ORDER BY seq";
-// One primary-key probe per asked key. Plain `key = ANY($2)` or a join let
-// the planner scan every record of the entity (a hot position holds tens of
-// thousands) on every drain; `LIMIT 1` in a LATERAL subquery keeps it from
-// being flattened, so each asked key is one index lookup.
-const SELECT_IDEMPOTENCY: &str = "SELECT i.key, i.fingerprint, i.reply, i.recorded_at_ms \
-     FROM unnest($2::text[]) AS asked(key) \
+// The idempotency records asked for by many drains at once, one primary-key
+// probe per (entity, key): plain `key = ANY($2)` or a join let the planner
+// scan every record of an entity (a hot position holds tens of thousands) on
+// every drain; `LIMIT 1` in a LATERAL subquery keeps it from being flattened.
+// `asked.lookup` says which request a row answers.
+const SELECT_IDEMPOTENCY: &str = "SELECT i.key, i.fingerprint, i.reply, i.recorded_at_ms, \
+         asked.lookup \
+     FROM unnest($1::bytea[], $2::text[], $3::int4[]) AS asked(entity, key, lookup) \
      CROSS JOIN LATERAL (SELECT key, fingerprint, reply, recorded_at_ms FROM idempotency \
-         WHERE entity = $1 AND key = asked.key LIMIT 1) AS i";
+         WHERE entity = asked.entity AND key = asked.key LIMIT 1) AS i";
+/// Lookups merged into one query at most.
+const MAX_LOOKUP_BATCH: usize = 1_024;
+/// Lookup queries in flight at once.
+const CONCURRENT_LOOKUPS: usize = 4;
 const SELECT_DUE_TIMERS: &str = "SELECT entity, due_ms FROM timers WHERE due_ms <= $1 \
      ORDER BY due_ms, entity LIMIT $2";
 const SELECT_DUE_TIMERS_OF_SHARDS: &str = "SELECT entity, due_ms FROM timers \
@@ -103,6 +111,19 @@ type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Idempotency lookups, batched like the group commit batches writes:
+    /// every actor's drain asks for its keys, and the lookups that queue up
+    /// while a query runs share the next one.
+    lookups: mpsc::Sender<Lookup>,
+}
+
+type LookupAnswer = Result<Vec<Option<IdempotencyRecord>>, StoreError>;
+
+#[derive(Debug)]
+struct Lookup {
+    entity: Vec<u8>,
+    keys: Vec<String>,
+    answer: oneshot::Sender<LookupAnswer>,
 }
 
 impl PostgresStore {
@@ -142,7 +163,9 @@ impl PostgresStore {
             .wait_timeout(Some(POOL_WAIT_TIMEOUT))
             .build()
             .map_err(StoreError::backend)?;
-        let store = Self { pool };
+        let (lookups, queue) = mpsc::channel(16_384);
+        tokio::spawn(run_lookups(pool.clone(), queue));
+        let store = Self { pool, lookups };
         store.migrate(shard_count).await?;
         Ok(store)
     }
@@ -436,6 +459,74 @@ fn limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// Runs queued lookups in batches until every store handle is gone.
+async fn run_lookups(pool: Pool, mut queue: mpsc::Receiver<Lookup>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_LOOKUPS));
+    let mut pending = Vec::with_capacity(MAX_LOOKUP_BATCH);
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut pending, MAX_LOOKUP_BATCH).await == 0 {
+            return;
+        }
+        let batch = std::mem::take(&mut pending);
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let found = lookup_batch(&pool, &batch).await;
+            for (index, lookup) in batch.into_iter().enumerate() {
+                let answer = match &found {
+                    Ok(found) => Ok(lookup
+                        .keys
+                        .iter()
+                        .map(|key| found.get(&(index, key.clone())).cloned())
+                        .collect()),
+                    Err(error) => Err(error.clone()),
+                };
+                // The asker may have gone (its request was cancelled).
+                let _ = lookup.answer.send(answer);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One query for every key of every lookup in `batch`; the records found by
+/// (lookup index, key).
+async fn lookup_batch(
+    pool: &Pool,
+    batch: &[Lookup],
+) -> Result<HashMap<(usize, String), IdempotencyRecord>, StoreError> {
+    let mut entities: Vec<&[u8]> = Vec::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut lookups: Vec<i32> = Vec::new();
+    for (index, lookup) in batch.iter().enumerate() {
+        let index = i32::try_from(index).map_err(StoreError::backend)?;
+        for key in &lookup.keys {
+            entities.push(&lookup.entity);
+            keys.push(key);
+            lookups.push(index);
+        }
+    }
+    let client = pool.get().await.map_err(StoreError::backend)?;
+    let statement = client
+        .prepare_cached(SELECT_IDEMPOTENCY)
+        .await
+        .map_err(StoreError::backend)?;
+    let rows = client
+        .query(&statement, &[&entities, &keys, &lookups])
+        .await
+        .map_err(StoreError::backend)?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let record = decode_record(row)?;
+        let lookup: i32 = row.try_get(4).map_err(StoreError::backend)?;
+        let lookup = usize::try_from(lookup).map_err(StoreError::backend)?;
+        found.insert((lookup, record.key.clone()), record);
+    }
+    Ok(found)
+}
+
 fn decode_record(row: &tokio_postgres::Row) -> Result<IdempotencyRecord, StoreError> {
     let key: String = row.try_get(0).map_err(StoreError::backend)?;
     let fingerprint: &[u8] = row.try_get(1).map_err(StoreError::backend)?;
@@ -517,21 +608,16 @@ impl Store for PostgresStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_IDEMPOTENCY)
+        let (answer, answered) = oneshot::channel();
+        self.lookups
+            .send(Lookup {
+                entity: entity.to_vec(),
+                keys,
+                answer,
+            })
             .await
-            .map_err(StoreError::backend)?;
-        let rows = client
-            .query(&statement, &[&entity, &keys])
-            .await
-            .map_err(StoreError::backend)?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let record = decode_record(row)?;
-            found.insert(record.key.clone(), record);
-        }
-        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+            .map_err(|_| StoreError::Closed)?;
+        answered.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
