@@ -61,6 +61,9 @@ impl Listeners {
 struct HttpState {
     ready: Arc<AtomicBool>,
     metrics: Option<PrometheusHandle>,
+    /// Cluster mode: ready also needs a loaded view of the cluster and a
+    /// lease etcd confirmed recently, else this node's routing is stale.
+    membership: Option<Arc<skuld_cluster::membership::Membership>>,
 }
 
 /// Runs a node until `shutdown` resolves, then drains and stops in order.
@@ -177,6 +180,7 @@ pub async fn run(
     let http_state = HttpState {
         ready: Arc::clone(&ready),
         metrics,
+        membership: joined.as_ref().map(|joined| Arc::clone(&joined.membership)),
     };
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -264,11 +268,24 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
     }
+    if let Some(membership) = &state.membership {
+        if membership.view().borrow().revision == 0 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster view not loaded yet\n",
+            );
+        }
+        if membership.lease().borrow().confirmed_at.elapsed() >= membership.lease_ttl() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "etcd has not confirmed the lease within its TTL\n",
+            );
+        }
+    }
+    (StatusCode::OK, "ready\n")
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> (StatusCode, String) {
