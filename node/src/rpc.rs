@@ -33,7 +33,7 @@ where
     let correlation_id = correlation_id(request.metadata());
     let meta = RequestMeta {
         correlation_id: correlation_id.clone(),
-        deadline: grpc_timeout(request.metadata()).map(|timeout| started + timeout),
+        deadline: grpc_timeout(request.metadata()).and_then(|timeout| started.checked_add(timeout)),
         ..RequestMeta::default()
     };
     let served_by = meta.served_by.clone();
@@ -106,6 +106,10 @@ pub(crate) fn correlation_id(metadata: &MetadataMap) -> String {
 pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    // The gRPC spec allows at most 8 digits.
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3_600)),
@@ -131,6 +135,8 @@ mod tests {
         metadata.insert("grpc-timeout", "2S".parse().unwrap());
         assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
         metadata.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
+        metadata.insert("grpc-timeout", "18446744073709551615S".parse().unwrap());
         assert_eq!(grpc_timeout(&metadata), None);
     }
 

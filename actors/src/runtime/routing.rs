@@ -104,9 +104,12 @@ impl Routing {
                 return Ok(Destination::Here(serving));
             }
             if let Route::Remote(peer) = self.table.route(shard) {
-                if !local_only {
-                    return Ok(Destination::There(peer));
+                // A forwarded request that finds the shard owned elsewhere
+                // goes back at once: the sender looks the owner up again.
+                if local_only {
+                    return Err(self.moving(shard));
                 }
+                return Ok(Destination::There(peer));
             }
             let now = Instant::now();
             if now >= give_up {

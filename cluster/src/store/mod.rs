@@ -133,8 +133,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Raises `shard`'s epoch to `epoch`, waiting for writes in flight under
     /// the old epoch to finish. Returns false when the stored epoch is
-    /// already `epoch` or higher (the claim is stale and must not be
-    /// served). Stores that do not fence return true.
+    /// higher (the claim is stale and must not be served); raising to the
+    /// stored epoch again (a retry after an unknown outcome) returns true,
+    /// since epochs are unique per claim. Stores that do not fence return true.
     async fn fence(&self, shard: u32, epoch: u64) -> Result<bool, StoreError>;
 
     /// Entities whose timer is due at `now_ms` or earlier, earliest first;

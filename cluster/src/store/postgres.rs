@@ -55,7 +55,7 @@ const INSERT_MISSING_FENCES: &str = "INSERT INTO shard_fences (shard, epoch) \
      SELECT shard, 0 FROM UNNEST($1::int[]) AS shard ON CONFLICT (shard) DO NOTHING";
 const RAISE_FENCE: &str = "INSERT INTO shard_fences (shard, epoch) VALUES ($1, $2) \
      ON CONFLICT (shard) DO UPDATE SET epoch = EXCLUDED.epoch \
-     WHERE shard_fences.epoch < EXCLUDED.epoch";
+     WHERE shard_fences.epoch <= EXCLUDED.epoch";
 const INSERT_JOURNAL: &str = "INSERT INTO journal (entity, seq, entry) \
      SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bytea[])";
 const UPSERT_SNAPSHOTS: &str = "INSERT INTO snapshots (entity, seq, state) \
@@ -145,6 +145,15 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("skuld");
         }
+        // A zombie owner (paused, or cut off) can leave a commit transaction
+        // open holding its fence rows FOR SHARE; the new owner's fence would
+        // wait behind it indefinitely. The server ends such a session, and no
+        // statement waits for a lock for long.
+        if config.get_options().is_none() {
+            config.options("-c idle_in_transaction_session_timeout=10000 -c lock_timeout=15000");
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
         // Fast recycling still drops a connection whose socket closed (a
         // restarted or failed-over server) before handing it out; checking
         // each one with a query would add a round trip to every call.
