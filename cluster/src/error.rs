@@ -1,7 +1,5 @@
 //! The error type of cluster coordination (membership, ownership).
 
-use crate::store::StoreError;
-
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// etcd could not be reached or refused a request.
@@ -10,11 +8,6 @@ pub enum ClusterError {
     /// A stored cluster record could not be read.
     #[error("malformed cluster record {key}: {reason}")]
     Malformed { key: String, reason: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The operation needs cluster mode.
-    #[error("{0}")]
-    NotClustered(String),
 }
 
 impl From<etcd_client::Error> for ClusterError {
