@@ -10,6 +10,12 @@ use skuld_node::config::{Config, ServeArgs};
 use skuld_node::server::{self, Listeners};
 use skuld_node::telemetry;
 
+/// Every request allocates (HTTP/2 frames, protobuf messages, journal
+/// entries) on many threads; glibc malloc showed up at ~10 % of the node's
+/// CPU in the spread profile (benches/RESULTS.md), mimalloc costs less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// skuld keeps retail inventory consistent across every channel.
 #[derive(Parser)]
 #[command(name = "skuld", version, about, propagate_version = true)]

@@ -12,6 +12,11 @@
 //!     --spawn-node --scenario hot --duration 10 --concurrency 64 --out benches/out
 //! ```
 
+/// The generator shares the cores with the node it measures; glibc malloc
+/// took ~8 % of all CPU on its side in the spread profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io::IsTerminal;
@@ -28,7 +33,7 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 use serde::Serialize;
 use skuld_benches::check::{check_mixed, check_reserve_only, MixedExpectation, Observed};
-use skuld_benches::node::{peak_rss_mib, SpawnedNode};
+use skuld_benches::node::{cpu_seconds, own_cpu_seconds, peak_rss_mib, SpawnedNode};
 use skuld_benches::pick::Picker;
 use skuld_benches::plot::write_svg;
 use skuld_benches::stats::{
@@ -947,6 +952,18 @@ struct OpenResult {
     /// lateness from the node's.
     accepted_from_send: Histogram<u64>,
     rejected_from_send: Histogram<u64>,
+    /// CPU used during the measured window, when it could be read.
+    cpu: Option<CpuUse>,
+}
+
+/// CPU seconds the node and the generator used in the measured window.
+/// On shared cores this, per OK reply, is the steadier figure: it does not
+/// move with what else the machine is doing the way throughput does.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct CpuUse {
+    node_cpu_s: Option<f64>,
+    generator_cpu_s: f64,
+    window_s: f64,
 }
 
 impl OpenResult {
@@ -956,6 +973,7 @@ impl OpenResult {
             dispatch_lag: histogram(),
             accepted_from_send: histogram(),
             rejected_from_send: histogram(),
+            cpu: None,
         }
     }
 
@@ -1105,7 +1123,8 @@ async fn open_loop(workload: Arc<dyn Workload>, plan: OpenLoop) -> OpenResult {
 async fn drive(args: &Args, workload: Arc<dyn Workload>, label: &str) -> OpenResult {
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
-    match args.rate {
+    let cpu = tokio::spawn(measure_cpu(args.node_pid, warmup, duration));
+    let mut result = match args.rate {
         Some(rate) => {
             open_loop(
                 workload,
@@ -1126,7 +1145,30 @@ async fn drive(args: &Args, workload: Arc<dyn Workload>, label: &str) -> OpenRes
             recorder: closed_loop(workload, args.concurrency, warmup, duration, label).await,
             ..OpenResult::empty()
         },
-    }
+    };
+    result.cpu = cpu.await.ok().flatten();
+    result
+}
+
+/// CPU used by the node (when its pid is known) and by this process from
+/// the end of the warmup to the end of the measured window.
+async fn measure_cpu(
+    node_pid: Option<u32>,
+    warmup: Duration,
+    duration: Duration,
+) -> Option<CpuUse> {
+    let node = || node_pid.and_then(cpu_seconds);
+    tokio::time::sleep(warmup).await;
+    let (node_before, own_before, started) = (node(), own_cpu_seconds()?, Instant::now());
+    tokio::time::sleep(duration).await;
+    let (node_after, own_after) = (node(), own_cpu_seconds()?);
+    Some(CpuUse {
+        node_cpu_s: node_before
+            .zip(node_after)
+            .map(|(before, after)| after - before),
+        generator_cpu_s: own_after - own_before,
+        window_s: started.elapsed().as_secs_f64(),
+    })
 }
 
 // ---- setup and read-back ------------------------------------------------------------
@@ -1501,6 +1543,10 @@ struct Report {
     rejections_from_actual_send: Option<Percentiles>,
     check: Option<Check>,
     node_peak_rss_mib: Option<f64>,
+    cpu: Option<CpuUse>,
+    /// CPU microseconds per OK reply in the measured window: node, generator.
+    node_cpu_us_per_ok: Option<f64>,
+    generator_cpu_us_per_ok: Option<f64>,
     extra: serde_json::Value,
     series: Vec<SecondSample>,
 }
@@ -1565,9 +1611,21 @@ fn build_report(
             .then(|| Percentiles::of(&result.rejected_from_send)),
         check,
         node_peak_rss_mib: args.node_pid.and_then(peak_rss_mib),
+        cpu: result.cpu,
+        node_cpu_us_per_ok: result
+            .cpu
+            .and_then(|cpu| cpu.node_cpu_s)
+            .and_then(|seconds| per_ok_us(seconds, recorder.ok_count())),
+        generator_cpu_us_per_ok: result
+            .cpu
+            .and_then(|cpu| per_ok_us(cpu.generator_cpu_s, recorder.ok_count())),
         extra,
         series,
     }
+}
+
+fn per_ok_us(cpu_seconds: f64, ok: u64) -> Option<f64> {
+    (ok > 0).then(|| cpu_seconds * 1e6 / ok as f64)
 }
 
 fn print_row(name: &str, p: &Percentiles) {
@@ -1632,6 +1690,19 @@ fn print_report(report: &Report) {
         println!(
             "  RESOURCE_EXHAUSTED from actual send  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             p.p50_ms, p.p99_ms, p.max_ms
+        );
+    }
+    if let Some(cpu) = &report.cpu {
+        let per_ok =
+            |value: Option<f64>| value.map_or("-".to_owned(), |us| format!("{us:.1} us/ok"));
+        println!(
+            "  CPU                  node {} ({}), generator {:.2} cores ({}), over {:.1} s",
+            cpu.node_cpu_s
+                .map_or("-".to_owned(), |s| format!("{:.2} cores", s / cpu.window_s)),
+            per_ok(report.node_cpu_us_per_ok),
+            cpu.generator_cpu_s / cpu.window_s,
+            per_ok(report.generator_cpu_us_per_ok),
+            cpu.window_s
         );
     }
     if let Some(rss) = report.node_peak_rss_mib {
