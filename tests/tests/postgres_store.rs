@@ -123,6 +123,14 @@ async fn a_committed_batch_reads_back_like_the_embedded_store() {
     assert_eq!(found[0], Some(record("k3", 3, 1_003)));
     assert_eq!(found[1], None);
     assert_eq!(found[2], Some(record("k1", big_fingerprint, 1_001)));
+    let mut keys = store.idempotency_keys(b"a", 10).await.unwrap().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec!["k1".to_owned(), "k3".to_owned()]);
+    assert_eq!(store.idempotency_keys(b"a", 1).await.unwrap(), None);
+    assert_eq!(
+        store.idempotency_keys(b"nobody", 1).await.unwrap(),
+        Some(vec![])
+    );
     // Records are scoped to their entity.
     assert_eq!(
         store

@@ -1,7 +1,7 @@
 //! The entity actor: drains its mailbox, decides every queued command in
 //! order, persists the batch in one write, then replies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,15 @@ pub(crate) enum EntityMsg {
     Drain,
     /// Time to check whether the actor has been idle long enough to stop.
     IdleCheck,
+}
+
+/// An actor keeps the idempotency keys of its entity in memory (as hashes)
+/// up to this many; past it every drain asks the store instead. A hot
+/// position's drains are large, so a lookup per drain costs it little.
+const KNOWN_KEYS_LIMIT: usize = 100_000;
+
+fn key_hash(idempotency_key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(idempotency_key.as_bytes())
 }
 
 pub(crate) struct EntityActor<E>(PhantomData<fn() -> E>);
@@ -47,6 +56,12 @@ pub(crate) struct ActorState<E: Entity> {
     snapshot_version: u64,
     /// The timer value last written, when known.
     timer_written: Option<Option<i64>>,
+    /// Hashes of every idempotency key stored for this entity: loaded with
+    /// the state, extended by each commit. Only this actor adds records for
+    /// its entity (another owner's writes are fenced and force a reload), so
+    /// a key whose hash is absent is new and needs no store lookup. `None`
+    /// when there were more than [`KNOWN_KEYS_LIMIT`].
+    known_keys: Option<HashSet<u64>>,
     /// The key's shard and the ownership epoch the state was loaded under;
     /// every write carries them so the store can refuse a stale owner.
     shard: u32,
@@ -73,6 +88,7 @@ impl<E: Entity> Actor for EntityActor<E> {
             state: None,
             snapshot_version: 0,
             timer_written: None,
+            known_keys: None,
             shard: 0,
             epoch: 0,
             last_active: Instant::now(),
@@ -144,10 +160,16 @@ impl<E: Entity> ActorState<E> {
         // First load, or the shard was claimed again since: the store is the
         // truth, whatever this actor still remembers.
         self.state = None;
+        self.known_keys = None;
         self.timer_written = None;
         self.shard = shard;
         self.epoch = epoch;
         let loaded = self.shared.store.load(&self.encoded_key).await?;
+        let known_keys = self
+            .shared
+            .store
+            .idempotency_keys(&self.encoded_key, KNOWN_KEYS_LIMIT)
+            .await?;
         let mut state = match &loaded.snapshot {
             Some((_, bytes)) => decode::<E::State>(bytes)?,
             None => E::State::default(),
@@ -156,6 +178,7 @@ impl<E: Entity> ActorState<E> {
             E::apply_entry(&mut state, &decode::<JournalEntry<E::Event>>(bytes)?);
         }
         self.snapshot_version = loaded.snapshot.map_or(0, |(version, _)| version);
+        self.known_keys = known_keys.map(|keys| keys.iter().map(|key| key_hash(key)).collect());
         self.state = Some(state);
         Ok(())
     }
@@ -199,6 +222,11 @@ impl<E: Entity> ActorState<E> {
         let (write, replies) = self.decide_all(live, stored);
         let next_timer = write.timer;
         let snapshot_version = write.snapshot.as_ref().map(|(version, _)| *version);
+        let recorded: Vec<u64> = write
+            .idempotency
+            .iter()
+            .map(|record| key_hash(&record.key))
+            .collect();
         let wrote = !write.is_empty();
         let result = if wrote {
             self.shared.writer.write(write).await
@@ -213,6 +241,12 @@ impl<E: Entity> ActorState<E> {
                 }
                 if let Some(version) = snapshot_version {
                     self.snapshot_version = version;
+                }
+                if let Some(known) = &mut self.known_keys {
+                    known.extend(recorded);
+                    if known.len() > KNOWN_KEYS_LIMIT {
+                        self.known_keys = None;
+                    }
                 }
                 for PendingReply { envelope, result } in replies {
                     envelope.answer(result);
@@ -238,15 +272,23 @@ impl<E: Entity> ActorState<E> {
         }
     }
 
-    /// The stored replies for this drain's idempotency keys (one store read).
+    /// The stored replies for this drain's idempotency keys: one store read
+    /// for the keys that may have a record, none when every key is new.
     async fn stored_replies(
         &self,
         envelopes: &[Envelope<E>],
     ) -> Result<HashMap<String, IdempotencyRecord>, Error> {
+        let maybe_stored = |key: &str| {
+            self.known_keys
+                .as_ref()
+                .is_none_or(|known| known.contains(&key_hash(key)))
+        };
         let keys: Vec<String> = envelopes
             .iter()
             .filter_map(|envelope| match &envelope.work {
-                Work::Mutate { mutation, .. } => Some(mutation.idempotency_key.clone()),
+                Work::Mutate { mutation, .. } if maybe_stored(&mutation.idempotency_key) => {
+                    Some(mutation.idempotency_key.clone())
+                }
                 _ => None,
             })
             .collect();

@@ -369,6 +369,20 @@ async fn idle_actors_passivate_and_reload() {
     let loaded = node.store.load(&key().encode()).await.unwrap();
     assert_eq!(loaded.snapshot.map(|(version, _)| version), Some(3));
     assert_eq!(loaded.journal_tail.len(), 2);
+    // The reloaded actor knows the stored keys again: retries replay and a
+    // reused key is refused, whichever activation recorded it.
+    let retry = node
+        .runtime
+        .mutate(request("k0", receive(1)), RequestMeta::default())
+        .await
+        .unwrap();
+    assert!(retry.replayed);
+    assert_eq!(
+        node.runtime
+            .mutate(request("k1", receive(2)), RequestMeta::default())
+            .await,
+        Err(Error::IdempotencyKeyReused("k1".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

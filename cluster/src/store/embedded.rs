@@ -342,6 +342,27 @@ impl Store for EmbeddedStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn idempotency_keys(
+        &self,
+        entity: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let prefixed = length_prefixed(entity);
+        self.blocking(move |inner| {
+            let mut keys = Vec::new();
+            for item in inner.idempotency.prefix(&prefixed) {
+                if keys.len() == limit {
+                    return Ok(None);
+                }
+                let key = item.key().map_err(StoreError::backend)?;
+                let key = key.get(prefixed.len()..).unwrap_or_default();
+                keys.push(String::from_utf8_lossy(key).into_owned());
+            }
+            Ok(Some(keys))
+        })
+        .await
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
         // One node owns every key of an embedded store: nothing to fence.
         self.blocking(move |inner| inner.commit_batch(batch))
@@ -473,6 +494,24 @@ mod tests {
             .unwrap();
         assert_eq!(found[0].as_ref().unwrap().fingerprint, 2);
         assert!(found[1].is_none());
+        assert_eq!(
+            store.idempotency_keys(b"a", 10).await.unwrap(),
+            Some(vec!["k1".to_owned(), "k2".to_owned()])
+        );
+        assert_eq!(
+            store
+                .idempotency_keys(b"a", 2)
+                .await
+                .unwrap()
+                .map(|keys| keys.len()),
+            Some(2)
+        );
+        assert_eq!(store.idempotency_keys(b"a", 1).await.unwrap(), None);
+        assert_eq!(
+            store.idempotency_keys(b"b", 1).await.unwrap(),
+            Some(vec!["k1".to_owned()])
+        );
+        assert_eq!(store.idempotency_keys(b"", 10).await.unwrap(), Some(vec![]));
         // The second write of "a" moved its timer from 5001 to 5002.
         let due = store.due_timers(10_000, 10, None).await.unwrap();
         assert_eq!(due, vec![(b"b".to_vec(), 5_001), (b"a".to_vec(), 5_002)]);

@@ -125,6 +125,16 @@ pub trait Store: Send + Sync + 'static {
         keys: Vec<String>,
     ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError>;
 
+    /// The keys of every idempotency record stored for `entity`, or `None`
+    /// when there are more than `limit`. An actor loads them once per
+    /// activation so that a command with a key not among them (almost every
+    /// command) needs no lookup: only that entity's actor adds records.
+    async fn idempotency_keys(
+        &self,
+        entity: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
     /// Commits a batch atomically; returns only once it is durable. Writes
     /// whose epoch is stale are left out and reported in [`Committed`]; the
     /// check and the writes happen in one transaction, so a stale owner can

@@ -74,6 +74,7 @@ const UPSERT_SUMMARIES: &str = "INSERT INTO summaries (scope, entity, value) \
 const SELECT_SNAPSHOT: &str = "SELECT seq, state FROM snapshots WHERE entity = $1";
 const SELECT_JOURNAL_AFTER: &str =
     "SELECT seq, entry FROM journal WHERE entity = $1 AND seq > $2 ORDER BY seq";
+const SELECT_IDEMPOTENCY_KEYS: &str = "SELECT key FROM idempotency WHERE entity = $1 LIMIT $2";
 const SELECT_JOURNAL: &str = "SELECT seq, entry FROM journal WHERE entity = $1 ORDER BY seq";
 // The idempotency records asked for by many drains at once, one primary-key
 // probe per (entity, key): plain `key = ANY($2)` or a join let the planner
@@ -627,6 +628,31 @@ impl Store for PostgresStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn idempotency_keys(
+        &self,
+        entity: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_IDEMPOTENCY_KEYS)
+            .await
+            .map_err(StoreError::backend)?;
+        // One more than the limit tells "over the limit" from "exactly".
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let rows = client
+            .query(&statement, &[&entity, &fetch])
+            .await
+            .map_err(StoreError::backend)?;
+        if rows.len() > limit {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0).map_err(StoreError::backend))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
