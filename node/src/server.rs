@@ -30,7 +30,6 @@ use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
@@ -174,7 +173,11 @@ pub async fn run(
             .add_service(returns_service)
             .add_service(admin)
             .add_service(peer)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), grpc_stop),
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true)),
+                grpc_stop,
+            ),
     );
 
     let http_state = HttpState {
