@@ -152,7 +152,11 @@ impl Membership {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from its leader answers watches and lease
+            // calls with an error instead of going quiet, so a partitioned
+            // etcd member cannot freeze this node's view of the cluster.
+            .with_require_leader(true);
         let limit = etcd_timeout(config.lease_ttl).max(Duration::from_secs(5));
         let mut client = bounded(
             limit,
@@ -359,7 +363,10 @@ impl Membership {
     }
 
     async fn keep_alive_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let interval = (self.config.lease_ttl / 4).max(Duration::from_millis(250));
+        // Often enough that one keep-alive answered late (up to about half
+        // the TTL) still leaves the lease confirmed before the ownership
+        // watchdog's deadline (TTL - TTL/3) and the node keeps its shards.
+        let interval = (self.config.lease_ttl / 8).max(Duration::from_millis(100));
         loop {
             if *shutdown.borrow() {
                 return;
