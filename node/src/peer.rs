@@ -53,6 +53,10 @@ fn error_to_wire(error: &Error) -> wire::RemoteError {
         retry_after_ms: retry_after_ms(error),
         moved: shard.is_some(),
         shard: shard.unwrap_or_default(),
+        reservation_not_found: match error {
+            Error::ReservationNotFound(id) => Some(id.clone()),
+            _ => None,
+        },
     }
 }
 
@@ -62,6 +66,9 @@ fn error_from_wire(error: wire::RemoteError) -> Error {
             shard: error.shard,
             retry_after_ms: error.retry_after_ms.unwrap_or(100),
         };
+    }
+    if let Some(id) = error.reservation_not_found {
+        return Error::ReservationNotFound(id);
     }
     Error::Remote {
         code: error.code,
@@ -227,5 +234,9 @@ mod tests {
                 .map(|v| v.to_str().ok()),
             Some(Some("250"))
         );
+        // A missing reservation stays typed across the hop: a return's
+        // exchange release treats it as already done, on any node.
+        let missing = Error::ReservationNotFound("hold-1".into());
+        assert_eq!(error_from_wire(error_to_wire(&missing)), missing);
     }
 }
