@@ -72,6 +72,48 @@ enum Done {
     Evicted,
 }
 
+/// The route of a shard this node does not serve: its claimed owner on
+/// another node, or moving while nobody (else) holds it.
+fn route_elsewhere(view: &ClusterView, shard: u32, me: &str) -> Route {
+    view.owners
+        .get(&shard)
+        .filter(|claim| claim.node_id != me)
+        .and_then(|claim| view.members.get(&claim.node_id))
+        .map_or(Route::Moving, |member| {
+            Route::Remote(Arc::new(Peer {
+                node_id: member.node_id.clone(),
+                endpoint: member.endpoint.clone(),
+            }))
+        })
+}
+
+/// After a node handed every shard over: keeps its routing table following
+/// the new owners' claims until `stop`, so requests that still arrive are
+/// forwarded to them instead of waiting for a shard nobody here will serve.
+pub async fn follow_routes(
+    membership: Arc<Membership>,
+    table: Arc<ShardTable>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut view_rx = membership.view();
+    let me = membership.node_id().to_owned();
+    loop {
+        {
+            let view = view_rx.borrow_and_update();
+            for shard in 0..membership.shard_count() {
+                table.set(shard, route_elsewhere(&view, shard, &me));
+            }
+        }
+        tokio::select! {
+            changed = view_rx.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
 /// Runs claims and releases for one node.
 pub struct ShardManager {
     membership: Arc<Membership>,
@@ -241,16 +283,7 @@ impl ShardManager {
                 },
             }
             if !matches!(self.held.get(&shard), Some(held) if held.phase == Phase::Serving) {
-                let route = claim
-                    .filter(|claim| claim.node_id != me)
-                    .and_then(|claim| view.members.get(&claim.node_id))
-                    .map_or(Route::Moving, |member| {
-                        Route::Remote(Arc::new(Peer {
-                            node_id: member.node_id.clone(),
-                            endpoint: member.endpoint.clone(),
-                        }))
-                    });
-                self.table.set(shard, route);
+                self.table.set(shard, route_elsewhere(view, shard, &me));
             }
         }
         metrics::gauge!("skuld_shards_owned").set(

@@ -13,7 +13,7 @@ use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
 use skuld_actors::runtime::EntityRuntime;
 use skuld_cluster::membership::{Membership, MembershipConfig};
-use skuld_cluster::ownership::{OwnershipConfig, ShardHost, ShardManager};
+use skuld_cluster::ownership::{follow_routes, OwnershipConfig, ShardHost, ShardManager};
 use skuld_cluster::shards::ShardTable;
 use skuld_cluster::{PostgresStore, Store};
 use tokio::sync::watch;
@@ -112,6 +112,9 @@ pub struct Running {
     membership_task: JoinHandle<()>,
     drain: watch::Sender<bool>,
     manager_task: JoinHandle<()>,
+    table: Arc<ShardTable>,
+    /// Follows the new owners after `hand_over`.
+    routes_task: Option<JoinHandle<()>>,
 }
 
 /// Starts keeping the lease, watching etcd, and claiming shards.
@@ -141,6 +144,8 @@ pub fn start(
         membership_task,
         drain,
         manager_task,
+        table: Arc::clone(&joined.table),
+        routes_task: None,
     }
 }
 
@@ -152,6 +157,13 @@ impl Running {
         if let Err(error) = (&mut self.manager_task).await {
             tracing::warn!(%error, "ownership manager failed");
         }
+        // Requests keep arriving until the servers stop: forward them to
+        // the new owners.
+        self.routes_task = Some(tokio::spawn(follow_routes(
+            Arc::clone(&self.membership),
+            Arc::clone(&self.table),
+            self.stop_membership.subscribe(),
+        )));
     }
 
     /// Leaves the cluster: revokes the lease (dropping any claim left) and
@@ -162,5 +174,8 @@ impl Running {
         }
         let _ = self.stop_membership.send(true);
         let _ = self.membership_task.await;
+        if let Some(routes) = self.routes_task {
+            let _ = routes.await;
+        }
     }
 }
