@@ -152,8 +152,11 @@ struct PendingReply<E: Entity> {
 }
 
 impl<E: Entity> ActorState<E> {
-    async fn load(&mut self) -> Result<(), Error> {
-        let (shard, epoch) = self.shared.ownership(&self.encoded_key)?;
+    /// Loads the entity unless it is loaded under the current epoch:
+    /// `admitted` (the epoch the drained requests were admitted under) or,
+    /// for internal work only, the shard's live route.
+    async fn load(&mut self, admitted: Option<u64>) -> Result<(), Error> {
+        let (shard, epoch) = self.shared.ownership(&self.encoded_key, admitted)?;
         if self.state.is_some() && epoch == self.epoch {
             return Ok(());
         }
@@ -203,7 +206,13 @@ impl<E: Entity> ActorState<E> {
         if live.is_empty() {
             return;
         }
-        if let Err(error) = self.load().await {
+        // The newest epoch the drained requests were admitted under; the
+        // state is reloaded if it was loaded under another. (Normally all
+        // share one: a release stops the shard's actors before letting go.
+        // A request left from an older epoch is then decided on the fresh
+        // state like a retry.) Internal work carries none.
+        let admitted = live.iter().filter_map(|envelope| envelope.epoch).max();
+        if let Err(error) = self.load(admitted).await {
             tracing::error!(kind = E::KIND, key = %self.key, %error, "cannot load entity");
             for envelope in live {
                 envelope.answer(Err(error.clone()));

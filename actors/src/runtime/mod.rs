@@ -190,6 +190,9 @@ pub(crate) struct Envelope<E: Entity> {
     pub(crate) work: Work<E>,
     pub(crate) correlation_id: String,
     pub(crate) deadline: Option<Instant>,
+    /// The ownership epoch of the key's shard the request was admitted
+    /// under (cluster mode); `None` for single-node and internal work.
+    pub(crate) epoch: Option<u64>,
     pub(crate) reply: Option<oneshot::Sender<Result<Outcome<E>, Error>>>,
 }
 
@@ -206,6 +209,7 @@ impl<E: Entity> Envelope<E> {
             work,
             correlation_id: correlation_id.to_owned(),
             deadline: None,
+            epoch: None,
             reply: None,
         }
     }
@@ -229,11 +233,20 @@ pub(crate) struct Shared<E: Entity> {
 impl<E: Entity> Shared<E> {
     /// The shard of an encoded key and the epoch this node serves it under;
     /// `(0, 0)` in single-node mode, where nothing is fenced.
-    pub(crate) fn ownership(&self, encoded_key: &[u8]) -> Result<(u32, u64), Error> {
+    /// With `admitted`, the epoch a request was admitted under: that one,
+    /// even if a release has begun since (the release waits for it).
+    pub(crate) fn ownership(
+        &self,
+        encoded_key: &[u8],
+        admitted: Option<u64>,
+    ) -> Result<(u32, u64), Error> {
         let Some(routing) = &self.routing else {
             return Ok((0, 0));
         };
         let shard = routing.table.shard_of(encoded_key);
+        if let Some(epoch) = admitted {
+            return Ok((shard, epoch));
+        }
         routing
             .table
             .local_epoch(shard)
@@ -425,44 +438,98 @@ impl<E: Entity> EntityRuntime<E> {
         mutation.validate()?;
         let _admitted = self.shared.admission.admit(Priority::Write)?;
         let Some(routing) = self.shared.routing.clone() else {
-            return self.mutate_here(mutation, meta).await;
+            return self.mutate_here(mutation, meta, None).await;
         };
         let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
+        let (reply, replayed) = self
+            .here_or_forward(
+                &routing,
+                shard,
+                meta,
+                Operation::Mutate,
+                mutation,
+                |mutation| {
+                    codec::encode(&(
+                        &mutation.key,
+                        &mutation.idempotency_key,
+                        mutation.expected_version,
+                        &mutation.command,
+                    ))
+                },
+                |mutation, meta, epoch| async move {
+                    let mutated = self.mutate_here(mutation, meta, Some(epoch)).await?;
+                    Ok((mutated.reply, mutated.replayed))
+                },
+            )
+            .await?;
+        Ok(Mutated { reply, replayed })
+    }
+
+    /// Reads an entity as of every acknowledged change (on its owner, in
+    /// cluster mode).
+    pub async fn read(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
+        let _admitted = self.shared.admission.admit(Priority::Read)?;
+        let Some(routing) = self.shared.routing.clone() else {
+            return self.read_here(key, meta, None).await;
+        };
+        let shard = routing.table.shard_of(&E::encode_key(key));
+        self.here_or_forward(
+            &routing,
+            shard,
+            meta,
+            Operation::Read,
+            key,
+            |key| codec::encode(*key),
+            |key, meta, epoch| self.read_here(key, meta, Some(epoch)),
+        )
+        .await
+    }
+
+    /// Runs `here` when this node serves `shard`, holding the shard until it
+    /// is done; otherwise sends `operation` to the owner, and looks again
+    /// when the owner has moved on or cannot be reached (the idempotency key
+    /// makes a resend of an applied command a replay). The request is
+    /// encoded for the wire at most once.
+    #[allow(clippy::too_many_arguments)]
+    async fn here_or_forward<I, T, Fut>(
+        &self,
+        routing: &Routing,
+        shard: u32,
+        meta: RequestMeta,
+        operation: Operation,
+        input: I,
+        encode: impl Fn(&I) -> Result<Vec<u8>, Error>,
+        here: impl FnOnce(I, RequestMeta, u64) -> Fut,
+    ) -> Result<T, Error>
+    where
+        T: serde::de::DeserializeOwned,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let give_up = routing.give_up(meta.deadline);
-        let mut payload = None;
+        let mut payload: Option<Vec<u8>> = None;
         loop {
             match routing.destination(shard, Some(give_up), false).await? {
-                Destination::Here(_serving) => {
+                Destination::Here(serving) => {
                     meta.served_by.set(&routing.node_id);
-                    return self.mutate_here(mutation, meta).await;
+                    let epoch = serving.epoch;
+                    let result = here(input, meta, epoch).await;
+                    drop(serving);
+                    return result;
                 }
                 Destination::There(peer) => {
                     let bytes = match &payload {
-                        Some(bytes) => Vec::clone(bytes),
-                        None => {
-                            let bytes = codec::encode(&(
-                                &mutation.key,
-                                &mutation.idempotency_key,
-                                mutation.expected_version,
-                                &mutation.command,
-                            ))?;
-                            payload = Some(bytes.clone());
-                            bytes
-                        }
+                        Some(bytes) => bytes.clone(),
+                        None => payload.insert(encode(&input)?).clone(),
                     };
-                    let answer = routing
+                    match routing
                         .forwarder
-                        .forward(&peer, E::KIND, Operation::Mutate, bytes, &meta)
-                        .await;
-                    match answer {
-                        Ok(bytes) => {
+                        .forward(&peer, E::KIND, operation, bytes, &meta)
+                        .await
+                    {
+                        Ok(answer) => {
                             meta.served_by.set(&peer.node_id);
-                            let (reply, replayed) = codec::decode::<(E::Reply, bool)>(&bytes)?;
-                            return Ok(Mutated { reply, replayed });
+                            return codec::decode(&answer);
                         }
-                        // The shard moved on, or its owner cannot be reached
-                        // (it may have died): look again. The idempotency
-                        // key makes a resend of an applied command a replay.
                         Err(error) if routing.retryable(&error) => {
                             routing
                                 .wait_for_change(&peer, shard, give_up, error)
@@ -475,10 +542,14 @@ impl<E: Entity> EntityRuntime<E> {
         }
     }
 
+    /// `epoch`: the ownership epoch the request was admitted under (cluster
+    /// mode); the actor decides and writes under it even if a release of
+    /// the shard has begun meanwhile, since the release waits for it.
     async fn mutate_here(
         &self,
         mutation: Mutation<E>,
         meta: RequestMeta,
+        epoch: Option<u64>,
     ) -> Result<Mutated<E::Reply>, Error> {
         let key = mutation.key.clone();
         let fingerprint = mutation.fingerprint();
@@ -490,6 +561,7 @@ impl<E: Entity> EntityRuntime<E> {
                     fingerprint,
                 },
                 meta,
+                epoch,
             )
             .await?
         {
@@ -498,45 +570,13 @@ impl<E: Entity> EntityRuntime<E> {
         }
     }
 
-    /// Reads an entity as of every acknowledged change (on its owner, in
-    /// cluster mode).
-    pub async fn read(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
-        let _admitted = self.shared.admission.admit(Priority::Read)?;
-        let Some(routing) = self.shared.routing.clone() else {
-            return self.read_here(key, meta).await;
-        };
-        let shard = routing.table.shard_of(&E::encode_key(key));
-        let give_up = routing.give_up(meta.deadline);
-        loop {
-            match routing.destination(shard, Some(give_up), false).await? {
-                Destination::Here(_serving) => {
-                    meta.served_by.set(&routing.node_id);
-                    return self.read_here(key, meta).await;
-                }
-                Destination::There(peer) => {
-                    let answer = routing
-                        .forwarder
-                        .forward(&peer, E::KIND, Operation::Read, codec::encode(key)?, &meta)
-                        .await;
-                    match answer {
-                        Ok(bytes) => {
-                            meta.served_by.set(&peer.node_id);
-                            return codec::decode(&bytes);
-                        }
-                        Err(error) if routing.retryable(&error) => {
-                            routing
-                                .wait_for_change(&peer, shard, give_up, error)
-                                .await?;
-                        }
-                        Err(error) => return Err(error),
-                    }
-                }
-            }
-        }
-    }
-
-    async fn read_here(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
-        match self.dispatch(key, Work::Read, meta).await? {
+    async fn read_here(
+        &self,
+        key: &E::Key,
+        meta: RequestMeta,
+        epoch: Option<u64>,
+    ) -> Result<E::State, Error> {
+        match self.dispatch(key, Work::Read, meta, epoch).await? {
             Outcome::Read(state) => Ok(state),
             Outcome::Mutated(_) => Err(Error::Unavailable("unexpected reply from actor".into())),
         }
@@ -577,6 +617,7 @@ impl<E: Entity> EntityRuntime<E> {
         key: &E::Key,
         work: Work<E>,
         meta: RequestMeta,
+        epoch: Option<u64>,
     ) -> Result<Outcome<E>, Error> {
         if meta
             .deadline
@@ -591,6 +632,7 @@ impl<E: Entity> EntityRuntime<E> {
                 work,
                 correlation_id: meta.correlation_id,
                 deadline: meta.deadline,
+                epoch,
                 reply: Some(reply),
             },
         )?;
@@ -680,12 +722,15 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
                 let _admitted = self.shared.admission.admit(Priority::Write)?;
                 let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
                 let give_up = routing.give_up(meta.deadline);
-                let Destination::Here(_serving) =
+                let Destination::Here(serving) =
                     routing.destination(shard, Some(give_up), true).await?
                 else {
                     return Err(routing.moving(shard));
                 };
-                let mutated = self.mutate_here(mutation, meta).await?;
+                let mutated = self
+                    .mutate_here(mutation, meta, Some(serving.epoch))
+                    .await?;
+                drop(serving);
                 codec::encode(&(mutated.reply, mutated.replayed))
             }
             Operation::Read => {
@@ -693,12 +738,14 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
                 let _admitted = self.shared.admission.admit(Priority::Read)?;
                 let shard = routing.table.shard_of(&E::encode_key(&key));
                 let give_up = routing.give_up(meta.deadline);
-                let Destination::Here(_serving) =
+                let Destination::Here(serving) =
                     routing.destination(shard, Some(give_up), true).await?
                 else {
                     return Err(routing.moving(shard));
                 };
-                codec::encode(&self.read_here(&key, meta).await?)
+                let state = self.read_here(&key, meta, Some(serving.epoch)).await?;
+                drop(serving);
+                codec::encode(&state)
             }
         }
     }

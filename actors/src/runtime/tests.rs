@@ -45,6 +45,15 @@ impl Node {
 }
 
 fn start(dir: &std::path::Path, config: Config, writer_config: WriterConfig) -> Node {
+    start_with(dir, config, writer_config, None)
+}
+
+fn start_with(
+    dir: &std::path::Path,
+    config: Config,
+    writer_config: WriterConfig,
+    routing: Option<routing::Routing>,
+) -> Node {
     // A stopped runtime's tasks let go of the database file shortly after.
     let mut opened = EmbeddedStore::open(dir);
     for _ in 0..100 {
@@ -61,13 +70,17 @@ fn start(dir: &std::path::Path, config: Config, writer_config: WriterConfig) -> 
         80,
         Duration::from_millis(100),
     ));
-    let runtime = Arc::new(EntityRuntime::new(
+    let mut runtime = EntityRuntime::new(
         PositionEntity::default(),
         Arc::clone(&store),
         writer,
         admission,
         config.runtime,
-    ));
+    );
+    if let Some(routing) = routing {
+        runtime = runtime.with_routing(routing);
+    }
+    let runtime = Arc::new(runtime);
     let background = Background::start(
         Arc::clone(&store),
         vec![Arc::clone(&runtime) as Arc<dyn TimerTarget>],
@@ -404,4 +417,74 @@ async fn expired_deadlines_are_dropped_unapplied() {
         .await
         .unwrap();
     assert_eq!(state.version, 0);
+}
+
+/// A cluster with no other node: nothing can be forwarded.
+struct NoPeers;
+
+#[async_trait::async_trait]
+impl routing::Forwarder for NoPeers {
+    async fn forward(
+        &self,
+        _peer: &skuld_cluster::shards::Peer,
+        _kind: &'static str,
+        _operation: routing::Operation,
+        _payload: Vec<u8>,
+        _meta: &RequestMeta,
+    ) -> Result<Vec<u8>, Error> {
+        Err(Error::Unavailable("no other node in this test".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_admitted_before_a_release_finish_under_their_epoch() {
+    use skuld_cluster::shards::{Route, ShardTable};
+
+    let dir = tempfile::tempdir().unwrap();
+    let table = ShardTable::new(1);
+    table.set(0, Route::Local { epoch: 3 });
+    let routing = routing::Routing {
+        table: Arc::clone(&table),
+        forwarder: Arc::new(NoPeers),
+        node_id: "n1".into(),
+        handoff_wait: Duration::from_millis(50),
+    };
+    // Every commit is held 300 ms, so the second command queues behind the
+    // first one's write.
+    let writer_config = WriterConfig {
+        commit_delay: Some(Duration::from_millis(300)),
+        ..WriterConfig::default()
+    };
+    let node = start_with(dir.path(), Config::default(), writer_config, Some(routing));
+    let mutate = |idempotency_key: &'static str, quantity: i64| {
+        let runtime = Arc::clone(&node.runtime);
+        tokio::spawn(async move {
+            runtime
+                .mutate(
+                    request(idempotency_key, receive(quantity)),
+                    RequestMeta::default(),
+                )
+                .await
+        })
+    };
+    let first = mutate("first", 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = mutate("second", 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The release of the shard begins: nothing new is admitted ...
+    table.set(0, Route::Moving);
+    assert!(matches!(
+        mutate("third", 1).await.unwrap(),
+        Err(Error::ShardMoving { shard: 0, .. })
+    ));
+    // ... and what was admitted before finishes, under epoch 3.
+    assert_eq!(first.await.unwrap().unwrap().reply.version, 1);
+    assert_eq!(second.await.unwrap().unwrap().reply.version, 2);
+    table.set(0, Route::Local { epoch: 3 });
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
+    assert_eq!((state.version, state.buckets.on_hand), (2, 6));
 }
