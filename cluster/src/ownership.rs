@@ -69,7 +69,7 @@ enum Done {
     Claimed { shard: u32, epoch: Option<u64> },
     Fenced { shard: u32, epoch: u64, ok: bool },
     Released { shard: u32 },
-    Evicted,
+    Evicted { shard: u32 },
 }
 
 /// The route of a shard this node does not serve: its claimed owner on
@@ -381,12 +381,16 @@ impl ShardManager {
         });
     }
 
-    fn spawn_evict(&self, shard: u32) {
+    /// Stops the shard's actors in the background. The shard counts as busy
+    /// until that is done, so it is not claimed again meanwhile: a late
+    /// eviction would stop the actors of the new claim.
+    fn spawn_evict(&mut self, shard: u32) {
+        self.busy.insert(shard);
         let host = Arc::clone(&self.host);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
             host.evict(shard).await;
-            let _ = done.send(Done::Evicted);
+            let _ = done.send(Done::Evicted { shard });
         });
     }
 
@@ -436,7 +440,9 @@ impl ShardManager {
                     self.held.remove(&shard);
                 }
             }
-            Done::Evicted => {}
+            Done::Evicted { shard } => {
+                self.busy.remove(&shard);
+            }
         }
     }
 }
