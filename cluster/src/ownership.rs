@@ -446,3 +446,55 @@ impl ShardManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{Claim, Member};
+
+    fn member(node_id: &str) -> Member {
+        Member {
+            node_id: node_id.to_owned(),
+            endpoint: format!("http://{node_id}:7070"),
+            version: "0.1.0".to_owned(),
+            state: MemberState::Active,
+            incarnation: format!("{node_id}-1"),
+            started_at_ms: 0,
+        }
+    }
+
+    fn claim(node_id: &str, epoch: u64) -> Claim {
+        Claim {
+            node_id: node_id.to_owned(),
+            incarnation: format!("{node_id}-1"),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_shard_served_elsewhere_routes_to_its_claimed_owner() {
+        let mut view = ClusterView {
+            revision: 10,
+            ..ClusterView::default()
+        };
+        view.members.insert("a".into(), member("a"));
+        view.members.insert("b".into(), member("b"));
+        view.owners.insert(0, claim("b", 7));
+        view.owners.insert(1, claim("a", 8));
+        // A claim by a node that has left (its member key is gone).
+        view.owners.insert(2, claim("gone", 9));
+
+        match route_elsewhere(&view, 0, "a") {
+            Route::Remote(peer) => {
+                assert_eq!(peer.node_id, "b");
+                assert_eq!(peer.endpoint, "http://b:7070");
+            }
+            other => panic!("expected a remote route, got {other:?}"),
+        }
+        // Its own claim is never a route elsewhere; nor is an unknown owner
+        // or an unclaimed shard: requests wait for the handoff.
+        assert_eq!(route_elsewhere(&view, 1, "a"), Route::Moving);
+        assert_eq!(route_elsewhere(&view, 2, "a"), Route::Moving);
+        assert_eq!(route_elsewhere(&view, 3, "a"), Route::Moving);
+    }
+}

@@ -22,9 +22,11 @@ pub(crate) enum EntityMsg {
 }
 
 /// An actor keeps the idempotency keys of its entity in memory (as hashes)
-/// up to this many; past it every drain asks the store instead. A hot
-/// position's drains are large, so a lookup per drain costs it little.
-const KNOWN_KEYS_LIMIT: usize = 100_000;
+/// up to this many (about 256 KiB); past it every drain asks the store
+/// instead. A position with that many commands within the retention is hot,
+/// and a hot position's drains are large, so one lookup per drain costs it
+/// little.
+const KNOWN_KEYS_LIMIT: usize = 16_384;
 
 fn key_hash(idempotency_key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(idempotency_key.as_bytes())
