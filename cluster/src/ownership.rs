@@ -176,6 +176,9 @@ impl ShardManager {
                 }
             }
             let lease = *lease_rx.borrow();
+            // Requests check this themselves on every admission, so a node
+            // that was paused refuses before this loop runs again.
+            self.table.serve_until(self.safe_until(lease));
             self.watchdog(lease);
             let view = Arc::clone(&view_rx.borrow());
             self.reconcile(&view, lease);
@@ -201,9 +204,7 @@ impl ShardManager {
     /// Stops serving everything when the lease may be about to expire:
     /// etcd could hand the shards to another node at any moment after.
     fn watchdog(&mut self, lease: LeaseStatus) {
-        let ttl = self.membership.lease_ttl();
-        let unsafe_after = ttl.saturating_sub(self.config.safety_margin);
-        if lease.confirmed_at.elapsed() < unsafe_after || self.held.is_empty() {
+        if self.lease_healthy(lease) || self.held.is_empty() {
             return;
         }
         tracing::error!(
@@ -219,9 +220,19 @@ impl ShardManager {
         }
     }
 
+    /// Until when the lease is surely still ours: its last confirmation
+    /// (counted from when the keep-alive was sent) plus the TTL, less the
+    /// safety margin for clock drift and a slow etcd.
+    fn safe_until(&self, lease: LeaseStatus) -> Instant {
+        let window = self
+            .membership
+            .lease_ttl()
+            .saturating_sub(self.config.safety_margin);
+        lease.confirmed_at + window
+    }
+
     fn lease_healthy(&self, lease: LeaseStatus) -> bool {
-        let ttl = self.membership.lease_ttl();
-        lease.confirmed_at.elapsed() < ttl.saturating_sub(self.config.safety_margin)
+        Instant::now() < self.safe_until(lease)
     }
 
     fn reconcile(&mut self, view: &ClusterView, lease: LeaseStatus) {

@@ -5,7 +5,7 @@
 //! on one shard's slot; there is no lock across shards. The ownership
 //! manager is the only writer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,13 @@ pub struct ShardTable {
     slots: Box<[Slot]>,
     /// Bumped on every change, so that requests waiting out a handoff wake up.
     changes: watch::Sender<u64>,
+    /// Nothing is served locally after this instant (nanoseconds after
+    /// `base`): the end of the lease's safe window, pushed forward by every
+    /// confirmed keep-alive. A node paused past it (a long GC-like stall,
+    /// SIGSTOP, a frozen VM) refuses at once when it wakes, before its
+    /// ownership manager has even noticed, so it serves no stale read.
+    serve_until_ns: AtomicU64,
+    base: Instant,
 }
 
 /// Proof that a request is being served locally; the shard cannot be
@@ -74,7 +81,12 @@ impl ShardTable {
             })
             .collect();
         let (changes, _) = watch::channel(0);
-        Arc::new(Self { slots, changes })
+        Arc::new(Self {
+            slots,
+            changes,
+            serve_until_ns: AtomicU64::new(u64::MAX),
+            base: Instant::now(),
+        })
     }
 
     pub fn shard_count(&self) -> u32 {
@@ -103,6 +115,9 @@ impl ShardTable {
     /// check and the count happen under the slot's lock, so a handoff that
     /// has switched the route away sees every request it must wait for.
     pub fn serve(self: &Arc<Self>, shard: u32) -> Option<Serving> {
+        if self.nanos_since_base(Instant::now()) >= self.serve_until_ns.load(Ordering::Acquire) {
+            return None;
+        }
         let slot = self.slots.get(shard as usize)?;
         let route = slot.route.read();
         let Route::Local { epoch } = *route else {
@@ -114,6 +129,20 @@ impl ShardTable {
             shard,
             epoch,
         })
+    }
+
+    /// Local shards may be served until `until` (the lease's safe end);
+    /// wakes waiting requests when that ends a lapse.
+    pub fn serve_until(&self, until: Instant) {
+        let until = self.nanos_since_base(until);
+        let before = self.serve_until_ns.swap(until, Ordering::AcqRel);
+        if before <= self.nanos_since_base(Instant::now()) {
+            self.changes.send_modify(|version| *version += 1);
+        }
+    }
+
+    fn nanos_since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Replaces a shard's route and wakes waiting requests.
@@ -178,6 +207,23 @@ mod tests {
         drop(serving);
         assert_eq!(table.in_flight(1), 0);
         assert!(table.serve(9).is_none());
+    }
+
+    #[test]
+    fn nothing_is_served_once_the_lease_window_has_passed() {
+        let table = ShardTable::new(1);
+        table.set(0, Route::Local { epoch: 3 });
+        table.serve_until(Instant::now() + Duration::from_secs(60));
+        assert!(table.serve(0).is_some());
+        // As after a pause: the window ended before anyone noticed.
+        table.serve_until(Instant::now() - Duration::from_millis(1));
+        assert!(table.serve(0).is_none());
+        assert_eq!(table.local_epoch(0), Some(3), "the claim itself is kept");
+        let mut changes = table.subscribe();
+        changes.borrow_and_update();
+        table.serve_until(Instant::now() + Duration::from_secs(60));
+        assert!(changes.has_changed().unwrap(), "waiting requests are woken");
+        assert!(table.serve(0).is_some());
     }
 
     #[tokio::test]

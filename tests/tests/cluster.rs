@@ -313,16 +313,20 @@ async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
         .map(|value| value.to_str().unwrap().to_owned());
         if owner.as_deref() == Some(node_id(zombie).as_str()) {
             owned.push(position);
-            if owned.len() == 4 {
+            if owned.len() == 5 {
                 break;
             }
         }
     }
     assert_eq!(
         owned.len(),
-        4,
+        5,
         "the third node owns about a third of the keys"
     );
+    // The last key gets no stuck write: the zombie's actor for it stays
+    // loaded and idle, and a read of it after the pause must not come
+    // from that memory.
+    let read_key = owned[4].clone();
     for (index, position) in owned.iter().enumerate() {
         client
             .adjust(receive(position, &format!("stock-{index}"), 100))
@@ -333,7 +337,7 @@ async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
     // Writes sent to the zombie itself, stuck in its commit delay.
     let mut stuck = Vec::new();
     let zombie_client = cluster.inventory(zombie).await.unwrap();
-    for (index, position) in owned.iter().enumerate() {
+    for (index, position) in owned[..4].iter().enumerate() {
         let mut request = tonic::Request::new(pb::ReserveRequest {
             reservation_id: format!("zombie-{index}"),
             ..reserve(position, &format!("zombie-{index}"), 7, 600)
@@ -374,7 +378,30 @@ async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
             .unwrap();
     }
 
+    // A read sent to the zombie while it is paused, answered after it wakes.
+    let stale_read = {
+        let mut client = zombie_client.clone();
+        let mut request = tonic::Request::new(pb::GetPositionRequest {
+            key: Some(read_key.clone()),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(30));
+        tokio::spawn(async move { client.get_position(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     signal(pid, "CONT");
+    match stale_read.await.unwrap() {
+        // Served by the new owner (forwarded), with its reservation.
+        Ok(response) => {
+            let position = response.into_inner().position.unwrap();
+            let buckets = position.buckets.unwrap();
+            assert_eq!(
+                buckets.reserved, 2,
+                "a stale read after the pause: {buckets:?}"
+            );
+        }
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+    }
     for (index, handle) in stuck.into_iter().enumerate() {
         let result = handle.await.unwrap();
         let status = result.expect_err("a fenced write must not be acknowledged");
