@@ -9,7 +9,7 @@
 //! the claim. A node whose lease is about to run out stops serving every
 //! shard on its own, before anyone else can claim them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -122,7 +122,10 @@ pub struct ShardManager {
     host: Arc<dyn ShardHost>,
     config: OwnershipConfig,
     held: HashMap<u32, Held>,
-    busy: HashSet<u32>,
+    /// Background tasks (claim, fence, release, eviction) running per
+    /// shard; a shard with any is left alone by reconcile. A count, since
+    /// an eviction can overlap a release of the same shard.
+    busy: HashMap<u32, usize>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     draining: bool,
@@ -144,7 +147,7 @@ impl ShardManager {
             host,
             config,
             held: HashMap::new(),
-            busy: HashSet::new(),
+            busy: HashMap::new(),
             done_tx,
             done_rx,
             draining: false,
@@ -263,7 +266,7 @@ impl ShardManager {
                 claim.is_some_and(|claim| claim.node_id == me && claim.incarnation == incarnation);
             let wanted =
                 may_take && target.get(shard as usize).copied().flatten() == Some(me.as_str());
-            let busy = self.busy.contains(&shard);
+            let busy = self.busy.contains_key(&shard);
             match self.held.get(&shard).copied() {
                 Some(held) => {
                     let still_claimed =
@@ -306,7 +309,7 @@ impl ShardManager {
     }
 
     fn start_claim(&mut self, shard: u32) {
-        self.busy.insert(shard);
+        self.mark_busy(shard);
         let membership = Arc::clone(&self.membership);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -322,7 +325,7 @@ impl ShardManager {
     }
 
     fn start_fence(&mut self, shard: u32, epoch: u64) {
-        self.busy.insert(shard);
+        self.mark_busy(shard);
         let store = Arc::clone(&self.store);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -343,7 +346,7 @@ impl ShardManager {
     }
 
     fn start_release(&mut self, shard: u32, epoch: u64) {
-        self.busy.insert(shard);
+        self.mark_busy(shard);
         self.held.insert(
             shard,
             Held {
@@ -381,7 +384,7 @@ impl ShardManager {
     }
 
     fn start_drop_stale(&mut self, shard: u32, epoch: u64) {
-        self.busy.insert(shard);
+        self.mark_busy(shard);
         let membership = Arc::clone(&self.membership);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -392,14 +395,38 @@ impl ShardManager {
         });
     }
 
-    /// Stops the shard's actors in the background. The shard counts as busy
-    /// until that is done, so it is not claimed again meanwhile: a late
-    /// eviction would stop the actors of the new claim.
+    fn mark_busy(&mut self, shard: u32) {
+        *self.busy.entry(shard).or_default() += 1;
+    }
+
+    fn unmark_busy(&mut self, shard: u32) {
+        if let Some(count) = self.busy.get_mut(&shard) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.busy.remove(&shard);
+            }
+        }
+    }
+
+    /// Stops the shard's actors in the background, once the requests
+    /// admitted for it are done (bounded by the quiesce timeout): those
+    /// finish under the epoch they were admitted with, and none of them can
+    /// start a fresh actor behind the eviction. The shard counts as busy
+    /// until then, so it is not claimed again meanwhile: a late eviction
+    /// would stop the actors of the new claim.
     fn spawn_evict(&mut self, shard: u32) {
-        self.busy.insert(shard);
+        self.mark_busy(shard);
         let host = Arc::clone(&self.host);
+        let table = Arc::clone(&self.table);
+        let quiesce = self.config.quiesce_timeout;
         let done = self.done_tx.clone();
         tokio::spawn(async move {
+            if !table.quiesce(shard, quiesce).await {
+                tracing::warn!(
+                    shard,
+                    "requests still in flight after {quiesce:?}; evicting anyway"
+                );
+            }
             host.evict(shard).await;
             let _ = done.send(Done::Evicted { shard });
         });
@@ -408,7 +435,7 @@ impl ShardManager {
     fn finish(&mut self, done: Done) {
         match done {
             Done::Claimed { shard, epoch } => {
-                self.busy.remove(&shard);
+                self.unmark_busy(shard);
                 if let Some(epoch) = epoch {
                     self.held.insert(
                         shard,
@@ -421,7 +448,7 @@ impl ShardManager {
                 }
             }
             Done::Fenced { shard, epoch, ok } => {
-                self.busy.remove(&shard);
+                self.unmark_busy(shard);
                 match self.held.get_mut(&shard) {
                     Some(held) if held.epoch == epoch && ok => {
                         held.phase = Phase::Serving;
@@ -442,7 +469,7 @@ impl ShardManager {
                 }
             }
             Done::Released { shard } => {
-                self.busy.remove(&shard);
+                self.unmark_busy(shard);
                 if self
                     .held
                     .get(&shard)
@@ -452,7 +479,7 @@ impl ShardManager {
                 }
             }
             Done::Evicted { shard } => {
-                self.busy.remove(&shard);
+                self.unmark_busy(shard);
             }
         }
     }

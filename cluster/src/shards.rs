@@ -48,9 +48,12 @@ pub struct ShardTable {
     changes: watch::Sender<u64>,
     /// Nothing is served locally after this instant (nanoseconds after
     /// `base`): the end of the lease's safe window, pushed forward by every
-    /// confirmed keep-alive. A node paused past it (a long GC-like stall,
-    /// SIGSTOP, a frozen VM) refuses at once when it wakes, before its
-    /// ownership manager has even noticed, so it serves no stale read.
+    /// confirmed keep-alive. A process stopped or starved past it (SIGSTOP,
+    /// a long stall) refuses at once when it runs again, before its
+    /// ownership manager has noticed, so it serves no stale read. `Instant`
+    /// is the monotonic clock, which does not advance while the machine is
+    /// suspended or a VM is paused by its host: such a pause is not seen
+    /// here, and only the store's fence (writes) covers it.
     serve_until_ns: AtomicU64,
     base: Instant,
 }

@@ -157,8 +157,9 @@ impl Running {
         if let Err(error) = (&mut self.manager_task).await {
             tracing::warn!(%error, "ownership manager failed");
         }
-        // Requests keep arriving until the servers stop: forward them to
-        // the new owners.
+        // Requests already admitted and waiting for a shard of this node
+        // (in `destination`) are then forwarded to its new owner instead of
+        // timing out; new ones are refused as the node drains.
         self.routes_task = Some(tokio::spawn(follow_routes(
             Arc::clone(&self.membership),
             Arc::clone(&self.table),

@@ -1,7 +1,7 @@
 //! The entity actor: drains its mailbox, decides every queued command in
 //! order, persists the batch in one write, then replies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use skuld_cluster::{EntityWrite, IdempotencyRecord};
 
 use super::codec::{decode, encode};
+use super::known_keys::{self, key_hash, KnownKeys};
 use super::{now_ms, Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
 use crate::journal::JournalEntry;
 use crate::Error;
@@ -19,17 +20,6 @@ pub(crate) enum EntityMsg {
     Drain,
     /// Time to check whether the actor has been idle long enough to stop.
     IdleCheck,
-}
-
-/// An actor keeps the idempotency keys of its entity in memory (as hashes)
-/// up to this many (about 256 KiB); past it every drain asks the store
-/// instead. A position with that many commands within the retention is hot,
-/// and a hot position's drains are large, so one lookup per drain costs it
-/// little.
-const KNOWN_KEYS_LIMIT: usize = 16_384;
-
-fn key_hash(idempotency_key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(idempotency_key.as_bytes())
 }
 
 pub(crate) struct EntityActor<E>(PhantomData<fn() -> E>);
@@ -58,12 +48,13 @@ pub(crate) struct ActorState<E: Entity> {
     snapshot_version: u64,
     /// The timer value last written, when known.
     timer_written: Option<Option<i64>>,
-    /// Hashes of every idempotency key stored for this entity: loaded with
-    /// the state, extended by each commit. Only this actor adds records for
-    /// its entity (another owner's writes are fenced and force a reload), so
-    /// a key whose hash is absent is new and needs no store lookup. `None`
-    /// when there were more than [`KNOWN_KEYS_LIMIT`].
-    known_keys: Option<HashSet<u64>>,
+    /// The idempotency keys stored for this entity (see [`known_keys`]):
+    /// loaded with the state, extended by each commit; `None` when over a
+    /// bound, and then every key is looked up.
+    known_keys: Option<KnownKeys>,
+    /// The entity had more keys than one actor keeps: not asked again for
+    /// as long as this actor lives (every reload would read them all).
+    keys_over_bound: bool,
     /// The key's shard and the ownership epoch the state was loaded under;
     /// every write carries them so the store can refuse a stale owner.
     shard: u32,
@@ -91,6 +82,7 @@ impl<E: Entity> Actor for EntityActor<E> {
             snapshot_version: 0,
             timer_written: None,
             known_keys: None,
+            keys_over_bound: false,
             shard: 0,
             epoch: 0,
             last_active: Instant::now(),
@@ -170,11 +162,15 @@ impl<E: Entity> ActorState<E> {
         self.shard = shard;
         self.epoch = epoch;
         let loaded = self.shared.store.load(&self.encoded_key).await?;
-        let known_keys = self
-            .shared
-            .store
-            .idempotency_keys(&self.encoded_key, KNOWN_KEYS_LIMIT)
-            .await?;
+        let stored_keys = if self.keys_over_bound {
+            None
+        } else {
+            self.shared
+                .store
+                .idempotency_keys(&self.encoded_key, known_keys::PER_ENTITY)
+                .await?
+        };
+        self.keys_over_bound = stored_keys.is_none();
         let mut state = match &loaded.snapshot {
             Some((_, bytes)) => decode::<E::State>(bytes)?,
             None => E::State::default(),
@@ -183,7 +179,8 @@ impl<E: Entity> ActorState<E> {
             E::apply_entry(&mut state, &decode::<JournalEntry<E::Event>>(bytes)?);
         }
         self.snapshot_version = loaded.snapshot.map_or(0, |(version, _)| version);
-        self.known_keys = known_keys.map(|keys| keys.iter().map(|key| key_hash(key)).collect());
+        self.known_keys =
+            stored_keys.and_then(|keys| KnownKeys::load(&keys, &self.shared.known_keys_budget));
         self.state = Some(state);
         Ok(())
     }
@@ -253,12 +250,10 @@ impl<E: Entity> ActorState<E> {
                 if let Some(version) = snapshot_version {
                     self.snapshot_version = version;
                 }
-                if let Some(known) = &mut self.known_keys {
-                    known.extend(recorded);
-                    if known.len() > KNOWN_KEYS_LIMIT {
-                        self.known_keys = None;
-                    }
-                }
+                self.known_keys = self
+                    .known_keys
+                    .take()
+                    .and_then(|known| known.extend(&recorded));
                 for PendingReply { envelope, result } in replies {
                     envelope.answer(result);
                 }
@@ -292,7 +287,7 @@ impl<E: Entity> ActorState<E> {
         let maybe_stored = |key: &str| {
             self.known_keys
                 .as_ref()
-                .is_none_or(|known| known.contains(&key_hash(key)))
+                .is_none_or(|known| known.may_contain(key))
         };
         let keys: Vec<String> = envelopes
             .iter()

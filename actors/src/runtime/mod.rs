@@ -16,6 +16,7 @@
 mod actor;
 pub mod codec;
 mod entity;
+mod known_keys;
 mod mailbox;
 pub mod routing;
 
@@ -228,6 +229,8 @@ pub(crate) struct Shared<E: Entity> {
     pub(crate) actors: DashMap<E::Key, Arc<Slot<E>>>,
     admission: Arc<Admission>,
     pub(crate) routing: Option<Routing>,
+    /// Idempotency keys all actors of this runtime keep in memory.
+    pub(crate) known_keys_budget: Arc<known_keys::Budget>,
 }
 
 impl<E: Entity> Shared<E> {
@@ -405,6 +408,7 @@ impl<E: Entity> EntityRuntime<E> {
                 actors: DashMap::new(),
                 admission,
                 routing: None,
+                known_keys_budget: known_keys::Budget::new(known_keys::PER_RUNTIME),
             }),
         }
     }

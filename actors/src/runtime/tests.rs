@@ -449,10 +449,10 @@ async fn commands_admitted_before_a_release_finish_under_their_epoch() {
         node_id: "n1".into(),
         handoff_wait: Duration::from_millis(50),
     };
-    // Every commit is held 300 ms, so the second command queues behind the
-    // first one's write.
+    // Every commit is held 1 s, so the second command queues behind the
+    // first one's write with time to spare on a loaded machine.
     let writer_config = WriterConfig {
-        commit_delay: Some(Duration::from_millis(300)),
+        commit_delay: Some(Duration::from_millis(1_000)),
         ..WriterConfig::default()
     };
     let node = start_with(dir.path(), Config::default(), writer_config, Some(routing));
@@ -468,9 +468,9 @@ async fn commands_admitted_before_a_release_finish_under_their_epoch() {
         })
     };
     let first = mutate("first", 5);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let second = mutate("second", 1);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
     // The release of the shard begins: nothing new is admitted ...
     table.set(0, Route::Moving);
     assert!(matches!(
