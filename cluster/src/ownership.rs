@@ -88,8 +88,8 @@ fn route_elsewhere(view: &ClusterView, shard: u32, me: &str) -> Route {
 }
 
 /// After a node handed every shard over: keeps its routing table following
-/// the new owners' claims until `stop`, so requests that still arrive are
-/// forwarded to them instead of waiting for a shard nobody here will serve.
+/// the new owners' claims until `stop`, so requests already waiting for one
+/// of its shards are forwarded to the new owner instead of timing out.
 pub async fn follow_routes(
     membership: Arc<Membership>,
     table: Arc<ShardTable>,

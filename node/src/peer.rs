@@ -86,8 +86,7 @@ impl PeerService for PeerApi {
         let started = Instant::now();
         let meta = RequestMeta {
             correlation_id: rpc::correlation_id(request.metadata()),
-            deadline: rpc::grpc_timeout(request.metadata())
-                .and_then(|timeout| started.checked_add(timeout)),
+            deadline: rpc::deadline(request.metadata(), started),
             ..RequestMeta::default()
         };
         let message = request.into_inner();

@@ -33,7 +33,7 @@ where
     let correlation_id = correlation_id(request.metadata());
     let meta = RequestMeta {
         correlation_id: correlation_id.clone(),
-        deadline: grpc_timeout(request.metadata()).and_then(|timeout| started.checked_add(timeout)),
+        deadline: deadline(request.metadata(), started),
         ..RequestMeta::default()
     };
     let served_by = meta.served_by.clone();
@@ -103,6 +103,11 @@ pub(crate) fn correlation_id(metadata: &MetadataMap) -> String {
 }
 
 /// Parses the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+/// The caller's deadline: `grpc-timeout` counted from `received`.
+pub(crate) fn deadline(metadata: &MetadataMap, received: Instant) -> Option<Instant> {
+    grpc_timeout(metadata).and_then(|timeout| received.checked_add(timeout))
+}
+
 pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;

@@ -512,7 +512,7 @@ impl<E: Entity> EntityRuntime<E> {
         let give_up = routing.give_up(meta.deadline);
         let mut payload: Option<Vec<u8>> = None;
         loop {
-            match routing.destination(shard, Some(give_up), false).await? {
+            match routing.destination(shard, give_up, false).await? {
                 Destination::Here(serving) => {
                     meta.served_by.set(&routing.node_id);
                     let epoch = serving.epoch;
@@ -726,8 +726,7 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
                 let _admitted = self.shared.admission.admit(Priority::Write)?;
                 let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
                 let give_up = routing.give_up(meta.deadline);
-                let Destination::Here(serving) =
-                    routing.destination(shard, Some(give_up), true).await?
+                let Destination::Here(serving) = routing.destination(shard, give_up, true).await?
                 else {
                     return Err(routing.moving(shard));
                 };
@@ -742,8 +741,7 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
                 let _admitted = self.shared.admission.admit(Priority::Read)?;
                 let shard = routing.table.shard_of(&E::encode_key(&key));
                 let give_up = routing.give_up(meta.deadline);
-                let Destination::Here(serving) =
-                    routing.destination(shard, Some(give_up), true).await?
+                let Destination::Here(serving) = routing.destination(shard, give_up, true).await?
                 else {
                     return Err(routing.moving(shard));
                 };

@@ -84,20 +84,16 @@ pub(crate) enum Destination {
 }
 
 impl Routing {
-    /// Finds where `shard` is served, waiting out a handoff up to
-    /// `handoff_wait` (or the caller's deadline, if sooner). With `local_only`
-    /// (a request another node forwarded) a remote owner is an answer too:
-    /// the shard moved on, and the sender must look again.
+    /// Finds where `shard` is served, waiting out a handoff until `give_up`
+    /// (see [`Routing::give_up`]). With `local_only` (a request another node
+    /// forwarded) a remote owner is an answer too: the shard moved on, and
+    /// the sender must look again.
     pub(crate) async fn destination(
         &self,
         shard: u32,
-        deadline: Option<Instant>,
+        give_up: Instant,
         local_only: bool,
     ) -> Result<Destination, Error> {
-        let give_up = {
-            let wait = Instant::now() + self.handoff_wait;
-            deadline.map_or(wait, |deadline| deadline.min(wait))
-        };
         let mut changes = self.table.subscribe();
         loop {
             if let Some(serving) = self.table.serve(shard) {
