@@ -1,13 +1,23 @@
 //! The one error type of this crate. Each variant maps to one gRPC status at
 //! the API edge (see `skuld-node`'s `status` module).
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
 use crate::position::Bucket;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable, so that a refusal can be stored as the answer to an
+/// idempotency key and cross the peer hop with its type. Names that are
+/// literals in the code are `Cow<'static, str>` for that reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Error {
     /// Malformed input: the request can never succeed as sent.
     #[error("{field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    InvalidArgument {
+        field: Cow<'static, str>,
+        reason: String,
+    },
     /// Not enough available quantity; nothing was reserved.
     #[error("insufficient available quantity: requested {requested}, available {available}")]
     Insufficient { requested: i64, available: i64 },
@@ -42,9 +52,9 @@ pub enum Error {
     /// The return's state does not allow the command.
     #[error("{command} is not allowed in state {state}; allowed: {}", allowed.join(", "))]
     IllegalTransition {
-        command: &'static str,
+        command: Cow<'static, str>,
         state: crate::returns::ReturnState,
-        allowed: Vec<&'static str>,
+        allowed: Vec<Cow<'static, str>>,
     },
     #[error("reservation id {0:?} already exists")]
     ReservationExists(String),
@@ -53,7 +63,7 @@ pub enum Error {
     /// A bounded queue is full; retry after the hint.
     #[error("overloaded: {queue} queue is full")]
     Overloaded {
-        queue: &'static str,
+        queue: Cow<'static, str>,
         retry_after_ms: u64,
     },
     /// The caller's deadline passed before the command was applied.
@@ -77,10 +87,42 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+    /// A refusal of malformed input naming the field.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
-            field,
+            field: Cow::Borrowed(field),
             reason: reason.into(),
+        }
+    }
+}
+
+impl Error {
+    /// The entity decided against the command: an answer that depends on
+    /// the command and the entity's state only, which an idempotency key
+    /// keeps like an acceptance. Malformed input, overload, unavailability
+    /// and deadlines are not: those requests never reached a decision.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::Insufficient { .. }
+            | Error::NegativeBucket { .. }
+            | Error::VersionMismatch { .. }
+            | Error::ChangeFromMismatch { .. }
+            | Error::FailedPrecondition(_)
+            | Error::ReservationNotFound(_)
+            | Error::CommitmentNotFound(_)
+            | Error::PositionNotFound
+            | Error::ReturnNotFound(_)
+            | Error::ReturnExists(_)
+            | Error::ExceptionNotFound(_)
+            | Error::IllegalTransition { .. }
+            | Error::ReservationExists(_) => true,
+            Error::InvalidArgument { .. }
+            | Error::IdempotencyKeyReused(_)
+            | Error::Overloaded { .. }
+            | Error::DeadlineExceeded
+            | Error::Unavailable(_)
+            | Error::ShardMoving { .. }
+            | Error::Remote { .. } => false,
         }
     }
 }

@@ -91,10 +91,15 @@ impl PositionKey {
             sku: sku.into(),
             location: location.into(),
         };
-        validate_token("tenant", &key.tenant)?;
-        validate_token("sku", &key.sku)?;
-        validate_token("location", &key.location)?;
+        key.validate()?;
         Ok(key)
+    }
+
+    /// Checks each part (a key decoded from bytes was not built by `new`).
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_token("tenant", &self.tenant)?;
+        validate_token("sku", &self.sku)?;
+        validate_token("location", &self.location)
     }
 
     /// The storage key (see [`encode_parts`]).

@@ -60,6 +60,14 @@ pub struct Member {
     /// Distinguishes restarts of the same node id.
     pub incarnation: String,
     pub started_at_ms: i64,
+    /// The node's store answers (see `StoreHealth`); a node that cannot
+    /// reach it is given no shards while others can.
+    #[serde(default = "healthy")]
+    pub store_healthy: bool,
+}
+
+fn healthy() -> bool {
+    true
 }
 
 /// The value of a shard's owner key.
@@ -90,13 +98,28 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Ids of the members that should own shards, in id order.
+    /// Ids of the members that should own shards, in id order: the active,
+    /// undrained ones whose store answers, or, when no such member can
+    /// reach the store, every active one (moving shards between nodes that
+    /// all fail would only add handoffs to the outage).
     pub fn candidates(&self) -> Vec<&str> {
-        self.members
+        let active: Vec<&Member> = self
+            .members
             .values()
             .filter(|member| {
                 member.state == MemberState::Active && !self.drains.contains(&member.node_id)
             })
+            .collect();
+        let healthy: Vec<&str> = active
+            .iter()
+            .filter(|member| member.store_healthy)
+            .map(|member| member.node_id.as_str())
+            .collect();
+        if !healthy.is_empty() {
+            return healthy;
+        }
+        active
+            .iter()
             .map(|member| member.node_id.as_str())
             .collect()
     }
@@ -173,6 +196,7 @@ impl Membership {
             state: MemberState::Active,
             incarnation: incarnation.clone(),
             started_at_ms: crate::now_ms(),
+            store_healthy: true,
         };
         let (lease, _) = watch::channel(LeaseStatus {
             lease_id: 0,
@@ -281,6 +305,28 @@ impl Membership {
         self.put_member(self.lease_id.load(Ordering::Acquire)).await
     }
 
+    /// Announces whether this node's store answers; placement gives shards
+    /// only to nodes whose store does (while there are any).
+    pub async fn set_store_healthy(&self, healthy: bool) -> Result<(), ClusterError> {
+        self.member.lock().store_healthy = healthy;
+        self.put_member(self.lease_id.load(Ordering::Acquire)).await
+    }
+
+    /// etcd's current revision: every claim made from now on gets a higher
+    /// epoch than this.
+    pub async fn etcd_revision(&self) -> Result<i64, ClusterError> {
+        let mut client = self.client.clone();
+        let response = bounded(
+            self.limit(),
+            client.get(format!("{}/settings", self.prefix), None),
+        )
+        .await?;
+        response
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| ClusterError::Etcd("answer without a header".into()))
+    }
+
     /// Asks `node` to hand its shards over (an operator's drain).
     pub async fn request_drain(&self, node: &str) -> Result<(), ClusterError> {
         let mut client = self.client.clone();
@@ -292,9 +338,10 @@ impl Membership {
         Ok(())
     }
 
-    /// Claims `shard` under this node's lease if nobody holds it. Returns the
-    /// claim's epoch, or `None` when another claim exists.
-    pub async fn claim(&self, shard: u32) -> Result<Option<u64>, ClusterError> {
+    /// Claims `shard` under lease `lease_id` (this node's current one) if
+    /// nobody holds it. Returns the claim's epoch, or `None` when another
+    /// claim exists.
+    pub async fn claim(&self, shard: u32, lease_id: i64) -> Result<Option<u64>, ClusterError> {
         let key = self.owner_key(shard);
         let record = ClaimRecord {
             node_id: self.config.node_id.clone(),
@@ -302,7 +349,6 @@ impl Membership {
         };
         let value =
             serde_json::to_vec(&record).map_err(|error| ClusterError::Etcd(error.to_string()))?;
-        let lease_id = self.lease_id.load(Ordering::Acquire);
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
                 key.clone(),
@@ -373,11 +419,27 @@ impl Membership {
             }
             let lease_id = self.lease_id.load(Ordering::Acquire);
             let mut client = self.client.clone();
-            let stream = bounded(self.limit(), client.lease_keep_alive(lease_id)).await;
+            let stream =
+                tokio::time::timeout(self.limit(), client.lease_keep_alive(lease_id)).await;
             let (mut keeper, mut responses) = match stream {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot open the lease keep-alive stream");
+                Ok(Ok(pair)) => pair,
+                Ok(Err(error)) => {
+                    // etcd-client refuses to keep alive a lease whose TTL is
+                    // gone; so does etcd for one it does not know (it
+                    // expired while this node was cut off or paused, was
+                    // revoked, or etcd was restored from a backup).
+                    if lease_gone(&error) || self.lease_expired(lease_id).await {
+                        self.register_again(lease_id).await;
+                    } else {
+                        tracing::warn!(%error, "cannot open the lease keep-alive stream");
+                    }
+                    if sleep_or_shutdown(interval, &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(lease_id, "no answer opening the lease keep-alive stream");
                     if sleep_or_shutdown(interval, &mut shutdown).await {
                         return;
                     }
@@ -399,11 +461,7 @@ impl Membership {
                         });
                     }
                     Ok(Ok(Some(_))) => {
-                        tracing::error!(lease_id, "lease expired: registering again");
-                        metrics::counter!("skuld_lease_lost_total").increment(1);
-                        if let Err(error) = self.register().await {
-                            tracing::warn!(%error, "cannot register again yet");
-                        }
+                        self.register_again(lease_id).await;
                         break;
                     }
                     Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
@@ -418,6 +476,29 @@ impl Membership {
             if sleep_or_shutdown(Duration::from_millis(200), &mut shutdown).await {
                 return;
             }
+        }
+    }
+
+    /// Whether etcd says `lease_id` no longer exists (expired or revoked).
+    async fn lease_expired(&self, lease_id: i64) -> bool {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(self.limit(), client.lease_time_to_live(lease_id, None)).await {
+            Ok(Ok(answer)) => answer.ttl() <= 0,
+            Ok(Err(error)) => lease_gone(&error),
+            Err(_) => false,
+        }
+    }
+
+    /// The lease is gone, and with it every claim this node held: take a
+    /// new one and register again. The ownership manager sees the new lease
+    /// id and stops serving what it held under the old one before it serves
+    /// anything under the new one. Retried by the caller's loop on failure.
+    async fn register_again(&self, lost: i64) {
+        tracing::error!(lease_id = lost, "lease expired: registering again");
+        metrics::counter!("skuld_lease_lost_total").increment(1);
+        match self.register().await {
+            Ok(()) => tracing::info!("registered again under a new lease"),
+            Err(error) => tracing::warn!(%error, "cannot register again yet"),
         }
     }
 
@@ -548,6 +629,15 @@ impl Membership {
                 view.drains.remove(node);
             }
         }
+    }
+}
+
+/// Whether an etcd error says the lease does not exist (any more).
+fn lease_gone(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::NotFound,
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
+        _ => false,
     }
 }
 

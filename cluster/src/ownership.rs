@@ -66,10 +66,23 @@ struct Held {
 }
 
 enum Done {
-    Claimed { shard: u32, epoch: Option<u64> },
-    Fenced { shard: u32, epoch: u64, ok: bool },
-    Released { shard: u32 },
-    Evicted { shard: u32 },
+    /// `lease_id`: the lease the claim was made under.
+    Claimed {
+        shard: u32,
+        epoch: Option<u64>,
+        lease_id: i64,
+    },
+    Fenced {
+        shard: u32,
+        epoch: u64,
+        ok: bool,
+    },
+    Released {
+        shard: u32,
+    },
+    Evicted {
+        shard: u32,
+    },
 }
 
 /// The route of a shard this node does not serve: its claimed owner on
@@ -129,6 +142,8 @@ pub struct ShardManager {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     draining: bool,
+    /// The lease the held claims were made under.
+    lease_id: i64,
 }
 
 impl ShardManager {
@@ -151,6 +166,7 @@ impl ShardManager {
             done_tx,
             done_rx,
             draining: false,
+            lease_id: 0,
         }
     }
 
@@ -179,6 +195,19 @@ impl ShardManager {
                 }
             }
             let lease = *lease_rx.borrow();
+            if lease.lease_id != self.lease_id {
+                // A new lease: the old one expired or was revoked, and every
+                // claim made under it went with it. Nothing held is served
+                // again (the window below would otherwise reopen it).
+                if !self.held.is_empty() {
+                    tracing::error!(
+                        shards = self.held.len(),
+                        "the lease was replaced: no longer serving what was claimed under it"
+                    );
+                    self.stop_serving_all();
+                }
+                self.lease_id = lease.lease_id;
+            }
             // Requests check this themselves on every admission, so a node
             // that was paused refuses before this loop runs again.
             self.table.serve_until(self.safe_until(lease));
@@ -216,6 +245,11 @@ impl ShardManager {
             "lease not confirmed in time: no longer serving any shard"
         );
         metrics::counter!("skuld_self_fenced_total").increment(1);
+        self.stop_serving_all();
+    }
+
+    /// Forgets every shard held and stops their actors (in the background).
+    fn stop_serving_all(&mut self) {
         let shards: Vec<u32> = self.held.drain().map(|(shard, _)| shard).collect();
         for shard in shards {
             self.table.set(shard, Route::Moving);
@@ -312,20 +346,26 @@ impl ShardManager {
         self.mark_busy(shard);
         let membership = Arc::clone(&self.membership);
         let done = self.done_tx.clone();
+        let lease_id = self.lease_id;
         tokio::spawn(async move {
-            let epoch = match membership.claim(shard).await {
+            let epoch = match membership.claim(shard, lease_id).await {
                 Ok(epoch) => epoch,
                 Err(error) => {
                     tracing::debug!(shard, %error, "claim failed");
                     None
                 }
             };
-            let _ = done.send(Done::Claimed { shard, epoch });
+            let _ = done.send(Done::Claimed {
+                shard,
+                epoch,
+                lease_id,
+            });
         });
     }
 
     fn start_fence(&mut self, shard: u32, epoch: u64) {
         self.mark_busy(shard);
+        let lease_id = self.lease_id;
         let store = Arc::clone(&self.store);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -337,6 +377,7 @@ impl ShardManager {
                     let _ = done.send(Done::Claimed {
                         shard,
                         epoch: Some(epoch),
+                        lease_id,
                     });
                     return;
                 }
@@ -434,9 +475,16 @@ impl ShardManager {
 
     fn finish(&mut self, done: Done) {
         match done {
-            Done::Claimed { shard, epoch } => {
+            Done::Claimed {
+                shard,
+                epoch,
+                lease_id,
+            } => {
                 self.unmark_busy(shard);
-                if let Some(epoch) = epoch {
+                if let Some(epoch) = epoch.filter(|_| lease_id != self.lease_id) {
+                    // Made under a lease that is gone since: so is the claim.
+                    self.start_drop_stale(shard, epoch);
+                } else if let Some(epoch) = epoch {
                     self.held.insert(
                         shard,
                         Held {
@@ -498,6 +546,7 @@ mod tests {
             state: MemberState::Active,
             incarnation: format!("{node_id}-1"),
             started_at_ms: 0,
+            store_healthy: true,
         }
     }
 

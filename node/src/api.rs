@@ -143,8 +143,7 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
         rpc::serve("GetAvailability", request, |message, meta| async move {
             let keys = convert::availability_keys(message)?;
-            let reads = keys.iter().map(|key| self.runtime.read(key, meta.clone()));
-            let states = futures::future::try_join_all(reads).await?;
+            let states = self.runtime.read_many(&keys, meta).await?;
             let locations: Vec<_> = keys
                 .iter()
                 .zip(&states)

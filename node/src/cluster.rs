@@ -15,6 +15,7 @@ use skuld_actors::runtime::EntityRuntime;
 use skuld_cluster::membership::{Membership, MembershipConfig};
 use skuld_cluster::ownership::{follow_routes, OwnershipConfig, ShardHost, ShardManager};
 use skuld_cluster::shards::ShardTable;
+use skuld_cluster::store::health::{MonitoredStore, StoreHealth};
 use skuld_cluster::{PostgresStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +28,8 @@ pub struct Joined {
     pub membership: Arc<Membership>,
     pub table: Arc<ShardTable>,
     pub store: Arc<dyn Store>,
+    /// Whether the store answers this node (ownership follows it).
+    pub store_health: Arc<StoreHealth>,
     pub routing: Routing,
 }
 
@@ -61,20 +64,19 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
         .postgres_url
         .as_deref()
         .context("cluster mode needs postgres_url")?;
-    let store = match PostgresStore::connect(
-        url,
-        membership.shard_count(),
-        config.postgres_pool_size,
-    )
-    .await
-    {
+    let store = match open_store(config, url, &membership).await {
         Ok(store) => store,
         Err(error) => {
             // Placement must not count on a member that will never serve.
             let _ = membership.leave().await;
-            return Err(error).context("cannot open the PostgreSQL store");
+            return Err(error);
         }
     };
+    let store_health = StoreHealth::new();
+    let store: Arc<dyn Store> = Arc::new(MonitoredStore::new(
+        Arc::new(store),
+        Arc::clone(&store_health),
+    ));
     let table = ShardTable::new(membership.shard_count());
     let routing = Routing {
         table: Arc::clone(&table),
@@ -85,9 +87,45 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
     Ok(Joined {
         membership,
         table,
-        store: Arc::new(store),
+        store,
+        store_health,
         routing,
     })
+}
+
+/// Opens the PostgreSQL store (applying its migrations and checking its
+/// shard count against etcd's) and refuses an etcd that is behind the
+/// store's fences: every claim it made would be refused, silently leaving
+/// shards unservable.
+async fn open_store(
+    config: &Config,
+    url: &str,
+    membership: &Membership,
+) -> anyhow::Result<PostgresStore> {
+    let store = PostgresStore::connect(url, membership.shard_count(), config.postgres_pool_size)
+        .await
+        .context("cannot open the PostgreSQL store")?
+        .pause_commits_after_lock(Config::failpoint_ms("COMMIT_PAUSE_AFTER_LOCK_MS"));
+    let newest_fence = store
+        .newest_fence()
+        .await
+        .context("cannot read the store's fences")?;
+    let revision = membership
+        .etcd_revision()
+        .await
+        .context("cannot read etcd's revision")?;
+    if let Some((shard, epoch)) = newest_fence {
+        if u64::try_from(revision).unwrap_or(0) < epoch {
+            anyhow::bail!(
+                "etcd is at revision {revision}, behind the epoch {epoch} PostgreSQL fences \
+                 shard {shard} at: this etcd is older than the store (restored from a backup or \
+                 rebuilt), and the store would refuse every claim it makes. Restore a newer \
+                 etcd, or restore this one with `etcdutl snapshot restore --bump-revision` past \
+                 {epoch}"
+            );
+        }
+    }
+    Ok(store)
 }
 
 /// Stops the actors of a shard this node no longer serves.
@@ -115,6 +153,8 @@ pub struct Running {
     table: Arc<ShardTable>,
     /// Follows the new owners after `hand_over`.
     routes_task: Option<JoinHandle<()>>,
+    /// Watches the store and announces its health in etcd.
+    health_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Starts keeping the lease, watching etcd, and claiming shards.
@@ -125,7 +165,21 @@ pub fn start(
     returns: Arc<EntityRuntime<ReturnEntity>>,
 ) -> Running {
     let (stop_membership, stop_rx) = watch::channel(false);
-    let membership_task = tokio::spawn(Arc::clone(&joined.membership).run(stop_rx));
+    let membership_task = tokio::spawn(Arc::clone(&joined.membership).run(stop_rx.clone()));
+    let failover = Duration::from_secs(config.store_failover_secs);
+    let health_tasks = vec![
+        tokio::spawn(Arc::clone(&joined.store_health).watch(
+            Arc::clone(&joined.store),
+            failover,
+            (failover / 10).clamp(Duration::from_millis(200), Duration::from_secs(1)),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(announce_store_health(
+            Arc::clone(&joined.membership),
+            joined.store_health.subscribe(),
+            stop_rx,
+        )),
+    ];
     let mut ownership = OwnershipConfig::for_ttl(joined.membership.lease_ttl());
     ownership.max_concurrent_moves = config.max_concurrent_moves;
     let manager = ShardManager::new(
@@ -146,6 +200,36 @@ pub fn start(
         manager_task,
         table: Arc::clone(&joined.table),
         routes_task: None,
+        health_tasks,
+    }
+}
+
+/// Puts the store's health into this node's member record whenever it
+/// changes (retrying until etcd takes it), so placement can act on it.
+async fn announce_store_health(
+    membership: Arc<Membership>,
+    mut health: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // A member registers healthy.
+    let mut announced = true;
+    loop {
+        let healthy = *health.borrow_and_update();
+        if announced != healthy {
+            if let Err(error) = membership.set_store_healthy(healthy).await {
+                tracing::warn!(%error, healthy, "cannot announce the store's health yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+            announced = healthy;
+            tracing::info!(healthy, "announced the store's health in etcd");
+        }
+        tokio::select! {
+            changed = health.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -175,6 +259,9 @@ impl Running {
         }
         let _ = self.stop_membership.send(true);
         let _ = self.membership_task.await;
+        for task in self.health_tasks {
+            let _ = task.await;
+        }
         if let Some(routes) = self.routes_task {
             let _ = routes.await;
         }

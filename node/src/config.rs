@@ -41,6 +41,10 @@ pub struct Config {
     pub max_reservation_ttl_secs: u64,
     /// How long idempotency keys are remembered, in seconds (>= 24 h advised).
     pub idempotency_retention_secs: u64,
+    /// How often idempotency records past the retention are purged, in
+    /// seconds. The retention is measured by the store's clock (PostgreSQL's
+    /// in cluster mode), never by a node's wall clock.
+    pub idempotency_purge_interval_secs: u64,
     /// How often due reservation timers are looked up, in milliseconds.
     pub timer_scan_interval_ms: u64,
     /// Writes waiting for the group commit at most.
@@ -81,6 +85,11 @@ pub struct Config {
     pub handoff_wait_ms: u64,
     /// Shards this node hands over at once at most (scale-out, drain).
     pub max_concurrent_moves: usize,
+    /// A node whose store has failed every call for this long (cluster mode)
+    /// reports itself unhealthy in etcd, so its shards move to nodes that
+    /// can reach the store, and takes shards again once its store answers;
+    /// in seconds.
+    pub store_failover_secs: u64,
     /// Return policies by scope (file only): `[return_policies.default]`,
     /// `[return_policies.<tenant>]`, `[return_policies."<tenant>/<channel>"]`.
     /// The most specific applies; a case keeps the policy it opened with.
@@ -103,6 +112,7 @@ impl Default for Config {
             default_reservation_ttl_secs: 15 * 60,
             max_reservation_ttl_secs: 4 * 60 * 60,
             idempotency_retention_secs: 24 * 60 * 60,
+            idempotency_purge_interval_secs: 60,
             timer_scan_interval_ms: 500,
             writer_queue_capacity: 16_384,
             writer_max_batch: 4_096,
@@ -121,6 +131,7 @@ impl Default for Config {
             lease_ttl_secs: 5,
             handoff_wait_ms: 2_000,
             max_concurrent_moves: 64,
+            store_failover_secs: 10,
             return_policies: std::collections::BTreeMap::new(),
         }
     }
@@ -158,6 +169,8 @@ pub struct ServeArgs {
     pub max_reservation_ttl_secs: Option<u64>,
     #[arg(long, env = "SKULD_IDEMPOTENCY_RETENTION_SECS")]
     pub idempotency_retention_secs: Option<u64>,
+    #[arg(long, env = "SKULD_IDEMPOTENCY_PURGE_INTERVAL_SECS")]
+    pub idempotency_purge_interval_secs: Option<u64>,
     #[arg(long, env = "SKULD_TIMER_SCAN_INTERVAL_MS")]
     pub timer_scan_interval_ms: Option<u64>,
     #[arg(long, env = "SKULD_WRITER_QUEUE_CAPACITY")]
@@ -195,6 +208,8 @@ pub struct ServeArgs {
     pub handoff_wait_ms: Option<u64>,
     #[arg(long, env = "SKULD_MAX_CONCURRENT_MOVES")]
     pub max_concurrent_moves: Option<usize>,
+    #[arg(long, env = "SKULD_STORE_FAILOVER_SECS")]
+    pub store_failover_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +256,7 @@ impl Config {
             default_reservation_ttl_secs,
             max_reservation_ttl_secs,
             idempotency_retention_secs,
+            idempotency_purge_interval_secs,
             timer_scan_interval_ms,
             writer_queue_capacity,
             writer_max_batch,
@@ -257,7 +273,8 @@ impl Config {
             shard_count,
             lease_ttl_secs,
             handoff_wait_ms,
-            max_concurrent_moves
+            max_concurrent_moves,
+            store_failover_secs
         );
         if args.ports_file.is_some() {
             config.ports_file = args.ports_file.clone();
@@ -292,6 +309,11 @@ impl Config {
             ),
             ("max_reservation_ttl_secs", self.max_reservation_ttl_secs),
             ("timer_scan_interval_ms", self.timer_scan_interval_ms),
+            (
+                "idempotency_purge_interval_secs",
+                self.idempotency_purge_interval_secs,
+            ),
+            ("store_failover_secs", self.store_failover_secs),
             ("writer_queue_capacity", self.writer_queue_capacity as u64),
             ("writer_max_batch", self.writer_max_batch as u64),
             ("max_message_bytes", self.max_message_bytes as u64),
@@ -374,6 +396,23 @@ impl Config {
         }
     }
 
+    pub fn background(&self) -> skuld_actors::runtime::BackgroundTiming {
+        skuld_actors::runtime::BackgroundTiming {
+            timer_scan_interval: Duration::from_millis(self.timer_scan_interval_ms),
+            idempotency_retention: Duration::from_secs(self.idempotency_retention_secs),
+            purge_interval: Duration::from_secs(self.idempotency_purge_interval_secs),
+        }
+    }
+
+    /// Test-only fault injection, deliberately not a documented option:
+    /// `SKULD_FAILPOINT_<name>` as a number of milliseconds.
+    pub fn failpoint_ms(name: &str) -> Option<Duration> {
+        std::env::var(format!("SKULD_FAILPOINT_{name}"))
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .map(Duration::from_millis)
+    }
+
     pub fn writer(&self) -> skuld_cluster::WriterConfig {
         skuld_cluster::WriterConfig {
             queue_capacity: self.writer_queue_capacity,
@@ -383,11 +422,7 @@ impl Config {
             } else {
                 1
             },
-            // Test-only fault injection, deliberately not a documented option.
-            commit_delay: std::env::var("SKULD_FAILPOINT_COMMIT_DELAY_MS")
-                .ok()
-                .and_then(|value| value.parse().ok())
-                .map(Duration::from_millis),
+            commit_delay: Self::failpoint_ms("COMMIT_DELAY_MS"),
         }
     }
 }

@@ -10,20 +10,13 @@ use skuld_actors::runtime::Mutated;
 use skuld_actors::{Error, PositionKey};
 use skuld_proto::v1 as pb;
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
-
 pub fn position_key(key: Option<pb::PositionKey>) -> Result<PositionKey, Error> {
-    let key = key.ok_or_else(|| invalid("key", "is required"))?;
+    let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
     PositionKey::new(key.tenant, key.sku, key.location)
 }
 
 fn header(header: Option<pb::MutationHeader>) -> Result<(PositionKey, String, Option<u64>), Error> {
-    let header = header.ok_or_else(|| invalid("header", "is required"))?;
+    let header = header.ok_or_else(|| Error::invalid("header", "is required"))?;
     Ok((
         position_key(header.key)?,
         header.idempotency_key,
@@ -56,8 +49,8 @@ fn bucket(field: &'static str, value: i32) -> Result<Bucket, Error> {
         Ok(pb::Bucket::QualityControl) => Ok(Bucket::QualityControl),
         Ok(pb::Bucket::SafetyStock) => Ok(Bucket::SafetyStock),
         Ok(pb::Bucket::Incoming) => Ok(Bucket::Incoming),
-        Ok(pb::Bucket::Unspecified) => Err(invalid(field, "must be set")),
-        Err(_) => Err(invalid(field, format!("unknown bucket {value}"))),
+        Ok(pb::Bucket::Unspecified) => Err(Error::invalid(field, "must be set")),
+        Err(_) => Err(Error::invalid(field, format!("unknown bucket {value}"))),
     }
 }
 
@@ -75,12 +68,12 @@ fn reason(value: i32) -> Result<AdjustmentReason, Error> {
         Ok(pb::AdjustmentReason::Transfer) => Ok(AdjustmentReason::Transfer),
         Ok(pb::AdjustmentReason::Correction) => Ok(AdjustmentReason::Correction),
         Ok(pb::AdjustmentReason::Shrinkage) => Ok(AdjustmentReason::Shrinkage),
-        Err(_) => Err(invalid("reason", format!("unknown reason {value}"))),
+        Err(_) => Err(Error::invalid("reason", format!("unknown reason {value}"))),
     }
 }
 
 fn owner(owner: Option<pb::ReservationOwner>) -> Result<Owner, Error> {
-    let owner = owner.ok_or_else(|| invalid("owner", "is required"))?;
+    let owner = owner.ok_or_else(|| Error::invalid("owner", "is required"))?;
     let kind = match pb::OwnerType::try_from(owner.r#type) {
         Ok(pb::OwnerType::Cart) => OwnerType::Cart,
         Ok(pb::OwnerType::Checkout) => OwnerType::Checkout,
@@ -89,9 +82,9 @@ fn owner(owner: Option<pb::ReservationOwner>) -> Result<Owner, Error> {
         Ok(pb::OwnerType::ReturnExchange) => OwnerType::ReturnExchange,
         Ok(pb::OwnerType::Draft) => OwnerType::Draft,
         Ok(pb::OwnerType::Manual) => OwnerType::Manual,
-        Ok(pb::OwnerType::Unspecified) => return Err(invalid("owner.type", "must be set")),
+        Ok(pb::OwnerType::Unspecified) => return Err(Error::invalid("owner.type", "must be set")),
         Err(_) => {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "owner.type",
                 format!("unknown owner type {}", owner.r#type),
             ))
@@ -108,7 +101,7 @@ fn owner(owner: Option<pb::ReservationOwner>) -> Result<Owner, Error> {
 fn seconds_to_ms(field: &'static str, seconds: i64) -> Result<i64, Error> {
     seconds
         .checked_mul(1_000)
-        .ok_or_else(|| invalid(field, format!("{seconds} is out of range")))
+        .ok_or_else(|| Error::invalid(field, format!("{seconds} is out of range")))
 }
 
 pub fn adjust(message: pb::AdjustRequest) -> Result<MutationRequest, Error> {
@@ -214,10 +207,13 @@ pub const MAX_AVAILABILITY_LOCATIONS: usize = 1_000;
 /// The position keys of an availability query, validated and de-duplicated.
 pub fn availability_keys(message: pb::GetAvailabilityRequest) -> Result<Vec<PositionKey>, Error> {
     if message.locations.is_empty() {
-        return Err(invalid("locations", "must name at least one location"));
+        return Err(Error::invalid(
+            "locations",
+            "must name at least one location",
+        ));
     }
     if message.locations.len() > MAX_AVAILABILITY_LOCATIONS {
-        return Err(invalid(
+        return Err(Error::invalid(
             "locations",
             format!(
                 "at most {MAX_AVAILABILITY_LOCATIONS} per request, got {}",
@@ -318,7 +314,7 @@ pub fn position(
     let page_size = match usize::try_from(page_size).unwrap_or(usize::MAX) {
         0 => DEFAULT_RESERVATIONS_PAGE,
         size if size > MAX_RESERVATIONS_PAGE => {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "reservations_page_size",
                 format!("at most {MAX_RESERVATIONS_PAGE}"),
             ))

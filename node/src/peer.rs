@@ -103,6 +103,14 @@ impl PeerService for PeerApi {
         metrics::counter!("skuld_forwarded_served_total", "kind" => target.kind()).increment(1);
         let outcome = match result {
             Ok(bytes) => wire::forward_reply::Outcome::Ok(bytes),
+            // The sender validated the request before forwarding it, so an
+            // invalid one here is a malformed payload (or a sender that is
+            // not a skuld node): refused as a whole, never decided.
+            Err(error @ Error::InvalidArgument { .. }) => {
+                metrics::counter!("skuld_forwarded_malformed_total", "kind" => target.kind())
+                    .increment(1);
+                return Err(Status::invalid_argument(error.to_string()));
+            }
             Err(error) => wire::forward_reply::Outcome::Error(error_to_wire(&error)),
         };
         Ok(Response::new(wire::ForwardReply {
@@ -183,6 +191,13 @@ impl Forwarder for GrpcForwarder {
                     peer.node_id
                 ))),
             },
+            // The owner refused the request as malformed: nothing was
+            // applied, and sending it again cannot help.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => Err(Error::Remote {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                retry_after_ms: None,
+            }),
             // The request may or may not have been applied; the caller
             // resends with the same idempotency key, which replays it.
             Err(status) => {
@@ -222,7 +237,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains("available 2"));
         let overloaded = to_status(&error_from_wire(error_to_wire(&Error::Overloaded {
-            queue: "node",
+            queue: "node".into(),
             retry_after_ms: 250,
         })));
         assert_eq!(overloaded.code(), tonic::Code::ResourceExhausted);

@@ -39,15 +39,8 @@ pub struct ReturnsApi {
 
 type ReturnResult = Result<Response<pb::ReturnResponse>, Status>;
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
-
 fn header(header: Option<pb::ReturnHeader>) -> Result<(ReturnKey, String, Option<u64>), Error> {
-    let header = header.ok_or_else(|| invalid("header", "is required"))?;
+    let header = header.ok_or_else(|| Error::invalid("header", "is required"))?;
     Ok((
         key(header.key)?,
         header.idempotency_key,
@@ -56,7 +49,7 @@ fn header(header: Option<pb::ReturnHeader>) -> Result<(ReturnKey, String, Option
 }
 
 fn key(key: Option<pb::ReturnKey>) -> Result<ReturnKey, Error> {
-    let key = key.ok_or_else(|| invalid("key", "is required"))?;
+    let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
     ReturnKey::new(key.tenant, key.return_id)
 }
 
@@ -79,7 +72,7 @@ fn resolution(value: i32) -> Result<Resolution, Error> {
         Ok(pb::Resolution::StoreCredit) => Ok(Resolution::StoreCredit),
         Ok(pb::Resolution::Exchange) => Ok(Resolution::Exchange),
         Ok(pb::Resolution::KeepItem) => Ok(Resolution::KeepItem),
-        _ => Err(invalid(
+        _ => Err(Error::invalid(
             "lines.resolution",
             format!("must be set to a known value, got {value}"),
         )),
@@ -95,7 +88,7 @@ fn disposition(value: i32) -> Result<Disposition, Error> {
         Ok(pb::Disposition::ReturnToVendor) => Ok(Disposition::ReturnToVendor),
         Ok(pb::Disposition::Missing) => Ok(Disposition::Missing),
         Ok(pb::Disposition::KeepItem) => Ok(Disposition::KeepItem),
-        _ => Err(invalid(
+        _ => Err(Error::invalid(
             "disposition",
             format!("must be set to a known value, got {value}"),
         )),
@@ -108,7 +101,7 @@ fn grade(value: i32) -> Result<Grade, Error> {
         Ok(pb::Grade::B) => Ok(Grade::B),
         Ok(pb::Grade::C) => Ok(Grade::C),
         Ok(pb::Grade::Unsellable) => Ok(Grade::Unsellable),
-        _ => Err(invalid(
+        _ => Err(Error::invalid(
             "lines.grade",
             format!("must be set to a known value, got {value}"),
         )),
@@ -120,7 +113,7 @@ fn milestone(value: i32) -> Result<Milestone, Error> {
         Ok(pb::CarrierMilestone::InTransit) => Ok(Milestone::InTransit),
         Ok(pb::CarrierMilestone::OutForDelivery) => Ok(Milestone::OutForDelivery),
         Ok(pb::CarrierMilestone::Delivered) => Ok(Milestone::Delivered),
-        _ => Err(invalid(
+        _ => Err(Error::invalid(
             "milestone",
             format!("must be set to a known value, got {value}"),
         )),
@@ -134,7 +127,7 @@ fn decline_reason(value: i32) -> Result<DeclineReason, Error> {
         Ok(pb::DeclineReason::Policy) => Ok(DeclineReason::Policy),
         Ok(pb::DeclineReason::Fraud) => Ok(DeclineReason::Fraud),
         Ok(pb::DeclineReason::Other) => Ok(DeclineReason::Other),
-        _ => Err(invalid(
+        _ => Err(Error::invalid(
             "reason",
             format!("must be set to a known value, got {value}"),
         )),
@@ -147,7 +140,10 @@ fn refund_method(value: i32) -> Result<RefundMethod, Error> {
             Ok(RefundMethod::OriginalPayment)
         }
         Ok(pb::RefundMethod::StoreCredit) => Ok(RefundMethod::StoreCredit),
-        Err(_) => Err(invalid("method", format!("unknown refund method {value}"))),
+        Err(_) => Err(Error::invalid(
+            "method",
+            format!("unknown refund method {value}"),
+        )),
     }
 }
 
@@ -397,7 +393,7 @@ impl ReturnsApi {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         if message.override_window && !pre_approved {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "override_window",
                 "only CreateReturn (agent or API) may override the window",
             ));
@@ -691,21 +687,30 @@ impl ReturnsService for ReturnsApi {
             let page_size = match usize::try_from(m.page_size).unwrap_or(MAX_PAGE_SIZE) {
                 0 => DEFAULT_PAGE_SIZE,
                 n if n > MAX_PAGE_SIZE => {
-                    return Err(invalid("page_size", format!("at most {MAX_PAGE_SIZE}")))
+                    return Err(Error::invalid(
+                        "page_size",
+                        format!("at most {MAX_PAGE_SIZE}"),
+                    ))
                 }
                 n => n,
             };
             let state_filter = match pb::ReturnState::try_from(m.state) {
                 Ok(pb::ReturnState::Unspecified) => None,
                 Ok(state) => Some(state),
-                Err(_) => return Err(invalid("state", format!("unknown state {}", m.state))),
+                Err(_) => {
+                    return Err(Error::invalid(
+                        "state",
+                        format!("unknown state {}", m.state),
+                    ))
+                }
             };
             let mut after = if m.page_token.is_empty() {
                 None
             } else {
                 Some(
-                    ReturnKey::new(m.tenant.clone(), m.page_token.clone())
-                        .map_err(|_| invalid("page_token", "is not a token this service issued"))?,
+                    ReturnKey::new(m.tenant.clone(), m.page_token.clone()).map_err(|_| {
+                        Error::invalid("page_token", "is not a token this service issued")
+                    })?,
                 )
             };
             let scope = summary_scope(&m.tenant);

@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
 use skuld_actors::runtime::{Background, Entity, EntityRuntime, TimerTarget};
+use skuld_cluster::store::health::StoreHealth;
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
@@ -56,13 +57,86 @@ impl Listeners {
     }
 }
 
+/// What the node's readiness is made of; `/readyz` and gRPC health answer
+/// from the same [`Readiness::check`].
+#[derive(Clone)]
+struct Readiness {
+    /// Set once serving, cleared when the shutdown begins.
+    started: Arc<AtomicBool>,
+    /// Cluster mode: ready also needs a loaded view of the cluster, a lease
+    /// etcd confirmed recently (else this node's routing is stale) and a
+    /// store that answers.
+    membership: Option<Arc<skuld_cluster::membership::Membership>>,
+    store_health: Option<Arc<StoreHealth>>,
+}
+
+impl Readiness {
+    fn check(&self) -> Result<(), &'static str> {
+        if !self.started.load(Ordering::Acquire) {
+            return Err("not ready");
+        }
+        if let Some(membership) = &self.membership {
+            if membership.view().borrow().revision == 0 {
+                return Err("cluster view not loaded yet");
+            }
+            if membership.lease().borrow().confirmed_at.elapsed() >= membership.lease_ttl() {
+                return Err("etcd has not confirmed the lease within its TTL");
+            }
+        }
+        if self
+            .store_health
+            .as_ref()
+            .is_some_and(|health| !health.is_healthy())
+        {
+            return Err("the store has failed every call for the failover time");
+        }
+        Ok(())
+    }
+}
+
+/// Keeps gRPC health (the overall status and each client service) equal to
+/// [`Readiness::check`] until `stop`, so a kubelet's gRPC probe and the HTTP
+/// probe never disagree.
+async fn follow_readiness(
+    readiness: Readiness,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let mut serving = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let ready = readiness.check().is_ok();
+        if serving == Some(ready) {
+            continue;
+        }
+        serving = Some(ready);
+        set_health(&health, ready).await;
+    }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, ready: bool) {
+    let status = if ready {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in [
+        "",
+        <InventoryServiceServer<InventoryApi> as tonic::server::NamedService>::NAME,
+        <ReturnsServiceServer<ReturnsApi> as tonic::server::NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}
+
 #[derive(Clone)]
 struct HttpState {
-    ready: Arc<AtomicBool>,
+    readiness: Readiness,
     metrics: Option<PrometheusHandle>,
-    /// Cluster mode: ready also needs a loaded view of the cluster and a
-    /// lease etcd confirmed recently, else this node's routing is stale.
-    membership: Option<Arc<skuld_cluster::membership::Membership>>,
 }
 
 /// Runs a node until `shutdown` resolves, then drains and stops in order.
@@ -117,19 +191,15 @@ pub async fn run(
             Arc::clone(&returns) as Arc<dyn TimerTarget>,
         ],
         joined.as_ref().map(|joined| Arc::clone(&joined.table)),
-        Duration::from_millis(config.timer_scan_interval_ms),
-        Duration::from_secs(config.idempotency_retention_secs),
+        config.background(),
     );
     let node_id = config.effective_node_id();
     let ready = Arc::new(AtomicBool::new(false));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InventoryServiceServer<InventoryApi>>()
-        .await;
-    health
-        .set_serving::<ReturnsServiceServer<ReturnsApi>>()
-        .await;
+    // NOT_SERVING until ready (tonic-health starts the overall status at
+    // SERVING).
+    set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(skuld_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -180,11 +250,20 @@ pub async fn run(
             ),
     );
 
-    let http_state = HttpState {
-        ready: Arc::clone(&ready),
-        metrics,
+    let readiness = Readiness {
+        started: Arc::clone(&ready),
         membership: joined.as_ref().map(|joined| Arc::clone(&joined.membership)),
+        store_health: joined
+            .as_ref()
+            .map(|joined| Arc::clone(&joined.store_health)),
     };
+    let (stop_readiness, readiness_stopped) = watch::channel(false);
+    let readiness_task = tokio::spawn(follow_readiness(
+        readiness.clone(),
+        health.clone(),
+        readiness_stopped,
+    ));
+    let http_state = HttpState { readiness, metrics };
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -214,15 +293,9 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutdown requested: draining");
     ready.store(false, Ordering::Release);
-    health
-        .set_not_serving::<InventoryServiceServer<InventoryApi>>()
-        .await;
-    health
-        .set_not_serving::<ReturnsServiceServer<ReturnsApi>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    let _ = stop_readiness.send(true);
+    let _ = readiness_task.await;
+    set_health(&health, false).await;
     if let Some(running) = running.as_mut() {
         running.hand_over().await;
     }
@@ -270,25 +343,11 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if !state.ready.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
-    if let Some(membership) = &state.membership {
-        if membership.view().borrow().revision == 0 {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cluster view not loaded yet\n",
-            );
-        }
-        if membership.lease().borrow().confirmed_at.elapsed() >= membership.lease_ttl() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "etcd has not confirmed the lease within its TTL\n",
-            );
-        }
-    }
-    (StatusCode::OK, "ready\n")
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> (StatusCode, String) {

@@ -32,7 +32,7 @@ pub fn to_status(error: &Error) -> Status {
     let message = error.to_string();
     match error {
         Error::InvalidArgument { field, reason } => {
-            let details = ErrorDetails::with_bad_request_violation(*field, reason.clone());
+            let details = ErrorDetails::with_bad_request_violation(field.as_ref(), reason.clone());
             Status::with_error_details(Code::InvalidArgument, message, details)
         }
         Error::Insufficient { .. } => precondition("INSUFFICIENT_AVAILABLE", "available", error),
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn overload_carries_a_retry_hint() {
         let status = to_status(&Error::Overloaded {
-            queue: "node",
+            queue: "node".into(),
             retry_after_ms: 100,
         });
         assert_eq!(status.code(), Code::ResourceExhausted);

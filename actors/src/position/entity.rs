@@ -2,7 +2,7 @@
 
 use super::{apply_entry, decide, Command, Context, Decision, Event, MutationReply, PositionState};
 use crate::journal::JournalEntry;
-use crate::key::{validate_token, PositionKey};
+use crate::key::PositionKey;
 use crate::runtime::{Entity, Mutation};
 use crate::Error;
 
@@ -49,10 +49,12 @@ impl Entity for PositionEntity {
         PositionKey::decode(bytes)
     }
 
+    fn validate_key(key: &PositionKey) -> Result<(), Error> {
+        key.validate()
+    }
+
     fn validate(key: &PositionKey, command: &Command) -> Result<(), Error> {
-        validate_token("tenant", &key.tenant)?;
-        validate_token("sku", &key.sku)?;
-        validate_token("location", &key.location)?;
+        key.validate()?;
         command.validate()
     }
 

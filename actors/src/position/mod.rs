@@ -16,7 +16,7 @@ mod decide;
 mod entity;
 mod state;
 
-pub use command::{Command, Context};
+pub use command::{Command, Context, MAX_QUANTITY};
 pub use decide::{apply, apply_entry, decide, Decision};
 pub use entity::{MutationRequest, PositionEntity};
 pub use state::{

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use super::state::*;
 use crate::key::validate_token;
+use crate::position::MAX_QUANTITY;
 use crate::Error;
 
 /// Time and identity a decision is made under.
@@ -16,15 +17,12 @@ pub struct ReturnContext {
 const DAY_MS: i64 = 86_400_000;
 /// Lines of one return at most.
 pub const MAX_RETURN_LINES: usize = 200;
+/// Largest amount paid for one order line, in minor units (10^15: ten
+/// trillion in a currency of cents). With at most [`MAX_RETURN_LINES`]
+/// lines, every total of a return fits an i64 many times over.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 /// Effect attempts after which an exception is raised (retries go on).
 pub const EFFECT_ATTEMPTS_BEFORE_EXCEPTION: u32 = 5;
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
 
 fn refuse(message: impl Into<String>) -> Error {
     Error::FailedPrecondition(message.into())
@@ -277,25 +275,33 @@ fn require_state(command: &ReturnCommand, state: ReturnState) -> Result<(), Erro
         Ok(())
     } else {
         Err(Error::IllegalTransition {
-            command: name,
+            command: name.into(),
             state,
-            allowed,
+            allowed: allowed.into_iter().map(Into::into).collect(),
         })
     }
 }
 
 fn line<'a>(case: &'a ReturnCase, line_id: &str) -> Result<&'a ReturnLine, Error> {
     case.lines.get(line_id).ok_or_else(|| {
-        invalid(
+        Error::invalid(
             "line_id",
             format!("{line_id:?} is not a line of this return"),
         )
     })
 }
 
+/// Client quantities are bounded like a position's, so every sum of them
+/// (received + inspected + ..., per line) stays far from overflow.
 fn positive(field: &'static str, value: i64) -> Result<(), Error> {
     if value <= 0 {
-        return Err(invalid(field, format!("must be > 0, got {value}")));
+        return Err(Error::invalid(field, format!("must be > 0, got {value}")));
+    }
+    if value > MAX_QUANTITY {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_QUANTITY}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -310,7 +316,10 @@ fn optional_token(field: &'static str, value: &str) -> Result<(), Error> {
 
 fn free_text(field: &'static str, value: &str) -> Result<(), Error> {
     if value.len() > 1_024 || value.chars().any(char::is_control) {
-        return Err(invalid(field, "at most 1024 bytes, no control characters"));
+        return Err(Error::invalid(
+            field,
+            "at most 1024 bytes, no control characters",
+        ));
     }
     Ok(())
 }
@@ -403,13 +412,13 @@ fn open(
     optional_token("customer_ref", customer_ref)?;
     optional_token("channel", channel)?;
     if order_lines.is_empty() || order_lines.len() > MAX_RETURN_LINES {
-        return Err(invalid(
+        return Err(Error::invalid(
             "order_lines",
             format!("1 to {MAX_RETURN_LINES} order lines required"),
         ));
     }
     if lines.is_empty() || lines.len() > MAX_RETURN_LINES {
-        return Err(invalid(
+        return Err(Error::invalid(
             "lines",
             format!("1 to {MAX_RETURN_LINES} lines required"),
         ));
@@ -420,11 +429,17 @@ fn open(
         validate_token("order_lines.sku", &order_line.sku)?;
         validate_token("order_lines.location", &order_line.location)?;
         positive("order_lines.quantity", order_line.quantity)?;
-        if order_line.amount_paid_minor < 0 {
-            return Err(invalid("order_lines.amount_paid_minor", "must be >= 0"));
+        if !(0..=MAX_AMOUNT_MINOR).contains(&order_line.amount_paid_minor) {
+            return Err(Error::invalid(
+                "order_lines.amount_paid_minor",
+                format!(
+                    "must be 0 to {MAX_AMOUNT_MINOR}, got {}",
+                    order_line.amount_paid_minor
+                ),
+            ));
         }
         if !seen.insert(order_line.line_id.as_str()) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "order_lines.line_id",
                 format!("{:?} appears twice", order_line.line_id),
             ));
@@ -439,7 +454,7 @@ fn open(
             .iter()
             .find(|l| l.line_id == requested.order_line_id)
             .ok_or_else(|| {
-                invalid(
+                Error::invalid(
                     "lines.order_line_id",
                     format!(
                         "{:?} is not a line of order {order_ref:?}",
@@ -448,14 +463,14 @@ fn open(
                 )
             })?;
         if !requested_lines.insert(requested.order_line_id.as_str()) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "lines.order_line_id",
                 format!("{:?} appears twice", requested.order_line_id),
             ));
         }
         positive("lines.quantity", requested.quantity)?;
         if requested.quantity > order_line.quantity {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "lines.quantity",
                 format!(
                     "line {:?}: {} requested but {} bought",
@@ -486,7 +501,7 @@ fn open(
             let sku = requested
                 .exchange_sku
                 .as_deref()
-                .ok_or_else(|| invalid("lines.exchange_sku", "required for an exchange"))?;
+                .ok_or_else(|| Error::invalid("lines.exchange_sku", "required for an exchange"))?;
             validate_token("lines.exchange_sku", sku)?;
             exchanges.push(ExchangeHold {
                 line_id: order_line.line_id.clone(),
@@ -584,7 +599,10 @@ fn client_command(
         }
         ReturnCommand::CarrierMilestone { milestone, at_ms } => {
             if *milestone == Milestone::LabelCreated {
-                return Err(invalid("milestone", "a label is created with AttachLabel"));
+                return Err(Error::invalid(
+                    "milestone",
+                    "a label is created with AttachLabel",
+                ));
             }
             let at_ms = if *at_ms == 0 { now } else { *at_ms };
             // Any carrier scan means the parcel is moving.
@@ -614,7 +632,7 @@ fn client_command(
             accept_surplus,
         } => {
             if lines.is_empty() {
-                return Err(invalid("lines", "name at least one line"));
+                return Err(Error::invalid("lines", "name at least one line"));
             }
             for received in lines {
                 positive("lines.quantity", received.quantity)?;
@@ -674,7 +692,7 @@ fn client_command(
         }
         ReturnCommand::Inspect { lines } => {
             if lines.is_empty() {
-                return Err(invalid("lines", "name at least one line"));
+                return Err(Error::invalid("lines", "name at least one line"));
             }
             for inspected in lines {
                 positive("lines.quantity", inspected.quantity)?;
@@ -870,7 +888,12 @@ fn process(
         )));
     }
     if !refund_lines.is_empty() {
-        let gross: i64 = refund_lines.iter().map(|l| l.gross_minor).sum();
+        // Checked: each line's gross is at most what was paid for it, but a
+        // total over lines is still a sum, and fees come from configuration.
+        let gross = refund_lines
+            .iter()
+            .try_fold(0i64, |total, line| total.checked_add(line.gross_minor))
+            .ok_or_else(|| refuse("the refund total does not fit an amount"))?;
         let restocking_fee_minor =
             i64::try_from(i128::from(gross) * i128::from(policy.restocking_fee_bps) / 10_000)
                 .unwrap_or(gross);
@@ -879,7 +902,9 @@ fn process(
         } else {
             0
         };
-        let fees = (restocking_fee_minor + shipping_fee_minor).min(gross);
+        let fees = restocking_fee_minor
+            .saturating_add(shipping_fee_minor)
+            .min(gross);
         let refund = Refund {
             refund_id: format!("{}-refund-{}", context.return_id, b.case.refunds.len() + 1),
             method,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     apply_entry, decide, Effect, EffectKind, EffectOutcome, ReturnCase, ReturnCommand,
-    ReturnContext, ReturnEvent, ReturnState,
+    ReturnContext, ReturnEvent, ReturnPolicy, ReturnState,
 };
 use crate::journal::JournalEntry;
 use crate::position::{
@@ -88,6 +88,18 @@ impl ReturnEntity {
             running: Arc::new(Mutex::new(HashSet::new())),
             failpoint: Failpoint::from_env(),
         }
+    }
+}
+
+/// A case's "effect running" mark; cleared when dropped.
+struct Running {
+    cases: Arc<Mutex<HashSet<ReturnKey>>>,
+    key: ReturnKey,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.cases.lock().remove(&self.key);
     }
 }
 
@@ -268,14 +280,31 @@ impl Entity for ReturnEntity {
         ReturnKey::decode(bytes)
     }
 
+    /// The policy of an `Open` is resolved by the receiving node, whose
+    /// policy table may differ from the one that took the first attempt;
+    /// the case keeps the policy it opened with.
+    fn client_part(command: &ReturnCommand) -> std::borrow::Cow<'_, ReturnCommand> {
+        match command {
+            ReturnCommand::Open { .. } => {
+                let mut sent = command.clone();
+                if let ReturnCommand::Open { policy, .. } = &mut sent {
+                    *policy = ReturnPolicy::default();
+                }
+                std::borrow::Cow::Owned(sent)
+            }
+            _ => std::borrow::Cow::Borrowed(command),
+        }
+    }
+
+    fn validate_key(key: &ReturnKey) -> Result<(), Error> {
+        key.validate()
+    }
+
     fn validate(key: &ReturnKey, command: &ReturnCommand) -> Result<(), Error> {
         key.validate()?;
         match command {
             ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => {
-                Err(Error::InvalidArgument {
-                    field: "command",
-                    reason: "reserved for the node".into(),
-                })
+                Err(Error::invalid("command", "reserved for the node"))
             }
             _ => Ok(()),
         }
@@ -346,10 +375,16 @@ impl Entity for ReturnEntity {
         let effect = effect.clone();
         let failpoint = self.failpoint;
         tokio::spawn(async move {
+            // The case stays marked as running this step until its result
+            // has been decided by the case's actor (or could not be queued):
+            // a drain of the case in between must not start it again.
+            let mark = Running {
+                cases: running,
+                key: key.clone(),
+            };
             Failpoint::hit(failpoint, true, effect.step);
             let (outcome, error) = run_effect(&positions, &key, &effect).await;
             Failpoint::hit(failpoint, false, effect.step);
-            running.lock().remove(&key);
             metrics::counter!("skuld_return_effects_total", "outcome" => match outcome {
                 EffectOutcome::Applied => "applied",
                 EffectOutcome::Refused => "refused",
@@ -361,7 +396,7 @@ impl Entity for ReturnEntity {
                 outcome,
                 error,
             };
-            if let Err(error) = handle.send_internal(&key, report, "effect") {
+            if let Err(error) = handle.send_internal_holding(&key, report, "effect", mark) {
                 // The effect stays pending; the timer runs it again and the
                 // position replays it.
                 tracing::warn!(%key, step = effect.step, %error, "effect result not delivered");

@@ -11,7 +11,7 @@ use crate::position::{
     AdjustmentReason, Bucket, Command, MutationRequest, PositionEntity, PositionState,
 };
 use crate::runtime::{
-    Admission, Background, EntityRuntime, RequestMeta, RuntimeConfig, TimerTarget,
+    Admission, Background, BackgroundTiming, EntityRuntime, RequestMeta, RuntimeConfig, TimerTarget,
 };
 use crate::{PositionKey, ReturnKey};
 
@@ -46,8 +46,11 @@ fn start(dir: &std::path::Path) -> Node {
             Arc::clone(&returns) as Arc<dyn TimerTarget>,
         ],
         None,
-        Duration::from_millis(50),
-        Duration::from_secs(86_400),
+        BackgroundTiming {
+            timer_scan_interval: Duration::from_millis(50),
+            idempotency_retention: Duration::from_secs(86_400),
+            purge_interval: Duration::from_secs(60),
+        },
     );
     Node {
         positions,

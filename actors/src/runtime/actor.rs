@@ -139,6 +139,13 @@ impl<E: Entity> Actor for EntityActor<E> {
     }
 }
 
+/// What an idempotency record stores: the first answer to its key.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) enum StoredAnswer<R> {
+    Accepted(R),
+    Refused(Error),
+}
+
 /// A reply computed during the drain, sent once the batch is durable.
 struct PendingReply<E: Entity> {
     envelope: Envelope<E>,
@@ -382,48 +389,63 @@ impl<E: Entity> ActorState<E> {
                     fingerprint,
                 } => match stored.get(&mutation.idempotency_key) {
                     Some(record) if record.fingerprint == *fingerprint => {
-                        decode::<E::Reply>(&record.reply).map(|reply| {
-                            Outcome::Mutated(Mutated {
-                                reply,
-                                replayed: true,
-                            })
+                        decode::<StoredAnswer<E::Reply>>(&record.reply).and_then(|answer| {
+                            metrics::counter!("skuld_idempotent_replays_total", "kind" => E::KIND)
+                                .increment(1);
+                            match answer {
+                                StoredAnswer::Accepted(reply) => Ok(Outcome::Mutated(Mutated {
+                                    reply,
+                                    replayed: true,
+                                })),
+                                StoredAnswer::Refused(refusal) => Err(refusal),
+                            }
                         })
                     }
                     Some(_) => Err(Error::IdempotencyKeyReused(
                         mutation.idempotency_key.clone(),
                     )),
-                    None => entity
-                        .decide(
-                            key,
-                            state,
-                            mutation.expected_version,
-                            &mutation.command,
-                            now_ms,
-                        )
-                        .and_then(|(events, outcome)| {
-                            append::<E>(
+                    None => {
+                        let decided = entity
+                            .decide(
+                                key,
                                 state,
-                                &mut write,
-                                events,
-                                Some(mutation.idempotency_key.clone()),
-                                &envelope.correlation_id,
+                                mutation.expected_version,
+                                &mutation.command,
                                 now_ms,
-                            )?;
-                            let reply = E::reply(state, outcome);
-                            let record = IdempotencyRecord {
-                                key: mutation.idempotency_key.clone(),
-                                fingerprint: *fingerprint,
-                                reply: encode(&reply)?,
-                                recorded_at_ms: u64::try_from(now_ms).unwrap_or(0),
-                            };
-                            // A duplicate later in this same drain replays it.
-                            stored.insert(record.key.clone(), record.clone());
-                            write.idempotency.push(record);
-                            Ok(Outcome::Mutated(Mutated {
-                                reply,
-                                replayed: false,
-                            }))
-                        }),
+                            )
+                            .and_then(|(events, outcome)| {
+                                append::<E>(
+                                    state,
+                                    &mut write,
+                                    events,
+                                    Some(mutation.idempotency_key.clone()),
+                                    &envelope.correlation_id,
+                                    now_ms,
+                                )?;
+                                Ok(E::reply(state, outcome))
+                            });
+                        // The key's first request is recorded with its
+                        // answer, accepted or refused by the entity, so a
+                        // retry gets the same answer whatever changed since
+                        // (see "Idempotent retries" in the README).
+                        match decided {
+                            Ok(reply) => record::<E>(
+                                &mut write,
+                                &mut stored,
+                                mutation,
+                                *fingerprint,
+                                StoredAnswer::Accepted(reply),
+                            ),
+                            Err(error) if error.is_refusal() => record::<E>(
+                                &mut write,
+                                &mut stored,
+                                mutation,
+                                *fingerprint,
+                                StoredAnswer::Refused(error),
+                            ),
+                            Err(error) => Err(error),
+                        }
+                    }
                 },
             };
             replies.push(PendingReply { envelope, result });
@@ -445,6 +467,34 @@ impl<E: Entity> ActorState<E> {
             }
         }
         (write, replies)
+    }
+}
+
+/// Records the first answer to a mutation's idempotency key in the write
+/// and returns it as the mutation's result.
+fn record<E: Entity>(
+    write: &mut EntityWrite,
+    stored: &mut HashMap<String, IdempotencyRecord>,
+    mutation: &super::Mutation<E>,
+    fingerprint: u128,
+    answer: StoredAnswer<E::Reply>,
+) -> Result<Outcome<E>, Error> {
+    let record = IdempotencyRecord {
+        key: mutation.idempotency_key.clone(),
+        fingerprint,
+        reply: encode(&answer)?,
+        // Stamped by the store's clock at commit.
+        recorded_at_ms: 0,
+    };
+    // A duplicate later in this same drain replays it.
+    stored.insert(record.key.clone(), record.clone());
+    write.idempotency.push(record);
+    match answer {
+        StoredAnswer::Accepted(reply) => Ok(Outcome::Mutated(Mutated {
+            reply,
+            replayed: false,
+        })),
+        StoredAnswer::Refused(refusal) => Err(refusal),
     }
 }
 

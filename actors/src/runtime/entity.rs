@@ -16,7 +16,7 @@ use crate::Error;
 pub trait Entity: Send + Sync + Sized + 'static {
     type Key: Clone + Eq + Hash + Display + Serialize + DeserializeOwned + Send + Sync + 'static;
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
-    type Command: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Command: Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
     type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What `decide` tells `reply` beyond the new state.
     type Outcome: Send + 'static;
@@ -29,6 +29,17 @@ pub trait Entity: Send + Sync + Sized + 'static {
     /// its own so kinds never collide.
     fn encode_key(key: &Self::Key) -> Vec<u8>;
     fn decode_key(bytes: &[u8]) -> Option<Self::Key>;
+
+    /// What of a command the client sent, for the request fingerprint: a
+    /// retry must match it, so anything the receiving node adds (a policy
+    /// it resolved) is left out. The default is the whole command.
+    fn client_part(command: &Self::Command) -> std::borrow::Cow<'_, Self::Command> {
+        std::borrow::Cow::Borrowed(command)
+    }
+
+    /// Checks a key that did not come from a validated request (one decoded
+    /// from a forwarded payload).
+    fn validate_key(key: &Self::Key) -> Result<(), Error>;
 
     /// Checks a command that needs no state; refused before it is queued.
     fn validate(key: &Self::Key, command: &Self::Command) -> Result<(), Error>;
@@ -88,11 +99,15 @@ impl<E: Entity> Mutation<E> {
     }
 
     /// Identifies the request apart from its idempotency key: a retry must
-    /// carry the same fingerprint.
+    /// carry the same fingerprint. Covers only what the client sent.
     pub fn fingerprint(&self) -> u128 {
         let config = bincode::config::standard();
         let bytes = bincode::serde::encode_to_vec(
-            (&self.key, self.expected_version, &self.command),
+            (
+                &self.key,
+                self.expected_version,
+                E::client_part(&self.command).as_ref(),
+            ),
             config,
         )
         .unwrap_or_default();
@@ -100,10 +115,7 @@ impl<E: Entity> Mutation<E> {
     }
 }
 
-impl<E: Entity> Clone for Mutation<E>
-where
-    E::Command: Clone,
-{
+impl<E: Entity> Clone for Mutation<E> {
     fn clone(&self) -> Self {
         Self {
             key: self.key.clone(),

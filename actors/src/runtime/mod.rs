@@ -105,15 +105,23 @@ enum Priority {
     Read,
 }
 
-/// Releases an admission slot when the request is answered or abandoned.
-struct Admitted<'a>(&'a AtomicUsize);
+/// Releases a request's admission slots when it is answered or abandoned.
+struct Admitted<'a> {
+    in_flight: &'a AtomicUsize,
+    slots: usize,
+}
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        let now = self.in_flight.fetch_sub(self.slots, Ordering::AcqRel) - self.slots;
         metrics::gauge!("skuld_inflight_requests").set(now as f64);
     }
 }
+
+/// Reads of one multi-key request (GetAvailability) run at most this many at
+/// a time, and the request holds that many admission slots: far below any
+/// read bound, so no request is refused by a bound it alone exceeds.
+pub const READ_FAN_OUT: usize = 16;
 
 impl Admission {
     pub fn new(max_in_flight: usize, read_admission_percent: usize, retry_after: Duration) -> Self {
@@ -129,12 +137,19 @@ impl Admission {
     fn overloaded(&self, queue: &'static str) -> Error {
         metrics::counter!("skuld_rejections_total", "queue" => queue).increment(1);
         Error::Overloaded {
-            queue,
+            queue: queue.into(),
             retry_after_ms: u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
     fn admit(&self, priority: Priority) -> Result<Admitted<'_>, Error> {
+        self.admit_slots(priority, 1)
+    }
+
+    /// Admits a request that holds `slots` slots. It is refused only when
+    /// the node is busy with others: a request alone on an idle node is
+    /// always admitted, whatever its size.
+    fn admit_slots(&self, priority: Priority, slots: usize) -> Result<Admitted<'_>, Error> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(Error::Unavailable("node is draining".into()));
         }
@@ -142,12 +157,16 @@ impl Admission {
             Priority::Write => self.max_in_flight,
             Priority::Read => self.max_in_flight * self.read_admission_percent / 100,
         };
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let admitted = Admitted(&self.in_flight);
-        if before >= limit {
+        let slots = slots.clamp(1, limit.max(1));
+        let before = self.in_flight.fetch_add(slots, Ordering::AcqRel);
+        let admitted = Admitted {
+            in_flight: &self.in_flight,
+            slots,
+        };
+        if before > 0 && before + slots > limit {
             return Err(self.overloaded("node"));
         }
-        metrics::gauge!("skuld_inflight_requests").set((before + 1) as f64);
+        metrics::gauge!("skuld_inflight_requests").set((before + slots) as f64);
         Ok(admitted)
     }
 
@@ -195,6 +214,10 @@ pub(crate) struct Envelope<E: Entity> {
     /// under (cluster mode); `None` for single-node and internal work.
     pub(crate) epoch: Option<u64>,
     pub(crate) reply: Option<oneshot::Sender<Result<Outcome<E>, Error>>>,
+    /// Dropped with the envelope: once the actor has taken the command into
+    /// a decision, or once it was refused or abandoned (see
+    /// [`EntityHandle::send_internal_holding`]).
+    pub(crate) held: Option<Box<dyn Send + Sync>>,
 }
 
 impl<E: Entity> Envelope<E> {
@@ -212,6 +235,7 @@ impl<E: Entity> Envelope<E> {
             deadline: None,
             epoch: None,
             reply: None,
+            held: None,
         }
     }
 }
@@ -286,7 +310,7 @@ impl<E: Entity> Shared<E> {
                 Push::Full(_) => {
                     metrics::counter!("skuld_rejections_total", "queue" => E::KIND).increment(1);
                     return Err(Error::Overloaded {
-                        queue: E::KIND,
+                        queue: E::KIND.into(),
                         retry_after_ms: u64::try_from(self.admission.retry_after.as_millis())
                             .unwrap_or(u64::MAX),
                     });
@@ -377,6 +401,24 @@ impl<E: Entity> EntityHandle<E> {
             key,
             Envelope::internal(Work::Internal(command), correlation_id),
         )
+    }
+
+    /// Like [`EntityHandle::send_internal`], and keeps `held` alive until
+    /// the command has been decided (it is dropped during the drain that
+    /// decides it, before that drain's `after_commit`), or until it is
+    /// refused or abandoned unqueued. A side effect reporting its result
+    /// holds its "running" mark this way, so no drain in between starts the
+    /// same effect again.
+    pub fn send_internal_holding(
+        &self,
+        key: &E::Key,
+        command: E::Command,
+        correlation_id: &str,
+        held: impl Send + Sync + 'static,
+    ) -> Result<(), Error> {
+        let mut envelope = Envelope::internal(Work::Internal(command), correlation_id);
+        envelope.held = Some(Box::new(held));
+        self.shared.submit(key, envelope)
     }
 }
 
@@ -473,6 +515,32 @@ impl<E: Entity> EntityRuntime<E> {
     /// cluster mode).
     pub async fn read(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
         let _admitted = self.shared.admission.admit(Priority::Read)?;
+        self.read_admitted(key, meta).await
+    }
+
+    /// Reads several entities for one request, [`READ_FAN_OUT`] at a time,
+    /// admitted once; the states come back in the order of `keys`.
+    pub async fn read_many(
+        &self,
+        keys: &[E::Key],
+        meta: RequestMeta,
+    ) -> Result<Vec<E::State>, Error> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let _admitted = self
+            .shared
+            .admission
+            .admit_slots(Priority::Read, keys.len().min(READ_FAN_OUT))?;
+        let reads: Vec<_> = keys
+            .iter()
+            .map(|key| self.read_admitted(key, meta.clone()))
+            .collect();
+        stream::iter(reads)
+            .buffered(READ_FAN_OUT)
+            .try_collect()
+            .await
+    }
+
+    async fn read_admitted(&self, key: &E::Key, meta: RequestMeta) -> Result<E::State, Error> {
         let Some(routing) = self.shared.routing.clone() else {
             return self.read_here(key, meta, None).await;
         };
@@ -532,7 +600,12 @@ impl<E: Entity> EntityRuntime<E> {
                     {
                         Ok(answer) => {
                             meta.served_by.set(&peer.node_id);
-                            return codec::decode(&answer);
+                            return codec::decode_limited(&answer).map_err(|error| {
+                                Error::Unavailable(format!(
+                                    "{} answered with a malformed reply: {error}",
+                                    peer.node_id
+                                ))
+                            });
                         }
                         Err(error) if routing.retryable(&error) => {
                             routing
@@ -638,6 +711,7 @@ impl<E: Entity> EntityRuntime<E> {
                 deadline: meta.deadline,
                 epoch,
                 reply: Some(reply),
+                held: None,
             },
         )?;
         answer
@@ -663,15 +737,12 @@ impl<E: Entity> EntityRuntime<E> {
             .filter(|entry| routing.table.shard_of(&E::encode_key(entry.key())) == shard)
             .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
             .collect();
-        for (key, slot) in slots {
-            self.shared
-                .abandon(&key, &slot, "its shard moved to another node");
-            if let Some(actor) = slot.actor.get() {
-                let _ = actor
-                    .stop_and_wait(None, Some(Duration::from_secs(5)))
-                    .await;
-            }
-        }
+        self.stop_actors(
+            slots,
+            "its shard moved to another node",
+            Duration::from_secs(5),
+        )
+        .await;
     }
 
     /// Stops every actor; queued commands are answered UNAVAILABLE.
@@ -682,16 +753,35 @@ impl<E: Entity> EntityRuntime<E> {
             .iter()
             .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
             .collect();
-        for (key, slot) in slots {
-            self.shared.abandon(&key, &slot, "node is shutting down");
-            if let Some(actor) = slot.actor.get() {
-                let _ = actor
-                    .stop_and_wait(None, Some(Duration::from_secs(1)))
-                    .await;
-            }
-        }
+        self.stop_actors(slots, "node is shutting down", Duration::from_secs(1))
+            .await;
+    }
+
+    /// Fails what is queued for each slot and stops its actor, up to
+    /// [`CONCURRENT_STOPS`] at once, waiting at most `each` for any one (an
+    /// actor finishes the drain it is in, which may wait on the store).
+    async fn stop_actors(&self, slots: Vec<(E::Key, Arc<Slot<E>>)>, why: &str, each: Duration) {
+        use futures::stream::{self, StreamExt};
+        let stops: Vec<_> = slots
+            .into_iter()
+            .map(|(key, slot)| {
+                self.shared.abandon(&key, &slot, why);
+                async move {
+                    if let Some(actor) = slot.actor.get() {
+                        let _ = actor.stop_and_wait(None, Some(each)).await;
+                    }
+                }
+            })
+            .collect();
+        stream::iter(stops)
+            .buffer_unordered(CONCURRENT_STOPS)
+            .collect::<()>()
+            .await;
     }
 }
+
+/// Actors stopped at once at most when a shard is evicted or the node stops.
+const CONCURRENT_STOPS: usize = 64;
 
 #[async_trait::async_trait]
 impl<E: Entity> ForwardTarget for EntityRuntime<E> {
@@ -715,7 +805,7 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
         match operation {
             Operation::Mutate => {
                 let (key, idempotency_key, expected_version, command) =
-                    codec::decode::<(E::Key, String, Option<u64>, E::Command)>(&payload)?;
+                    codec::decode_payload::<(E::Key, String, Option<u64>, E::Command)>(&payload)?;
                 let mutation = Mutation::<E> {
                     key,
                     idempotency_key,
@@ -737,7 +827,8 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
                 codec::encode(&(mutated.reply, mutated.replayed))
             }
             Operation::Read => {
-                let key = codec::decode::<E::Key>(&payload)?;
+                let key = codec::decode_payload::<E::Key>(&payload)?;
+                E::validate_key(&key)?;
                 let _admitted = self.shared.admission.admit(Priority::Read)?;
                 let shard = routing.table.shard_of(&E::encode_key(&key));
                 let give_up = routing.give_up(meta.deadline);
@@ -769,6 +860,14 @@ impl<E: Entity> TimerTarget for EntityRuntime<E> {
 
 // ---- background tasks -------------------------------------------------------
 
+/// How often the background tasks run, and the idempotency retention.
+#[derive(Debug, Clone, Copy)]
+pub struct BackgroundTiming {
+    pub timer_scan_interval: Duration,
+    pub idempotency_retention: Duration,
+    pub purge_interval: Duration,
+}
+
 /// Node-wide background work: the durable-timer scanner and the purge of
 /// old idempotency records.
 pub struct Background {
@@ -783,21 +882,22 @@ impl Background {
         store: Arc<dyn Store>,
         targets: Vec<Arc<dyn TimerTarget>>,
         shards: Option<Arc<ShardTable>>,
-        timer_scan_interval: Duration,
-        idempotency_retention: Duration,
+        timing: BackgroundTiming,
     ) -> Self {
         let (shutdown, _) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(scan_timers(
                 Arc::clone(&store),
                 targets,
-                shards,
-                timer_scan_interval,
+                shards.clone(),
+                timing.timer_scan_interval,
                 shutdown.subscribe(),
             )),
             tokio::spawn(purge_idempotency(
                 store,
-                idempotency_retention,
+                shards,
+                timing.idempotency_retention,
+                timing.purge_interval,
                 shutdown.subscribe(),
             )),
         ];
@@ -846,22 +946,33 @@ async fn scan_timers(
     }
 }
 
+/// Deletes idempotency records past the retention, by the store's clock
+/// (never this node's wall clock), and in cluster mode only those of the
+/// shards this node owns.
 async fn purge_idempotency(
     store: Arc<dyn Store>,
+    shards: Option<Arc<ShardTable>>,
     retention: Duration,
+    interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     const PURGE_CHUNK: usize = 10_000;
-    let mut ticker = tokio::time::interval(Duration::from_secs(60));
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let before = u64::try_from(now_ms().saturating_sub(retention_ms)).unwrap_or(0);
+        let owned = shards.as_ref().map(|table| table.local_shards());
+        if owned.as_ref().is_some_and(Vec::is_empty) {
+            continue;
+        }
         loop {
-            match store.purge_idempotency(before, PURGE_CHUNK).await {
+            match store
+                .purge_idempotency(retention, owned.clone(), PURGE_CHUNK)
+                .await
+            {
                 Ok(purged) => {
                     metrics::counter!("skuld_idempotency_purged_total").increment(purged as u64);
                     if purged < PURGE_CHUNK {
@@ -877,5 +988,7 @@ async fn purge_idempotency(
     }
 }
 
+#[cfg(test)]
+mod decode_fuzz_tests;
 #[cfg(test)]
 mod tests;

@@ -85,8 +85,11 @@ fn start_with(
         Arc::clone(&store),
         vec![Arc::clone(&runtime) as Arc<dyn TimerTarget>],
         None,
-        config.timer_scan_interval,
-        Duration::from_secs(86_400),
+        super::BackgroundTiming {
+            timer_scan_interval: config.timer_scan_interval,
+            idempotency_retention: Duration::from_secs(86_400),
+            purge_interval: Duration::from_secs(60),
+        },
     );
     Node {
         runtime,
@@ -487,4 +490,80 @@ async fn commands_admitted_before_a_release_finish_under_their_epoch() {
         .await
         .unwrap();
     assert_eq!((state.version, state.buckets.on_hand), (2, 6));
+}
+
+/// The key's first request is recorded with its answer, also when the
+/// position refuses it: a retry gets the refusal again even after stock
+/// arrived, and a different request with the key is refused as a reuse,
+/// across a restart too. A request refused as malformed does not use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_use_consumes_its_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let mutate = |key: &str, command: Command| {
+        let runtime = Arc::clone(&node.runtime);
+        let request = request(key, command);
+        async move { runtime.mutate(request, RequestMeta::default()).await }
+    };
+    mutate("stock", receive(5)).await.unwrap();
+    let refused = mutate("k", reserve("r-1", 10, 60_000)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Insufficient {
+                requested: 10,
+                available: 5
+            })
+        ),
+        "{refused:?}"
+    );
+    mutate("more", receive(100)).await.unwrap();
+    // The stored refusal, though 105 are available now.
+    let retried = mutate("k", reserve("r-1", 10, 60_000)).await;
+    assert!(
+        matches!(
+            retried,
+            Err(Error::Insufficient {
+                requested: 10,
+                available: 5
+            })
+        ),
+        "{retried:?}"
+    );
+    let reused = mutate("k", reserve("r-1", 3, 60_000)).await;
+    assert!(
+        matches!(reused, Err(Error::IdempotencyKeyReused(_))),
+        "{reused:?}"
+    );
+    // Malformed: refused before the position decides, the key stays free.
+    let malformed = mutate("fresh", reserve("r-2", 0, 60_000)).await;
+    assert!(matches!(malformed, Err(Error::InvalidArgument { .. })));
+    mutate("fresh", reserve("r-2", 2, 60_000)).await.unwrap();
+    node.shutdown().await;
+
+    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let after_restart = node
+        .runtime
+        .mutate(
+            request("k", reserve("r-1", 10, 60_000)),
+            RequestMeta::default(),
+        )
+        .await;
+    assert!(
+        matches!(
+            after_restart,
+            Err(Error::Insufficient {
+                requested: 10,
+                available: 5
+            })
+        ),
+        "{after_restart:?}"
+    );
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(state.buckets.reserved, 2, "only r-2 is held");
+    node.shutdown().await;
 }

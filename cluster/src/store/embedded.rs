@@ -18,11 +18,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
+use super::retention_clock::{wall_ms, RetentionClock};
 use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
 
 struct Inner {
@@ -44,6 +46,8 @@ struct Inner {
     /// Serializes the writers that read before they write (commits and
     /// purges): a purge must not delete a record a concurrent commit rewrites.
     write_lock: Mutex<()>,
+    /// Stamps idempotency records and decides which are old enough to go.
+    clock: RetentionClock,
 }
 
 /// The default, single-node store.
@@ -147,11 +151,17 @@ impl EmbeddedStore {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(StoreError::backend)
         };
+        let idempotency_by_time = keyspace("idempotency_by_time")?;
+        let newest_stamp = match idempotency_by_time.last_key_value() {
+            Some(newest) => be_u64(&newest.key().map_err(StoreError::backend)?)?,
+            None => 0,
+        };
         let inner = Inner {
             journal: keyspace("journal")?,
             snapshots: keyspace("snapshots")?,
             idempotency: keyspace("idempotency")?,
-            idempotency_by_time: keyspace("idempotency_by_time")?,
+            idempotency_by_time,
+            clock: RetentionClock::new(newest_stamp, wall_ms()),
             timers: keyspace("timers")?,
             timers_by_due: keyspace("timers_by_due")?,
             summaries: keyspace("summaries")?,
@@ -184,6 +194,7 @@ impl Inner {
         // Timers changed earlier in this batch are not readable from the
         // database yet; remember them here.
         let mut timers_in_batch: HashMap<&[u8], Option<u64>> = HashMap::new();
+        let recorded_at = self.clock.stamp().to_be_bytes();
         for entity in &batch.entities {
             let key = entity.key.as_slice();
             let prefixed = length_prefixed(key);
@@ -204,13 +215,13 @@ impl Inner {
             for record in &entity.idempotency {
                 let mut value = Vec::with_capacity(24 + record.reply.len());
                 value.extend_from_slice(&record.fingerprint.to_be_bytes());
-                value.extend_from_slice(&record.recorded_at_ms.to_be_bytes());
+                value.extend_from_slice(&recorded_at);
                 value.extend_from_slice(&record.reply);
                 let record_key = with_suffix(&prefixed, record.key.as_bytes());
                 write.insert(&self.idempotency, record_key.clone(), value);
                 write.insert(
                     &self.idempotency_by_time,
-                    with_suffix(&record.recorded_at_ms.to_be_bytes(), &record_key),
+                    with_suffix(&recorded_at, &record_key),
                     [],
                 );
             }
@@ -252,8 +263,9 @@ impl Inner {
         write.commit().map_err(StoreError::backend)
     }
 
-    fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    fn purge_idempotency(&self, retention: Duration, limit: usize) -> Result<usize, StoreError> {
         let _serialized = self.write_lock.lock();
+        let before_ms = self.clock.purge_before(retention);
         let mut expired = Vec::new();
         for item in self
             .idempotency_by_time
@@ -393,8 +405,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        self.blocking(move |inner| inner.purge_idempotency(before_ms, limit))
+    async fn purge_idempotency(
+        &self,
+        retention: Duration,
+        _shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.blocking(move |inner| inner.purge_idempotency(retention, limit))
             .await
     }
 
@@ -432,6 +449,10 @@ impl Store for EmbeddedStore {
             Ok(found)
         })
         .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -573,19 +594,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn purge_removes_only_old_records() {
+    async fn purge_removes_only_records_older_than_the_retention() {
         let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            batch.entities.push(write(b"a", 1));
+            store.commit(batch).await.unwrap();
+        }
+        // Reopened: the record predates this process, and nothing proves it
+        // is older than an hour, whatever the wall clock says.
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
-        batch.entities.push(write(b"a", 1));
         batch.entities.push(write(b"a", 5));
         store.commit(batch).await.unwrap();
-        assert_eq!(store.purge_idempotency(1_003, 100).await.unwrap(), 1);
+        let stamped = store
+            .idempotency_lookup(b"a", vec!["k1".into(), "k5".into()])
+            .await
+            .unwrap();
+        let (k1, k5) = (stamped[0].clone().unwrap(), stamped[1].clone().unwrap());
+        // The writer's value is ignored: the store stamps records itself.
+        assert_ne!(k1.recorded_at_ms, 1_001);
+        assert!(k5.recorded_at_ms >= k1.recorded_at_ms);
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(store.purge_idempotency(hour, None, 100).await.unwrap(), 0);
+        // Past the newest stamp (stamps have millisecond resolution).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            store
+                .purge_idempotency(Duration::ZERO, None, 100)
+                .await
+                .unwrap(),
+            2
+        );
         let found = store
             .idempotency_lookup(b"a", vec!["k1".into(), "k5".into()])
             .await
             .unwrap();
-        assert!(found[0].is_none());
-        assert!(found[1].is_some());
+        assert!(found.iter().all(Option::is_none));
     }
 }

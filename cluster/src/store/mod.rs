@@ -6,7 +6,9 @@
 //! trait for the embedded (redb) and the cluster (PostgreSQL) backends.
 
 pub mod embedded;
+pub mod health;
 pub mod postgres;
+pub mod retention_clock;
 pub mod writer;
 
 use async_trait::async_trait;
@@ -18,6 +20,10 @@ pub enum StoreError {
     /// write was applied; callers may retry.
     #[error("store backend failed: {0}")]
     Backend(String),
+    /// The store was written under other settings than this node's (a
+    /// different shard count); serving would misplace every key.
+    #[error("{0}")]
+    Incompatible(String),
     /// The store's writer or reader is gone (node shutting down).
     #[error("store is closed")]
     Closed,
@@ -48,8 +54,9 @@ pub struct IdempotencyRecord {
     pub fingerprint: u128,
     /// The encoded reply.
     pub reply: Vec<u8>,
-    /// When the command was recorded (unix ms); records older than the
-    /// retention are purged.
+    /// When the record was committed (unix ms), by the store's clock: the
+    /// value a writer passes is ignored and the store stamps the record
+    /// itself, so no node's wall clock decides when a key is forgotten.
     pub recorded_at_ms: u64,
 }
 
@@ -157,8 +164,19 @@ pub trait Store: Send + Sync + 'static {
         shards: Option<Vec<u32>>,
     ) -> Result<Vec<(Vec<u8>, u64)>, StoreError>;
 
-    /// Deletes idempotency records recorded before `before_ms`; returns how many.
-    async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// Deletes up to `limit` idempotency records older than `retention` by
+    /// the store's own clock (PostgreSQL's `now()`, the embedded store's
+    /// monotonic clock), of the entities of `shards` only when given (a
+    /// node purges the shards it owns); returns how many.
+    async fn purge_idempotency(
+        &self,
+        retention: std::time::Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
+    /// A cheap round trip to the backend: Ok when it answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Summaries in `scope` after the entity key `after`, in key order.
     async fn list_summaries(

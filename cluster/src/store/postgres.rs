@@ -32,7 +32,13 @@ use super::{
 
 /// Migrations as (version, SQL), applied in order. A released migration is
 /// never edited: a change to the schema is a new file and a new entry.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_store_clock_and_settings.sql"),
+    ),
+];
 
 /// Key of the transaction-scoped advisory lock that serializes the
 /// migrations of nodes connecting at the same time ("skuld" and 1).
@@ -61,9 +67,13 @@ const INSERT_JOURNAL: &str = "INSERT INTO journal (entity, seq, entry) \
 const UPSERT_SNAPSHOTS: &str = "INSERT INTO snapshots (entity, seq, state) \
      SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bytea[]) \
      ON CONFLICT (entity) DO UPDATE SET seq = EXCLUDED.seq, state = EXCLUDED.state";
+// recorded_at_ms is the database's clock (the transaction's start time, the
+// same for every row of one commit), not the writer's.
 const INSERT_IDEMPOTENCY: &str =
-    "INSERT INTO idempotency (entity, key, fingerprint, reply, recorded_at_ms) \
-     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::bigint[])";
+    "INSERT INTO idempotency (entity, key, fingerprint, reply, shard, recorded_at_ms) \
+     SELECT entity, key, fingerprint, reply, shard, (extract(epoch FROM now()) * 1000)::bigint \
+     FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::int[]) \
+         AS rows(entity, key, fingerprint, reply, shard)";
 const UPSERT_TIMERS: &str = "INSERT INTO timers (entity, shard, due_ms) \
      SELECT * FROM UNNEST($1::bytea[], $2::int[], $3::bigint[]) \
      ON CONFLICT (entity) DO UPDATE SET shard = EXCLUDED.shard, due_ms = EXCLUDED.due_ms";
@@ -94,11 +104,20 @@ const SELECT_DUE_TIMERS: &str = "SELECT entity, due_ms FROM timers WHERE due_ms 
      ORDER BY due_ms, entity LIMIT $2";
 const SELECT_DUE_TIMERS_OF_SHARDS: &str = "SELECT entity, due_ms FROM timers \
      WHERE due_ms <= $1 AND shard = ANY($3::int[]) ORDER BY due_ms, entity LIMIT $2";
-// SKIP LOCKED: nodes purging at the same time split the work instead of
-// queueing on each other's rows.
+// The cut-off is the database's clock less the retention ($1, ms); a node
+// purges the shards it owns ($3). SKIP LOCKED: a purge never waits behind a
+// commit that holds the same rows.
 const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (entity, key) IN ( \
-     SELECT entity, key FROM idempotency WHERE recorded_at_ms < $1 \
-     ORDER BY recorded_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)";
+     SELECT entity, key FROM idempotency \
+     WHERE shard = ANY($3::int[]) \
+       AND recorded_at_ms < (extract(epoch FROM now()) * 1000)::bigint - $1 \
+     ORDER BY shard, recorded_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)";
+/// Rows stored before migration 2 carry no shard.
+const PURGE_UNSHARDED_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (entity, key) IN ( \
+     SELECT entity, key FROM idempotency \
+     WHERE shard IS NULL \
+       AND recorded_at_ms < (extract(epoch FROM now()) * 1000)::bigint - $1 \
+     LIMIT $2 FOR UPDATE SKIP LOCKED)";
 const SELECT_SUMMARIES: &str =
     "SELECT entity, value FROM summaries WHERE scope = $1 ORDER BY entity LIMIT $2";
 const SELECT_SUMMARIES_AFTER: &str = "SELECT entity, value FROM summaries \
@@ -108,10 +127,17 @@ type Param<'a> = &'a (dyn ToSql + Sync);
 /// (key, value) rows.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The safety timeouts every session gets (see [`PostgresStore::connect`]).
+const SAFETY_OPTIONS: &str = "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=15000";
+
 /// The PostgreSQL store of cluster mode. Cloning shares the pool.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    shard_count: u32,
+    /// Failpoint for the fencing tests: each commit waits this long after
+    /// locking its fence rows and before COMMIT, as a paused owner would.
+    pause_after_lock: Option<Duration>,
     /// Idempotency lookups, batched like the group commit batches writes:
     /// every actor's drain asks for its keys, and the lookups that queue up
     /// while a query runs share the next one.
@@ -149,10 +175,10 @@ impl PostgresStore {
         // A zombie owner (paused, or cut off) can leave a commit transaction
         // open holding its fence rows FOR SHARE; the new owner's fence would
         // wait behind it indefinitely. The server ends such a session, and no
-        // statement waits for a lock for long.
-        if config.get_options().is_none() {
-            config.options("-c idle_in_transaction_session_timeout=10000 -c lock_timeout=15000");
-        }
+        // statement waits for a lock for long. A URL's own `options` are
+        // kept and come last, so a setting it names explicitly wins.
+        let options = merged_options(config.get_options());
+        config.options(&options);
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(5));
         // Fast recycling still drops a connection whose socket closed (a
@@ -175,9 +201,43 @@ impl PostgresStore {
             .map_err(StoreError::backend)?;
         let (lookups, queue) = mpsc::channel(16_384);
         tokio::spawn(run_lookups(pool.clone(), queue));
-        let store = Self { pool, lookups };
+        let store = Self {
+            pool,
+            shard_count,
+            pause_after_lock: None,
+            lookups,
+        };
         store.migrate(shard_count).await?;
         Ok(store)
+    }
+
+    /// Failpoint: every commit pauses for `pause` between locking its fence
+    /// rows and COMMIT (the window a zombie owner would sit in).
+    pub fn pause_commits_after_lock(mut self, pause: Option<Duration>) -> Self {
+        self.pause_after_lock = pause;
+        self
+    }
+
+    /// The highest fence epoch stored, and its shard: every claim etcd makes
+    /// from now on must be above it, or the store refuses it.
+    pub async fn newest_fence(&self) -> Result<Option<(u32, u64)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT shard, epoch FROM shard_fences ORDER BY epoch DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(StoreError::backend)?;
+        row.map(|row| {
+            let shard: i32 = row.try_get(0).map_err(StoreError::backend)?;
+            let epoch: i64 = row.try_get(1).map_err(StoreError::backend)?;
+            Ok((
+                u32::try_from(shard).map_err(StoreError::backend)?,
+                from_i64(epoch, "epoch")?,
+            ))
+        })
+        .transpose()
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -223,6 +283,7 @@ impl PostgresStore {
             .map_err(StoreError::backend)?;
             tracing::info!(version, "applied a PostgreSQL schema migration");
         }
+        check_shard_count(&tx, shard_count).await?;
         let shard_count = i32::try_from(shard_count).map_err(|_| {
             StoreError::Backend(format!("shard count {shard_count} does not fit an int"))
         })?;
@@ -236,6 +297,68 @@ impl PostgresStore {
         .map_err(StoreError::backend)?;
         tx.commit().await.map_err(StoreError::backend)
     }
+}
+
+/// The URL's own `options` after the safety timeouts, so that a setting the
+/// URL names itself wins (PostgreSQL applies `-c` options in order).
+fn merged_options(own: Option<&str>) -> String {
+    match own.map(str::trim) {
+        Some(own) if !own.is_empty() => format!("{SAFETY_OPTIONS} {own}"),
+        _ => SAFETY_OPTIONS.to_owned(),
+    }
+}
+
+/// Refuses a store written by a cluster of another shard count: keys hash
+/// to shards by it, so every key would be fenced and found under the wrong
+/// shard. The count is recorded by the first node; a store from before
+/// migration 2 is checked against its fence rows.
+async fn check_shard_count(
+    tx: &deadpool_postgres::Transaction<'_>,
+    shard_count: u32,
+) -> Result<(), StoreError> {
+    let stored: Option<String> = tx
+        .query_opt(
+            "SELECT value FROM cluster_settings WHERE name = 'shard_count'",
+            &[],
+        )
+        .await
+        .map_err(StoreError::backend)?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(StoreError::backend)?;
+    let written_with = match stored {
+        Some(value) => Some(value.parse::<u32>().map_err(|_| {
+            StoreError::Backend(format!("stored shard_count {value:?} is not a number"))
+        })?),
+        None => {
+            let fences: Option<i32> = tx
+                .query_one("SELECT max(shard) FROM shard_fences", &[])
+                .await
+                .map_err(StoreError::backend)?
+                .try_get(0)
+                .map_err(StoreError::backend)?;
+            fences
+                .and_then(|max| u32::try_from(max).ok())
+                .map(|max| max + 1)
+        }
+    };
+    if let Some(written_with) = written_with {
+        if written_with != shard_count {
+            return Err(StoreError::Incompatible(format!(
+                "this PostgreSQL database was written by a cluster of {written_with} shards, \
+                 but etcd says the cluster has {shard_count}: the shard count is fixed for a \
+                 store's life (was etcd rebuilt with another shard_count?)"
+            )));
+        }
+    }
+    tx.execute(
+        "INSERT INTO cluster_settings (name, value) VALUES ('shard_count', $1) \
+         ON CONFLICT (name) DO NOTHING",
+        &[&shard_count.to_string()],
+    )
+    .await
+    .map_err(StoreError::backend)?;
+    Ok(())
 }
 
 /// Reads (and row-locks `FOR SHARE`) the stored epochs of `shards` (sorted,
@@ -292,7 +415,7 @@ struct Rows<'a> {
     idempotency_keys: Vec<&'a str>,
     idempotency_fingerprints: Vec<[u8; 16]>,
     idempotency_replies: Vec<&'a [u8]>,
-    idempotency_recorded_at: Vec<i64>,
+    idempotency_shards: Vec<i32>,
     timers: BTreeMap<&'a [u8], Option<(i32, i64)>>,
     summaries: BTreeMap<(&'a [u8], &'a [u8]), &'a [u8]>,
 }
@@ -315,8 +438,7 @@ impl<'a> Rows<'a> {
             self.idempotency_fingerprints
                 .push(record.fingerprint.to_be_bytes());
             self.idempotency_replies.push(&record.reply);
-            self.idempotency_recorded_at
-                .push(to_i64(record.recorded_at_ms, "recorded_at_ms")?);
+            self.idempotency_shards.push(to_i32(write.shard)?);
         }
         if let Some(timer) = write.timer {
             let set = match timer {
@@ -389,7 +511,7 @@ impl<'a> Rows<'a> {
                     &self.idempotency_keys,
                     &fingerprints,
                     &self.idempotency_replies,
-                    &self.idempotency_recorded_at
+                    &self.idempotency_shards
                 ],
                 self.idempotency_entities.is_empty(),
             ),
@@ -669,6 +791,9 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(StoreError::backend)?;
         let epochs = lock_fences(&tx, &shards).await?;
+        if let Some(pause) = self.pause_after_lock {
+            tokio::time::sleep(pause).await;
+        }
         let mut fenced = Vec::new();
         let mut rows = Rows::default();
         for (index, write) in batch.entities.iter().enumerate() {
@@ -744,20 +869,56 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn purge_idempotency(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        if limit == 0 {
+    async fn purge_idempotency(
+        &self,
+        retention: Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        // Every node of a cluster owns shards; a store used without them
+        // purges all of them.
+        let shards = match shards {
+            Some(shards) => shards,
+            None => (0..self.shard_count).collect(),
+        };
+        if limit == 0 || shards.is_empty() {
             return Ok(0);
         }
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let unsharded_too = shards.contains(&0);
+        let shards = shards
+            .into_iter()
+            .map(to_i32)
+            .collect::<Result<Vec<_>, _>>()?;
         let client = self.client().await?;
         let statement = client
             .prepare_cached(PURGE_IDEMPOTENCY)
             .await
             .map_err(StoreError::backend)?;
-        let purged = client
-            .execute(&statement, &[&bound(before_ms), &self::limit(limit)])
+        let mut purged = client
+            .execute(&statement, &[&retention_ms, &self::limit(limit), &shards])
             .await
             .map_err(StoreError::backend)?;
+        if unsharded_too {
+            let statement = client
+                .prepare_cached(PURGE_UNSHARDED_IDEMPOTENCY)
+                .await
+                .map_err(StoreError::backend)?;
+            purged += client
+                .execute(&statement, &[&retention_ms, &self::limit(limit)])
+                .await
+                .map_err(StoreError::backend)?;
+        }
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
     }
 
     async fn list_summaries(
@@ -802,5 +963,19 @@ impl Store for PostgresStore {
             .await
             .map_err(StoreError::backend)?;
         sequenced(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_urls_own_options_come_after_the_safety_timeouts() {
+        assert_eq!(merged_options(None), SAFETY_OPTIONS);
+        assert_eq!(merged_options(Some("  ")), SAFETY_OPTIONS);
+        let merged = merged_options(Some("-c search_path=skuld"));
+        assert!(merged.starts_with(SAFETY_OPTIONS), "{merged}");
+        assert!(merged.ends_with("-c search_path=skuld"), "{merged}");
     }
 }
