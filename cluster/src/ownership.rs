@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::membership::{ClusterView, LeaseStatus, MemberState, Membership};
 use crate::placement::assign;
 use crate::shards::{Peer, Route, ShardTable};
+use crate::store::health::StoreHealth;
 use crate::store::Store;
 
 /// What the node does when a shard stops being served here: stop (and
@@ -132,6 +133,9 @@ pub struct ShardManager {
     membership: Arc<Membership>,
     table: Arc<ShardTable>,
     store: Arc<dyn Store>,
+    /// Whether this node's store answers; a node whose store fails gives
+    /// its shards up at once (nothing it holds can be served anyway).
+    store_health: Arc<StoreHealth>,
     host: Arc<dyn ShardHost>,
     config: OwnershipConfig,
     held: HashMap<u32, Held>,
@@ -151,6 +155,7 @@ impl ShardManager {
         membership: Arc<Membership>,
         table: Arc<ShardTable>,
         store: Arc<dyn Store>,
+        store_health: Arc<StoreHealth>,
         host: Arc<dyn ShardHost>,
         config: OwnershipConfig,
     ) -> Self {
@@ -159,6 +164,7 @@ impl ShardManager {
             membership,
             table,
             store,
+            store_health,
             host,
             config,
             held: HashMap::new(),
@@ -283,6 +289,7 @@ impl ShardManager {
         let target = assign(shard_count, &candidates);
         let may_take =
             !self.draining && self.lease_healthy(lease) && candidates.contains(&me.as_str());
+        let store_failing = !self.store_health.is_healthy();
         let mut releasing = self
             .held
             .values()
@@ -314,6 +321,8 @@ impl ShardManager {
                         self.held.remove(&shard);
                         self.table.set(shard, Route::Moving);
                         self.spawn_evict(shard);
+                    } else if held.phase == Phase::Serving && !wanted && !busy && store_failing {
+                        self.start_abandon(shard, held.epoch);
                     } else if held.phase == Phase::Serving && !wanted && !busy && releasing < cap {
                         releasing += 1;
                         self.start_release(shard, held.epoch);
@@ -420,6 +429,40 @@ impl ShardManager {
                     }
                 }
             }
+            let _ = done.send(Done::Released { shard });
+        });
+    }
+
+    /// Gives a shard up without waiting for its requests: this node's store
+    /// has failed for the failover time, so they cannot finish anyway. The
+    /// claim goes first, so a node that can reach the store takes over at
+    /// once; the store's fence keeps anything this node still writes out,
+    /// and waits for a commit of it that is in flight.
+    fn start_abandon(&mut self, shard: u32, epoch: u64) {
+        self.mark_busy(shard);
+        self.held.insert(
+            shard,
+            Held {
+                epoch,
+                phase: Phase::Releasing,
+            },
+        );
+        self.table.set(shard, Route::Moving);
+        metrics::counter!("skuld_handoffs_total", "direction" => "abandoned").increment(1);
+        let host = Arc::clone(&self.host);
+        let membership = Arc::clone(&self.membership);
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            for attempt in 0..5u32 {
+                match membership.release(shard, epoch).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(shard, attempt, %error, "release failed; the lease bounds it");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            host.evict(shard).await;
             let _ = done.send(Done::Released { shard });
         });
     }

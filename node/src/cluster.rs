@@ -186,6 +186,7 @@ pub fn start(
         Arc::clone(&joined.membership),
         Arc::clone(&joined.table),
         Arc::clone(&joined.store),
+        Arc::clone(&joined.store_health),
         Arc::new(RuntimeHost { positions, returns }),
         ownership,
     );

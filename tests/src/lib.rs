@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod proxy;
 pub mod services;
+pub mod workload;
 
 /// How long a node may take to write its ports file and answer /readyz 200.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

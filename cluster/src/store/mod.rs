@@ -38,8 +38,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn backend(error: impl std::fmt::Display) -> Self {
-        StoreError::Backend(error.to_string())
+    /// A backend failure with its whole cause chain: tokio-postgres says
+    /// only "db error" at the top and the server's message below it.
+    pub(crate) fn backend(error: impl std::error::Error) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message.push_str(": ");
+                message.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        StoreError::Backend(message)
     }
 }
 
