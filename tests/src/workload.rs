@@ -651,7 +651,7 @@ async fn verify(
         let (state, reservations) = position_with_all_reservations(&mut client, &key)
             .await
             .with_context(|| format!("reading {key:?}"))?;
-        let buckets = state.buckets.clone().context("position without buckets")?;
+        let buckets = state.buckets.context("position without buckets")?;
         if let Err(error) = check_buckets(&buckets) {
             violations.push(format!("{key:?}: {error:#}"));
         }
