@@ -59,6 +59,24 @@ pub fn node_id(index: usize) -> String {
     format!("node-{index}")
 }
 
+/// The shard of a position in a test cluster, as every node computes it.
+pub fn shard_of(key: &pb::PositionKey) -> u32 {
+    let encoded = skuld_actors::PositionKey::new(&key.tenant, &key.sku, &key.location)
+        .map(|key| key.encode())
+        .unwrap_or_default();
+    skuld_cluster::placement::shard_of(&encoded, TEST_SHARDS)
+}
+
+/// The node a reply or a refusal names as the key's owner.
+pub fn owner_in<T>(result: &Result<tonic::Response<T>, tonic::Status>) -> Option<String> {
+    match result {
+        Ok(response) => response.metadata().get("skuld-owner"),
+        Err(status) => status.metadata().get("skuld-owner"),
+    }
+    .and_then(|value| value.to_str().ok())
+    .map(str::to_owned)
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -128,6 +146,16 @@ impl TestCluster {
 
     /// Starts one more node; returns its index.
     pub async fn add_node(&mut self, extra: NodeOptions) -> anyhow::Result<usize> {
+        self.add_node_with_postgres_query(extra, None).await
+    }
+
+    /// Starts one more node whose PostgreSQL URL ends in `?query` (session
+    /// options, say); returns its index.
+    pub async fn add_node_with_postgres_query(
+        &mut self,
+        extra: NodeOptions,
+        query: Option<&str>,
+    ) -> anyhow::Result<usize> {
         let index = self.nodes.len();
         let etcd_port = self
             .etcd
@@ -144,7 +172,17 @@ impl TestCluster {
         } else {
             None
         });
-        let options = self.node_options(index, &extra);
+        let mut options = self.node_options(index, &extra);
+        if let Some(query) = query {
+            let url = options
+                .args
+                .iter_mut()
+                .skip_while(|arg| *arg != "--postgres-url")
+                .nth(1)
+                .context("no --postgres-url")?;
+            url.push('?');
+            url.push_str(query);
+        }
         let node = TestNode::start(&self.dir.node_dir(&node_id(index)), options).await?;
         self.nodes.push(Some(node));
         Ok(index)

@@ -38,10 +38,16 @@ impl FaultProxy {
             .enable_all()
             .build()
             .context("cannot build the proxy's runtime")?;
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .context("cannot bind the proxy")?;
+        // Bound here (this may run inside a test's runtime, where blocking
+        // on another runtime is not allowed), served by the proxy's own.
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the proxy")?;
+        listener.set_nonblocking(true)?;
         let listen = listener.local_addr()?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener)?
+        };
         let (cut, cut_rx) = watch::channel(false);
         let accepted = Arc::new(AtomicU64::new(0));
         runtime.spawn(accept_loop(listener, target, cut_rx, Arc::clone(&accepted)));

@@ -6,27 +6,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use skuld_proto::v1 as pb;
-use skuld_tests::cluster::{node_id, TestCluster, TEST_LEASE_TTL_SECS};
+use skuld_tests::cluster::{
+    node_id, owner_in, shard_of, ClusterOptions, TestCluster, TEST_LEASE_TTL_SECS,
+};
 use skuld_tests::requests::{commit, fulfill, key, receive, release, reserve};
-use skuld_tests::workload::{Workload, WorkloadConfig};
+use skuld_tests::workload::{retryable, Workload, WorkloadConfig};
 use skuld_tests::{NodeOptions, TestNode};
 use tonic::transport::Channel;
 use tonic::Code;
 
 type Inventory = pb::inventory_service_client::InventoryServiceClient<Channel>;
 
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
 
 /// The same script of operations, position by position; returns the status
 /// code of every call (in order) so two deployments can be compared.
@@ -293,134 +286,201 @@ async fn killed_node_shards_are_served_again_within_the_lease_ttl() {
         .unwrap();
 }
 
-/// SIGSTOP an owner while its writes wait for the group commit, let its lease
-/// run out and its shards move, then SIGCONT it: the store's fence refuses
-/// every write it still makes for those shards.
+/// Reads a position through `client`, with a short deadline.
+async fn try_read(
+    client: &mut Inventory,
+    position: &pb::PositionKey,
+) -> Result<pb::Position, tonic::Status> {
+    let mut request = tonic::Request::new(pb::GetPositionRequest {
+        key: Some(position.clone()),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(1_500));
+    client
+        .get_position(request)
+        .await
+        .map(|response| response.into_inner().position.unwrap_or_default())
+}
+
+/// A zombie owner: paused (SIGSTOP) *inside* its commit transaction, after
+/// the transaction has locked its fence row FOR SHARE and checked the epoch,
+/// while its lease runs out and another node claims its shards; then woken.
+///
+/// The zombie commits one batch at a time and pauses 2 s in every commit
+/// between locking and COMMIT (a failpoint), and its PostgreSQL sessions are
+/// not ended for being idle in a transaction (a URL option), so the open
+/// transaction outlives the pause. Write A (key E1) is in that window when
+/// the zombie stops; write A2 (key E2, another shard) waits behind it.
+///
+/// - The fence waits for A: the new owner of E1's shard cannot raise it
+///   while A holds the row, so E1 is not served until A ends. Without the
+///   FOR SHARE lock the new owner would serve E1 (from a load without A)
+///   and A would commit after it; the reads below would see that.
+/// - A2's transaction starts after E2's shard was claimed and fenced: the
+///   epoch check refuses it. Without the check it would commit behind the
+///   back of the new owner, which has E2 loaded already.
+///
+/// Whatever the zombie acknowledges must then be visible through the new
+/// owners, and nothing is oversold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
-    let mut cluster = TestCluster::start(2).await.unwrap();
-    // The zombie-to-be holds every write for 1.5 s before committing it.
+async fn a_zombie_paused_inside_its_commit_cannot_write_behind_the_new_owner() {
+    let mut cluster = TestCluster::start_with(
+        2,
+        ClusterOptions {
+            proxied: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let zombie = cluster
-        .add_node(NodeOptions::default().env("SKULD_FAILPOINT_COMMIT_DELAY_MS", 1_500))
+        .add_node_with_postgres_query(
+            NodeOptions::default()
+                .env("SKULD_FAILPOINT_COMMIT_PAUSE_AFTER_LOCK_MS", 2_000)
+                .arg("--postgres-concurrent-commits", 1),
+            Some("options=-c%20idle_in_transaction_session_timeout%3D0"),
+        )
         .await
         .unwrap();
     cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
     let mut client = cluster.inventory(0).await.unwrap();
-    let mut owned = Vec::new();
-    for index in 0..200 {
+
+    // Two keys the zombie owns, in different shards.
+    let mut owned: Vec<pb::PositionKey> = Vec::new();
+    for index in 0..500 {
         let position = key("zombie", &format!("sku-{index}"), "dc-1");
-        let response = client
+        if owned
+            .iter()
+            .any(|other| shard_of(other) == shard_of(&position))
+        {
+            continue;
+        }
+        let answer = client
             .get_position(pb::GetPositionRequest {
                 key: Some(position.clone()),
                 ..Default::default()
             })
             .await;
-        let owner = match &response {
-            Ok(response) => response.metadata().get("skuld-owner"),
-            Err(status) => status.metadata().get("skuld-owner"),
-        }
-        .map(|value| value.to_str().unwrap().to_owned());
-        if owner.as_deref() == Some(node_id(zombie).as_str()) {
+        if owner_in(&answer).as_deref() == Some(node_id(zombie).as_str()) {
             owned.push(position);
-            if owned.len() == 5 {
+            if owned.len() == 2 {
                 break;
             }
         }
     }
-    assert_eq!(
-        owned.len(),
-        5,
-        "the third node owns about a third of the keys"
-    );
-    // The last key gets no stuck write: the zombie's actor for it stays
-    // loaded and idle, and a read of it after the pause must not come
-    // from that memory.
-    let read_key = owned[4].clone();
+    assert_eq!(owned.len(), 2, "the zombie owns a third of the shards");
+    let (e1, e2) = (owned[0].clone(), owned[1].clone());
     for (index, position) in owned.iter().enumerate() {
         client
-            .adjust(receive(position, &format!("stock-{index}"), 100))
+            .adjust(receive(position, &format!("stock-{index}"), 10))
             .await
             .unwrap();
     }
 
-    // Writes sent to the zombie itself, stuck in its commit delay.
-    let mut stuck = Vec::new();
     let zombie_client = cluster.inventory(zombie).await.unwrap();
-    for (index, position) in owned[..4].iter().enumerate() {
+    let send = |position: &pb::PositionKey, id: &str| {
         let mut request = tonic::Request::new(pb::ReserveRequest {
-            reservation_id: format!("zombie-{index}"),
-            ..reserve(position, &format!("zombie-{index}"), 7, 600)
+            reservation_id: id.to_owned(),
+            ..reserve(position, id, 7, 600)
         });
-        request.set_timeout(Duration::from_secs(60));
+        request.set_timeout(Duration::from_secs(90));
         let mut client = zombie_client.clone();
-        stuck.push(tokio::spawn(async move { client.reserve(request).await }));
-    }
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = cluster.node(zombie).pid().unwrap();
-    signal(pid, "STOP");
+        tokio::spawn(async move { client.reserve(request).await })
+    };
+    let a = send(&e1, "zombie-a");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let a2 = send(&e2, "zombie-a2");
+    // A is now inside its transaction (2 s pause), A2 queued behind it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    cluster.signal(zombie, true).unwrap();
     let paused = Instant::now();
 
-    // Its lease runs out and the others take its shards.
-    let taken = loop {
+    // Its lease runs out and the others claim its shards.
+    loop {
         let owners = cluster.shard_owners(0).await.unwrap();
         if owners
             .iter()
             .all(|owner| owner != &node_id(zombie) && !owner.is_empty())
         {
-            break paused.elapsed();
+            break;
         }
         assert!(
             paused.elapsed() < Duration::from_secs(30),
             "shards never moved: {owners:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    eprintln!("the paused node's shards moved after {taken:?}");
-    // The new owners serve the keys.
-    for (index, position) in owned.iter().enumerate() {
-        client
-            .reserve(pb::ReserveRequest {
-                reservation_id: format!("new-owner-{index}"),
-                ..reserve(position, &format!("new-owner-{index}"), 2, 600)
-            })
-            .await
-            .unwrap();
     }
-
-    // A read sent to the zombie while it is paused, answered after it wakes.
-    let stale_read = {
-        let mut client = zombie_client.clone();
-        let mut request = tonic::Request::new(pb::GetPositionRequest {
-            key: Some(read_key.clone()),
-            ..Default::default()
-        });
-        request.set_timeout(Duration::from_secs(30));
-        tokio::spawn(async move { client.get_position(request).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(pid, "CONT");
-    match stale_read.await.unwrap() {
-        // Served by the new owner (forwarded), with its reservation.
-        Ok(response) => {
-            let position = response.into_inner().position.unwrap();
-            let buckets = position.buckets.unwrap();
-            assert_eq!(
-                buckets.reserved, 2,
-                "a stale read after the pause: {buckets:?}"
+    eprintln!("the paused node's shards were claimed after {:?}", paused.elapsed());
+    // E2's new owner serves it (and now has it loaded). E1's new owner
+    // cannot fence while A's transaction holds the row: E1 stays unserved.
+    let mut e2_served = None;
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(6) {
+        if let Ok(position) = try_read(&mut client, &e1).await {
+            panic!(
+                "E1 was served while the zombie's transaction held its fence row: {:?}",
+                position.buckets
             );
         }
-        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        if e2_served.is_none() {
+            e2_served = try_read(&mut client, &e2).await.ok();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for (index, handle) in stuck.into_iter().enumerate() {
-        let result = handle.await.unwrap();
-        let status = result.expect_err("a fenced write must not be acknowledged");
+    let e2_before = e2_served.expect("E2's new owner serves it during the pause");
+    assert_eq!(e2_before.buckets.unwrap().reserved, 0);
+
+    // Once awake it would register again and take shards back; cut off
+    // from etcd (not from PostgreSQL) it cannot, so the reads below go to
+    // the new owners.
+    cluster.links(zombie).etcd.cut();
+    cluster.signal(zombie, false).unwrap();
+    let a = a.await.unwrap();
+    let a2 = a2.await.unwrap();
+    eprintln!(
+        "after the pause the zombie answered A: {:?}, A2: {:?}",
+        a.as_ref().map(|_| "OK").map_err(|status| status.code()),
+        a2.as_ref().map(|_| "OK").map_err(|status| status.code())
+    );
+    // Whatever the zombie acknowledged is visible through the new owners.
+    for (position, answer, id) in [(&e1, &a, "zombie-a"), (&e2, &a2, "zombie-a2")] {
+        let seen = loop {
+            match try_read(&mut client, position).await {
+                Ok(seen) => break seen,
+                Err(status) if paused.elapsed() < Duration::from_secs(60) => {
+                    assert!(retryable(status.code()), "{status:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("{position:?} never served again: {status:?}"),
+            }
+        };
+        let held = seen.reservations.iter().any(|r| r.reservation_id == id);
         assert_eq!(
-            status.code(),
-            Code::Unavailable,
-            "write {index}: {status:?}"
+            held,
+            answer.is_ok(),
+            "{position:?}: acknowledged {} but held {held}: {:?}",
+            answer.is_ok(),
+            seen.buckets
         );
     }
-    // The store refused them: the zombie counted fenced writes.
+    // A2 started its transaction after E2 was fenced: refused.
+    let refused = a2.expect_err("a write committed after its shard was fenced");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // The new owners go on from the true state: no oversell.
+    for (index, position) in [&e1, &e2].into_iter().enumerate() {
+        let result = client
+            .reserve(pb::ReserveRequest {
+                reservation_id: format!("new-owner-{index}"),
+                ..reserve(position, &format!("new-owner-{index}"), 5, 600)
+            })
+            .await;
+        let (buckets, _, _) = summary(&mut client, position).await;
+        assert!(buckets.available >= 0, "{position:?}: {buckets:?}");
+        assert!(buckets.reserved <= 10, "oversold {position:?}: {buckets:?}");
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        }
+    }
     let (_, metrics) = cluster.node(zombie).http_get("/metrics").await.unwrap();
     let fenced: f64 = metrics
         .lines()
@@ -429,25 +489,9 @@ async fn a_paused_owner_cannot_commit_after_its_shards_moved() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0);
     assert!(fenced >= 1.0, "no fenced write counted:\n{metrics}");
-    // Only the new owner's reservations exist.
-    for (index, position) in owned.iter().enumerate() {
-        let (buckets, _, reservations) = summary(&mut client, position).await;
-        assert_eq!(reservations, 1, "{position:?}");
-        assert_eq!(buckets.reserved, 2, "{position:?}: {buckets:?}");
-        assert_eq!(buckets.available, 98, "{position:?}: {buckets:?}");
-        let held = client
-            .get_position(pb::GetPositionRequest {
-                key: Some(position.clone()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .position
-            .unwrap()
-            .reservations;
-        assert_eq!(held[0].reservation_id, format!("new-owner-{index}"));
-    }
+    // Back in touch with etcd, it rejoins by itself.
+    cluster.links(zombie).etcd.heal();
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
 }
 
 /// etcd, then PostgreSQL, killed and restarted under load: the cluster
