@@ -196,7 +196,9 @@ impl Membership {
             state: MemberState::Active,
             incarnation: incarnation.clone(),
             started_at_ms: crate::now_ms(),
-            store_healthy: true,
+            // Until the node has heard from its store (see StoreHealth):
+            // no shards move to it before it knows it can serve them.
+            store_healthy: false,
         };
         let (lease, _) = watch::channel(LeaseStatus {
             lease_id: 0,

@@ -1,7 +1,6 @@
 //! The `skuld.v1.AdminService`: what an SRE asks a node about the cluster.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use skuld_actors::position::PositionEntity;
@@ -14,6 +13,7 @@ use skuld_proto::v1 as pb;
 use skuld_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use crate::readiness::Readiness;
 use crate::rpc;
 
 pub struct AdminApi {
@@ -22,7 +22,7 @@ pub struct AdminApi {
     pub admission: Arc<Admission>,
     pub positions: Arc<EntityRuntime<PositionEntity>>,
     pub returns: Arc<EntityRuntime<ReturnEntity>>,
-    pub ready: Arc<AtomicBool>,
+    pub readiness: Readiness,
 }
 
 impl AdminApi {
@@ -59,7 +59,7 @@ impl AdminService for AdminApi {
                 in_flight: self.admission.in_flight() as u64,
                 lease_confirmed_ms_ago: 0,
                 active_actors: active as u64,
-                ready: self.ready.load(Ordering::Acquire),
+                ready: self.readiness.check().is_ok(),
             };
             if let Some((membership, table)) = &self.cluster {
                 status.mode = "cluster".into();
@@ -102,6 +102,7 @@ impl AdminService for AdminApi {
                     started_at_ms: member.started_at_ms,
                     shards_owned: owned.get(member.node_id.as_str()).copied().unwrap_or(0),
                     drain_requested: view.drains.contains(&member.node_id),
+                    store_healthy: member.store_healthy,
                 })
                 .collect();
             Ok(pb::ListMembersResponse { members })

@@ -15,7 +15,7 @@ use skuld_actors::runtime::EntityRuntime;
 use skuld_cluster::membership::{Membership, MembershipConfig};
 use skuld_cluster::ownership::{follow_routes, OwnershipConfig, ShardHost, ShardManager};
 use skuld_cluster::shards::ShardTable;
-use skuld_cluster::store::health::{MonitoredStore, StoreHealth};
+use skuld_cluster::store::health::{HealthPolicy, MonitoredStore, StoreHealth, Verdict};
 use skuld_cluster::{PostgresStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -167,11 +167,16 @@ pub fn start(
     let (stop_membership, stop_rx) = watch::channel(false);
     let membership_task = tokio::spawn(Arc::clone(&joined.membership).run(stop_rx.clone()));
     let failover = Duration::from_secs(config.store_failover_secs);
+    let policy = HealthPolicy {
+        failover,
+        interval: (failover / 10).clamp(Duration::from_millis(200), Duration::from_secs(1)),
+        max_clock_offset: (config.max_clock_offset_ms > 0)
+            .then(|| Duration::from_millis(config.max_clock_offset_ms)),
+    };
     let health_tasks = vec![
         tokio::spawn(Arc::clone(&joined.store_health).watch(
             Arc::clone(&joined.store),
-            failover,
-            (failover / 10).clamp(Duration::from_millis(200), Duration::from_secs(1)),
+            policy,
             stop_rx.clone(),
         )),
         tokio::spawn(announce_store_health(
@@ -209,13 +214,13 @@ pub fn start(
 /// changes (retrying until etcd takes it), so placement can act on it.
 async fn announce_store_health(
     membership: Arc<Membership>,
-    mut health: watch::Receiver<bool>,
+    mut health: watch::Receiver<Verdict>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // A member registers healthy.
-    let mut announced = true;
+    // A member registers as not yet healthy.
+    let mut announced = false;
     loop {
-        let healthy = *health.borrow_and_update();
+        let healthy = *health.borrow_and_update() == Verdict::Healthy;
         if announced != healthy {
             if let Err(error) = membership.set_store_healthy(healthy).await {
                 tracing::warn!(%error, healthy, "cannot announce the store's health yet");

@@ -90,6 +90,12 @@ pub struct Config {
     /// can reach the store, and takes shards again once its store answers;
     /// in seconds.
     pub store_failover_secs: u64,
+    /// The largest difference allowed between this node's wall clock and
+    /// PostgreSQL's (cluster mode), in milliseconds; a node further off
+    /// serves no shards (it would expire reservations and decide return
+    /// windows by a wrong clock) until its clock is fixed. 0 turns the
+    /// check off.
+    pub max_clock_offset_ms: u64,
     /// Return policies by scope (file only): `[return_policies.default]`,
     /// `[return_policies.<tenant>]`, `[return_policies."<tenant>/<channel>"]`.
     /// The most specific applies; a case keeps the policy it opened with.
@@ -132,6 +138,7 @@ impl Default for Config {
             handoff_wait_ms: 2_000,
             max_concurrent_moves: 64,
             store_failover_secs: 10,
+            max_clock_offset_ms: 1_000,
             return_policies: std::collections::BTreeMap::new(),
         }
     }
@@ -210,6 +217,8 @@ pub struct ServeArgs {
     pub max_concurrent_moves: Option<usize>,
     #[arg(long, env = "SKULD_STORE_FAILOVER_SECS")]
     pub store_failover_secs: Option<u64>,
+    #[arg(long, env = "SKULD_MAX_CLOCK_OFFSET_MS")]
+    pub max_clock_offset_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +283,8 @@ impl Config {
             lease_ttl_secs,
             handoff_wait_ms,
             max_concurrent_moves,
-            store_failover_secs
+            store_failover_secs,
+            max_clock_offset_ms
         );
         if args.ports_file.is_some() {
             config.ports_file = args.ports_file.clone();

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod peer;
+pub mod readiness;
 pub mod returns_api;
 pub mod rpc;
 pub mod server;

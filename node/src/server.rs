@@ -23,7 +23,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
 use skuld_actors::runtime::{Background, Entity, EntityRuntime, TimerTarget};
-use skuld_cluster::store::health::StoreHealth;
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
@@ -37,6 +36,7 @@ use crate::api::InventoryApi;
 use crate::cluster;
 use crate::config::Config;
 use crate::peer::PeerApi;
+use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
 
 /// The sockets the node serves on, bound by the caller (tests bind port 0).
@@ -54,82 +54,6 @@ impl Listeners {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
         Ok(Self { grpc, http })
-    }
-}
-
-/// What the node's readiness is made of; `/readyz` and gRPC health answer
-/// from the same [`Readiness::check`].
-#[derive(Clone)]
-struct Readiness {
-    /// Set once serving, cleared when the shutdown begins.
-    started: Arc<AtomicBool>,
-    /// Cluster mode: ready also needs a loaded view of the cluster, a lease
-    /// etcd confirmed recently (else this node's routing is stale) and a
-    /// store that answers.
-    membership: Option<Arc<skuld_cluster::membership::Membership>>,
-    store_health: Option<Arc<StoreHealth>>,
-}
-
-impl Readiness {
-    fn check(&self) -> Result<(), &'static str> {
-        if !self.started.load(Ordering::Acquire) {
-            return Err("not ready");
-        }
-        if let Some(membership) = &self.membership {
-            if membership.view().borrow().revision == 0 {
-                return Err("cluster view not loaded yet");
-            }
-            if membership.lease().borrow().confirmed_at.elapsed() >= membership.lease_ttl() {
-                return Err("etcd has not confirmed the lease within its TTL");
-            }
-        }
-        if self
-            .store_health
-            .as_ref()
-            .is_some_and(|health| !health.is_healthy())
-        {
-            return Err("the store has failed every call for the failover time");
-        }
-        Ok(())
-    }
-}
-
-/// Keeps gRPC health (the overall status and each client service) equal to
-/// [`Readiness::check`] until `stop`, so a kubelet's gRPC probe and the HTTP
-/// probe never disagree.
-async fn follow_readiness(
-    readiness: Readiness,
-    health: tonic_health::server::HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    let mut serving = None;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let ready = readiness.check().is_ok();
-        if serving == Some(ready) {
-            continue;
-        }
-        serving = Some(ready);
-        set_health(&health, ready).await;
-    }
-}
-
-async fn set_health(health: &tonic_health::server::HealthReporter, ready: bool) {
-    let status = if ready {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    for service in [
-        "",
-        <InventoryServiceServer<InventoryApi> as tonic::server::NamedService>::NAME,
-        <ReturnsServiceServer<ReturnsApi> as tonic::server::NamedService>::NAME,
-    ] {
-        health.set_service_status(service, status).await;
     }
 }
 
@@ -195,6 +119,13 @@ pub async fn run(
     );
     let node_id = config.effective_node_id();
     let ready = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness {
+        started: Arc::clone(&ready),
+        membership: joined.as_ref().map(|joined| Arc::clone(&joined.membership)),
+        store_health: joined
+            .as_ref()
+            .map(|joined| Arc::clone(&joined.store_health)),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     // NOT_SERVING until ready (tonic-health starts the overall status at
@@ -222,7 +153,7 @@ pub async fn run(
         admission: Arc::clone(&admission),
         positions: Arc::clone(&runtime),
         returns: Arc::clone(&returns),
-        ready: Arc::clone(&ready),
+        readiness: readiness.clone(),
     });
     // Forwarded messages carry whole commands; allow the largest a client
     // may send plus framing.
@@ -250,13 +181,6 @@ pub async fn run(
             ),
     );
 
-    let readiness = Readiness {
-        started: Arc::clone(&ready),
-        membership: joined.as_ref().map(|joined| Arc::clone(&joined.membership)),
-        store_health: joined
-            .as_ref()
-            .map(|joined| Arc::clone(&joined.store_health)),
-    };
     let (stop_readiness, readiness_stopped) = watch::channel(false);
     let readiness_task = tokio::spawn(follow_readiness(
         readiness.clone(),

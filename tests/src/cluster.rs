@@ -140,6 +140,7 @@ impl TestCluster {
         for more in [&self.options.node, extra] {
             options.args.extend(more.args.iter().cloned());
             options.env.extend(more.env.iter().cloned());
+            options.unready |= more.unready;
         }
         options
     }

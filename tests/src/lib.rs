@@ -105,6 +105,9 @@ impl Drop for TestDir {
 pub struct NodeOptions {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Starting waits for /healthz only, not /readyz (a node expected to
+    /// stay unready).
+    pub unready: bool,
 }
 
 impl NodeOptions {
@@ -118,6 +121,13 @@ impl NodeOptions {
     /// Sets an environment variable for the node.
     pub fn env(mut self, name: &str, value: impl ToString) -> Self {
         self.env.push((name.to_owned(), value.to_string()));
+        self
+    }
+
+    /// The node is expected not to become ready: starting waits for it to
+    /// answer /healthz only.
+    pub fn unready(mut self) -> Self {
+        self.unready = true;
         self
     }
 }
@@ -209,7 +219,12 @@ impl TestNode {
                 }
             }
             if !self.http_addr.is_empty() {
-                match self.http_get("/readyz").await {
+                let probe = if self.options.unready {
+                    "/healthz"
+                } else {
+                    "/readyz"
+                };
+                match self.http_get(probe).await {
                     Ok((200, _)) => return Ok(()),
                     other => last_readyz = Some(format!("{other:?}")),
                 }

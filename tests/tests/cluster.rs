@@ -20,7 +20,6 @@ use tonic::Code;
 
 type Inventory = pb::inventory_service_client::InventoryServiceClient<Channel>;
 
-
 /// The same script of operations, position by position; returns the status
 /// code of every call (in order) so two deployments can be compared.
 async fn run_script(clients: &mut [Inventory], keys: &[pb::PositionKey]) -> Vec<Code> {
@@ -410,7 +409,10 @@ async fn a_zombie_paused_inside_its_commit_cannot_write_behind_the_new_owner() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("the paused node's shards were claimed after {:?}", paused.elapsed());
+    eprintln!(
+        "the paused node's shards were claimed after {:?}",
+        paused.elapsed()
+    );
     // E2's new owner serves it (and now has it loaded). E1's new owner
     // cannot fence while A's transaction holds the row: E1 stays unserved.
     let mut e2_served = None;

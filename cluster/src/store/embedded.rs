@@ -451,8 +451,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+    async fn ping(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
     }
 
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {

@@ -1,14 +1,24 @@
-//! Whether this node's store answers, as seen by every call the node makes
-//! to it: part of ownership in cluster mode.
+//! Whether this node may serve against its store: part of ownership in
+//! cluster mode.
 //!
-//! An owner that can reach etcd but not PostgreSQL would otherwise keep its
-//! shards forever, failing every write for its keys. [`MonitoredStore`]
-//! wraps the store and records each call's outcome; the node's health task
-//! ([`StoreHealth::watch`]) pings the store when nothing else has answered
-//! recently and, once every call has failed for the failover time, reports
-//! the node unhealthy in etcd so placement moves its shards to nodes whose
-//! store answers. It reports healthy again once the store has answered for a
-//! while.
+//! Two things take a node out of placement while it keeps forwarding:
+//!
+//! - **The store does not answer.** An owner that can reach etcd but not
+//!   PostgreSQL would otherwise keep its shards forever, failing every write
+//!   for its keys. [`MonitoredStore`] wraps the store and records each call's
+//!   outcome; once every call has failed for the failover time the node is
+//!   unhealthy.
+//! - **Its clock disagrees with the store's.** Reservation expiry, return
+//!   windows and overdue timers are decided by the owner's wall clock; a
+//!   node a day ahead would expire every cart it owns. The health task
+//!   compares the node's clock with PostgreSQL's on every ping and takes the
+//!   node out while the difference, less half the round trip, exceeds the
+//!   allowed offset (as CockroachDB does with its maximum clock offset).
+//!
+//! The node's health task ([`StoreHealth::watch`]) pings the store every
+//! interval and publishes a [`Verdict`]; the node announces it in etcd, so
+//! placement moves its shards to healthy nodes, and takes shards again once
+//! it has been healthy for half the failover time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +27,62 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::retention_clock::wall_ms;
 use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+
+/// Why a node may or may not serve against its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not judged yet: the node has not heard from its store since it
+    /// started. It takes no shards until it has.
+    Starting,
+    Healthy,
+    /// Every call to the store has failed for at least the failover time.
+    Failing {
+        for_ms: u64,
+    },
+    /// The node's wall clock is this far from the store's (positive: ahead).
+    ClockOffset {
+        offset_ms: i64,
+        allowed_ms: u64,
+    },
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Starting => write!(f, "the store has not answered yet"),
+            Verdict::Healthy => write!(f, "the store answers"),
+            Verdict::Failing { for_ms } => {
+                write!(f, "every call to the store has failed for {for_ms} ms")
+            }
+            Verdict::ClockOffset {
+                offset_ms,
+                allowed_ms,
+            } => write!(
+                f,
+                "this node's clock is {:.1} s {} the store's (at most {allowed_ms} ms allowed)",
+                offset_ms.unsigned_abs() as f64 / 1000.0,
+                if *offset_ms > 0 { "ahead of" } else { "behind" }
+            ),
+        }
+    }
+}
+
+/// How the health task judges.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthPolicy {
+    /// Every call failing for this long makes the node unhealthy.
+    pub failover: Duration,
+    /// How often the store is pinged.
+    pub interval: Duration,
+    /// The largest clock difference to the store allowed; `None` trusts
+    /// the node's clock.
+    pub max_clock_offset: Option<Duration>,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Calls {
-    last_success: Instant,
     /// The first failure since the last success.
     failing_since: Option<Instant>,
 }
@@ -30,18 +91,17 @@ struct Calls {
 #[derive(Debug)]
 pub struct StoreHealth {
     calls: Mutex<Calls>,
-    healthy: watch::Sender<bool>,
+    verdict: watch::Sender<Verdict>,
 }
 
 impl StoreHealth {
     pub fn new() -> Arc<Self> {
-        let (healthy, _) = watch::channel(true);
+        let (verdict, _) = watch::channel(Verdict::Starting);
         Arc::new(Self {
             calls: Mutex::new(Calls {
-                last_success: Instant::now(),
                 failing_since: None,
             }),
-            healthy,
+            verdict,
         })
     }
 
@@ -49,10 +109,7 @@ impl StoreHealth {
         let mut calls = self.calls.lock();
         match result {
             // A fenced write is the store answering: another node owns it.
-            Ok(_) | Err(StoreError::Fenced { .. }) => {
-                calls.last_success = Instant::now();
-                calls.failing_since = None;
-            }
+            Ok(_) | Err(StoreError::Fenced { .. }) => calls.failing_since = None,
             Err(_) => {
                 calls.failing_since.get_or_insert_with(Instant::now);
             }
@@ -64,63 +121,91 @@ impl StoreHealth {
         self.calls.lock().failing_since.map(|since| since.elapsed())
     }
 
-    fn since_success(&self) -> Duration {
-        self.calls.lock().last_success.elapsed()
+    /// The verdict of [`StoreHealth::watch`].
+    pub fn verdict(&self) -> Verdict {
+        *self.verdict.borrow()
     }
 
-    /// The verdict of [`StoreHealth::watch`]: false while the store is
-    /// failing over.
     pub fn is_healthy(&self) -> bool {
-        *self.healthy.borrow()
+        self.verdict() == Verdict::Healthy
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.healthy.subscribe()
+    pub fn subscribe(&self) -> watch::Receiver<Verdict> {
+        self.verdict.subscribe()
     }
 
-    /// Until `stop`: pings `store` whenever no call succeeded in the last
-    /// `interval`, and turns unhealthy once every call failed for
-    /// `failover`, healthy again after calls succeeded for `failover / 2`
-    /// (so a flapping store does not bounce shards back and forth).
+    /// Until `stop`: pings `store` every interval, and publishes the
+    /// verdict: unhealthy once every call failed for the failover time or
+    /// the clock is off by more than allowed, healthy again after both were
+    /// fine for half the failover time (so a flapping store does not bounce
+    /// shards back and forth).
     pub async fn watch(
         self: Arc<Self>,
         store: Arc<dyn Store>,
-        failover: Duration,
-        interval: Duration,
+        policy: HealthPolicy,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval(policy.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut succeeding_since: Option<Instant> = None;
+        let mut fine_since: Option<Instant> = None;
+        let mut offset_ms: Option<i64> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
-            if self.since_success() >= interval {
-                let ping = tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping())
+            let sent_wall = wall_ms();
+            let sent = Instant::now();
+            let ping =
+                tokio::time::timeout(policy.interval.max(Duration::from_secs(1)), store.ping())
                     .await
                     .unwrap_or_else(|_| Err(StoreError::Backend("ping timed out".into())));
-                self.record(&ping);
+            self.record(&ping);
+            if let Ok(Some(store_now)) = &ping {
+                let store_now = *store_now;
+                let round_trip = millis(sent.elapsed());
+                let local_mid = i128::from(sent_wall) + i128::from(round_trip / 2);
+                let offset = i64::try_from(local_mid - i128::from(store_now)).unwrap_or(i64::MAX);
+                // What the round trip cannot explain.
+                let beyond = offset.unsigned_abs().saturating_sub(round_trip / 2);
+                offset_ms = Some(if beyond == 0 { 0 } else { offset });
+                metrics::gauge!("skuld_clock_offset_ms").set(offset as f64);
             }
-            let healthy = self.is_healthy();
-            match self.failing_for() {
-                Some(failing) => {
-                    succeeding_since = None;
-                    if healthy && failing >= failover {
-                        tracing::error!(
-                            failing_ms = failing.as_millis() as u64,
-                            "the store has failed every call: giving this node's shards up"
-                        );
+            let problem = match (self.failing_for(), policy.max_clock_offset, offset_ms) {
+                (Some(failing), _, _) if failing >= policy.failover => Some(Verdict::Failing {
+                    for_ms: millis(failing),
+                }),
+                (_, Some(allowed), Some(offset)) if offset.unsigned_abs() > millis(allowed) => {
+                    Some(Verdict::ClockOffset {
+                        offset_ms: offset,
+                        allowed_ms: millis(allowed),
+                    })
+                }
+                _ => None,
+            };
+            let current = self.verdict();
+            match problem {
+                Some(problem) => {
+                    fine_since = None;
+                    if current != problem {
+                        tracing::error!(%problem, "this node may not serve against its store: it takes no shards");
                         metrics::counter!("skuld_store_failovers_total").increment(1);
-                        self.healthy.send_replace(false);
+                        self.verdict.send_replace(problem);
                     }
                 }
-                None if !healthy => {
-                    let since = *succeeding_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= failover / 2 {
-                        tracing::info!("the store answers again: taking shards again");
-                        self.healthy.send_replace(true);
+                // Still failing, but not yet for the failover time.
+                None if self.failing_for().is_some() => fine_since = None,
+                // The first good ping after start: healthy at once.
+                None if current == Verdict::Starting => {
+                    self.verdict.send_replace(Verdict::Healthy);
+                }
+                None if current != Verdict::Healthy => {
+                    let since = *fine_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= policy.failover / 2 {
+                        tracing::info!(
+                            "the store answers and the clocks agree: taking shards again"
+                        );
+                        self.verdict.send_replace(Verdict::Healthy);
                     }
                 }
                 None => {}
@@ -128,6 +213,10 @@ impl StoreHealth {
             metrics::gauge!("skuld_store_healthy").set(if self.is_healthy() { 1.0 } else { 0.0 });
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A store whose every call is recorded in a [`StoreHealth`].
@@ -195,7 +284,9 @@ impl Store for MonitoredStore {
         self.seen(self.inner.purge_idempotency(retention, shards, limit).await)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<Option<u64>, StoreError> {
+        // Recorded by the health task, which calls the inner store's ping
+        // through this wrapper.
         self.seen(self.inner.ping().await)
     }
 
@@ -233,5 +324,20 @@ mod tests {
             current: 3,
         }));
         assert_eq!(health.failing_for(), None);
+    }
+
+    #[test]
+    fn verdicts_say_what_is_wrong() {
+        let ahead = Verdict::ClockOffset {
+            offset_ms: 86_400_000,
+            allowed_ms: 1_000,
+        };
+        assert_eq!(
+            ahead.to_string(),
+            "this node's clock is 86400.0 s ahead of the store's (at most 1000 ms allowed)"
+        );
+        assert!(Verdict::Failing { for_ms: 2_000 }
+            .to_string()
+            .contains("2000 ms"));
     }
 }

@@ -912,13 +912,17 @@ impl Store for PostgresStore {
         Ok(usize::try_from(purged).unwrap_or(usize::MAX))
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<Option<u64>, StoreError> {
         let client = self.client().await?;
-        client
-            .simple_query("SELECT 1")
+        let row = client
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
             .await
             .map_err(StoreError::backend)?;
-        Ok(())
+        let now: i64 = row.try_get(0).map_err(StoreError::backend)?;
+        Ok(Some(from_i64(now, "clock")?))
     }
 
     async fn list_summaries(

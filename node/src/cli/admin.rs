@@ -73,6 +73,8 @@ pub(super) async fn members(ctx: &CallContext, channel: Channel) -> anyhow::Resu
         .map(|member| {
             let state = if member.drain_requested && member.state == "active" {
                 "drain requested".to_owned()
+            } else if !member.store_healthy && member.state == "active" {
+                "store failing".to_owned()
             } else {
                 member.state.clone()
             };
