@@ -147,6 +147,7 @@ pub struct Membership {
     prefix: String,
     incarnation: String,
     member: Mutex<Member>,
+    member_puts: tokio::sync::Mutex<()>,
     lease_id: AtomicI64,
     lease: watch::Sender<LeaseStatus>,
     view: watch::Sender<Arc<ClusterView>>,
@@ -210,6 +211,7 @@ impl Membership {
             prefix,
             incarnation,
             member: Mutex::new(member),
+            member_puts: tokio::sync::Mutex::new(()),
             lease_id: AtomicI64::new(0),
             lease,
             view,
@@ -286,6 +288,10 @@ impl Membership {
     }
 
     async fn put_member(&self, lease_id: i64) -> Result<(), ClusterError> {
+        // One put at a time, each of the record as it is when sent: two
+        // changes made at once (a drain and a store verdict) cannot land in
+        // etcd in the wrong order and undo one another.
+        let _one_at_a_time = self.member_puts.lock().await;
         let value = serde_json::to_vec(&*self.member.lock())
             .map_err(|error| ClusterError::Etcd(error.to_string()))?;
         let mut client = self.client.clone();

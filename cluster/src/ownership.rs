@@ -78,6 +78,13 @@ enum Done {
         epoch: u64,
         ok: bool,
     },
+    /// The store did not answer the fence; reconcile decides whether to
+    /// try again or to give the claim up.
+    FenceFailed {
+        shard: u32,
+        epoch: u64,
+        lease_id: i64,
+    },
     Released {
         shard: u32,
     },
@@ -321,11 +328,23 @@ impl ShardManager {
                         self.held.remove(&shard);
                         self.table.set(shard, Route::Moving);
                         self.spawn_evict(shard);
-                    } else if held.phase == Phase::Serving && !wanted && !busy && store_failing {
-                        self.start_abandon(shard, held.epoch);
-                    } else if held.phase == Phase::Serving && !wanted && !busy && releasing < cap {
+                    } else if busy {
+                    } else if held.phase == Phase::Fencing {
+                        // A fence the store did not answer: try again while
+                        // the shard is still ours to take, else let it go.
+                        if wanted {
+                            self.start_fence(shard, held.epoch);
+                        } else if releasing < cap {
+                            releasing += 1;
+                            self.start_abandon(shard, held.epoch);
+                        }
+                    } else if held.phase == Phase::Serving && !wanted && releasing < cap {
                         releasing += 1;
-                        self.start_release(shard, held.epoch);
+                        if store_failing {
+                            self.start_abandon(shard, held.epoch);
+                        } else {
+                            self.start_release(shard, held.epoch);
+                        }
                     }
                 }
                 None if busy => {}
@@ -383,9 +402,9 @@ impl ShardManager {
                 Err(error) => {
                     tracing::warn!(shard, epoch, %error, "cannot raise the store fence yet");
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    let _ = done.send(Done::Claimed {
+                    let _ = done.send(Done::FenceFailed {
                         shard,
-                        epoch: Some(epoch),
+                        epoch,
                         lease_id,
                     });
                     return;
@@ -537,6 +556,26 @@ impl ShardManager {
                     );
                     self.start_fence(shard, epoch);
                 }
+            }
+            Done::FenceFailed {
+                shard,
+                epoch,
+                lease_id,
+            } => {
+                self.unmark_busy(shard);
+                if lease_id != self.lease_id {
+                    // Made under a lease that is gone since: so is the claim.
+                    if self
+                        .held
+                        .get(&shard)
+                        .is_some_and(|held| held.epoch == epoch)
+                    {
+                        self.held.remove(&shard);
+                    }
+                    self.start_drop_stale(shard, epoch);
+                }
+                // Otherwise it stays held (fencing, not busy): the next
+                // reconcile fences again, or gives the claim up.
             }
             Done::Fenced { shard, epoch, ok } => {
                 self.unmark_busy(shard);

@@ -245,6 +245,48 @@ async fn availability_over_several_locations() {
     assert_eq!((never.available, never.on_hand), (0, 0));
 }
 
+/// A retailer with a thousand stores asks where a SKU is: the request is
+/// one admission on an idle node, never refused by the in-flight bound its
+/// locations alone would exceed (512 in flight, reads below 80 %).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn availability_over_the_most_locations_a_request_may_name() {
+    let dir = TestDir::new().unwrap();
+    let node = start(&dir).await;
+    let mut client = node.client().await.unwrap();
+    for store in [7, 500, 999] {
+        client
+            .adjust(receive(
+                &key("acme", "SKU-1", &format!("STORE-{store}")),
+                &format!("receive-{store}"),
+                2,
+            ))
+            .await
+            .unwrap();
+    }
+    let locations: Vec<String> = (0..1_000).map(|store| format!("STORE-{store}")).collect();
+    let reply = client
+        .get_availability(pb::GetAvailabilityRequest {
+            tenant: "acme".into(),
+            sku: "SKU-1".into(),
+            locations: locations.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.locations.len(), 1_000);
+    assert_eq!(reply.total_available, 6);
+    // Answered in the order asked.
+    let answered: Vec<&str> = reply
+        .locations
+        .iter()
+        .map(|l| l.location.as_str())
+        .collect();
+    assert_eq!(
+        answered,
+        locations.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_replay_the_first_reply_and_change_nothing() {
     let dir = TestDir::new().unwrap();

@@ -458,3 +458,200 @@ async fn a_malformed_forwarded_request_is_refused_and_the_node_keeps_serving() {
         .lines()
         .all(|line| !line.contains("memory allocation")));
 }
+
+fn return_header(return_id: &str, step: &str) -> Option<pb::ReturnHeader> {
+    Some(pb::ReturnHeader {
+        key: Some(pb::ReturnKey {
+            tenant: "returns".into(),
+            return_id: return_id.into(),
+        }),
+        idempotency_key: format!("{return_id}-{step}"),
+        expected_version: None,
+    })
+}
+
+async fn settled_case(
+    returns: &mut pb::returns_service_client::ReturnsServiceClient<tonic::transport::Channel>,
+    return_id: &str,
+) -> pb::ReturnCase {
+    let started = Instant::now();
+    loop {
+        let case = returns
+            .get_return(pb::GetReturnRequest {
+                key: Some(pb::ReturnKey {
+                    tenant: "returns".into(),
+                    return_id: return_id.into(),
+                }),
+                include_history: true,
+            })
+            .await
+            .map(|reply| reply.into_inner().r#case.unwrap_or_default());
+        if let Ok(case) = case {
+            if case.pending_steps.is_empty() {
+                return case;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the case's inventory steps never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A return case on one node receives items into a position owned by
+/// another; that owner is killed while the receipt's effect is in its
+/// commit (every commit waits 700 ms first). The case retries the step
+/// with its key until the position's new owner applies it: once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_effect_survives_the_position_owner_dying_mid_step_and_applies_once() {
+    let mut cluster = TestCluster::start_with(
+        3,
+        ClusterOptions {
+            node: NodeOptions::default().env("SKULD_FAILPOINT_COMMIT_DELAY_MS", 700),
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let workload = Workload::start(
+        cluster.addresses(),
+        WorkloadConfig {
+            callers: 4,
+            ..WorkloadConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let position = key("returns", "SHIRT", "DC1");
+    let mut inventory = cluster.inventory(0).await.unwrap();
+    let stocked = inventory.adjust(receive(&position, "stock", 10)).await;
+    let position_owner = owner_in(&stocked).unwrap();
+    let victim = cluster
+        .live()
+        .into_iter()
+        .find(|index| node_id(*index) == position_owner)
+        .unwrap();
+    let survivor = cluster
+        .live()
+        .into_iter()
+        .find(|index| *index != victim)
+        .unwrap();
+    let mut returns = cluster.returns(survivor).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // A case the victim does not own.
+    let mut chosen = None;
+    for attempt in 0..40 {
+        let return_id = format!("R-{attempt}");
+        let opened = returns
+            .create_return(pb::OpenReturnRequest {
+                header: return_header(&return_id, "open"),
+                order_ref: format!("O-{attempt}"),
+                customer_ref: "C1".into(),
+                channel: "web".into(),
+                order_lines: vec![pb::OrderLine {
+                    line_id: "L1".into(),
+                    sku: "SHIRT".into(),
+                    quantity: 4,
+                    amount_paid_minor: 12_000,
+                    fulfilled_at_unix_ms: now,
+                    delivered_at_unix_ms: now,
+                    location: "DC1".into(),
+                }],
+                lines: vec![pb::RequestedLine {
+                    order_line_id: "L1".into(),
+                    quantity: 3,
+                    reason_code: "too_small".into(),
+                    resolution: pb::Resolution::RefundOriginal.into(),
+                    exchange_sku: String::new(),
+                }],
+                override_window: false,
+            })
+            .await;
+        if owner_in(&opened).is_some_and(|owner| owner != position_owner) {
+            opened.unwrap();
+            chosen = Some(return_id);
+            break;
+        }
+    }
+    let return_id = chosen.expect("some case lands on another node than the position");
+    returns
+        .receive_items(pb::ReceiveItemsRequest {
+            header: return_header(&return_id, "receive"),
+            lines: vec![pb::ReceivedLine {
+                line_id: "L1".into(),
+                quantity: 3,
+                location: String::new(),
+            }],
+            accept_surplus: false,
+        })
+        .await
+        .unwrap();
+    // The receipt's effect is now on its way to (or in the commit of) the
+    // position's owner.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill9(victim).unwrap();
+    let killed = Instant::now();
+    workload.set_addresses(cluster.addresses()).await;
+    let case = settled_case(&mut returns, &return_id).await;
+    eprintln!(
+        "the receipt's step completed {:?} after its position's owner was killed",
+        killed.elapsed()
+    );
+    let retried = case
+        .history
+        .iter()
+        .flat_map(|entry| &entry.events)
+        .filter(|event| *event == "return.step.failed")
+        .count();
+    eprintln!("the step failed {retried} time(s) before it was applied");
+    assert!(retried >= 1, "the kill did not hit the step in flight");
+    let mut inventory = cluster.inventory(survivor).await.unwrap();
+    let shirt = inventory
+        .get_position(get(&position))
+        .await
+        .unwrap()
+        .into_inner()
+        .position
+        .unwrap();
+    let buckets = shirt.buckets.unwrap();
+    assert_eq!(
+        (buckets.on_hand, buckets.quality_control, buckets.available),
+        (13, 3, 10),
+        "{buckets:?}"
+    );
+    assert_eq!(shirt.version, 2, "stock, then the receipt once");
+
+    // A second step, restocking two units, after the failover.
+    returns
+        .dispose_items(pb::DisposeItemsRequest {
+            header: return_header(&return_id, "restock"),
+            line_id: "L1".into(),
+            quantity: 2,
+            disposition: pb::Disposition::Restock.into(),
+        })
+        .await
+        .unwrap();
+    settled_case(&mut returns, &return_id).await;
+    let shirt = inventory
+        .get_position(get(&position))
+        .await
+        .unwrap()
+        .into_inner()
+        .position
+        .unwrap();
+    let buckets = shirt.buckets.unwrap();
+    assert_eq!(
+        (buckets.on_hand, buckets.quality_control, buckets.available),
+        (13, 1, 12),
+        "{buckets:?}"
+    );
+    assert_eq!(shirt.version, 3);
+    workload
+        .finish(cluster.addresses(), "a return's effect across a kill", 20)
+        .await
+        .unwrap();
+}

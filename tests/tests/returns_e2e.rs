@@ -683,3 +683,50 @@ async fn bad_return_input_gets_a_clear_status_and_changes_nothing() {
     );
     assert_eq!(before.version + 2, received.version);
 }
+
+/// Amounts near the limits of an i64 are refused at the edge as
+/// INVALID_ARGUMENT, nothing is stored, and a sane case beside them works:
+/// two lines paid near i64::MAX used to overflow the refund total (a
+/// negative refund in release builds, an actor panic in debug builds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_beyond_the_limits_are_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("node"), NodeOptions::default())
+        .await
+        .unwrap();
+    let mut returns = node.returns().await.unwrap();
+    let mut case = Case::new("limits", "R-huge");
+    let mut open = case.open(false);
+    for line in &mut open.order_lines {
+        line.amount_paid_minor = i64::MAX - 1;
+    }
+    open.lines.push(pb::RequestedLine {
+        order_line_id: "L2".into(),
+        quantity: 1,
+        reason_code: "too_small".into(),
+        resolution: pb::Resolution::RefundOriginal.into(),
+        exchange_sku: String::new(),
+    });
+    let refused = returns.create_return(open).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("amount_paid_minor"),
+        "{refused:?}"
+    );
+    let mut huge_quantity = case.open(false);
+    huge_quantity.order_lines[0].quantity = i64::MAX;
+    huge_quantity.lines[0].quantity = i64::MAX - 3;
+    let refused = returns.create_return(huge_quantity).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let missing = returns
+        .get_return(pb::GetReturnRequest {
+            key: rkey("limits", "R-huge"),
+            include_history: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "nothing was stored");
+    // The node is alive and a sane case of the same order opens.
+    let opened = returns.create_return(case.open(false)).await.unwrap();
+    assert!(opened.into_inner().r#case.is_some());
+}

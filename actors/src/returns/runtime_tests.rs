@@ -13,7 +13,7 @@ use crate::position::{
 use crate::runtime::{
     Admission, Background, BackgroundTiming, EntityRuntime, RequestMeta, RuntimeConfig, TimerTarget,
 };
-use crate::{PositionKey, ReturnKey};
+use crate::{Error, PositionKey, ReturnKey};
 
 struct Node {
     positions: Arc<EntityRuntime<PositionEntity>>,
@@ -233,4 +233,94 @@ async fn a_return_moves_stock_through_the_position_buckets_exactly_once() {
     // Each effect reached its position once: SHIRT saw receive, restock, scrap.
     assert_eq!(shirt.version, 3);
     send(&node, "close", ReturnCommand::Close).await;
+}
+
+/// A retried `Open` that reaches a node whose policy table differs (another
+/// restocking fee) is the same client request: it replays the case opened
+/// under the first node's policy instead of being refused as a reused key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_open_under_another_nodes_policy_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let now = crate::runtime::now_ms();
+    let open = |restocking_fee_bps: u32| ReturnCommand::Open {
+        order_ref: "O-1".into(),
+        customer_ref: String::new(),
+        channel: "web".into(),
+        requester: Requester::Api,
+        order_lines: vec![OrderLine {
+            line_id: "L1".into(),
+            sku: "SHIRT".into(),
+            quantity: 2,
+            amount_paid_minor: 4_000,
+            fulfilled_at_ms: now,
+            delivered_at_ms: now,
+            location: "DC1".into(),
+        }],
+        lines: vec![RequestedLine {
+            order_line_id: "L1".into(),
+            quantity: 1,
+            reason_code: String::new(),
+            resolution: Resolution::RefundOriginal,
+            exchange_sku: None,
+        }],
+        pre_approved: true,
+        override_window: false,
+        policy: ReturnPolicy {
+            restocking_fee_bps,
+            ..ReturnPolicy::default()
+        },
+    };
+    let first = send(&node, "open", open(0)).await;
+    let retry = node
+        .returns
+        .mutate(
+            ReturnMutation {
+                key: ReturnKey::new("acme", "R-1").unwrap(),
+                idempotency_key: "open".into(),
+                expected_version: None,
+                command: open(1_500),
+            },
+            RequestMeta::default(),
+        )
+        .await
+        .unwrap();
+    assert!(retry.replayed);
+    assert_eq!(retry.reply, first);
+    assert_eq!(
+        retry.reply.policy.restocking_fee_bps, 0,
+        "the first policy stays"
+    );
+    // What the client sent still counts: another order is another request.
+    let other = node
+        .returns
+        .mutate(
+            ReturnMutation {
+                key: ReturnKey::new("acme", "R-1").unwrap(),
+                idempotency_key: "open".into(),
+                expected_version: None,
+                command: match open(0) {
+                    ReturnCommand::Open {
+                        lines, order_lines, ..
+                    } => ReturnCommand::Open {
+                        order_ref: "O-2".into(),
+                        customer_ref: String::new(),
+                        channel: "web".into(),
+                        requester: Requester::Api,
+                        order_lines,
+                        lines,
+                        pre_approved: true,
+                        override_window: false,
+                        policy: ReturnPolicy::default(),
+                    },
+                    _ => unreachable!(),
+                },
+            },
+            RequestMeta::default(),
+        )
+        .await;
+    assert!(
+        matches!(other, Err(Error::IdempotencyKeyReused(_))),
+        "{other:?}"
+    );
 }

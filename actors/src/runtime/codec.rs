@@ -40,25 +40,40 @@ pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Decodes `bytes` entirely, under an allocation limit.
 ///
-/// In bincode's serde path the only decoders that claim bytes against the
-/// limit before allocating are strings and byte buffers, and each claim is
-/// then read from the input, so a well-formed value never claims more than
-/// the input's length (sequences and maps preallocate at most serde's
-/// cautious size hint, about 1 MiB, and grow only as elements are actually
-/// decoded). The limit is a compile-time constant in bincode, so it is the
-/// smallest of a few tiers that holds the input: a length prefix beyond it
-/// is refused before anything is allocated, and the largest allocation one
-/// input can cause is a small multiple of its size. Trailing bytes are
-/// refused too: they mean the input is not what the caller thinks it is.
+/// bincode checks every claim a decoder makes against the limit before it
+/// allocates: strings and byte buffers claim their length prefix, and each
+/// primitive claims its size in memory (an enum tag 4 bytes, a u64 8, a
+/// u128 16), however few bytes its varint took. So a well-formed value
+/// claims at most 16 times its encoded length, and the limit is the
+/// smallest of a few power-of-four tiers (bincode's limit is a compile-time
+/// constant) that is at least that. A length prefix beyond it is refused
+/// before anything is allocated: one input can make a string allocate at
+/// most 64 times its own size (at least 64 KiB). Sequences and maps are
+/// preallocated at most serde's cautious size hint (about 1 MiB) and grow
+/// only as elements are really decoded. Trailing bytes are refused too:
+/// they mean the input is not what the caller thinks it is.
 pub fn decode_limited<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Malformed> {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * KIB;
-    let decoded = match bytes.len() {
-        0..=4_096 => decode_under::<T, { 16 * KIB }>(bytes),
-        4_097..=262_144 => decode_under::<T, { MIB }>(bytes),
-        262_145..=4_194_304 => decode_under::<T, { 16 * MIB }>(bytes),
-        4_194_305..=67_108_864 => decode_under::<T, { 256 * MIB }>(bytes),
-        _ => decode_under::<T, { 4096 * MIB }>(bytes),
+    let needed = bytes.len().saturating_mul(MAX_CLAIM_PER_BYTE);
+    let decoded = if needed <= 64 * KIB {
+        decode_under::<T, { 64 * KIB }>(bytes)
+    } else if needed <= 256 * KIB {
+        decode_under::<T, { 256 * KIB }>(bytes)
+    } else if needed <= MIB {
+        decode_under::<T, { MIB }>(bytes)
+    } else if needed <= 4 * MIB {
+        decode_under::<T, { 4 * MIB }>(bytes)
+    } else if needed <= 16 * MIB {
+        decode_under::<T, { 16 * MIB }>(bytes)
+    } else if needed <= 64 * MIB {
+        decode_under::<T, { 64 * MIB }>(bytes)
+    } else if needed <= 256 * MIB {
+        decode_under::<T, { 256 * MIB }>(bytes)
+    } else if needed <= 1024 * MIB {
+        decode_under::<T, { 1024 * MIB }>(bytes)
+    } else {
+        decode_under::<T, { usize::MAX }>(bytes)
     };
     let (value, used) = decoded.map_err(|error| Malformed(error.to_string()))?;
     if used != bytes.len() {
@@ -69,6 +84,9 @@ pub fn decode_limited<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Malformed>
     }
     Ok(value)
 }
+
+/// The most a decoder claims per encoded byte: a u128 from a one-byte varint.
+const MAX_CLAIM_PER_BYTE: usize = 16;
 
 fn decode_under<T: DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
@@ -111,6 +129,34 @@ mod tests {
         );
         bytes.push(0);
         assert!(decode_limited::<(String, Vec<u64>, Option<i64>)>(&bytes).is_err());
+    }
+
+    #[test]
+    fn values_whose_claims_outgrow_their_bytes_still_decode() {
+        // Small numbers take one byte each and claim their size in memory:
+        // 8 for a u64, 16 for a u128, 4 for an enum tag. Around every tier.
+        for count in [1_000usize, 4_000, 16_000, 60_000, 250_000, 1_000_000] {
+            let numbers: Vec<u64> = vec![1; count];
+            let bytes = encode(&numbers).unwrap();
+            assert_eq!(decode_limited::<Vec<u64>>(&bytes).unwrap(), numbers);
+            let wide: Vec<u128> = vec![1; count / 4];
+            let bytes = encode(&wide).unwrap();
+            assert_eq!(decode_limited::<Vec<u128>>(&bytes).unwrap(), wide);
+            let options: Vec<Option<bool>> = vec![None; count];
+            let bytes = encode(&options).unwrap();
+            assert_eq!(
+                decode_limited::<Vec<Option<bool>>>(&bytes).unwrap(),
+                options
+            );
+            let map: std::collections::BTreeMap<String, i64> = (0..count / 8)
+                .map(|index| (format!("{index:x}"), 1))
+                .collect();
+            let bytes = encode(&map).unwrap();
+            assert_eq!(
+                decode_limited::<std::collections::BTreeMap<String, i64>>(&bytes).unwrap(),
+                map
+            );
+        }
     }
 
     #[test]

@@ -83,8 +83,12 @@ pub struct HealthPolicy {
 
 #[derive(Debug, Clone, Copy)]
 struct Calls {
-    /// The first failure since the last success.
+    /// The first failure of any call since the last success.
     failing_since: Option<Instant>,
+    /// The first failed write (commit or fence) since the last write that
+    /// went through: a store that answers reads but refuses writes (a
+    /// read-only replica behind a stale address) is failing too.
+    writes_failing_since: Option<Instant>,
 }
 
 /// Outcomes of store calls, shared by the store wrapper and the health task.
@@ -100,6 +104,7 @@ impl StoreHealth {
         Arc::new(Self {
             calls: Mutex::new(Calls {
                 failing_since: None,
+                writes_failing_since: None,
             }),
             verdict,
         })
@@ -116,9 +121,26 @@ impl StoreHealth {
         }
     }
 
-    /// How long every call has failed, if the last one failed.
+    /// A write's outcome (see [`Calls::writes_failing_since`]).
+    pub fn record_write<T>(&self, result: &Result<T, StoreError>) {
+        let mut calls = self.calls.lock();
+        match result {
+            Ok(_) | Err(StoreError::Fenced { .. }) => calls.writes_failing_since = None,
+            Err(_) => {
+                calls.writes_failing_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// How long every call, or every write, has failed, if the last one
+    /// did.
     pub fn failing_for(&self) -> Option<Duration> {
-        self.calls.lock().failing_since.map(|since| since.elapsed())
+        let calls = self.calls.lock();
+        let since = match (calls.failing_since, calls.writes_failing_since) {
+            (Some(any), Some(writes)) => Some(any.min(writes)),
+            (any, writes) => any.or(writes),
+        };
+        since.map(|since| since.elapsed())
     }
 
     /// The verdict of [`StoreHealth::watch`].
@@ -187,11 +209,13 @@ impl StoreHealth {
             match problem {
                 Some(problem) => {
                     fine_since = None;
-                    if current != problem {
+                    // Counted and logged once per kind of problem; the
+                    // figures in it change with every ping.
+                    if std::mem::discriminant(&current) != std::mem::discriminant(&problem) {
                         tracing::error!(%problem, "this node may not serve against its store: it takes no shards");
                         metrics::counter!("skuld_store_failovers_total").increment(1);
-                        self.verdict.send_replace(problem);
                     }
+                    self.verdict.send_replace(problem);
                 }
                 // Still failing, but not yet for the failover time.
                 None if self.failing_for().is_some() => fine_since = None,
@@ -259,11 +283,15 @@ impl Store for MonitoredStore {
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
-        self.seen(self.inner.commit(batch).await)
+        let result = self.inner.commit(batch).await;
+        self.health.record_write(&result);
+        self.seen(result)
     }
 
     async fn fence(&self, shard: u32, epoch: u64) -> Result<bool, StoreError> {
-        self.seen(self.inner.fence(shard, epoch).await)
+        let result = self.inner.fence(shard, epoch).await;
+        self.health.record_write(&result);
+        self.seen(result)
     }
 
     async fn due_timers(
@@ -285,9 +313,14 @@ impl Store for MonitoredStore {
     }
 
     async fn ping(&self) -> Result<Option<u64>, StoreError> {
-        // Recorded by the health task, which calls the inner store's ping
-        // through this wrapper.
-        self.seen(self.inner.ping().await)
+        // A ping checks that the store takes writes, so one that answers
+        // clears an earlier run of failed writes too (there may be no new
+        // write to do it: a node without shards makes none).
+        let result = self.inner.ping().await;
+        if result.is_ok() {
+            self.health.record_write(&result);
+        }
+        self.seen(result)
     }
 
     async fn list_summaries(
@@ -323,6 +356,19 @@ mod tests {
             epoch: 2,
             current: 3,
         }));
+        assert_eq!(health.failing_for(), None);
+    }
+
+    #[test]
+    fn failing_writes_count_even_while_reads_answer() {
+        let health = StoreHealth::new();
+        health.record_write::<()>(&Err(StoreError::Backend("read-only".into())));
+        health.record::<()>(&Err(StoreError::Backend("read-only".into())));
+        // A read (a ping) answers: every call is not failing, writes are.
+        health.record::<()>(&Ok(()));
+        assert!(health.failing_for().is_some());
+        health.record_write::<()>(&Ok(()));
+        health.record::<()>(&Ok(()));
         assert_eq!(health.failing_for(), None);
     }
 

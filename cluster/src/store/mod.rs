@@ -187,8 +187,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<usize, StoreError>;
 
-    /// A cheap round trip to the backend: Ok when it answers, with the
-    /// backend's clock (unix ms) when it has one of its own (PostgreSQL).
+    /// A cheap round trip to the backend: Ok when it answers and takes
+    /// writes, with the backend's clock (unix ms) when it has one of its
+    /// own (PostgreSQL).
     async fn ping(&self) -> Result<Option<u64>, StoreError>;
 
     /// Summaries in `scope` after the entity key `after`, in key order.

@@ -916,12 +916,20 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+                        pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
                 &[],
             )
             .await
             .map_err(StoreError::backend)?;
         let now: i64 = row.try_get(0).map_err(StoreError::backend)?;
+        let read_only: bool = row.try_get(1).map_err(StoreError::backend)?;
+        if read_only {
+            // Answers, but cannot take a commit: as good as unreachable.
+            return Err(StoreError::Backend(
+                "the database is read-only (a standby, or default_transaction_read_only)".into(),
+            ));
+        }
         Ok(Some(from_i64(now, "clock")?))
     }
 

@@ -4,22 +4,22 @@
 //! retention: a retry after that is applied again. The wall clock cannot be
 //! trusted with that: an operator or NTP stepping it two days forward would
 //! make every record look old, and a step back would stamp new records in
-//! the past. So the store's time follows the monotonic clock from an anchor
-//! taken when the store opens:
+//! the past. So the store keeps a timeline of its own:
 //!
-//! - stamps are `base + elapsed`, with `base` the later of the wall clock at
-//!   open and the newest stamp already stored, so they never go backwards
-//!   across restarts either;
-//! - a record stored before this process started is known to be at least
-//!   `newest_stored - stamp + elapsed` old (time passed for at least as long
-//!   as this process has run), so until the process has run for a whole
-//!   retention only those are purged; after that, everything older than
-//!   `stamp - retention` is, since every older record's true age is past it.
+//! - within a process, stamps follow the monotonic clock from an anchor;
+//! - a store that holds records goes on from its newest stamp when it
+//!   opens, whatever the wall clock says then; only an empty store starts
+//!   from the wall clock.
 //!
-//! The cost is that records may outlive the retention by up to the time the
-//! node was down, never that one is purged early. A wall clock that moves
-//! away from this clock by more than [`JUMP_THRESHOLD`] is reported (a log
-//! line and `skuld_wall_clock_offset_ms`); it changes nothing here.
+//! Along that timeline two stamps never differ by more than the time that
+//! really passed between them (time while no process ran does not count),
+//! so a record older than the retention by its stamp is older than that in
+//! truth, and `stamp - retention` is a safe cut-off. The cost is that
+//! records may outlive the retention by the time the node was down, never
+//! that one is purged early. The wall clock's distance from this timeline
+//! is reported when it changes by more than [`JUMP_THRESHOLD`] while the
+//! store is open (a log line and `skuld_wall_clock_offset_ms`); it changes
+//! nothing here.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,61 +41,49 @@ pub struct RetentionClock {
     anchor: Instant,
     /// Stamp at `anchor`, in unix ms.
     base_ms: u64,
-    /// The newest stamp stored when the store opened (0 if none).
-    newest_stored_ms: u64,
-    /// The wall clock's offset last reported, to report each jump once.
+    /// The wall clock's offset from this clock when last reported.
     reported_offset_ms: AtomicI64,
 }
 
 impl RetentionClock {
-    /// A clock for a store whose newest stamp is `newest_stored_ms`, with
-    /// the wall clock reading `wall_ms` now.
+    /// A clock for a store whose newest stamp is `newest_stored_ms` (0 when
+    /// it holds no record), with the wall clock reading `wall_ms` now.
     pub fn new(newest_stored_ms: u64, wall_ms: u64) -> Self {
+        let base_ms = if newest_stored_ms > 0 {
+            newest_stored_ms
+        } else {
+            wall_ms
+        };
         if newest_stored_ms > wall_ms.saturating_add(millis(JUMP_THRESHOLD)) {
             tracing::warn!(
                 newest_stored_ms,
                 wall_ms,
-                "the wall clock is behind the newest idempotency record: \
-                 it was set back; stamping from the stored time on"
+                "the wall clock is behind the newest idempotency record: it was set back"
             );
         }
         Self {
             anchor: Instant::now(),
-            base_ms: wall_ms.max(newest_stored_ms),
-            newest_stored_ms,
-            reported_offset_ms: AtomicI64::new(0),
+            base_ms,
+            // The distance at open (downtime, mostly) is not a jump.
+            reported_offset_ms: AtomicI64::new(offset(wall_ms, base_ms)),
         }
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        millis(self.anchor.elapsed())
     }
 
     /// The stamp of a record written now.
     pub fn stamp(&self) -> u64 {
-        let stamp = self.base_ms.saturating_add(self.elapsed_ms());
+        let stamp = self.base_ms.saturating_add(millis(self.anchor.elapsed()));
         self.check_wall(stamp, wall_ms());
         stamp
     }
 
     /// Records stamped before this are older than `retention` for sure.
     pub fn purge_before(&self, retention: Duration) -> u64 {
-        let elapsed = self.elapsed_ms();
-        let retention = millis(retention);
-        if elapsed >= retention {
-            self.base_ms.saturating_add(elapsed) - retention
-        } else {
-            // Only records from before this process: their age is at least
-            // the time since the newest of them plus this process's run.
-            self.newest_stored_ms
-                .saturating_add(elapsed)
-                .saturating_sub(retention)
-        }
+        self.stamp().saturating_sub(millis(retention))
     }
 
     /// Reports a wall clock that moved away from this clock.
     fn check_wall(&self, stamp: u64, wall: u64) {
-        let offset = i64::try_from(i128::from(wall) - i128::from(stamp)).unwrap_or(i64::MAX);
+        let offset = offset(wall, stamp);
         let reported = self.reported_offset_ms.load(Ordering::Relaxed);
         let threshold = i64::try_from(millis(JUMP_THRESHOLD)).unwrap_or(i64::MAX);
         if offset.saturating_sub(reported).saturating_abs() > threshold {
@@ -110,6 +98,10 @@ impl RetentionClock {
     }
 }
 
+fn offset(wall: u64, stamp: u64) -> i64 {
+    i64::try_from(i128::from(wall) - i128::from(stamp)).unwrap_or(i64::MAX)
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -122,17 +114,29 @@ mod tests {
     const DAY: u64 = 24 * HOUR;
 
     #[test]
-    fn a_clock_set_ahead_at_start_purges_nothing_recorded_before() {
+    fn a_clock_set_ahead_at_start_changes_neither_stamps_nor_purges() {
         // Records up to "now" by the true clock; the node starts with its
         // wall clock two days ahead.
         let true_now = 1_000 * DAY;
         let clock = RetentionClock::new(true_now, true_now + 2 * DAY);
-        // By the wall clock every stored record is past a 24 h retention;
-        // by this clock none is older than what can be proven.
         assert!(clock.purge_before(Duration::from_millis(DAY)) <= true_now - DAY + 1_000);
-        // New records are stamped from the (ahead) wall clock, never below
-        // the stored ones.
-        assert!(clock.stamp() >= true_now + 2 * DAY);
+        let stamp = clock.stamp();
+        assert!((true_now..true_now + 1_000).contains(&stamp), "{stamp}");
+    }
+
+    #[test]
+    fn restarts_under_a_wrong_clock_never_purge_early() {
+        // P0 records r0 at T; P1 starts two days ahead and records r1; P2
+        // starts a minute later with the true clock.
+        let t = 1_000 * DAY;
+        let r0 = t;
+        let p1 = RetentionClock::new(r0, t + 2 * DAY);
+        let r1 = p1.stamp();
+        let p2 = RetentionClock::new(r1, t + 60_000);
+        assert!(
+            p2.purge_before(Duration::from_millis(DAY)) < r0,
+            "r0 is a minute old"
+        );
     }
 
     #[test]
@@ -144,19 +148,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_store_purges_only_what_it_stamped_a_retention_ago() {
+    fn a_fresh_store_starts_from_the_wall_clock() {
         let clock = RetentionClock::new(0, 500 * DAY);
-        assert_eq!(clock.purge_before(Duration::from_millis(HOUR)), 0);
+        assert!(clock.stamp() >= 500 * DAY);
+        assert!(clock.purge_before(Duration::from_millis(HOUR)) < 500 * DAY);
         // A zero retention purges everything stamped so far.
         assert!(clock.purge_before(Duration::ZERO) >= 500 * DAY);
     }
 
     #[test]
-    fn a_wall_clock_jump_while_running_changes_no_stamp() {
+    fn a_wall_clock_jump_while_running_is_reported_and_changes_no_stamp() {
         let now = wall_ms();
         let clock = RetentionClock::new(0, now);
         let before = clock.stamp();
-        // What the wall clock says does not enter the stamp.
         clock.check_wall(before, before + 2 * DAY);
         assert_eq!(
             clock.reported_offset_ms.load(Ordering::Relaxed),
