@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::cluster::{node_id, TestCluster};
-use crate::workload::{next_random, Workload};
+use crate::workload::{next_random, History, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -202,34 +202,65 @@ pub async fn inject(
     Ok(())
 }
 
-/// What a nemesis run did.
-#[derive(Debug, Default)]
+/// One fault as it was injected: from when to when, counted from the
+/// workload's start.
+#[derive(Debug, Clone, Copy)]
 pub struct Injected {
-    pub faults: Vec<(Fault, Duration)>,
+    pub fault: Fault,
+    pub from: Duration,
+    pub until: Duration,
 }
 
-/// Runs the steps in order; returns each fault with the time it took.
+/// Runs the steps in order; returns each fault with when it was in force.
 pub async fn run(
     cluster: &mut TestCluster,
     workload: &Workload,
     steps: &[Step],
-) -> anyhow::Result<Injected> {
+) -> anyhow::Result<Vec<Injected>> {
     let started = Instant::now();
-    let mut injected = Injected::default();
+    let mut injected = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         eprintln!(
             "nemesis {:>5.1}s step {index}: {}",
             started.elapsed().as_secs_f64(),
             step.fault
         );
-        let began = Instant::now();
+        let from = workload.started().elapsed();
         inject(cluster, workload, step.fault)
             .await
             .with_context(|| format!("step {index}: {}", step.fault))?;
-        injected.faults.push((step.fault, began.elapsed()));
+        injected.push(Injected {
+            fault: step.fault,
+            from,
+            until: workload.started().elapsed(),
+        });
         tokio::time::sleep(step.quiet).await;
     }
     Ok(injected)
+}
+
+/// Per kind of fault: how many were injected, how many operations were
+/// sent while one was in force, and the longest a client waited for an
+/// answer to one of them (retries included): the unavailability clients saw.
+pub fn windows(injected: &[Injected], history: &History) -> Vec<String> {
+    let mut kinds: std::collections::BTreeMap<&str, (usize, usize, Duration)> =
+        std::collections::BTreeMap::new();
+    for fault in injected {
+        let entry = kinds.entry(fault.fault.kind()).or_default();
+        entry.0 += 1;
+        for record in &history.records {
+            if (fault.from..fault.until).contains(&record.sent_at) {
+                entry.1 += 1;
+                entry.2 = entry.2.max(record.waited);
+            }
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|(kind, (count, operations, longest))| {
+            format!("{kind}: {count} injected, {operations} operations sent during them, longest wait {longest:.2?}")
+        })
+        .collect()
 }
 
 #[cfg(test)]

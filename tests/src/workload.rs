@@ -111,6 +111,10 @@ pub enum Outcome {
 pub struct Record {
     pub op: Op,
     pub outcome: Outcome,
+    /// When the client first sent it, since the workload started.
+    pub sent_at: Duration,
+    /// How long the client waited for its answer, retries included.
+    pub waited: Duration,
 }
 
 /// What the clients saw.
@@ -384,6 +388,7 @@ impl Workload {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let addresses = Arc::new(RwLock::new(addresses));
+        let started = Instant::now();
         let callers = (0..config.callers)
             .map(|caller| {
                 tokio::spawn(run_caller(
@@ -391,6 +396,7 @@ impl Workload {
                     config.clone(),
                     Arc::clone(&stop),
                     Arc::clone(&addresses),
+                    started,
                 ))
             })
             .collect();
@@ -399,8 +405,13 @@ impl Workload {
             addresses,
             callers,
             config,
-            started: Instant::now(),
+            started,
         })
+    }
+
+    /// When the callers started: [`Record::sent_at`] counts from here.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Replaces the nodes the callers send to (what a load balancer does
@@ -446,6 +457,7 @@ async fn run_caller(
     config: WorkloadConfig,
     stop: Arc<AtomicBool>,
     addresses: Arc<RwLock<Vec<String>>>,
+    started: Instant,
 ) -> History {
     let positions = Positions {
         tenant: config.tenant.clone(),
@@ -512,6 +524,7 @@ async fn run_caller(
                 idempotency_key,
             }
         };
+        let sent = Instant::now();
         let (outcome, attempts) = send_with_retries(
             &mut clients,
             &addresses,
@@ -522,6 +535,8 @@ async fn run_caller(
             RETRY_BUDGET,
         )
         .await;
+        let waited = sent.elapsed();
+        let sent_at = sent.duration_since(started);
         if outcome == Outcome::Applied {
             if attempts > 1 {
                 history.retried += 1;
@@ -534,7 +549,12 @@ async fn run_caller(
                 held.push((op.position, reservation_id.clone(), *quantity));
             }
         }
-        history.records.push(Record { op, outcome });
+        history.records.push(Record {
+            op,
+            outcome,
+            sent_at,
+            waited,
+        });
     }
     history
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use skuld_tests::cluster::{ClusterOptions, TestCluster};
-use skuld_tests::nemesis::{run, schedule};
+use skuld_tests::nemesis::{run, schedule, windows};
 use skuld_tests::workload::{Workload, WorkloadConfig};
 use skuld_tests::NodeOptions;
 
@@ -76,13 +76,14 @@ async fn one_run(seed: u64, length: Duration) {
     workload.set_addresses(cluster.addresses()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-    for (fault, _) in &injected.faults {
-        *by_kind.entry(fault.kind()).or_default() += 1;
+    for injected in &injected {
+        *by_kind.entry(injected.fault.kind()).or_default() += 1;
     }
     let label = format!(
         "nemesis seed {seed:#x}: {} faults in {faulted:.1?} ({by_kind:?}), settled {settle:.1?} after the last",
-        injected.faults.len()
+        injected.len()
     );
+    let ran = workload.started().elapsed();
     let history = workload
         .finish(cluster.addresses(), &label, 500)
         .await
@@ -90,9 +91,13 @@ async fn one_run(seed: u64, length: Duration) {
             panic!("{label}: {error:#}\nrerun this schedule with SKULD_NEMESIS_SEEDS={seed:#x}")
         });
     eprintln!(
-        "nemesis seed {seed:#x}: goodput {:.0} applied operations/s over the faulted {faulted:.1?}",
-        history.applied() as f64 / (faulted + settle).as_secs_f64()
+        "nemesis seed {seed:#x}: goodput {:.0} applied operations/s over {ran:.1?} ({} checked)",
+        history.applied() as f64 / ran.as_secs_f64(),
+        history.records.len()
     );
+    for line in windows(&injected, &history) {
+        eprintln!("nemesis seed {seed:#x}: {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
