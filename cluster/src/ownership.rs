@@ -135,6 +135,20 @@ pub async fn follow_routes(
     }
 }
 
+/// Deletes this node's claim of `shard` at `epoch`, retrying a few times;
+/// if etcd cannot be reached, the lease's expiry frees the shard anyway.
+async fn release_claim(membership: &Membership, shard: u32, epoch: u64) {
+    for attempt in 0..5u32 {
+        match membership.release(shard, epoch).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(shard, attempt, %error, "release failed; the lease bounds it");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Runs claims and releases for one node.
 pub struct ShardManager {
     membership: Arc<Membership>,
@@ -414,7 +428,8 @@ impl ShardManager {
         });
     }
 
-    fn start_release(&mut self, shard: u32, epoch: u64) {
+    /// Marks `shard` as being released: busy, and admitting no new request.
+    fn begin_release(&mut self, shard: u32, epoch: u64) {
         self.mark_busy(shard);
         self.held.insert(
             shard,
@@ -423,8 +438,11 @@ impl ShardManager {
                 phase: Phase::Releasing,
             },
         );
-        // From here no new request is admitted for the shard.
         self.table.set(shard, Route::Moving);
+    }
+
+    fn start_release(&mut self, shard: u32, epoch: u64) {
+        self.begin_release(shard, epoch);
         metrics::counter!("skuld_handoffs_total", "direction" => "out").increment(1);
         let table = Arc::clone(&self.table);
         let host = Arc::clone(&self.host);
@@ -439,15 +457,7 @@ impl ShardManager {
                 );
             }
             host.evict(shard).await;
-            for attempt in 0..5u32 {
-                match membership.release(shard, epoch).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        tracing::warn!(shard, attempt, %error, "release failed; the lease bounds it");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
+            release_claim(&membership, shard, epoch).await;
             let _ = done.send(Done::Released { shard });
         });
     }
@@ -458,29 +468,13 @@ impl ShardManager {
     /// once; the store's fence keeps anything this node still writes out,
     /// and waits for a commit of it that is in flight.
     fn start_abandon(&mut self, shard: u32, epoch: u64) {
-        self.mark_busy(shard);
-        self.held.insert(
-            shard,
-            Held {
-                epoch,
-                phase: Phase::Releasing,
-            },
-        );
-        self.table.set(shard, Route::Moving);
+        self.begin_release(shard, epoch);
         metrics::counter!("skuld_handoffs_total", "direction" => "abandoned").increment(1);
         let host = Arc::clone(&self.host);
         let membership = Arc::clone(&self.membership);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            for attempt in 0..5u32 {
-                match membership.release(shard, epoch).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        tracing::warn!(shard, attempt, %error, "release failed; the lease bounds it");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
+            release_claim(&membership, shard, epoch).await;
             host.evict(shard).await;
             let _ = done.send(Done::Released { shard });
         });

@@ -277,6 +277,19 @@ impl TestCluster {
         )
     }
 
+    /// Node `node` as the member list of node `via` shows it.
+    pub async fn member(&self, via: usize, node: usize) -> anyhow::Result<pb::Member> {
+        self.admin(via)
+            .await?
+            .list_members(pb::ListMembersRequest {})
+            .await?
+            .into_inner()
+            .members
+            .into_iter()
+            .find(|member| member.node_id == node_id(node))
+            .with_context(|| format!("{} is not a member", node_id(node)))
+    }
+
     /// Owner of every shard as node `index` sees etcd.
     pub async fn shard_owners(&self, index: usize) -> anyhow::Result<Vec<String>> {
         let shards = self
@@ -346,4 +359,63 @@ impl TestCluster {
         }
         Ok(())
     }
+}
+
+// ---- return cases -------------------------------------------------------------
+
+pub fn return_header(return_id: &str, step: &str) -> Option<pb::ReturnHeader> {
+    Some(pb::ReturnHeader {
+        key: Some(pb::ReturnKey {
+            tenant: "returns".into(),
+            return_id: return_id.into(),
+        }),
+        idempotency_key: format!("{return_id}-{step}"),
+        expected_version: None,
+    })
+}
+
+/// Opens pre-approved return cases (tenant `returns`, three of four SHIRTs
+/// from DC1) through `returns` until one lands on a node other than
+/// `avoid`; returns its id.
+pub async fn open_return_not_on(
+    returns: &mut skuld_proto::v1::returns_service_client::ReturnsServiceClient<Channel>,
+    avoid: &str,
+) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    for attempt in 0..40 {
+        let return_id = format!("R-{attempt}");
+        let opened = returns
+            .create_return(pb::OpenReturnRequest {
+                header: return_header(&return_id, "open"),
+                order_ref: format!("O-{attempt}"),
+                customer_ref: "C1".into(),
+                channel: "web".into(),
+                order_lines: vec![pb::OrderLine {
+                    line_id: "L1".into(),
+                    sku: "SHIRT".into(),
+                    quantity: 4,
+                    amount_paid_minor: 12_000,
+                    fulfilled_at_unix_ms: now,
+                    delivered_at_unix_ms: now,
+                    location: "DC1".into(),
+                }],
+                lines: vec![pb::RequestedLine {
+                    order_line_id: "L1".into(),
+                    quantity: 3,
+                    reason_code: "too_small".into(),
+                    resolution: pb::Resolution::RefundOriginal.into(),
+                    exchange_sku: String::new(),
+                }],
+                override_window: false,
+            })
+            .await;
+        let owner = owner_in(&opened);
+        opened?;
+        if owner.is_some_and(|owner| owner != avoid) {
+            return Ok(return_id);
+        }
+    }
+    bail!("40 cases all landed on {avoid}")
 }

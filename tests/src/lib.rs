@@ -67,6 +67,16 @@ pub fn skuld_binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// Debian's libfaketime (`scripts/setup --cluster` installs it), to run a
+/// node with its wall clock moved.
+pub fn libfaketime() -> anyhow::Result<PathBuf> {
+    std::fs::read_dir("/usr/lib")?
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.exists())
+        .context("libfaketime is missing: run scripts/setup --cluster")
+}
+
 /// A temp dir for one test that is kept, not deleted, when the test panics,
 /// so the node's data and log can be inspected.
 pub struct TestDir {

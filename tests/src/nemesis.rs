@@ -99,7 +99,11 @@ impl Dice {
 
 /// The faults of `seed` for `nodes` nodes, filling about `length`.
 pub fn schedule(seed: u64, nodes: usize, length: Duration) -> Vec<Step> {
-    let mut dice = Dice(seed | 1);
+    // xorshift needs a nonzero state; splitmix64 spreads neighbouring seeds.
+    let mut mixed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let mut dice = Dice((mixed ^ (mixed >> 31)).max(1));
     let mut steps = Vec::new();
     let mut total = Duration::ZERO;
     while total < length {

@@ -7,16 +7,7 @@
 use std::time::Duration;
 
 use skuld_tests::requests::{get, key, receive};
-use skuld_tests::{NodeOptions, TestDir, TestNode};
-
-fn libfaketime() -> std::path::PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
-        .find(|path| path.exists())
-        .expect("libfaketime is installed (scripts/setup --cluster)")
-}
+use skuld_tests::{libfaketime, NodeOptions, TestDir, TestNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wall_clock_jump_does_not_purge_fresh_idempotency_records() {
@@ -27,7 +18,7 @@ async fn a_wall_clock_jump_does_not_purge_fresh_idempotency_records() {
     let options = NodeOptions::default()
         .arg("--idempotency-retention-secs", 3_600)
         .arg("--idempotency-purge-interval-secs", 1)
-        .env("LD_PRELOAD", libfaketime().display())
+        .env("LD_PRELOAD", libfaketime().unwrap().display())
         .env("FAKETIME_TIMESTAMP_FILE", offset.display())
         .env("FAKETIME_CACHE_DURATION", 1)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", 1);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use skuld_proto::v1 as pb;
 use skuld_tests::cluster::{
-    node_id, owner_in, shard_of, ClusterOptions, TestCluster, TEST_LEASE_TTL_SECS,
+    node_id, open_return_not_on, owner_in, return_header, shard_of, ClusterOptions, TestCluster,
+    TEST_LEASE_TTL_SECS,
 };
 use skuld_tests::requests::{commit, fulfill, key, receive, release, reserve};
 use skuld_tests::workload::{retryable, Workload, WorkloadConfig};
@@ -554,27 +555,6 @@ async fn the_cluster_recovers_from_etcd_and_postgres_restarts_under_load() {
         .unwrap();
 }
 
-fn return_header(return_id: &str, step: &str) -> Option<pb::ReturnHeader> {
-    Some(pb::ReturnHeader {
-        key: Some(pb::ReturnKey {
-            tenant: "returns".into(),
-            return_id: return_id.into(),
-        }),
-        idempotency_key: format!("{return_id}-{step}"),
-        expected_version: None,
-    })
-}
-
-fn owner_of<T>(response: &tonic::Response<T>) -> String {
-    response
-        .metadata()
-        .get("skuld-owner")
-        .expect("a cluster reply names its owner")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// A return case and the position its receipt moves stock into live on
 /// different nodes: the case's inventory effect is forwarded to the
 /// position's owner and applied there exactly once.
@@ -584,52 +564,13 @@ async fn a_return_on_one_node_moves_stock_of_a_position_on_another() {
     let mut inventory = cluster.inventory(0).await.unwrap();
     let mut returns = cluster.returns(1).await.unwrap();
     let position = key("returns", "SHIRT", "DC1");
-    let stocked = inventory
-        .adjust(receive(&position, "stock", 10))
+    let stocked = inventory.adjust(receive(&position, "stock", 10)).await;
+    let position_owner = owner_in(&stocked).expect("a cluster reply names its owner");
+    stocked.unwrap();
+
+    let return_id = open_return_not_on(&mut returns, &position_owner)
         .await
         .unwrap();
-    let position_owner = owner_of(&stocked);
-
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    // Open cases until one lands on another node than the position.
-    let mut chosen = None;
-    for attempt in 0..30 {
-        let return_id = format!("R-{attempt}");
-        let opened = returns
-            .create_return(pb::OpenReturnRequest {
-                header: return_header(&return_id, "open"),
-                order_ref: format!("O-{attempt}"),
-                customer_ref: "C1".into(),
-                channel: "web".into(),
-                order_lines: vec![pb::OrderLine {
-                    line_id: "L1".into(),
-                    sku: "SHIRT".into(),
-                    quantity: 4,
-                    amount_paid_minor: 12_000,
-                    fulfilled_at_unix_ms: now,
-                    delivered_at_unix_ms: now,
-                    location: "DC1".into(),
-                }],
-                lines: vec![pb::RequestedLine {
-                    order_line_id: "L1".into(),
-                    quantity: 3,
-                    reason_code: "too_small".into(),
-                    resolution: pb::Resolution::RefundOriginal.into(),
-                    exchange_sku: String::new(),
-                }],
-                override_window: false,
-            })
-            .await
-            .unwrap();
-        if owner_of(&opened) != position_owner {
-            chosen = Some(return_id);
-            break;
-        }
-    }
-    let return_id = chosen.expect("some case lands on another node than the position");
     for repeat in 0..2 {
         // The second send is a client retry: a replay, not a second receipt.
         let received = returns
@@ -644,7 +585,11 @@ async fn a_return_on_one_node_moves_stock_of_a_position_on_another() {
             })
             .await
             .unwrap();
-        assert_ne!(owner_of(&received), position_owner, "repeat {repeat}");
+        assert_ne!(
+            owner_in(&Ok(received)).as_deref(),
+            Some(position_owner.as_str()),
+            "repeat {repeat}"
+        );
     }
     // The receipt's effect reaches the position's owner.
     let started = Instant::now();

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use skuld_proto::internal::v1 as wire;
 use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
 use skuld_proto::v1 as pb;
-use skuld_tests::cluster::{node_id, owner_in, ClusterOptions, TestCluster, TEST_LEASE_TTL_SECS};
+use skuld_tests::cluster::{
+    node_id, open_return_not_on, owner_in, return_header, ClusterOptions, TestCluster,
+    TEST_LEASE_TTL_SECS,
+};
 use skuld_tests::requests::{get, key, receive};
 use skuld_tests::workload::{channel, retryable, Workload, WorkloadConfig};
-use skuld_tests::NodeOptions;
+use skuld_tests::{libfaketime, NodeOptions};
 use tonic::Code;
 
 type Inventory = pb::inventory_service_client::InventoryServiceClient<tonic::transport::Channel>;
@@ -264,19 +267,7 @@ async fn an_owner_cut_off_from_postgres_gives_its_shards_to_nodes_that_reach_it(
     let (status, body) = cluster.node(cut).http_get("/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store"), "{body}");
-    let members = cluster
-        .admin(0)
-        .await
-        .unwrap()
-        .list_members(pb::ListMembersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
-    let reported = members
-        .iter()
-        .find(|member| member.node_id == node_id(cut))
-        .expect("the cut node stays a member");
+    let reported = cluster.member(0, cut).await.unwrap();
     assert!(!reported.store_healthy, "{reported:?}");
     assert_eq!(reported.shards_owned, 0, "{reported:?}");
 
@@ -291,20 +282,11 @@ async fn an_owner_cut_off_from_postgres_gives_its_shards_to_nodes_that_reach_it(
         .unwrap();
 }
 
-fn libfaketime() -> std::path::PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|dir| dir.path().join("faketime/libfaketime.so.1"))
-        .find(|path| path.exists())
-        .expect("libfaketime is installed (scripts/setup --cluster)")
-}
-
 /// The environment that runs a node with its wall clock a day ahead (the
 /// monotonic clock stays true).
 fn a_day_ahead(options: NodeOptions) -> NodeOptions {
     options
-        .env("LD_PRELOAD", libfaketime().display())
+        .env("LD_PRELOAD", libfaketime().unwrap().display())
         .env("FAKETIME", "+1d")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", 1)
 }
@@ -345,19 +327,7 @@ async fn a_node_a_day_ahead_serves_no_shards_and_forwards() {
     };
     assert!(body.contains("ahead of the store"), "{body}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let members = cluster
-        .admin(0)
-        .await
-        .unwrap()
-        .list_members(pb::ListMembersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
-    let skewed = members
-        .iter()
-        .find(|member| member.node_id == node_id(ahead))
-        .expect("the skewed node is a member");
+    let skewed = cluster.member(0, ahead).await.unwrap();
     assert!(!skewed.store_healthy, "{skewed:?}");
     assert_eq!(skewed.shards_owned, 0, "{skewed:?}");
     let mut through_skewed = cluster.inventory(ahead).await.unwrap();
@@ -459,17 +429,6 @@ async fn a_malformed_forwarded_request_is_refused_and_the_node_keeps_serving() {
         .all(|line| !line.contains("memory allocation")));
 }
 
-fn return_header(return_id: &str, step: &str) -> Option<pb::ReturnHeader> {
-    Some(pb::ReturnHeader {
-        key: Some(pb::ReturnKey {
-            tenant: "returns".into(),
-            return_id: return_id.into(),
-        }),
-        idempotency_key: format!("{return_id}-{step}"),
-        expected_version: None,
-    })
-}
-
 async fn settled_case(
     returns: &mut pb::returns_service_client::ReturnsServiceClient<tonic::transport::Channel>,
     return_id: &str,
@@ -538,46 +497,10 @@ async fn a_return_effect_survives_the_position_owner_dying_mid_step_and_applies_
         .find(|index| *index != victim)
         .unwrap();
     let mut returns = cluster.returns(survivor).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
     // A case the victim does not own.
-    let mut chosen = None;
-    for attempt in 0..40 {
-        let return_id = format!("R-{attempt}");
-        let opened = returns
-            .create_return(pb::OpenReturnRequest {
-                header: return_header(&return_id, "open"),
-                order_ref: format!("O-{attempt}"),
-                customer_ref: "C1".into(),
-                channel: "web".into(),
-                order_lines: vec![pb::OrderLine {
-                    line_id: "L1".into(),
-                    sku: "SHIRT".into(),
-                    quantity: 4,
-                    amount_paid_minor: 12_000,
-                    fulfilled_at_unix_ms: now,
-                    delivered_at_unix_ms: now,
-                    location: "DC1".into(),
-                }],
-                lines: vec![pb::RequestedLine {
-                    order_line_id: "L1".into(),
-                    quantity: 3,
-                    reason_code: "too_small".into(),
-                    resolution: pb::Resolution::RefundOriginal.into(),
-                    exchange_sku: String::new(),
-                }],
-                override_window: false,
-            })
-            .await;
-        if owner_in(&opened).is_some_and(|owner| owner != position_owner) {
-            opened.unwrap();
-            chosen = Some(return_id);
-            break;
-        }
-    }
-    let return_id = chosen.expect("some case lands on another node than the position");
+    let return_id = open_return_not_on(&mut returns, &position_owner)
+        .await
+        .unwrap();
     returns
         .receive_items(pb::ReceiveItemsRequest {
             header: return_header(&return_id, "receive"),
