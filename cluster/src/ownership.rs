@@ -343,6 +343,7 @@ impl ShardManager {
                         self.table.set(shard, Route::Moving);
                         self.spawn_evict(shard);
                     } else if busy {
+                        // Its claim, fence or release is under way.
                     } else if held.phase == Phase::Fencing {
                         // A fence the store did not answer: try again while
                         // the shard is still ours to take, else let it go.
