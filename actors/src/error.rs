@@ -127,6 +127,26 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The request did not happen, or may not have, for a passing reason:
+    /// sending it again with the same idempotency key may succeed (a full
+    /// queue, a deadline, a store or owner that did not answer, a shard
+    /// being handed over). Decided here, where errors are made, for every
+    /// caller that retries on its own (a return's inventory steps).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Overloaded { .. }
+            | Error::DeadlineExceeded
+            | Error::Unavailable(_)
+            | Error::ShardMoving { .. } => true,
+            // From a node of an older version: DEADLINE_EXCEEDED,
+            // RESOURCE_EXHAUSTED, UNAVAILABLE.
+            Error::Remote { code, .. } => matches!(code, 4 | 8 | 14),
+            _ => false,
+        }
+    }
+}
+
 impl From<skuld_cluster::StoreError> for Error {
     fn from(error: skuld_cluster::StoreError) -> Self {
         match error {

@@ -829,20 +829,6 @@ fn retry_after_from_metadata(metadata: &MetadataMap) -> Option<u128> {
         .ok()
 }
 
-/// Whether the outcome of a call that failed with `code` is unknown or
-/// transient, so retrying with the same idempotency key is the right move.
-fn worth_retrying(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Cancelled
-            | Code::Unknown
-    )
-}
-
 /// The one-line description of a failed call (without the `error: ` prefix).
 fn format_status(status: &Status, idempotency_key: Option<&IdempotencyKey>) -> String {
     let code = status.code();
@@ -855,7 +841,9 @@ fn format_status(status: &Status, idempotency_key: Option<&IdempotencyKey>) -> S
     if let Some(ms) = retry_after_ms(status) {
         line.push_str(&format!("; retry after {ms} ms"));
     }
-    if let Some(key) = idempotency_key.filter(|k| k.generated && worth_retrying(code)) {
+    if let Some(key) =
+        idempotency_key.filter(|k| k.generated && skuld_proto::retry::worth_retrying(code))
+    {
         line.push_str(&format!(
             "; to retry safely pass --idempotency-key {}",
             key.value

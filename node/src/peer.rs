@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use skuld_actors::runtime::routing::{ForwardTarget, Forwarder, Operation};
-use skuld_actors::runtime::RequestMeta;
+use skuld_actors::runtime::{codec, RequestMeta};
 use skuld_actors::Error;
 use skuld_cluster::shards::Peer;
 use skuld_proto::internal::v1 as wire;
@@ -41,6 +41,8 @@ fn operation_from_wire(value: i32) -> Option<Operation> {
     }
 }
 
+/// The owner's error as it crosses the hop: the error itself, plus its
+/// status for a node that cannot decode it (an older version).
 fn error_to_wire(error: &Error) -> wire::RemoteError {
     let status = to_status(error);
     let shard = match error {
@@ -57,10 +59,16 @@ fn error_to_wire(error: &Error) -> wire::RemoteError {
             Error::ReservationNotFound(id) => Some(id.clone()),
             _ => None,
         },
+        error: codec::encode(error).unwrap_or_default(),
     }
 }
 
+/// The owner's error, typed: the same refusal (and so the same status and
+/// details for the client) whichever node answered.
 fn error_from_wire(error: wire::RemoteError) -> Error {
+    if let Ok(typed) = codec::decode_limited::<Error>(&error.error) {
+        return typed;
+    }
     if error.moved {
         return Error::ShardMoving {
             shard: error.shard,
@@ -252,5 +260,54 @@ mod tests {
         // exchange release treats it as already done, on any node.
         let missing = Error::ReservationNotFound("hold-1".into());
         assert_eq!(error_from_wire(error_to_wire(&missing)), missing);
+    }
+
+    #[test]
+    fn every_error_crosses_the_hop_as_itself_with_the_same_status() {
+        let errors = [
+            Error::invalid("quantity", "must be > 0"),
+            Error::Insufficient {
+                requested: 5,
+                available: 2,
+            },
+            Error::NegativeBucket {
+                bucket: skuld_actors::position::Bucket::Damaged,
+                value: -1,
+            },
+            Error::VersionMismatch {
+                expected: 3,
+                current: 4,
+            },
+            Error::IllegalTransition {
+                command: "Close".into(),
+                state: skuld_actors::returns::ReturnState::Requested,
+                allowed: vec!["Approve".into(), "Cancel".into()],
+            },
+            Error::IdempotencyKeyReused("k".into()),
+            Error::Overloaded {
+                queue: "position".into(),
+                retry_after_ms: 50,
+            },
+            Error::DeadlineExceeded,
+            Error::Unavailable("the store failed".into()),
+        ];
+        for error in errors {
+            let crossed = error_from_wire(error_to_wire(&error));
+            assert_eq!(crossed, error);
+            let (here, there) = (to_status(&error), to_status(&crossed));
+            assert_eq!(here.code(), there.code());
+            assert_eq!(here.message(), there.message());
+            assert_eq!(here.details(), there.details(), "{error:?}");
+        }
+        // From a node that sends no typed error: the status still crosses.
+        let mut old = error_to_wire(&Error::Insufficient {
+            requested: 5,
+            available: 2,
+        });
+        old.error.clear();
+        assert_eq!(
+            to_status(&error_from_wire(old)).code(),
+            tonic::Code::FailedPrecondition
+        );
     }
 }

@@ -17,6 +17,36 @@ pub mod internal {
     }
 }
 
+/// What a client may do after a failed call, by its status code: the one
+/// definition the CLI, the load generator and the test harness share.
+pub mod retry {
+    use tonic::Code;
+
+    /// The call may or may not have been applied (a deadline, a broken
+    /// connection, a node that stopped answering): send it again with the
+    /// same idempotency key to learn its outcome. Refusals (INVALID_ARGUMENT,
+    /// FAILED_PRECONDITION, NOT_FOUND, ALREADY_EXISTS, RESOURCE_EXHAUSTED)
+    /// changed nothing.
+    pub fn outcome_open(code: Code) -> bool {
+        matches!(
+            code,
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Internal
+                | Code::Aborted
+        )
+    }
+
+    /// Sending the same request again with the same key is the right move:
+    /// its outcome is open, or it was refused for a passing reason (a full
+    /// queue, with a retry hint).
+    pub fn worth_retrying(code: Code) -> bool {
+        outcome_open(code) || code == Code::ResourceExhausted
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every skuld proto, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("skuld_descriptor");
 

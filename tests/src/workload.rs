@@ -164,21 +164,6 @@ impl History {
     }
 }
 
-/// Whether a failed attempt leaves the outcome open, so the same request may
-/// be sent again with its key.
-pub fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::ResourceExhausted
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Internal
-            | Code::Aborted
-    )
-}
-
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
@@ -316,7 +301,7 @@ async fn send_with_retries(
             Ok(()) => return (Outcome::Applied, attempts),
             Err(status) => {
                 *errors.entry(format!("{:?}", status.code())).or_default() += 1;
-                if !retryable(status.code()) {
+                if !skuld_proto::retry::worth_retrying(status.code()) {
                     return (
                         Outcome::Refused {
                             code: status.code(),
@@ -356,7 +341,8 @@ where
         match call().await {
             Ok(()) => return Ok(()),
             Err(status)
-                if retryable(status.code()) && started.elapsed() < Duration::from_secs(30) =>
+                if skuld_proto::retry::worth_retrying(status.code())
+                    && started.elapsed() < Duration::from_secs(30) =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

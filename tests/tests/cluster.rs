@@ -14,7 +14,7 @@ use skuld_tests::cluster::{
     TEST_LEASE_TTL_SECS,
 };
 use skuld_tests::requests::{commit, fulfill, key, receive, release, reserve};
-use skuld_tests::workload::{retryable, Workload, WorkloadConfig};
+use skuld_tests::workload::{Workload, WorkloadConfig};
 use skuld_tests::{NodeOptions, TestNode};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -451,7 +451,10 @@ async fn a_zombie_paused_inside_its_commit_cannot_write_behind_the_new_owner() {
             match try_read(&mut client, position).await {
                 Ok(seen) => break seen,
                 Err(status) if paused.elapsed() < Duration::from_secs(60) => {
-                    assert!(retryable(status.code()), "{status:?}");
+                    assert!(
+                        skuld_proto::retry::worth_retrying(status.code()),
+                        "{status:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(status) => panic!("{position:?} never served again: {status:?}"),
@@ -621,4 +624,60 @@ async fn a_return_on_one_node_moves_stock_of_a_position_on_another() {
         (13, 3, 10),
         "{buckets:?}"
     );
+}
+
+/// A refusal answered by the key's owner reaches a client that asked another
+/// node with the same status, message and details (google.rpc
+/// PreconditionFailure, BadRequest) as a client of the owner gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_through_another_node_carries_the_owners_details() {
+    let cluster = TestCluster::start(2).await.unwrap();
+    let position = key("refusals", "sku-1", "dc-1");
+    let mut first = cluster.inventory(0).await.unwrap();
+    let stocked = first.adjust(receive(&position, "stock", 1)).await;
+    let owner = owner_in(&stocked).unwrap();
+    stocked.unwrap();
+    let owner_index = if owner == node_id(0) { 0 } else { 1 };
+    let mut at_owner = cluster.inventory(owner_index).await.unwrap();
+    let mut elsewhere = cluster.inventory(1 - owner_index).await.unwrap();
+    let refusals = [
+        // Insufficient stock: FAILED_PRECONDITION with PreconditionFailure.
+        (
+            reserve(&position, "too-many-a", 5, 600),
+            reserve(&position, "too-many-b", 5, 600),
+        ),
+        // A reservation id taken: ALREADY_EXISTS.
+        (
+            pb::ReserveRequest {
+                reservation_id: "stock".into(),
+                ..reserve(&position, "taken-a", 1, 600)
+            },
+            pb::ReserveRequest {
+                reservation_id: "stock".into(),
+                ..reserve(&position, "taken-b", 1, 600)
+            },
+        ),
+    ];
+    // "stock" is the receipt's key, not a reservation: hold it first.
+    at_owner
+        .reserve(pb::ReserveRequest {
+            reservation_id: "stock".into(),
+            ..reserve(&position, "hold", 1, 600)
+        })
+        .await
+        .unwrap();
+    for (local, remote) in refusals {
+        let here = at_owner.reserve(local).await.unwrap_err();
+        let there = elsewhere.reserve(remote).await.unwrap_err();
+        assert_eq!(here.code(), there.code(), "{here:?} / {there:?}");
+        assert_eq!(here.message(), there.message());
+        assert_eq!(here.details(), there.details(), "{here:?} / {there:?}");
+        assert_eq!(
+            there
+                .metadata()
+                .get("skuld-owner")
+                .and_then(|v| v.to_str().ok()),
+            Some(owner.as_str())
+        );
+    }
 }

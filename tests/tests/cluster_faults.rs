@@ -16,7 +16,7 @@ use skuld_tests::cluster::{
     TEST_LEASE_TTL_SECS,
 };
 use skuld_tests::requests::{get, key, receive};
-use skuld_tests::workload::{channel, retryable, Workload, WorkloadConfig};
+use skuld_tests::workload::{channel, Workload, WorkloadConfig};
 use skuld_tests::{libfaketime, NodeOptions};
 use tonic::Code;
 
@@ -61,7 +61,10 @@ async fn receive_until_answered(
         request.set_timeout(Duration::from_millis(800));
         match client.adjust(request).await {
             Ok(_) => return started.elapsed(),
-            Err(status) => assert!(retryable(status.code()), "{status:?}"),
+            Err(status) => assert!(
+                skuld_proto::retry::worth_retrying(status.code()),
+                "{status:?}"
+            ),
         }
         assert!(
             started.elapsed() < give_up,

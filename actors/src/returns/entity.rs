@@ -245,19 +245,7 @@ async fn run_effect(
         {
             (EffectOutcome::Applied, String::new())
         }
-        Err(
-            error @ (Error::Overloaded { .. }
-            | Error::Unavailable(_)
-            | Error::DeadlineExceeded
-            | Error::ShardMoving { .. }),
-        ) => (EffectOutcome::Retry, error.to_string()),
-        // The position's owner (another node) refused for a passing reason:
-        // DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), UNAVAILABLE (14).
-        Err(
-            error @ Error::Remote {
-                code: 4 | 8 | 14, ..
-            },
-        ) => (EffectOutcome::Retry, error.to_string()),
+        Err(error) if error.is_retryable() => (EffectOutcome::Retry, error.to_string()),
         Err(error) => (EffectOutcome::Refused, error.to_string()),
     }
 }

@@ -607,12 +607,17 @@ impl<E: Entity> EntityRuntime<E> {
                                 ))
                             });
                         }
-                        Err(error) if routing.retryable(&error) => {
+                        Err(error) if routing.look_again(&error) => {
                             routing
                                 .wait_for_change(&peer, shard, give_up, error)
                                 .await?;
                         }
-                        Err(error) => return Err(error),
+                        // The owner answered with a refusal: it names the
+                        // owner like an answer does.
+                        Err(error) => {
+                            meta.served_by.set(&peer.node_id);
+                            return Err(error);
+                        }
                     }
                 }
             }

@@ -129,9 +129,11 @@ impl Routing {
         deadline.map_or(wait, |deadline| deadline.min(wait))
     }
 
-    /// Errors after which a forwarded request may be sent again: the owner
-    /// no longer serves the shard, or it could not be reached.
-    pub(crate) fn retryable(&self, error: &Error) -> bool {
+    /// Errors after which a forwarded request goes to the shard's owner as
+    /// routing sees it next: the owner no longer serves the shard, or it
+    /// could not be reached. (Narrower than [`Error::is_retryable`]: a full
+    /// queue or a passed deadline is the caller's to retry, not routing's.)
+    pub(crate) fn look_again(&self, error: &Error) -> bool {
         matches!(error, Error::ShardMoving { .. } | Error::Unavailable(_))
     }
 

@@ -200,21 +200,6 @@ impl Clients {
     }
 }
 
-/// Whether a failed call may still have been applied. The node promises
-/// that refusals (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND,
-/// ALREADY_EXISTS, RESOURCE_EXHAUSTED) change nothing; a deadline or a
-/// transport failure leaves the outcome open.
-fn outcome_unknown(code: Code) -> bool {
-    matches!(
-        code,
-        Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Unavailable
-            | Code::Cancelled
-            | Code::Internal
-    )
-}
-
 fn code_name(code: Code) -> String {
     format!("{code:?}")
 }
@@ -323,7 +308,7 @@ impl Workload for Reservations {
                     ("reserve", Ok(()))
                 }
                 Err(status) => {
-                    if outcome_unknown(status.code()) {
+                    if skuld_proto::retry::outcome_open(status.code()) {
                         self.unknown[index].fetch_add(1, Ordering::Relaxed);
                     }
                     ("reserve", Err(status))
@@ -466,7 +451,7 @@ impl Mixed {
                 }
                 ok();
             }
-            Err(status) if outcome_unknown(status.code()) => unknown(),
+            Err(status) if skuld_proto::retry::outcome_open(status.code()) => unknown(),
             Err(_) => {}
         }
     }
@@ -757,7 +742,7 @@ impl Workload for ReturnsSurge {
                 // Close waits for the case's inventory steps: retried.
                 Err(status) if status.code() == Code::FailedPrecondition && step == 5 => {}
                 Err(status) => {
-                    if outcome_unknown(status.code()) {
+                    if skuld_proto::retry::outcome_open(status.code()) {
                         self.uncertain.store(true, Ordering::Relaxed);
                     }
                     // A retry of the same step reuses its idempotency key.
@@ -1211,7 +1196,7 @@ async fn stock(
                         Err(status)
                             if attempt < 20
                                 && (status.code() == Code::ResourceExhausted
-                                    || outcome_unknown(status.code())) =>
+                                    || skuld_proto::retry::outcome_open(status.code())) =>
                         {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
