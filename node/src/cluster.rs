@@ -20,7 +20,7 @@ use skuld_cluster::{PostgresStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, SecretUrl};
 use crate::peer::GrpcForwarder;
 
 /// The parts of cluster mode that exist before the runtimes do.
@@ -62,7 +62,8 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
     })?;
     let url = config
         .postgres_url
-        .as_deref()
+        .as_ref()
+        .map(SecretUrl::expose)
         .context("cluster mode needs postgres_url")?;
     let store = match open_store(config, url, &membership).await {
         Ok(store) => store,

@@ -63,7 +63,7 @@ pub struct Config {
     /// embedded store. Set: cluster mode (needs `postgres_url`).
     pub etcd_endpoints: Vec<String>,
     /// PostgreSQL connection URL of the cluster store (cluster mode).
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<SecretUrl>,
     /// PostgreSQL connections per node at most.
     pub postgres_pool_size: usize,
     /// Group commits in flight at once on PostgreSQL (cluster mode; the
@@ -196,7 +196,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SKULD_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
     #[arg(long, env = "SKULD_POSTGRES_URL", hide_env_values = true)]
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<SecretUrl>,
     #[arg(long, env = "SKULD_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<usize>,
     #[arg(long, env = "SKULD_POSTGRES_CONCURRENT_COMMITS")]
@@ -219,6 +219,77 @@ pub struct ServeArgs {
     pub store_failover_secs: Option<u64>,
     #[arg(long, env = "SKULD_MAX_CLOCK_OFFSET_MS")]
     pub max_clock_offset_ms: Option<u64>,
+}
+
+/// A connection URL whose password is never printed: its `Debug`, its
+/// `Display` and its serialization (what `skuld config` shows) replace the
+/// password with `***`; only [`SecretUrl::expose`] gives it whole, to the
+/// code that connects.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password of its user info (`scheme://user:pass@`)
+    /// and any `password=` parameter (URL query or key=value form) masked.
+    pub fn redacted(&self) -> String {
+        let mut text = self.0.clone();
+        if let Some(scheme_end) = text.find("://") {
+            let rest = scheme_end + 3;
+            let authority_end = text[rest..]
+                .find(['/', '?'])
+                .map_or(text.len(), |end| rest + end);
+            if let Some(at) = text[rest..authority_end].rfind('@') {
+                let user_info = rest..rest + at;
+                if let Some(colon) = text[user_info.clone()].find(':') {
+                    text.replace_range(user_info.start + colon + 1..user_info.end, "***");
+                }
+            }
+        }
+        let mut redacted = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(found) = rest.find("password=") {
+            let value = found + "password=".len();
+            redacted.push_str(&rest[..value]);
+            redacted.push_str("***");
+            let end = rest[value..]
+                .find(['&', ' '])
+                .map_or(rest.len(), |end| value + end);
+            rest = &rest[end..];
+        }
+        redacted.push_str(rest);
+        redacted
+    }
+}
+
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -476,5 +547,41 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn passwords_are_never_printed() {
+        let urls = [
+            (
+                "postgres://skuld:s3cret@pg:5432/skuld",
+                "postgres://skuld:***@pg:5432/skuld",
+            ),
+            (
+                "postgres://skuld@pg/skuld?password=s3cret&sslmode=require",
+                "postgres://skuld@pg/skuld?password=***&sslmode=require",
+            ),
+            (
+                "host=pg user=skuld password=s3cret dbname=skuld",
+                "host=pg user=skuld password=*** dbname=skuld",
+            ),
+            ("postgres://skuld@pg/skuld", "postgres://skuld@pg/skuld"),
+        ];
+        for (url, shown) in urls {
+            let secret: SecretUrl = url.parse().unwrap();
+            assert_eq!(secret.expose(), url);
+            assert_eq!(secret.to_string(), shown);
+            assert!(!format!("{secret:?}").contains("s3cret"));
+        }
+        let args = ServeArgs {
+            etcd_endpoints: Some(vec!["http://etcd:2379".into()]),
+            postgres_url: Some("postgres://skuld:s3cret@pg/skuld".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        let dumped = toml::to_string_pretty(&config).unwrap();
+        assert!(!dumped.contains("s3cret"), "{dumped}");
+        assert!(dumped.contains("postgres://skuld:***@pg/skuld"), "{dumped}");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{args:?}").contains("s3cret"));
     }
 }

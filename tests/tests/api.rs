@@ -511,3 +511,33 @@ async fn sigterm_drains_exits_zero_and_keeps_the_data() {
         .into_inner();
     assert_eq!(reply.version, before.version + 1);
 }
+
+/// `skuld config` shows the effective configuration without the password of
+/// the PostgreSQL URL, however it was given (flag or environment).
+#[test]
+fn skuld_config_never_prints_a_password() {
+    let binary = skuld_tests::skuld_binary().unwrap();
+    let shown = std::process::Command::new(&binary)
+        .args(["config", "--etcd-endpoints", "http://etcd:2379"])
+        .args(["--postgres-url", "postgres://skuld:s3cret@pg/skuld"])
+        .output()
+        .unwrap();
+    let from_env = std::process::Command::new(&binary)
+        .args(["config", "--etcd-endpoints", "http://etcd:2379"])
+        .env(
+            "SKULD_POSTGRES_URL",
+            "host=pg user=skuld password=s3cret dbname=skuld",
+        )
+        .output()
+        .unwrap();
+    for output in [shown, from_env] {
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("postgres_url") && text.contains("***"),
+            "{text}"
+        );
+    }
+}

@@ -87,22 +87,58 @@ async fn on_hand(client: &mut Inventory, position: &pb::PositionKey) -> i64 {
         .on_hand
 }
 
-/// Node `index` answers /readyz 200 and gRPC health SERVING.
+/// Whether node `index`'s gRPC health says SERVING, for the whole server
+/// ("") and for each client service.
+async fn health_serving(cluster: &TestCluster, index: usize) -> Vec<bool> {
+    let Ok(channel) = channel(&cluster.node(index).grpc_addr).await else {
+        return vec![false];
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut serving = Vec::new();
+    for service in ["", "skuld.v1.InventoryService", "skuld.v1.ReturnsService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|reply| reply.into_inner().status);
+        serving.push(status.is_ok_and(|status| {
+            status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        }));
+    }
+    serving
+}
+
+/// Node `index` answers /readyz 200 and gRPC health SERVING everywhere.
 async fn serves(cluster: &TestCluster, index: usize) -> bool {
     let ready = matches!(cluster.node(index).http_get("/readyz").await, Ok((200, _)));
-    let Ok(channel) = channel(&cluster.node(index).grpc_addr).await else {
-        return false;
-    };
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map(|reply| reply.into_inner().status);
     ready
-        && health.is_ok_and(|status| {
-            status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        })
+        && health_serving(cluster, index)
+            .await
+            .iter()
+            .all(|serving| *serving)
+}
+
+/// Waits until node `index` is unready on both probes (gRPC health
+/// NOT_SERVING for the server and each service, /readyz 503).
+async fn until_unready(cluster: &TestCluster, index: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let unready = !matches!(cluster.node(index).http_get("/readyz").await, Ok((200, _)))
+            && health_serving(cluster, index)
+                .await
+                .iter()
+                .all(|serving| !serving);
+        if unready {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{} still reports ready after {limit:?}",
+            node_id(index)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until the cluster is settled and `index` is ready on both probes;
@@ -217,6 +253,9 @@ async fn a_node_cut_off_from_etcd_longer_than_its_lease_serves_again_after_the_c
     let moved =
         receive_until_answered(&mut client, &probe, "during-cut", Duration::from_secs(30)).await;
     eprintln!("cut from etcd: its key was writable through others after {moved:?}");
+    // Its lease lapses unconfirmed: both probes say so.
+    let unready = until_unready(&cluster, cut, Duration::from_secs(TEST_LEASE_TTL_SECS + 2)).await;
+    eprintln!("cut from etcd: unready on gRPC health and /readyz after {unready:?}");
     tokio::time::sleep(
         Duration::from_secs(2 * TEST_LEASE_TTL_SECS).saturating_sub(started.elapsed()),
     )
@@ -329,6 +368,8 @@ async fn a_node_a_day_ahead_serves_no_shards_and_forwards() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(body.contains("ahead of the store"), "{body}");
+    // gRPC health agrees with /readyz: it never said SERVING.
+    assert_eq!(health_serving(&cluster, ahead).await, vec![false; 3]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let skewed = cluster.member(0, ahead).await.unwrap();
     assert!(!skewed.store_healthy, "{skewed:?}");
