@@ -346,6 +346,13 @@ impl Membership {
         Ok(())
     }
 
+    /// Withdraws a drain request of `node`; true if there was one.
+    pub async fn cancel_drain(&self, node: &str) -> Result<bool, ClusterError> {
+        let mut client = self.client.clone();
+        let deleted = bounded(self.limit(), client.delete(self.drain_key(node), None)).await?;
+        Ok(deleted.deleted() > 0)
+    }
+
     /// Claims `shard` under lease `lease_id` (this node's current one) if
     /// nobody holds it. Returns the claim's epoch, or `None` when another
     /// claim exists.

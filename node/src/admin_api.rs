@@ -158,4 +158,20 @@ impl AdminService for AdminApi {
         })
         .await
     }
+
+    async fn undrain_node(
+        &self,
+        request: Request<pb::UndrainNodeRequest>,
+    ) -> Result<Response<pb::UndrainNodeResponse>, Status> {
+        rpc::serve("UndrainNode", request, |message, _| async move {
+            let (membership, _) = self.cluster()?;
+            skuld_actors::key::validate_token("node_id", &message.node_id)?;
+            let was_drained = membership
+                .cancel_drain(&message.node_id)
+                .await
+                .map_err(|error| Error::Unavailable(error.to_string()))?;
+            Ok(pb::UndrainNodeResponse { was_drained })
+        })
+        .await
+    }
 }

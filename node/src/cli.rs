@@ -91,6 +91,8 @@ pub enum ClientCommand {
     Shards(admin::ShardsArgs),
     /// Ask a node to hand all its shards over (before maintenance).
     Drain(admin::DrainArgs),
+    /// Withdraw a drain: the node takes its share of shards again.
+    Undrain(admin::DrainArgs),
 }
 
 /// Names one inventory position.
@@ -654,6 +656,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
         ClientCommand::Members => admin::members(&ctx, channel).await,
         ClientCommand::Shards(args) => admin::shards(&ctx, channel, args).await,
         ClientCommand::Drain(args) => admin::drain(&ctx, channel, args).await,
+        ClientCommand::Undrain(args) => admin::undrain(&ctx, channel, args).await,
     }
 }
 
@@ -984,6 +987,16 @@ fn format_relative(at_ms: i64, now_ms: i64) -> String {
 }
 
 /// A timestamp with its distance from now, or `-` when unset (0).
+/// When a reservation expires: only an active one does (a committed,
+/// released or expired one has nothing left to expire).
+fn expiry(reservation: &Reservation, now_ms: i64) -> String {
+    if reservation.state == ReservationState::Active as i32 {
+        format_timestamp(reservation.expires_at_unix_ms, now_ms)
+    } else {
+        "-".to_owned()
+    }
+}
+
 fn format_timestamp(at_ms: i64, now_ms: i64) -> String {
     if at_ms == 0 {
         "-".to_owned()
@@ -1098,10 +1111,7 @@ fn format_reservation(reservation: &Reservation, now_ms: i64) -> String {
     if !reservation.channel.is_empty() {
         fields.push(("channel", reservation.channel.clone()));
     }
-    fields.push((
-        "expires at",
-        format_timestamp(reservation.expires_at_unix_ms, now_ms),
-    ));
+    fields.push(("expires at", expiry(reservation, now_ms)));
     format_fields(&fields)
 }
 
@@ -1157,7 +1167,7 @@ fn format_reservations(reservations: &[Reservation], now_ms: i64) -> String {
                 r.committed_quantity.to_string(),
                 owner_label(r.owner.as_ref()),
                 or_dash(&r.channel),
-                format_timestamp(r.expires_at_unix_ms, now_ms),
+                expiry(r, now_ms),
             ]
         })
         .collect();

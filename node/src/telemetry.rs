@@ -3,11 +3,33 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+/// skuld's own crates, whose level a bare level in the filter sets.
+const OWN_TARGETS: &[&str] = &["skuld", "skuld_node", "skuld_actors", "skuld_cluster"];
+
+/// A bare level (`info`, `debug`) applies to skuld's own logs; its
+/// dependencies (fjall, tonic, h2, etcd-client, ...) stay at `warn` unless
+/// the filter names them (`info,fjall=info`) or sets a default for all
+/// (`info,warn` is read as written).
+fn effective_filter(filter: &str) -> String {
+    let filter = filter.trim();
+    let bare_level = !filter.is_empty() && !filter.contains(['=', ',']);
+    if !bare_level {
+        return filter.to_owned();
+    }
+    let mut directives = vec!["warn".to_owned()];
+    directives.extend(
+        OWN_TARGETS
+            .iter()
+            .map(|target| format!("{target}={filter}")),
+    );
+    directives.join(",")
+}
+
 /// Installs the global tracing subscriber; `RUST_LOG` wins over `filter`.
 pub fn init_logging(format: &str, filter: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(effective_filter(filter)))
+        .unwrap_or_else(|_| EnvFilter::new(effective_filter("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -36,4 +58,22 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets(SIZE_BUCKETS)?
         .install_recorder()?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_level_is_skulds_and_dependencies_stay_at_warn() {
+        assert_eq!(
+            effective_filter("info"),
+            "warn,skuld=info,skuld_node=info,skuld_actors=info,skuld_cluster=info"
+        );
+        assert_eq!(effective_filter("info,fjall=debug"), "info,fjall=debug");
+        assert_eq!(
+            effective_filter("skuld_cluster=trace"),
+            "skuld_cluster=trace"
+        );
+    }
 }

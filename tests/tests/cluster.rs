@@ -681,3 +681,50 @@ async fn a_refusal_through_another_node_carries_the_owners_details() {
         );
     }
 }
+
+/// An operator's drain moves a node's shards away while it keeps running;
+/// withdrawing it (`skuld undrain`) gives the node its share back, without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_can_be_withdrawn_without_a_restart() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    let mut admin = cluster.admin(0).await.unwrap();
+    admin
+        .drain_node(pb::DrainNodeRequest {
+            node_id: node_id(1),
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let member = cluster.member(0, 1).await.unwrap();
+        if member.drain_requested && member.shards_owned == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{member:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let undrained = admin
+        .undrain_node(pb::UndrainNodeRequest {
+            node_id: node_id(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(undrained.was_drained);
+    cluster.wait_settled(Duration::from_secs(30)).await.unwrap();
+    let member = cluster.member(0, 1).await.unwrap();
+    assert!(
+        !member.drain_requested && member.shards_owned > 0,
+        "{member:?}"
+    );
+    // Withdrawing again changes nothing and says so.
+    let again = admin
+        .undrain_node(pb::UndrainNodeRequest {
+            node_id: node_id(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.was_drained);
+}

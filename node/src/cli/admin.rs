@@ -20,10 +20,11 @@ pub struct ShardsArgs {
     pub summary: bool,
 }
 
-/// Flags of `drain`.
+/// Flags of `drain` and `undrain`.
 #[derive(Args, Debug)]
 pub struct DrainArgs {
-    /// The node that should hand all its shards over to the others.
+    /// The node whose shards move to the others (drain), or that takes its
+    /// share again (undrain).
     pub node_id: String,
 }
 
@@ -177,4 +178,30 @@ pub(super) async fn drain(
         "drain of {} requested: its shards move to the other nodes (watch `skuld members`); a restart of {} clears it\n",
         args.node_id, args.node_id
     ))
+}
+
+pub(super) async fn undrain(
+    ctx: &CallContext,
+    channel: Channel,
+    args: DrainArgs,
+) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(channel);
+    let request = pb::UndrainNodeRequest {
+        node_id: args.node_id.clone(),
+    };
+    let reply = ctx.call(request, None, |r| client.undrain_node(r)).await?;
+    if ctx.json {
+        return print_json(&reply);
+    }
+    emit(&if reply.was_drained {
+        format!(
+            "drain of {} withdrawn: it takes its share of shards again (watch `skuld members`)\n",
+            args.node_id
+        )
+    } else {
+        format!(
+            "no drain of {} was requested; nothing changed\n",
+            args.node_id
+        )
+    })
 }
