@@ -168,14 +168,20 @@ impl<E: Entity> ActorState<E> {
         self.timer_written = None;
         self.shard = shard;
         self.epoch = epoch;
-        let loaded = self.shared.store.load(&self.encoded_key).await?;
+        let loaded = self
+            .shared
+            .store
+            .load(&self.encoded_key)
+            .await
+            .map_err(crate::store_error)?;
         let stored_keys = if self.keys_over_bound {
             None
         } else {
             self.shared
                 .store
                 .idempotency_keys(&self.encoded_key, known_keys::PER_ENTITY)
-                .await?
+                .await
+                .map_err(crate::store_error)?
         };
         self.keys_over_bound = stored_keys.is_none();
         let mut state = match &loaded.snapshot {
@@ -277,7 +283,7 @@ impl<E: Entity> ActorState<E> {
                 tracing::error!(kind = E::KIND, key = %self.key, %error, "write failed");
                 self.state = None;
                 self.timer_written = None;
-                let error = Error::from(error);
+                let error = crate::store_error(error);
                 for PendingReply { envelope, .. } in replies {
                     envelope.answer(Err(error.clone()));
                 }
@@ -312,7 +318,8 @@ impl<E: Entity> ActorState<E> {
             .shared
             .store
             .idempotency_lookup(&self.encoded_key, keys)
-            .await?;
+            .await
+            .map_err(crate::store_error)?;
         Ok(found
             .into_iter()
             .flatten()

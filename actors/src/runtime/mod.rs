@@ -669,7 +669,12 @@ impl<E: Entity> EntityRuntime<E> {
         &self,
         key: &E::Key,
     ) -> Result<Vec<crate::journal::JournalEntry<E::Event>>, Error> {
-        let entries = self.shared.store.journal(&E::encode_key(key)).await?;
+        let entries = self
+            .shared
+            .store
+            .journal(&E::encode_key(key))
+            .await
+            .map_err(crate::store_error)?;
         entries
             .iter()
             .map(|(_, bytes)| codec::decode(bytes))
@@ -687,7 +692,8 @@ impl<E: Entity> EntityRuntime<E> {
             .shared
             .store
             .list_summaries(scope, after.map(E::encode_key), limit)
-            .await?;
+            .await
+            .map_err(crate::store_error)?;
         Ok(rows
             .into_iter()
             .filter_map(|(key, value)| E::decode_key(&key).map(|key| (key, value)))

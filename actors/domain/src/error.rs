@@ -146,16 +146,3 @@ impl Error {
         }
     }
 }
-
-impl From<skuld_cluster::StoreError> for Error {
-    fn from(error: skuld_cluster::StoreError) -> Self {
-        match error {
-            // Another node owns the shard now; the caller's retry is routed there.
-            skuld_cluster::StoreError::Fenced { shard, .. } => Error::ShardMoving {
-                shard,
-                retry_after_ms: 100,
-            },
-            other => Error::Unavailable(other.to_string()),
-        }
-    }
-}
