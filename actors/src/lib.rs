@@ -12,17 +12,7 @@ pub mod position;
 pub mod returns;
 pub mod runtime;
 
-pub use skuld_domain::{error, journal, key};
-pub use skuld_domain::{Error, PositionKey, ReturnKey};
-
-/// The answer to a request whose store failed: another node owns the shard
-/// now (the retry is routed there), or the store could not do it.
-pub fn store_error(error: skuld_cluster::StoreError) -> Error {
-    match error {
-        skuld_cluster::StoreError::Fenced { shard, .. } => Error::ShardMoving {
-            shard,
-            retry_after_ms: 100,
-        },
-        other => Error::Unavailable(other.to_string()),
-    }
-}
+pub mod error;
+pub use error::{store_error, Error};
+pub use skuld_domain::{journal, key, refusal};
+pub use skuld_domain::{PositionKey, Refusal, ReturnKey};

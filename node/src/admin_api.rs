@@ -6,7 +6,7 @@ use std::sync::Arc;
 use skuld_actors::position::PositionEntity;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::{Admission, EntityRuntime};
-use skuld_actors::Error;
+use skuld_actors::{Error, Refusal};
 use skuld_cluster::membership::{MemberState, Membership};
 use skuld_cluster::shards::ShardTable;
 use skuld_proto::v1 as pb;
@@ -28,9 +28,9 @@ pub struct AdminApi {
 impl AdminApi {
     fn cluster(&self) -> Result<&(Arc<Membership>, Arc<ShardTable>), Error> {
         self.cluster.as_ref().ok_or_else(|| {
-            Error::FailedPrecondition(
+            Error::Refused(Refusal::FailedPrecondition(
                 "this node runs single-node on the embedded store: there are no members, shards or drains".into(),
-            )
+            ))
         })
     }
 }
@@ -145,10 +145,10 @@ impl AdminService for AdminApi {
                 .members
                 .contains_key(&message.node_id);
             if !known {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::Refused(Refusal::FailedPrecondition(format!(
                     "no member {:?} is registered",
                     message.node_id
-                )));
+                ))));
             }
             membership
                 .request_drain(&message.node_id)

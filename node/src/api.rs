@@ -7,7 +7,7 @@ use std::sync::Arc;
 use skuld_actors::position::MutationRequest;
 use skuld_actors::position::PositionEntity;
 use skuld_actors::runtime::{EntityRuntime, RequestMeta};
-use skuld_actors::Error;
+use skuld_actors::{Error, Refusal};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::inventory_service_server::InventoryService;
 use tonic::{Request, Response, Status};
@@ -123,7 +123,7 @@ impl InventoryService for InventoryApi {
             let key = convert::position_key(message.key)?;
             let state = self.runtime.read(&key, meta).await?;
             if state.version == 0 {
-                return Err(Error::PositionNotFound);
+                return Err(Error::Refused(Refusal::PositionNotFound));
             }
             Ok(pb::GetPositionResponse {
                 position: Some(convert::position(

@@ -12,7 +12,7 @@ use skuld_proto::v1 as pb;
 
 pub fn position_key(key: Option<pb::PositionKey>) -> Result<PositionKey, Error> {
     let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
-    PositionKey::new(key.tenant, key.sku, key.location)
+    Ok(PositionKey::new(key.tenant, key.sku, key.location)?)
 }
 
 fn header(header: Option<pb::MutationHeader>) -> Result<(PositionKey, String, Option<u64>), Error> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use skuld_actors::runtime::routing::{ForwardTarget, Forwarder, Operation};
 use skuld_actors::runtime::{codec, RequestMeta};
-use skuld_actors::Error;
+use skuld_actors::{Error, Refusal};
 use skuld_cluster::shards::Peer;
 use skuld_proto::internal::v1 as wire;
 use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
@@ -56,7 +56,7 @@ fn error_to_wire(error: &Error) -> wire::RemoteError {
         moved: shard.is_some(),
         shard: shard.unwrap_or_default(),
         reservation_not_found: match error {
-            Error::ReservationNotFound(id) => Some(id.clone()),
+            Error::Refused(Refusal::ReservationNotFound(id)) => Some(id.clone()),
             _ => None,
         },
         error: codec::encode(error).unwrap_or_default(),
@@ -76,7 +76,7 @@ fn error_from_wire(error: wire::RemoteError) -> Error {
         };
     }
     if let Some(id) = error.reservation_not_found {
-        return Error::ReservationNotFound(id);
+        return Error::Refused(Refusal::ReservationNotFound(id));
     }
     Error::Remote {
         code: error.code,
@@ -114,7 +114,7 @@ impl PeerService for PeerApi {
             // The sender validated the request before forwarding it, so an
             // invalid one here is a malformed payload (or a sender that is
             // not a skuld node): refused as a whole, never decided.
-            Err(error @ Error::InvalidArgument { .. }) => {
+            Err(error @ Error::Refused(Refusal::InvalidArgument { .. })) => {
                 metrics::counter!("skuld_forwarded_malformed_total", "kind" => target.kind())
                     .increment(1);
                 return Err(Status::invalid_argument(error.to_string()));
@@ -237,10 +237,10 @@ mod tests {
                 retry_after_ms: 100
             }
         );
-        let refused = error_from_wire(error_to_wire(&Error::Insufficient {
+        let refused = error_from_wire(error_to_wire(&Error::Refused(Refusal::Insufficient {
             requested: 5,
             available: 2,
-        }));
+        })));
         let status = to_status(&refused);
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains("available 2"));
@@ -258,7 +258,7 @@ mod tests {
         );
         // A missing reservation stays typed across the hop: a return's
         // exchange release treats it as already done, on any node.
-        let missing = Error::ReservationNotFound("hold-1".into());
+        let missing = Error::Refused(Refusal::ReservationNotFound("hold-1".into()));
         assert_eq!(error_from_wire(error_to_wire(&missing)), missing);
     }
 
@@ -266,24 +266,24 @@ mod tests {
     fn every_error_crosses_the_hop_as_itself_with_the_same_status() {
         let errors = [
             Error::invalid("quantity", "must be > 0"),
-            Error::Insufficient {
+            Error::Refused(Refusal::Insufficient {
                 requested: 5,
                 available: 2,
-            },
-            Error::NegativeBucket {
+            }),
+            Error::Refused(Refusal::NegativeBucket {
                 bucket: skuld_actors::position::Bucket::Damaged,
                 value: -1,
-            },
-            Error::VersionMismatch {
+            }),
+            Error::Refused(Refusal::VersionMismatch {
                 expected: 3,
                 current: 4,
-            },
-            Error::IllegalTransition {
+            }),
+            Error::Refused(Refusal::IllegalTransition {
                 command: "Close".into(),
                 state: skuld_actors::returns::ReturnState::Requested,
                 allowed: vec!["Approve".into(), "Cancel".into()],
-            },
-            Error::IdempotencyKeyReused("k".into()),
+            }),
+            Error::Refused(Refusal::IdempotencyKeyReused("k".into())),
             Error::Overloaded {
                 queue: "position".into(),
                 retry_after_ms: 50,
@@ -300,10 +300,10 @@ mod tests {
             assert_eq!(here.details(), there.details(), "{error:?}");
         }
         // From a node that sends no typed error: the status still crosses.
-        let mut old = error_to_wire(&Error::Insufficient {
+        let mut old = error_to_wire(&Error::Refused(Refusal::Insufficient {
             requested: 5,
             available: 2,
-        });
+        }));
         old.error.clear();
         assert_eq!(
             to_status(&error_from_wire(old)).code(),

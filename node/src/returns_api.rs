@@ -9,7 +9,7 @@ use skuld_actors::returns::{
     ReturnEntity, ReturnMutation, ReturnPolicy, ReturnState, ReturnSummary,
 };
 use skuld_actors::runtime::{codec, EntityRuntime, Mutated, RequestMeta};
-use skuld_actors::{Error, ReturnKey};
+use skuld_actors::{Error, Refusal, ReturnKey};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::returns_service_server::ReturnsService;
 use tonic::{Request, Response, Status};
@@ -50,7 +50,7 @@ fn header(header: Option<pb::ReturnHeader>) -> Result<(ReturnKey, String, Option
 
 fn key(key: Option<pb::ReturnKey>) -> Result<ReturnKey, Error> {
     let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
-    ReturnKey::new(key.tenant, key.return_id)
+    Ok(ReturnKey::new(key.tenant, key.return_id)?)
 }
 
 fn mutation(
@@ -653,7 +653,9 @@ impl ReturnsService for ReturnsApi {
             let key = key(m.key)?;
             let case = self.runtime.read(&key, meta).await?;
             if case.state.is_none() {
-                return Err(Error::ReturnNotFound(key.return_id.clone()));
+                return Err(Error::Refused(Refusal::ReturnNotFound(
+                    key.return_id.clone(),
+                )));
             }
             let mut view = proto_case(&key, &case);
             if m.include_history {

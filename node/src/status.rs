@@ -1,6 +1,6 @@
-//! The one place where domain errors become gRPC statuses.
+//! The one place where errors become gRPC statuses.
 //!
-//! | error | status |
+//! | error (refusals first) | status |
 //! |---|---|
 //! | InvalidArgument | INVALID_ARGUMENT |
 //! | Insufficient, NegativeBucket, VersionMismatch, ChangeFromMismatch, IllegalTransition, FailedPrecondition | FAILED_PRECONDITION (with google.rpc.PreconditionFailure) |
@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use skuld_actors::Error;
+use skuld_actors::{Error, Refusal};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -22,41 +22,52 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// Metadata key carrying the retry hint in milliseconds.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
-fn precondition(kind: &str, subject: &str, error: &Error) -> Status {
+fn precondition(kind: &str, subject: &str, refusal: &Refusal) -> Status {
     let details =
-        ErrorDetails::with_precondition_failure_violation(kind, subject, error.to_string());
-    Status::with_error_details(Code::FailedPrecondition, error.to_string(), details)
+        ErrorDetails::with_precondition_failure_violation(kind, subject, refusal.to_string());
+    Status::with_error_details(Code::FailedPrecondition, refusal.to_string(), details)
+}
+
+/// The status of a refusal: what the client did wrong, or what the entity's
+/// state does not allow.
+fn refusal_status(refusal: &Refusal) -> Status {
+    let message = refusal.to_string();
+    match refusal {
+        Refusal::InvalidArgument { field, reason } => {
+            let details = ErrorDetails::with_bad_request_violation(field.as_ref(), reason.clone());
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        Refusal::Insufficient { .. } => {
+            precondition("INSUFFICIENT_AVAILABLE", "available", refusal)
+        }
+        Refusal::NegativeBucket { bucket, .. } => {
+            precondition("NEGATIVE_BUCKET", &bucket.to_string(), refusal)
+        }
+        Refusal::VersionMismatch { .. } => {
+            precondition("VERSION_MISMATCH", "expected_version", refusal)
+        }
+        Refusal::ChangeFromMismatch { bucket, .. } => {
+            precondition("CHANGE_FROM_MISMATCH", &bucket.to_string(), refusal)
+        }
+        Refusal::FailedPrecondition(_) => Status::failed_precondition(message),
+        Refusal::IllegalTransition { state, .. } => {
+            precondition("ILLEGAL_TRANSITION", &state.to_string(), refusal)
+        }
+        Refusal::ReservationNotFound(_)
+        | Refusal::CommitmentNotFound(_)
+        | Refusal::PositionNotFound
+        | Refusal::ReturnNotFound(_)
+        | Refusal::ExceptionNotFound(_) => Status::not_found(message),
+        Refusal::IdempotencyKeyReused(_)
+        | Refusal::ReservationExists(_)
+        | Refusal::ReturnExists(_) => Status::already_exists(message),
+    }
 }
 
 pub fn to_status(error: &Error) -> Status {
     let message = error.to_string();
     match error {
-        Error::InvalidArgument { field, reason } => {
-            let details = ErrorDetails::with_bad_request_violation(field.as_ref(), reason.clone());
-            Status::with_error_details(Code::InvalidArgument, message, details)
-        }
-        Error::Insufficient { .. } => precondition("INSUFFICIENT_AVAILABLE", "available", error),
-        Error::NegativeBucket { bucket, .. } => {
-            precondition("NEGATIVE_BUCKET", &bucket.to_string(), error)
-        }
-        Error::VersionMismatch { .. } => {
-            precondition("VERSION_MISMATCH", "expected_version", error)
-        }
-        Error::ChangeFromMismatch { bucket, .. } => {
-            precondition("CHANGE_FROM_MISMATCH", &bucket.to_string(), error)
-        }
-        Error::FailedPrecondition(_) => Status::failed_precondition(message),
-        Error::IllegalTransition { state, .. } => {
-            precondition("ILLEGAL_TRANSITION", &state.to_string(), error)
-        }
-        Error::ReservationNotFound(_)
-        | Error::CommitmentNotFound(_)
-        | Error::PositionNotFound
-        | Error::ReturnNotFound(_)
-        | Error::ExceptionNotFound(_) => Status::not_found(message),
-        Error::IdempotencyKeyReused(_) | Error::ReservationExists(_) | Error::ReturnExists(_) => {
-            Status::already_exists(message)
-        }
+        Error::Refused(refusal) => refusal_status(refusal),
         Error::Overloaded { retry_after_ms, .. } => {
             with_retry_hint(Code::ResourceExhausted, message, *retry_after_ms)
         }
@@ -117,18 +128,18 @@ mod tests {
 
     #[test]
     fn refusals_map_to_their_codes() {
-        let insufficient = to_status(&Error::Insufficient {
+        let insufficient = to_status(&Error::Refused(Refusal::Insufficient {
             requested: 3,
             available: 1,
-        });
+        }));
         assert_eq!(insufficient.code(), Code::FailedPrecondition);
         assert!(insufficient.message().contains("available 1"));
         assert_eq!(
-            to_status(&Error::IdempotencyKeyReused("k".into())).code(),
+            to_status(&Error::Refused(Refusal::IdempotencyKeyReused("k".into()))).code(),
             Code::AlreadyExists
         );
         assert_eq!(
-            to_status(&Error::ReservationNotFound("r".into())).code(),
+            to_status(&Error::Refused(Refusal::ReservationNotFound("r".into()))).code(),
             Code::NotFound
         );
     }

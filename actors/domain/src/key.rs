@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::Refusal;
 
 /// Longest tenant, sku, location, reservation id, order reference or
 /// idempotency key accepted, in bytes.
@@ -10,12 +10,12 @@ pub const MAX_TOKEN_BYTES: usize = 128;
 
 /// Checks an identifier: 1 to [`MAX_TOKEN_BYTES`] bytes, no control
 /// characters, no leading or trailing white space.
-pub fn validate_token(field: &'static str, value: &str) -> Result<(), Error> {
+pub fn validate_token(field: &'static str, value: &str) -> Result<(), Refusal> {
     if value.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
+        return Err(Refusal::invalid(field, "must not be empty"));
     }
     if value.len() > MAX_TOKEN_BYTES {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             field,
             format!(
                 "is {} bytes; at most {MAX_TOKEN_BYTES} allowed",
@@ -24,10 +24,13 @@ pub fn validate_token(field: &'static str, value: &str) -> Result<(), Error> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+        return Err(Refusal::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     if value.trim() != value {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             field,
             "must not start or end with white space",
         ));
@@ -85,7 +88,7 @@ impl PositionKey {
         tenant: impl Into<String>,
         sku: impl Into<String>,
         location: impl Into<String>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, Refusal> {
         let key = Self {
             tenant: tenant.into(),
             sku: sku.into(),
@@ -96,7 +99,7 @@ impl PositionKey {
     }
 
     /// Checks each part (a key decoded from bytes was not built by `new`).
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), Refusal> {
         validate_token("tenant", &self.tenant)?;
         validate_token("sku", &self.sku)?;
         validate_token("location", &self.location)
@@ -138,7 +141,7 @@ pub struct ReturnKey {
 const RETURN_TAG: u8 = b'R';
 
 impl ReturnKey {
-    pub fn new(tenant: impl Into<String>, return_id: impl Into<String>) -> Result<Self, Error> {
+    pub fn new(tenant: impl Into<String>, return_id: impl Into<String>) -> Result<Self, Refusal> {
         let key = Self {
             tenant: tenant.into(),
             return_id: return_id.into(),
@@ -147,11 +150,11 @@ impl ReturnKey {
         Ok(key)
     }
 
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), Refusal> {
         validate_token("tenant", &self.tenant)?;
         validate_token("return_id", &self.return_id)?;
         if self.return_id.len() > MAX_RETURN_ID_BYTES {
-            return Err(Error::invalid(
+            return Err(Refusal::invalid(
                 "return_id",
                 format!(
                     "is {} bytes; at most {MAX_RETURN_ID_BYTES} allowed",

@@ -6,18 +6,17 @@
 //! * [`returns`]: a return case, the same way; its inventory side effects are
 //!   scheduled as numbered steps for the runtime to perform.
 //! * [`key`]: entity keys and their byte encoding; [`journal`]: the journal
-//!   entry every accepted change becomes; [`error`]: refusals and the other
-//!   answers a request can get.
+//!   entry every accepted change becomes; [`refusal`]: why a request is refused.
 //!
 //! Time comes in as an argument (`now_ms` in each context), so every
 //! decision replays the same. This crate depends on serde and thiserror only
 //! (`scripts/test` checks it); the actor runtime in `skuld-actors` wraps it.
 
-pub mod error;
 pub mod journal;
 pub mod key;
 pub mod position;
+pub mod refusal;
 pub mod returns;
 
-pub use error::Error;
 pub use key::{PositionKey, ReturnKey};
+pub use refusal::Refusal;

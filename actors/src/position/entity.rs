@@ -50,12 +50,12 @@ impl Entity for PositionEntity {
     }
 
     fn validate_key(key: &PositionKey) -> Result<(), Error> {
-        key.validate()
+        Ok(key.validate()?)
     }
 
     fn validate(key: &PositionKey, command: &Command) -> Result<(), Error> {
         key.validate()?;
-        command.validate()
+        Ok(command.validate()?)
     }
 
     fn version(state: &PositionState) -> u64 {

@@ -25,7 +25,7 @@ use crate::position::{
     AdjustmentReason, Bucket, Command, MutationRequest, Owner, OwnerType, PositionEntity,
 };
 use crate::runtime::{codec, now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
-use crate::{Error, PositionKey, ReturnKey};
+use crate::{Error, PositionKey, Refusal, ReturnKey};
 
 /// A client's mutation of one return case.
 pub type ReturnMutation = Mutation<ReturnEntity>;
@@ -160,9 +160,9 @@ pub fn effect_mutation(key: &ReturnKey, effect: &Effect) -> Result<MutationReque
                     reference,
                 },
                 RestockAfterProcessing | Missing | KeepItem => {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::Refused(Refusal::FailedPrecondition(format!(
                         "disposition {disposition:?} has no inventory effect"
-                    )))
+                    ))))
                 }
             };
             (sku, location, command)
@@ -240,7 +240,7 @@ async fn run_effect(
     match positions.mutate(mutation, meta).await {
         Ok(_) => (EffectOutcome::Applied, String::new()),
         // Releasing a hold that no longer exists leaves nothing to do.
-        Err(Error::ReservationNotFound(_))
+        Err(Error::Refused(Refusal::ReservationNotFound(_)))
             if matches!(effect.kind, EffectKind::ReleaseExchange { .. }) =>
         {
             (EffectOutcome::Applied, String::new())
@@ -285,7 +285,7 @@ impl Entity for ReturnEntity {
     }
 
     fn validate_key(key: &ReturnKey) -> Result<(), Error> {
-        key.validate()
+        Ok(key.validate()?)
     }
 
     fn validate(key: &ReturnKey, command: &ReturnCommand) -> Result<(), Error> {

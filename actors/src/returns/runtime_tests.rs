@@ -13,7 +13,7 @@ use crate::position::{
 use crate::runtime::{
     Admission, Background, BackgroundTiming, EntityRuntime, RequestMeta, RuntimeConfig, TimerTarget,
 };
-use crate::{Error, PositionKey, ReturnKey};
+use crate::{Error, PositionKey, Refusal, ReturnKey};
 
 struct Node {
     positions: Arc<EntityRuntime<PositionEntity>>,
@@ -320,7 +320,7 @@ async fn a_retried_open_under_another_nodes_policy_replays() {
         )
         .await;
     assert!(
-        matches!(other, Err(Error::IdempotencyKeyReused(_))),
+        matches!(other, Err(Error::Refused(Refusal::IdempotencyKeyReused(_)))),
         "{other:?}"
     );
 }

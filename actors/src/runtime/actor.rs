@@ -13,7 +13,7 @@ use super::codec::{decode, encode};
 use super::known_keys::{self, key_hash, KnownKeys};
 use super::{now_ms, Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
 use crate::journal::JournalEntry;
-use crate::Error;
+use crate::{Error, Refusal};
 
 pub(crate) enum EntityMsg {
     /// Commands are waiting in the mailbox.
@@ -143,7 +143,7 @@ impl<E: Entity> Actor for EntityActor<E> {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) enum StoredAnswer<R> {
     Accepted(R),
-    Refused(Error),
+    Refused(Refusal),
 }
 
 /// A reply computed during the drain, sent once the batch is durable.
@@ -404,13 +404,13 @@ impl<E: Entity> ActorState<E> {
                                     reply,
                                     replayed: true,
                                 })),
-                                StoredAnswer::Refused(refusal) => Err(refusal),
+                                StoredAnswer::Refused(refusal) => Err(refusal.into()),
                             }
                         })
                     }
-                    Some(_) => Err(Error::IdempotencyKeyReused(
+                    Some(_) => Err(Error::Refused(Refusal::IdempotencyKeyReused(
                         mutation.idempotency_key.clone(),
-                    )),
+                    ))),
                     None => {
                         let decided = entity
                             .decide(
@@ -443,12 +443,12 @@ impl<E: Entity> ActorState<E> {
                                 *fingerprint,
                                 StoredAnswer::Accepted(reply),
                             ),
-                            Err(error) if error.is_refusal() => record::<E>(
+                            Err(Error::Refused(refusal)) if refusal.is_decision() => record::<E>(
                                 &mut write,
                                 &mut stored,
                                 mutation,
                                 *fingerprint,
-                                StoredAnswer::Refused(error),
+                                StoredAnswer::Refused(refusal),
                             ),
                             Err(error) => Err(error),
                         }
@@ -501,7 +501,7 @@ fn record<E: Entity>(
             reply,
             replayed: false,
         })),
-        StoredAnswer::Refused(refusal) => Err(refusal),
+        StoredAnswer::Refused(refusal) => Err(refusal.into()),
     }
 }
 

@@ -98,6 +98,7 @@ fn decode_under<T: DeserializeOwned, const LIMIT: usize>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::Refusal;
 
     #[test]
     fn a_huge_claimed_length_is_refused_without_allocating() {
@@ -112,7 +113,10 @@ mod tests {
         assert!(decode_limited::<Vec<String>>(&payload).is_err());
         assert!(decode_limited::<Vec<u8>>(&payload).is_err());
         let error = decode_payload::<String>(&payload).unwrap_err();
-        assert!(matches!(error, Error::InvalidArgument { .. }), "{error:?}");
+        assert!(
+            matches!(error, Error::Refused(Refusal::InvalidArgument { .. })),
+            "{error:?}"
+        );
         assert!(matches!(
             decode::<String>(&payload).unwrap_err(),
             Error::Unavailable(_)

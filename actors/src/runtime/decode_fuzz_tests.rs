@@ -24,7 +24,7 @@ use crate::returns::{
     decide as decide_return, OrderLine, RequestedLine, Requester, Resolution, ReturnCase,
     ReturnCommand, ReturnContext, ReturnEvent, ReturnPolicy, ReturnSummary,
 };
-use crate::{Error, PositionKey, ReturnKey};
+use crate::{Error, PositionKey, Refusal, ReturnKey};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -177,7 +177,10 @@ fn decode_everything(bytes: &[u8]) {
             assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
         }
         if let Err(error) = &sent {
-            assert!(matches!(error, Error::InvalidArgument { .. }), "{error:?}");
+            assert!(
+                matches!(error, Error::Refused(Refusal::InvalidArgument { .. })),
+                "{error:?}"
+            );
         }
         assert_eq!(stored.is_ok(), sent.is_ok());
     }

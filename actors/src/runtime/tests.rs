@@ -10,7 +10,7 @@ use crate::position::{
     AdjustmentReason, Bucket, Command, Event, MutationRequest, Owner, OwnerType, PositionEntity,
     ReservationState,
 };
-use crate::PositionKey;
+use crate::{PositionKey, Refusal};
 
 #[derive(Clone)]
 struct Config {
@@ -158,7 +158,12 @@ async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
             .runtime
             .mutate(request("receive-1", receive(11)), RequestMeta::default())
             .await;
-        assert_eq!(reused, Err(Error::IdempotencyKeyReused("receive-1".into())));
+        assert_eq!(
+            reused,
+            Err(Error::Refused(Refusal::IdempotencyKeyReused(
+                "receive-1".into()
+            )))
+        );
         node.runtime
             .mutate(
                 request("reserve-1", reserve("r1", 4, 0)),
@@ -223,7 +228,7 @@ async fn concurrent_commands_on_one_position_never_oversell() {
     for task in tasks {
         match task.await.unwrap() {
             Ok(_) => granted += 1,
-            Err(Error::Insufficient { .. }) => {}
+            Err(Error::Refused(Refusal::Insufficient { .. })) => {}
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -305,7 +310,10 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
             RequestMeta::default(),
         )
         .await;
-    assert!(matches!(commit, Err(Error::FailedPrecondition(_))));
+    assert!(matches!(
+        commit,
+        Err(Error::Refused(Refusal::FailedPrecondition(_)))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +405,7 @@ async fn idle_actors_passivate_and_reload() {
         node.runtime
             .mutate(request("k1", receive(2)), RequestMeta::default())
             .await,
-        Err(Error::IdempotencyKeyReused("k1".into()))
+        Err(Error::Refused(Refusal::IdempotencyKeyReused("k1".into())))
     );
 }
 
@@ -510,10 +518,10 @@ async fn a_refused_first_use_consumes_its_idempotency_key() {
     assert!(
         matches!(
             refused,
-            Err(Error::Insufficient {
+            Err(Error::Refused(Refusal::Insufficient {
                 requested: 10,
                 available: 5
-            })
+            }))
         ),
         "{refused:?}"
     );
@@ -523,21 +531,27 @@ async fn a_refused_first_use_consumes_its_idempotency_key() {
     assert!(
         matches!(
             retried,
-            Err(Error::Insufficient {
+            Err(Error::Refused(Refusal::Insufficient {
                 requested: 10,
                 available: 5
-            })
+            }))
         ),
         "{retried:?}"
     );
     let reused = mutate("k", reserve("r-1", 3, 60_000)).await;
     assert!(
-        matches!(reused, Err(Error::IdempotencyKeyReused(_))),
+        matches!(
+            reused,
+            Err(Error::Refused(Refusal::IdempotencyKeyReused(_)))
+        ),
         "{reused:?}"
     );
     // Malformed: refused before the position decides, the key stays free.
     let malformed = mutate("fresh", reserve("r-2", 0, 60_000)).await;
-    assert!(matches!(malformed, Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        malformed,
+        Err(Error::Refused(Refusal::InvalidArgument { .. }))
+    ));
     mutate("fresh", reserve("r-2", 2, 60_000)).await.unwrap();
     node.shutdown().await;
 
@@ -552,10 +566,10 @@ async fn a_refused_first_use_consumes_its_idempotency_key() {
     assert!(
         matches!(
             after_restart,
-            Err(Error::Insufficient {
+            Err(Error::Refused(Refusal::Insufficient {
                 requested: 10,
                 available: 5
-            })
+            }))
         ),
         "{after_restart:?}"
     );

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{AdjustmentReason, Bucket, Owner};
 use crate::key::validate_token;
-use crate::Error;
+use crate::Refusal;
 
 /// Longest free-text reference (document URI) accepted, in bytes.
 pub const MAX_REFERENCE_BYTES: usize = 1_024;
@@ -83,16 +83,16 @@ pub enum Command {
     ExpireDue,
 }
 
-fn positive(field: &'static str, value: i64) -> Result<(), Error> {
+fn positive(field: &'static str, value: i64) -> Result<(), Refusal> {
     if value <= 0 {
-        return Err(Error::invalid(field, format!("must be > 0, got {value}")));
+        return Err(Refusal::invalid(field, format!("must be > 0, got {value}")));
     }
     within_limit(field, value)
 }
 
-fn within_limit(field: &'static str, value: i64) -> Result<(), Error> {
+fn within_limit(field: &'static str, value: i64) -> Result<(), Refusal> {
     if value.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             field,
             format!("magnitude must be at most {MAX_QUANTITY}, got {value}"),
         ));
@@ -100,9 +100,9 @@ fn within_limit(field: &'static str, value: i64) -> Result<(), Error> {
     Ok(())
 }
 
-fn reference(value: &str) -> Result<(), Error> {
+fn reference(value: &str) -> Result<(), Refusal> {
     if value.len() > MAX_REFERENCE_BYTES {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             "reference_document_uri",
             format!(
                 "is {} bytes; at most {MAX_REFERENCE_BYTES} allowed",
@@ -111,7 +111,7 @@ fn reference(value: &str) -> Result<(), Error> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             "reference_document_uri",
             "must not contain control characters",
         ));
@@ -119,7 +119,7 @@ fn reference(value: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn optional_token(field: &'static str, value: &str) -> Result<(), Error> {
+fn optional_token(field: &'static str, value: &str) -> Result<(), Refusal> {
     if value.is_empty() {
         Ok(())
     } else {
@@ -127,16 +127,19 @@ fn optional_token(field: &'static str, value: &str) -> Result<(), Error> {
     }
 }
 
-fn ttl(field: &'static str, value: i64) -> Result<(), Error> {
+fn ttl(field: &'static str, value: i64) -> Result<(), Refusal> {
     if value < 0 {
-        return Err(Error::invalid(field, format!("must be >= 0, got {value}")));
+        return Err(Refusal::invalid(
+            field,
+            format!("must be >= 0, got {value}"),
+        ));
     }
     within_limit(field, value)
 }
 
-fn stock_bucket(field: &'static str, bucket: Bucket) -> Result<(), Error> {
+fn stock_bucket(field: &'static str, bucket: Bucket) -> Result<(), Refusal> {
     match bucket {
-        Bucket::Reserved | Bucket::Committed => Err(Error::invalid(
+        Bucket::Reserved | Bucket::Committed => Err(Refusal::invalid(
             field,
             format!("{bucket} changes only through reservation and commitment commands"),
         )),
@@ -147,7 +150,7 @@ fn stock_bucket(field: &'static str, bucket: Bucket) -> Result<(), Error> {
 impl Command {
     /// Structural checks that need no state: a command that fails here can
     /// never succeed, whatever the position holds.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), Refusal> {
         match self {
             Command::Adjust {
                 bucket,
@@ -158,7 +161,7 @@ impl Command {
             } => {
                 stock_bucket("bucket", *bucket)?;
                 if *delta == 0 {
-                    return Err(Error::invalid("delta", "must not be zero"));
+                    return Err(Refusal::invalid("delta", "must not be zero"));
                 }
                 within_limit("delta", *delta)?;
                 if let Some(value) = change_from {
@@ -174,14 +177,14 @@ impl Command {
                 ..
             } => {
                 if *on_hand < 0 {
-                    return Err(Error::invalid(
+                    return Err(Refusal::invalid(
                         "on_hand",
                         format!("must be >= 0, got {on_hand}"),
                     ));
                 }
                 within_limit("on_hand", *on_hand)?;
                 if *counted_at_ms < 0 {
-                    return Err(Error::invalid("counted_at_unix_ms", "must be >= 0"));
+                    return Err(Refusal::invalid("counted_at_unix_ms", "must be >= 0"));
                 }
                 if let Some(value) = change_from {
                     within_limit("change_from", *value)?;
@@ -198,19 +201,22 @@ impl Command {
                 stock_bucket("from_bucket", *from)?;
                 stock_bucket("to_bucket", *to)?;
                 if *from == Bucket::OnHand || *to == Bucket::OnHand {
-                    return Err(Error::invalid(
+                    return Err(Refusal::invalid(
                         "bucket",
                         "on_hand is the sum of the physical buckets; move between them",
                     ));
                 }
                 if *to == Bucket::Incoming {
-                    return Err(Error::invalid(
+                    return Err(Refusal::invalid(
                         "to_bucket",
                         "stock cannot move into incoming",
                     ));
                 }
                 if from == to {
-                    return Err(Error::invalid("to_bucket", "must differ from from_bucket"));
+                    return Err(Refusal::invalid(
+                        "to_bucket",
+                        "must differ from from_bucket",
+                    ));
                 }
                 positive("quantity", *quantity)?;
                 reference(doc)
@@ -248,7 +254,7 @@ impl Command {
                 validate_token("reservation_id", reservation_id)?;
                 validate_token("order_ref", order_ref)?;
                 if *quantity < 0 {
-                    return Err(Error::invalid(
+                    return Err(Refusal::invalid(
                         "quantity",
                         format!("must be >= 0 (0 commits all), got {quantity}"),
                     ));

@@ -5,7 +5,7 @@ use super::state::{
     Bucket, Buckets, Event, LedgerEntry, PositionState, Reservation, ReservationState,
     ENDED_RESERVATIONS_KEPT,
 };
-use crate::Error;
+use crate::Refusal;
 
 /// What an accepted command does.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,11 +43,11 @@ pub fn decide(
     expected_version: Option<u64>,
     command: &Command,
     context: &Context,
-) -> Result<Decision, Error> {
+) -> Result<Decision, Refusal> {
     command.validate()?;
     if let Some(expected) = expected_version {
         if expected != state.version {
-            return Err(Error::VersionMismatch {
+            return Err(Refusal::VersionMismatch {
                 expected,
                 current: state.version,
             });
@@ -85,7 +85,7 @@ pub fn decide(
                 *counted_at_ms
             };
             if counted_at_ms < state.last_counted_at_ms {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Refusal::FailedPrecondition(format!(
                     "a later physical count (counted at {} ms) was already applied",
                     state.last_counted_at_ms
                 )));
@@ -131,7 +131,7 @@ pub fn decide(
             allow_partial,
         } => {
             if state.reservation(reservation_id).is_some() {
-                return Err(Error::ReservationExists(reservation_id.clone()));
+                return Err(Refusal::ReservationExists(reservation_id.clone()));
             }
             let available = buckets.available();
             let granted = if state.allow_backorder || *quantity <= available {
@@ -139,7 +139,7 @@ pub fn decide(
             } else if *allow_partial && available > 0 {
                 available
             } else {
-                return Err(Error::Insufficient {
+                return Err(Refusal::Insufficient {
                     requested: *quantity,
                     available: available.max(0),
                 });
@@ -188,7 +188,7 @@ pub fn decide(
         }
         Command::ReleaseReservation { reservation_id } => {
             match state.reservation(reservation_id) {
-                None => Err(Error::ReservationNotFound(reservation_id.clone())),
+                None => Err(Refusal::ReservationNotFound(reservation_id.clone())),
                 Some(reservation) => match reservation.state {
                     ReservationState::Active => Ok(Decision::about(
                         reservation_id,
@@ -201,7 +201,7 @@ pub fn decide(
                     ReservationState::Released | ReservationState::Expired => {
                         Ok(Decision::about(reservation_id, Vec::new()))
                     }
-                    ReservationState::Committed => Err(Error::FailedPrecondition(format!(
+                    ReservationState::Committed => Err(Refusal::FailedPrecondition(format!(
                         "reservation {reservation_id:?} is fully committed; cancel the order's commitment instead"
                     ))),
                 },
@@ -219,7 +219,7 @@ pub fn decide(
                 *quantity
             };
             if quantity > reservation.quantity {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Refusal::FailedPrecondition(format!(
                     "reservation {reservation_id:?} holds {}, cannot commit {quantity}",
                     reservation.quantity
                 )));
@@ -275,9 +275,9 @@ fn check_change_from(
     buckets: &Buckets,
     bucket: Bucket,
     expected: Option<i64>,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     match expected {
-        Some(expected) if buckets.get(bucket) != expected => Err(Error::ChangeFromMismatch {
+        Some(expected) if buckets.get(bucket) != expected => Err(Refusal::ChangeFromMismatch {
             bucket,
             expected,
             current: buckets.get(bucket),
@@ -290,19 +290,19 @@ fn active_reservation<'s>(
     state: &'s PositionState,
     reservation_id: &str,
     context: &Context,
-) -> Result<&'s Reservation, Error> {
+) -> Result<&'s Reservation, Refusal> {
     let reservation = state
         .reservation(reservation_id)
-        .ok_or_else(|| Error::ReservationNotFound(reservation_id.to_owned()))?;
+        .ok_or_else(|| Refusal::ReservationNotFound(reservation_id.to_owned()))?;
     if reservation.state == ReservationState::Active && reservation.expires_at_ms <= context.now_ms
     {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Refusal::FailedPrecondition(format!(
             "reservation {reservation_id:?} expired at {} ms",
             reservation.expires_at_ms
         )));
     }
     if reservation.state != ReservationState::Active {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Refusal::FailedPrecondition(format!(
             "reservation {reservation_id:?} is {}",
             reservation.state
         )));
@@ -310,14 +310,14 @@ fn active_reservation<'s>(
     Ok(reservation)
 }
 
-fn committed_for(state: &PositionState, order_ref: &str, quantity: i64) -> Result<(), Error> {
+fn committed_for(state: &PositionState, order_ref: &str, quantity: i64) -> Result<(), Refusal> {
     let committed = state
         .commitments
         .get(order_ref)
         .copied()
-        .ok_or_else(|| Error::CommitmentNotFound(order_ref.to_owned()))?;
+        .ok_or_else(|| Refusal::CommitmentNotFound(order_ref.to_owned()))?;
     if quantity > committed {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Refusal::FailedPrecondition(format!(
             "order {order_ref:?} has {committed} committed, cannot take {quantity}"
         )));
     }
@@ -325,7 +325,7 @@ fn committed_for(state: &PositionState, order_ref: &str, quantity: i64) -> Resul
 }
 
 /// Refuses an event whose buckets would break an invariant.
-fn check_after(state: &PositionState, event: &Event) -> Result<(), Error> {
+fn check_after(state: &PositionState, event: &Event) -> Result<(), Refusal> {
     let mut buckets = state.buckets;
     apply_to_buckets(&mut buckets, event);
     for bucket in [
@@ -339,13 +339,13 @@ fn check_after(state: &PositionState, event: &Event) -> Result<(), Error> {
     ] {
         let value = buckets.get(bucket);
         if value < 0 {
-            return Err(Error::NegativeBucket { bucket, value });
+            return Err(Refusal::NegativeBucket { bucket, value });
         }
     }
     let available = buckets.available();
     if available < 0 && !state.allow_backorder {
         return Err(match event {
-            Event::Adjusted { delta, .. } if *delta < 0 => Error::Insufficient {
+            Event::Adjusted { delta, .. } if *delta < 0 => Refusal::Insufficient {
                 requested: -delta,
                 available: state.buckets.available().max(0),
             },
@@ -353,11 +353,11 @@ fn check_after(state: &PositionState, event: &Event) -> Result<(), Error> {
                 from: Bucket::Available,
                 quantity,
                 ..
-            } => Error::Insufficient {
+            } => Refusal::Insufficient {
                 requested: *quantity,
                 available: state.buckets.available().max(0),
             },
-            _ => Error::NegativeBucket {
+            _ => Refusal::NegativeBucket {
                 bucket: Bucket::Available,
                 value: available,
             },

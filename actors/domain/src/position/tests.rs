@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::Error;
+use crate::Refusal;
 
 const MINUTE: i64 = 60_000;
 
@@ -29,7 +29,7 @@ fn run(
     state: &mut PositionState,
     command: &Command,
     now_ms: i64,
-) -> Result<Option<LedgerEntry>, Error> {
+) -> Result<Option<LedgerEntry>, Refusal> {
     let decision = decide(state, None, command, &context(now_ms))?;
     if decision.events.is_empty() {
         return Ok(None);
@@ -111,7 +111,7 @@ fn a_reservation_that_does_not_fit_is_refused_with_what_was_available() {
     let before = state.clone();
     assert_eq!(
         run(&mut state, &reserve("r1", 5, false), 1),
-        Err(Error::Insufficient {
+        Err(Refusal::Insufficient {
             requested: 5,
             available: 2
         })
@@ -130,7 +130,7 @@ fn commit_after_expiry_fails_and_expiry_ends_the_reservation_once() {
     assert_eq!(expiry, 15 * MINUTE);
     assert!(matches!(
         run(&mut state, &commit("r1", 0, "o1"), expiry),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
     let first = run(&mut state, &Command::ExpireDue, expiry).unwrap();
     assert_eq!(first.unwrap().events.len(), 1);
@@ -157,7 +157,7 @@ fn stale_guards_are_refused() {
     let stale = decide(&state, Some(0), &reserve("r1", 1, false), &context(0));
     assert_eq!(
         stale,
-        Err(Error::VersionMismatch {
+        Err(Refusal::VersionMismatch {
             expected: 0,
             current: 1
         })
@@ -171,7 +171,7 @@ fn stale_guards_are_refused() {
     };
     assert!(matches!(
         decide(&state, None, &cas, &context(0)),
-        Err(Error::ChangeFromMismatch { current: 5, .. })
+        Err(Refusal::ChangeFromMismatch { current: 5, .. })
     ));
     let count = |at| Command::SetOnHand {
         on_hand: 4,
@@ -183,7 +183,7 @@ fn stale_guards_are_refused() {
     run(&mut state, &count(100), 0).unwrap();
     assert!(matches!(
         run(&mut state, &count(50), 0),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::state::*;
 use crate::key::validate_token;
 use crate::position::MAX_QUANTITY;
-use crate::Error;
+use crate::Refusal;
 
 /// Time and identity a decision is made under.
 #[derive(Debug, Clone)]
@@ -24,8 +24,8 @@ pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 /// Effect attempts after which an exception is raised (retries go on).
 pub const EFFECT_ATTEMPTS_BEFORE_EXCEPTION: u32 = 5;
 
-fn refuse(message: impl Into<String>) -> Error {
-    Error::FailedPrecondition(message.into())
+fn refuse(message: impl Into<String>) -> Refusal {
+    Refusal::FailedPrecondition(message.into())
 }
 
 fn command_name(command: &ReturnCommand) -> &'static str {
@@ -268,13 +268,13 @@ impl<'c> Builder<'c> {
     }
 }
 
-fn require_state(command: &ReturnCommand, state: ReturnState) -> Result<(), Error> {
+fn require_state(command: &ReturnCommand, state: ReturnState) -> Result<(), Refusal> {
     let name = command_name(command);
     let allowed = allowed_commands(state);
     if allowed.contains(&name) {
         Ok(())
     } else {
-        Err(Error::IllegalTransition {
+        Err(Refusal::IllegalTransition {
             command: name.into(),
             state,
             allowed: allowed.into_iter().map(Into::into).collect(),
@@ -282,9 +282,9 @@ fn require_state(command: &ReturnCommand, state: ReturnState) -> Result<(), Erro
     }
 }
 
-fn line<'a>(case: &'a ReturnCase, line_id: &str) -> Result<&'a ReturnLine, Error> {
+fn line<'a>(case: &'a ReturnCase, line_id: &str) -> Result<&'a ReturnLine, Refusal> {
     case.lines.get(line_id).ok_or_else(|| {
-        Error::invalid(
+        Refusal::invalid(
             "line_id",
             format!("{line_id:?} is not a line of this return"),
         )
@@ -293,12 +293,12 @@ fn line<'a>(case: &'a ReturnCase, line_id: &str) -> Result<&'a ReturnLine, Error
 
 /// Client quantities are bounded like a position's, so every sum of them
 /// (received + inspected + ..., per line) stays far from overflow.
-fn positive(field: &'static str, value: i64) -> Result<(), Error> {
+fn positive(field: &'static str, value: i64) -> Result<(), Refusal> {
     if value <= 0 {
-        return Err(Error::invalid(field, format!("must be > 0, got {value}")));
+        return Err(Refusal::invalid(field, format!("must be > 0, got {value}")));
     }
     if value > MAX_QUANTITY {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             field,
             format!("must be at most {MAX_QUANTITY}, got {value}"),
         ));
@@ -306,7 +306,7 @@ fn positive(field: &'static str, value: i64) -> Result<(), Error> {
     Ok(())
 }
 
-fn optional_token(field: &'static str, value: &str) -> Result<(), Error> {
+fn optional_token(field: &'static str, value: &str) -> Result<(), Refusal> {
     if value.is_empty() {
         Ok(())
     } else {
@@ -314,9 +314,9 @@ fn optional_token(field: &'static str, value: &str) -> Result<(), Error> {
     }
 }
 
-fn free_text(field: &'static str, value: &str) -> Result<(), Error> {
+fn free_text(field: &'static str, value: &str) -> Result<(), Refusal> {
     if value.len() > 1_024 || value.chars().any(char::is_control) {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             field,
             "at most 1024 bytes, no control characters",
         ));
@@ -330,10 +330,10 @@ pub fn decide(
     expected_version: Option<u64>,
     command: &ReturnCommand,
     context: &ReturnContext,
-) -> Result<Vec<ReturnEvent>, Error> {
+) -> Result<Vec<ReturnEvent>, Refusal> {
     if let Some(expected) = expected_version {
         if expected != case.version {
-            return Err(Error::VersionMismatch {
+            return Err(Refusal::VersionMismatch {
                 expected,
                 current: case.version,
             });
@@ -344,12 +344,12 @@ pub fn decide(
         return match command {
             ReturnCommand::Open { .. } => open(case, command, context),
             ReturnCommand::Tick | ReturnCommand::CompleteEffect { .. } => Ok(Vec::new()),
-            _ => Err(Error::ReturnNotFound(context.return_id.clone())),
+            _ => Err(Refusal::ReturnNotFound(context.return_id.clone())),
         };
     };
     let mut b = Builder::new(case, now);
     match command {
-        ReturnCommand::Open { .. } => return Err(Error::ReturnExists(context.return_id.clone())),
+        ReturnCommand::Open { .. } => return Err(Refusal::ReturnExists(context.return_id.clone())),
         ReturnCommand::Tick => tick(&mut b, state),
         ReturnCommand::CompleteEffect {
             step,
@@ -367,7 +367,7 @@ pub fn decide(
                 .exceptions
                 .iter()
                 .find(|e| e.exception_id == *exception_id)
-                .ok_or(Error::ExceptionNotFound(*exception_id))?;
+                .ok_or(Refusal::ExceptionNotFound(*exception_id))?;
             if exception.resolved_at_ms.is_some() {
                 return Err(refuse(format!(
                     "exception {exception_id} is already resolved"
@@ -392,7 +392,7 @@ fn open(
     case: &ReturnCase,
     command: &ReturnCommand,
     context: &ReturnContext,
-) -> Result<Vec<ReturnEvent>, Error> {
+) -> Result<Vec<ReturnEvent>, Refusal> {
     let ReturnCommand::Open {
         order_ref,
         customer_ref,
@@ -412,13 +412,13 @@ fn open(
     optional_token("customer_ref", customer_ref)?;
     optional_token("channel", channel)?;
     if order_lines.is_empty() || order_lines.len() > MAX_RETURN_LINES {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             "order_lines",
             format!("1 to {MAX_RETURN_LINES} order lines required"),
         ));
     }
     if lines.is_empty() || lines.len() > MAX_RETURN_LINES {
-        return Err(Error::invalid(
+        return Err(Refusal::invalid(
             "lines",
             format!("1 to {MAX_RETURN_LINES} lines required"),
         ));
@@ -430,7 +430,7 @@ fn open(
         validate_token("order_lines.location", &order_line.location)?;
         positive("order_lines.quantity", order_line.quantity)?;
         if !(0..=MAX_AMOUNT_MINOR).contains(&order_line.amount_paid_minor) {
-            return Err(Error::invalid(
+            return Err(Refusal::invalid(
                 "order_lines.amount_paid_minor",
                 format!(
                     "must be 0 to {MAX_AMOUNT_MINOR}, got {}",
@@ -439,7 +439,7 @@ fn open(
             ));
         }
         if !seen.insert(order_line.line_id.as_str()) {
-            return Err(Error::invalid(
+            return Err(Refusal::invalid(
                 "order_lines.line_id",
                 format!("{:?} appears twice", order_line.line_id),
             ));
@@ -454,7 +454,7 @@ fn open(
             .iter()
             .find(|l| l.line_id == requested.order_line_id)
             .ok_or_else(|| {
-                Error::invalid(
+                Refusal::invalid(
                     "lines.order_line_id",
                     format!(
                         "{:?} is not a line of order {order_ref:?}",
@@ -463,14 +463,14 @@ fn open(
                 )
             })?;
         if !requested_lines.insert(requested.order_line_id.as_str()) {
-            return Err(Error::invalid(
+            return Err(Refusal::invalid(
                 "lines.order_line_id",
                 format!("{:?} appears twice", requested.order_line_id),
             ));
         }
         positive("lines.quantity", requested.quantity)?;
         if requested.quantity > order_line.quantity {
-            return Err(Error::invalid(
+            return Err(Refusal::invalid(
                 "lines.quantity",
                 format!(
                     "line {:?}: {} requested but {} bought",
@@ -498,10 +498,9 @@ fn open(
             )));
         }
         if requested.resolution == Resolution::Exchange {
-            let sku = requested
-                .exchange_sku
-                .as_deref()
-                .ok_or_else(|| Error::invalid("lines.exchange_sku", "required for an exchange"))?;
+            let sku = requested.exchange_sku.as_deref().ok_or_else(|| {
+                Refusal::invalid("lines.exchange_sku", "required for an exchange")
+            })?;
             validate_token("lines.exchange_sku", sku)?;
             exchanges.push(ExchangeHold {
                 line_id: order_line.line_id.clone(),
@@ -559,7 +558,7 @@ fn client_command(
     state: ReturnState,
     command: &ReturnCommand,
     context: &ReturnContext,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let now = context.now_ms;
     match command {
         ReturnCommand::FlagForReview { reason } => {
@@ -599,7 +598,7 @@ fn client_command(
         }
         ReturnCommand::CarrierMilestone { milestone, at_ms } => {
             if *milestone == Milestone::LabelCreated {
-                return Err(Error::invalid(
+                return Err(Refusal::invalid(
                     "milestone",
                     "a label is created with AttachLabel",
                 ));
@@ -632,7 +631,7 @@ fn client_command(
             accept_surplus,
         } => {
             if lines.is_empty() {
-                return Err(Error::invalid("lines", "name at least one line"));
+                return Err(Refusal::invalid("lines", "name at least one line"));
             }
             for received in lines {
                 positive("lines.quantity", received.quantity)?;
@@ -692,7 +691,7 @@ fn client_command(
         }
         ReturnCommand::Inspect { lines } => {
             if lines.is_empty() {
-                return Err(Error::invalid("lines", "name at least one line"));
+                return Err(Refusal::invalid("lines", "name at least one line"));
             }
             for inspected in lines {
                 positive("lines.quantity", inspected.quantity)?;
@@ -853,7 +852,7 @@ fn process(
     state: ReturnState,
     method: RefundMethod,
     context: &ReturnContext,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let policy = b.case.policy.clone();
     let mut refund_lines = Vec::new();
     for line in b.case.lines.values() {

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::Error;
+use crate::Refusal;
 
 const DAY: i64 = 86_400_000;
 const T0: i64 = 100 * DAY;
@@ -80,7 +80,7 @@ fn run(
     case: &mut ReturnCase,
     command: ReturnCommand,
     now_ms: i64,
-) -> Result<Vec<ReturnEvent>, Error> {
+) -> Result<Vec<ReturnEvent>, Refusal> {
     let events = decide(case, None, &command, &context(now_ms))?;
     if !events.is_empty() {
         let entry = ReturnEntry {
@@ -162,7 +162,7 @@ fn full_lifecycle_on_receipt_gate() {
             },
             T0
         ),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
     let receive = |line: &str, quantity| ReturnCommand::Receive {
         lines: vec![ReceivedLine {
@@ -178,7 +178,7 @@ fn full_lifecycle_on_receipt_gate() {
     run(&mut case, receive("L2", 1), T0).unwrap();
     assert!(matches!(
         run(&mut case, receive("L1", 1), T0),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
     let effects = settle(&mut case, T0);
     assert_eq!(effects.len(), 3);
@@ -252,7 +252,7 @@ fn full_lifecycle_on_receipt_gate() {
     assert!(
         matches!(
             run(&mut case, ReturnCommand::Close, T0),
-            Err(Error::FailedPrecondition(_))
+            Err(Refusal::FailedPrecondition(_))
         ),
         "effects pending"
     );
@@ -285,7 +285,7 @@ fn illegal_transitions_name_the_state_and_the_allowed_commands() {
     run(&mut case, open(ReturnPolicy::default(), false, false), T0).unwrap();
     let refused = run(&mut case, ReturnCommand::Close, T0);
     match refused {
-        Err(Error::IllegalTransition {
+        Err(Refusal::IllegalTransition {
             command,
             state,
             allowed,
@@ -302,7 +302,7 @@ fn illegal_transitions_name_the_state_and_the_allowed_commands() {
             &ReturnCommand::Close,
             &context(T0)
         ),
-        Err(Error::ReturnNotFound("R1".into()))
+        Err(Refusal::ReturnNotFound("R1".into()))
     );
 }
 
@@ -338,7 +338,7 @@ fn cancel_is_refused_after_receipt_and_releases_exchange_holds_before() {
             },
             T0
         ),
-        Err(Error::IllegalTransition {
+        Err(Refusal::IllegalTransition {
             state: ReturnState::Received,
             ..
         })
@@ -395,7 +395,7 @@ fn erp_gate_holds_the_refund_until_finance_confirms() {
     assert_eq!(case.refunds[0].state, RefundState::PendingGate);
     assert!(matches!(
         run(&mut case, ReturnCommand::Close, T0),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
     let overdue = case.next_timer_ms().unwrap();
     run(&mut case, ReturnCommand::Tick, overdue).unwrap();
@@ -424,13 +424,13 @@ fn opening_checks_the_order_lines_window_and_final_sale() {
             &open(ReturnPolicy::default(), false, false),
             &late
         ),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
     let mut final_sale = ReturnPolicy::default();
     final_sale.final_sale_skus.insert("SHOES".into());
     assert!(matches!(
         decide(&case, None, &open(final_sale, false, false), &context(T0)),
-        Err(Error::FailedPrecondition(_))
+        Err(Refusal::FailedPrecondition(_))
     ));
     let mut bad = open(ReturnPolicy::default(), false, false);
     if let ReturnCommand::Open { lines, .. } = &mut bad {
@@ -438,7 +438,7 @@ fn opening_checks_the_order_lines_window_and_final_sale() {
     }
     assert!(matches!(
         decide(&case, None, &bad, &context(T0)),
-        Err(Error::InvalidArgument { .. })
+        Err(Refusal::InvalidArgument { .. })
     ));
     let review = ReturnPolicy {
         review_threshold_minor: Some(10_000),
