@@ -10,6 +10,14 @@
 //! [`Command::CompleteEffect`], so a crash between any two steps resumes the
 //! effect and never applies it twice.
 //!
+//! The rules are split by the stage of a case: [`open`] (the order lines,
+//! window and review threshold), `review` (approval, labels, carrier
+//! scans), `receiving` (receipt, inspection, dispositions), `refund`
+//! (what is owed and its gates), `closing`, `effects` (the timer and the
+//! results of inventory steps), with `lifecycle` saying which command each
+//! state allows, `validation` the checks on fields, and [`apply`] folding
+//! events in.
+//!
 //! Rules kept after every accepted command:
 //! * per line: `received + canceled <= approved <= requested <= bought`,
 //!   `disposed <= received` (KEEP_ITEM and MISSING lines excepted),
@@ -17,14 +25,25 @@
 //! * refunds never exceed what was paid for the line;
 //! * every unit is restocked at most once (one disposition per unit).
 
+mod apply;
+mod builder;
+mod closing;
 mod decide;
+mod effects;
+mod lifecycle;
+mod open;
+mod receiving;
+mod refund;
+mod review;
 mod state;
+mod validation;
 
-pub use decide::{
-    allowed_commands, apply, apply_entry, decide, refundable_quantity, ReturnContext,
-    MAX_AMOUNT_MINOR,
-};
+pub use apply::{apply, apply_entry};
+pub use decide::{decide, ReturnContext};
+pub use effects::EFFECT_ATTEMPTS_BEFORE_EXCEPTION;
+pub use lifecycle::{allowed_commands, refundable_quantity};
 pub use state::*;
+pub use validation::{MAX_AMOUNT_MINOR, MAX_RETURN_LINES};
 
 #[cfg(test)]
 mod tests;
