@@ -81,7 +81,7 @@ impl Recorder {
 
     pub fn error(&mut self, code: &str, second: usize, latency: Duration) {
         *self.errors.entry(code.to_owned()).or_default() += 1;
-        if code == "ResourceExhausted" {
+        if code == "RESOURCE_EXHAUSTED" {
             let _ = self.rejections.record(micros(latency));
         }
         self.second(second).1 += 1;
@@ -279,14 +279,14 @@ mod tests {
         first.ok("reserve", 0, Duration::from_millis(1));
         first.ok("reserve-hot", 1, Duration::from_millis(9));
         let mut second = Recorder::default();
-        second.error("ResourceExhausted", 0, Duration::from_micros(200));
-        second.error_sample("ResourceExhausted", "queue full");
+        second.error("RESOURCE_EXHAUSTED", 0, Duration::from_micros(200));
+        second.error_sample("RESOURCE_EXHAUSTED", "queue full");
         let mut total = Recorder::default();
         total.merge_at(&first, 0);
         total.merge_at(&second, 2);
         assert_eq!(total.per_second.len(), 3);
         assert_eq!(total.per_second[2].1, 1);
-        assert_eq!(total.error_samples["ResourceExhausted"], "queue full");
+        assert_eq!(total.error_samples["RESOURCE_EXHAUSTED"], "queue full");
         let cold = combined(&total, |name| !name.ends_with("-hot"));
         assert_eq!(cold.len(), 1);
         assert!(cold.max() < 2_000);
@@ -296,7 +296,7 @@ mod tests {
     fn recorders_merge_counts_seconds_and_errors() {
         let mut a = Recorder::default();
         a.ok("reserve", 0, Duration::from_millis(2));
-        a.error("ResourceExhausted", 1, Duration::from_micros(300));
+        a.error("RESOURCE_EXHAUSTED", 1, Duration::from_micros(300));
         let mut b = Recorder::default();
         b.ok("reserve", 1, Duration::from_millis(4));
         b.ok("get", 2, Duration::from_millis(1));

@@ -17,8 +17,9 @@ pub use store::{
     Committed, EntityWrite, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch,
 };
 
-/// Milliseconds since the unix epoch.
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the unix epoch by this node's wall clock: the one
+/// place the node reads it (the domain gets the time passed in).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {

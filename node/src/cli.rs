@@ -24,7 +24,7 @@ use skuld_proto::v1::{
 };
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
@@ -788,29 +788,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The canonical gRPC name of a status code, as used in the API docs.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The server's retry hint: the `retry-after-ms` metadata, else the
 /// `google.rpc.RetryInfo` detail.
 fn retry_after_ms(status: &Status) -> Option<u128> {
@@ -840,7 +817,7 @@ fn format_status(status: &Status, idempotency_key: Option<&IdempotencyKey>) -> S
     } else {
         status.message()
     };
-    let mut line = format!("{}: {}", code_name(code), message.trim());
+    let mut line = format!("{}: {}", skuld_proto::code_name(code), message.trim());
     if let Some(ms) = retry_after_ms(status) {
         line.push_str(&format!("; retry after {ms} ms"));
     }
@@ -1705,7 +1682,7 @@ expires at   2023-11-14T22:28:20Z (in 15m 0s)
         );
         assert_eq!(
             format_status(&Status::not_found(""), None),
-            format!("NOT_FOUND: {}", Code::NotFound.description())
+            format!("NOT_FOUND: {}", tonic::Code::NotFound.description())
         );
     }
 

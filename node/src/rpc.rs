@@ -43,7 +43,7 @@ where
         .await;
     let code = match &result {
         Ok(_) => "OK",
-        Err(error) => code_name(error),
+        Err(error) => status_name(error),
     };
     metrics::counter!("skuld_grpc_requests_total", "method" => method, "code" => code).increment(1);
     metrics::histogram!("skuld_grpc_request_duration_seconds", "method" => method)
@@ -80,17 +80,9 @@ where
     }
 }
 
-fn code_name(error: &Error) -> &'static str {
-    match to_status(error).code() {
-        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-        tonic::Code::NotFound => "NOT_FOUND",
-        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
-        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        tonic::Code::Unavailable => "UNAVAILABLE",
-        _ => "OTHER",
-    }
+/// The status name of an error, for metrics labels.
+fn status_name(error: &Error) -> &'static str {
+    skuld_proto::code_name(to_status(error).code())
 }
 
 /// The caller's correlation id when it is a sane token, else a new one.

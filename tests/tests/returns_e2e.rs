@@ -43,12 +43,7 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use skuld_cluster::now_ms;
 
 fn rkey(tenant: &str, return_id: &str) -> Option<pb::ReturnKey> {
     Some(pb::ReturnKey {

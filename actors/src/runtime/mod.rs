@@ -22,7 +22,7 @@ pub mod routing;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorRef};
@@ -77,14 +77,7 @@ pub struct Mutated<R> {
     pub replayed: bool,
 }
 
-/// Milliseconds since the unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
-}
+pub use skuld_cluster::now_ms;
 
 // ---- admission --------------------------------------------------------------
 

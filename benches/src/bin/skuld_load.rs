@@ -200,10 +200,6 @@ impl Clients {
     }
 }
 
-fn code_name(code: Code) -> String {
-    format!("{code:?}")
-}
-
 fn pkey(tenant: &str, sku: &str, location: &str) -> pb::PositionKey {
     pb::PositionKey {
         tenant: tenant.into(),
@@ -862,7 +858,7 @@ fn record(
     match result {
         Ok(()) => recorder.ok(operation, second, latency),
         Err(status) => {
-            let code = code_name(status.code());
+            let code = skuld_proto::code_name(status.code()).to_owned();
             recorder.error(&code, second, latency);
             recorder.error_sample(&code, status.message());
         }
@@ -1911,7 +1907,7 @@ async fn overload(clients: &Arc<Clients>, args: &Args, run: &str) -> anyhow::Res
         let rejected = Percentiles::of(&recorder.rejections);
         let rejections = recorder
             .errors
-            .get("ResourceExhausted")
+            .get("RESOURCE_EXHAUSTED")
             .copied()
             .unwrap_or(0);
         let skipped = recorder

@@ -27,13 +27,9 @@ use std::time::{Duration, Instant};
 /// A wall clock this far from the store's clock is reported as a jump.
 pub const JUMP_THRESHOLD: Duration = Duration::from_secs(60);
 
-/// Milliseconds since the unix epoch by the wall clock.
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
+/// The wall clock as a stamp (unix ms).
+pub(crate) fn wall_ms() -> u64 {
+    u64::try_from(crate::now_ms()).unwrap_or(0)
 }
 
 #[derive(Debug)]
