@@ -1,5 +1,5 @@
 //! `store-choice`: measures redb against fjall on skuld's group-commit write
-//! pattern so the embedded store is chosen by measurement (DESIGN.md section 2,
+//! pattern so the embedded store is chosen by measurement (README "Architecture";
 //! issue 2). Results are recorded in `benches/RESULTS.md`.
 //!
 //! Each commit is ONE durable, atomic, multi-table write holding, per logical

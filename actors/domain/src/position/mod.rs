@@ -5,7 +5,7 @@
 //! causes (or why it is refused); [`apply`] folds an event into the state.
 //! Replaying the journal through [`apply_entry`] rebuilds the same state.
 //!
-//! Invariants after every accepted command (DOMAIN.md 1.3):
+//! Invariants after every accepted command (docs/domain.md 1.2):
 //! * every bucket is >= 0, except `available` when backorders are allowed;
 //! * `reserved` equals the sum of the active reservations' held quantities;
 //! * `committed` equals the sum of the per-order commitments;

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-/// Where a return case stands (DOMAIN.md 1.6).
+/// Where a return case stands (docs/domain.md 2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReturnState {
     Requested,
@@ -57,7 +57,7 @@ pub enum Requester {
     Api,
 }
 
-/// When a refund may be released (DOMAIN.md 1.8).
+/// When a refund may be released (docs/domain.md 2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RefundGate {
@@ -701,7 +701,7 @@ pub enum ReturnEvent {
 }
 
 impl ReturnEvent {
-    /// The event's name for consumers (DOMAIN.md 2.2).
+    /// The event's name for consumers (the event names of docs/domain.md).
     pub fn name(&self) -> &'static str {
         match self {
             ReturnEvent::Opened {
