@@ -23,6 +23,7 @@ use etcd_client::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ClusterError;
 
@@ -416,20 +417,20 @@ impl Membership {
 
     /// Keeps the lease alive and the view current until `shutdown`. Both
     /// loops reconnect on their own after etcd restarts or network faults.
-    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let keep_alive = tokio::spawn(Arc::clone(&self).keep_alive_loop(shutdown.clone()));
         let watch = tokio::spawn(Arc::clone(&self).watch_loop(shutdown));
         let _ = keep_alive.await;
         let _ = watch.await;
     }
 
-    async fn keep_alive_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    async fn keep_alive_loop(self: Arc<Self>, shutdown: CancellationToken) {
         // Often enough that one keep-alive answered late (up to about half
         // the TTL) still leaves the lease confirmed before the ownership
         // watchdog's deadline (TTL - TTL/3) and the node keeps its shards.
         let interval = (self.config.lease_ttl / 8).max(Duration::from_millis(100));
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
             let lease_id = self.lease_id.load(Ordering::Acquire);
@@ -448,14 +449,14 @@ impl Membership {
                     } else {
                         tracing::warn!(%error, "cannot open the lease keep-alive stream");
                     }
-                    if sleep_or_shutdown(interval, &mut shutdown).await {
+                    if sleep_or_shutdown(interval, &shutdown).await {
                         return;
                     }
                     continue;
                 }
                 Err(_) => {
                     tracing::warn!(lease_id, "no answer opening the lease keep-alive stream");
-                    if sleep_or_shutdown(interval, &mut shutdown).await {
+                    if sleep_or_shutdown(interval, &shutdown).await {
                         return;
                     }
                     continue;
@@ -484,11 +485,11 @@ impl Membership {
                         break;
                     }
                 }
-                if sleep_or_shutdown(interval, &mut shutdown).await {
+                if sleep_or_shutdown(interval, &shutdown).await {
                     return;
                 }
             }
-            if sleep_or_shutdown(Duration::from_millis(200), &mut shutdown).await {
+            if sleep_or_shutdown(Duration::from_millis(200), &shutdown).await {
                 return;
             }
         }
@@ -517,13 +518,13 @@ impl Membership {
         }
     }
 
-    async fn watch_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    async fn watch_loop(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            match self.load_and_follow(&mut shutdown).await {
+            match self.load_and_follow(&shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, "cluster watch interrupted; reloading");
-                    if sleep_or_shutdown(Duration::from_millis(300), &mut shutdown).await {
+                    if sleep_or_shutdown(Duration::from_millis(300), &shutdown).await {
                         return;
                     }
                 }
@@ -533,10 +534,7 @@ impl Membership {
 
     /// Reads everything once, then applies watch events from the next
     /// revision on. Returns Ok only on shutdown.
-    async fn load_and_follow(
-        &self,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), ClusterError> {
+    async fn load_and_follow(&self, shutdown: &CancellationToken) -> Result<(), ClusterError> {
         let mut client = self.client.clone();
         let prefix = format!("{}/", self.prefix);
         let all = bounded(
@@ -569,7 +567,7 @@ impl Membership {
         loop {
             let message = tokio::select! {
                 message = stream.message() => message?,
-                _ = shutdown.changed() => return Ok(()),
+                () = shutdown.cancelled() => return Ok(()),
             };
             let Some(response) = message else {
                 return Err(ClusterError::Etcd("watch stream ended".into()));
@@ -657,13 +655,10 @@ fn lease_gone(error: &etcd_client::Error) -> bool {
 }
 
 /// Sleeps for `duration`; true if shutdown was signalled meanwhile.
-async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
+async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(duration) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(duration) => shutdown.is_cancelled(),
+        () = shutdown.cancelled() => true,
     }
 }
 

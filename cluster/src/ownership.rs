@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::membership::{ClusterView, LeaseStatus, MemberState, Membership};
 use crate::placement::assign;
@@ -114,7 +115,7 @@ fn route_elsewhere(view: &ClusterView, shard: u32, me: &str) -> Route {
 pub async fn follow_routes(
     membership: Arc<Membership>,
     table: Arc<ShardTable>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut view_rx = membership.view();
     let me = membership.node_id().to_owned();
@@ -127,10 +128,7 @@ pub async fn follow_routes(
         }
         tokio::select! {
             changed = view_rx.changed() => if changed.is_err() { return },
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -197,9 +195,9 @@ impl ShardManager {
         }
     }
 
-    /// Serves shards until `drain` turns true, then hands every shard over
-    /// (bounded by `drain_timeout`) and returns.
-    pub async fn run(mut self, mut drain: watch::Receiver<bool>, drain_timeout: Duration) {
+    /// Serves shards until `drain` holds a deadline, then hands every shard
+    /// over (by that deadline) and returns.
+    pub async fn run(mut self, mut drain: watch::Receiver<Option<Instant>>) {
         let mut view_rx = self.membership.view();
         let mut lease_rx = self.membership.lease();
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
@@ -213,8 +211,8 @@ impl ShardManager {
                 _ = ticker.tick() => {}
                 _ = drain.changed(), if drain_deadline.is_none() => {}
             }
-            if *drain.borrow() && drain_deadline.is_none() {
-                drain_deadline = Some(Instant::now() + drain_timeout);
+            if drain_deadline.is_none() && drain.borrow().is_some() {
+                drain_deadline = *drain.borrow();
                 self.draining = true;
                 tracing::info!(shards = self.held.len(), "handing every shard over");
                 if let Err(error) = self.membership.set_state(MemberState::Draining).await {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use skuld_actors::position::PositionEntity;
@@ -19,6 +19,8 @@ use skuld_cluster::store::health::{HealthPolicy, MonitoredStore, StoreHealth, Ve
 use skuld_cluster::{PostgresStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SecretUrl};
 use crate::peer::GrpcForwarder;
@@ -147,15 +149,13 @@ impl ShardHost for RuntimeHost {
 /// Membership and ownership loops of a running node.
 pub struct Running {
     membership: Arc<Membership>,
-    stop_membership: watch::Sender<bool>,
-    membership_task: JoinHandle<()>,
-    drain: watch::Sender<bool>,
-    manager_task: JoinHandle<()>,
     table: Arc<ShardTable>,
-    /// Follows the new owners after `hand_over`.
-    routes_task: Option<JoinHandle<()>>,
-    /// Watches the store and announces its health in etcd.
-    health_tasks: Vec<JoinHandle<()>>,
+    /// Stops the etcd loops, the health tasks and the route follower.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    /// Asks the ownership manager to hand every shard over by a deadline.
+    drain: watch::Sender<Option<Instant>>,
+    manager_task: JoinHandle<()>,
 }
 
 /// Starts keeping the lease, watching etcd, and claiming shards.
@@ -165,8 +165,9 @@ pub fn start(
     positions: Arc<EntityRuntime<PositionEntity>>,
     returns: Arc<EntityRuntime<ReturnEntity>>,
 ) -> Running {
-    let (stop_membership, stop_rx) = watch::channel(false);
-    let membership_task = tokio::spawn(Arc::clone(&joined.membership).run(stop_rx.clone()));
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(Arc::clone(&joined.membership).run(stop.clone()));
     let failover = Duration::from_secs(config.store_failover_secs);
     let policy = HealthPolicy {
         failover,
@@ -174,18 +175,16 @@ pub fn start(
         max_clock_offset: (config.max_clock_offset_ms > 0)
             .then(|| Duration::from_millis(config.max_clock_offset_ms)),
     };
-    let health_tasks = vec![
-        tokio::spawn(Arc::clone(&joined.store_health).watch(
-            Arc::clone(&joined.store),
-            policy,
-            stop_rx.clone(),
-        )),
-        tokio::spawn(announce_store_health(
-            Arc::clone(&joined.membership),
-            joined.store_health.subscribe(),
-            stop_rx,
-        )),
-    ];
+    tasks.spawn(Arc::clone(&joined.store_health).watch(
+        Arc::clone(&joined.store),
+        policy,
+        stop.clone(),
+    ));
+    tasks.spawn(announce_store_health(
+        Arc::clone(&joined.membership),
+        joined.store_health.subscribe(),
+        stop.clone(),
+    ));
     let mut ownership = OwnershipConfig::for_ttl(joined.membership.lease_ttl());
     ownership.max_concurrent_moves = config.max_concurrent_moves;
     let manager = ShardManager::new(
@@ -196,18 +195,15 @@ pub fn start(
         Arc::new(RuntimeHost { positions, returns }),
         ownership,
     );
-    let (drain, drain_rx) = watch::channel(false);
-    let manager_task =
-        tokio::spawn(manager.run(drain_rx, Duration::from_secs(config.drain_timeout_secs)));
+    let (drain, drain_rx) = watch::channel(None);
+    let manager_task = tokio::spawn(manager.run(drain_rx));
     Running {
         membership: Arc::clone(&joined.membership),
-        stop_membership,
-        membership_task,
+        table: Arc::clone(&joined.table),
+        stop,
+        tasks,
         drain,
         manager_task,
-        table: Arc::clone(&joined.table),
-        routes_task: None,
-        health_tasks,
     }
 }
 
@@ -216,7 +212,7 @@ pub fn start(
 async fn announce_store_health(
     membership: Arc<Membership>,
     mut health: watch::Receiver<Verdict>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     // A member registers as not yet healthy.
     let mut announced = false;
@@ -227,7 +223,7 @@ async fn announce_store_health(
                 tracing::warn!(%error, healthy, "cannot announce the store's health yet");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = stop.changed() => return,
+                    () = stop.cancelled() => return,
                 }
             }
             announced = healthy;
@@ -235,42 +231,37 @@ async fn announce_store_health(
         }
         tokio::select! {
             changed = health.changed() => if changed.is_err() { return },
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
     }
 }
 
 impl Running {
-    /// Hands every shard over to the other nodes (bounded by the drain
-    /// timeout); the node keeps forwarding meanwhile.
-    pub async fn hand_over(&mut self) {
-        let _ = self.drain.send(true);
+    /// Hands every shard over to the other nodes by `deadline`; the node
+    /// keeps forwarding meanwhile.
+    pub async fn hand_over(&mut self, deadline: Instant) {
+        self.drain.send_replace(Some(deadline));
         if let Err(error) = (&mut self.manager_task).await {
             tracing::warn!(%error, "ownership manager failed");
         }
         // Requests already admitted and waiting for a shard of this node
         // (in `destination`) are then forwarded to its new owner instead of
         // timing out; new ones are refused as the node drains.
-        self.routes_task = Some(tokio::spawn(follow_routes(
+        self.tasks.spawn(follow_routes(
             Arc::clone(&self.membership),
             Arc::clone(&self.table),
-            self.stop_membership.subscribe(),
-        )));
+            self.stop.clone(),
+        ));
     }
 
     /// Leaves the cluster: revokes the lease (dropping any claim left) and
-    /// stops the etcd loops.
+    /// stops the etcd loops and health tasks.
     pub async fn leave(self) {
         if let Err(error) = self.membership.leave().await {
             tracing::warn!(%error, "cannot revoke the lease; it expires on its own");
         }
-        let _ = self.stop_membership.send(true);
-        let _ = self.membership_task.await;
-        for task in self.health_tasks {
-            let _ = task.await;
-        }
-        if let Some(routes) = self.routes_task {
-            let _ = routes.await;
-        }
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }

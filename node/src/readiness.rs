@@ -8,7 +8,7 @@ use std::time::Duration;
 use skuld_cluster::store::health::{StoreHealth, Verdict};
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::InventoryApi;
 use crate::returns_api::ReturnsApi;
@@ -57,14 +57,14 @@ impl Readiness {
 pub async fn follow_readiness(
     readiness: Readiness,
     health: tonic_health::server::HealthReporter,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     let mut serving = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         let ready = readiness.check().is_ok();
         if serving == Some(ready) {

@@ -1,19 +1,21 @@
 //! The node: stores, runtime, gRPC and HTTP servers, and ordered shutdown.
 //!
-//! Shutdown order (on the `shutdown` future): gRPC health NOT_SERVING and
-//! /readyz 503 first, so load balancers stop sending; in cluster mode every
-//! shard is then handed over (stop admitting it, finish and persist what was
-//! accepted, release the claim) while the node keeps forwarding; then the
-//! runtime stops admitting and waits for admitted requests; the lease is
-//! revoked; then the servers stop; last the group-commit writer flushes and
-//! the store closes.
+//! Shutdown (on the `shutdown` future) runs under one deadline,
+//! `drain_timeout_secs` from the signal, each step getting what is left:
+//! gRPC health NOT_SERVING and /readyz 503 first, so load balancers stop
+//! sending; in cluster mode every shard is then handed over (stop admitting
+//! it, finish and persist what was accepted, release the claim) while the
+//! node keeps forwarding; then the runtime stops admitting and waits for
+//! admitted requests; background tasks stop; actors stop (concurrently); the
+//! lease is revoked; then the servers stop; last the group-commit writer
+//! flushes and the store closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -29,7 +31,8 @@ use skuld_proto::v1::admin_service_server::AdminServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
@@ -164,9 +167,13 @@ pub async fn run(
     .max_decoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024))
     .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
 
-    let (stop_servers, servers_stopped) = watch::channel(false);
-    let grpc_stop = wait_for(servers_stopped.clone());
-    let grpc = tokio::spawn(
+    // Servers stop last: they keep forwarding and answering while the node
+    // drains. The readiness follower stops first.
+    let stop_servers = CancellationToken::new();
+    let stop_readiness = CancellationToken::new();
+    let servers = TaskTracker::new();
+    let grpc_stop = stop_servers.clone().cancelled_owned();
+    let grpc = servers.spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
@@ -181,11 +188,10 @@ pub async fn run(
             ),
     );
 
-    let (stop_readiness, readiness_stopped) = watch::channel(false);
     let readiness_task = tokio::spawn(follow_readiness(
         readiness.clone(),
         health.clone(),
-        readiness_stopped,
+        stop_readiness.clone(),
     ));
     let http_state = HttpState { readiness, metrics };
     let app = axum::Router::new()
@@ -193,8 +199,8 @@ pub async fn run(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(http_state);
-    let http_stop = wait_for(servers_stopped);
-    let http = tokio::spawn(async move {
+    let http_stop = stop_servers.clone().cancelled_owned();
+    let http = servers.spawn(async move {
         axum::serve(listeners.http, app)
             .with_graceful_shutdown(http_stop)
             .await
@@ -215,41 +221,64 @@ pub async fn run(
     }
 
     shutdown.await;
-    tracing::info!("shutdown requested: draining");
+    // One deadline for the whole drain: each step gets what is left.
+    let deadline = Instant::now() + Duration::from_secs(config.drain_timeout_secs);
+    let left = || deadline.saturating_duration_since(Instant::now());
+    tracing::info!(
+        drain_timeout_secs = config.drain_timeout_secs,
+        "shutdown requested: draining"
+    );
     ready.store(false, Ordering::Release);
-    let _ = stop_readiness.send(true);
+    stop_readiness.cancel();
     let _ = readiness_task.await;
     set_health(&health, false).await;
     if let Some(running) = running.as_mut() {
-        running.hand_over().await;
+        running.hand_over(deadline).await;
     }
-    admission
-        .drain(Duration::from_secs(config.drain_timeout_secs))
-        .await;
+    admission.drain(left()).await;
     background.stop().await;
-    // Return cases first: their effects act on positions.
-    returns.stop().await;
-    runtime.stop().await;
+    // Return cases first: their steps act on positions. Each stops its
+    // actors concurrently, within what is left of the drain.
+    let stopped = tokio::time::timeout(left().max(Duration::from_secs(1)), async {
+        returns.stop().await;
+        runtime.stop().await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("actors still stopping at the drain deadline; going on");
+    }
     if let Some(running) = running {
         running.leave().await;
     }
-    let _ = stop_servers.send(true);
-    if let Err(error) = grpc.await.context("gRPC server task failed")? {
-        tracing::warn!(%error, "gRPC server stopped with an error");
-    }
-    if let Err(error) = http.await.context("HTTP server task failed")? {
-        tracing::warn!(%error, "HTTP server stopped with an error");
-    }
-    // The writer ends once the last handle (held by the runtime) is gone and
-    // its queue is flushed.
-    drop(returns);
-    drop(runtime);
-    drop(writer);
-    if tokio::time::timeout(Duration::from_secs(10), writer_task)
+    stop_servers.cancel();
+    servers.close();
+    if tokio::time::timeout(left().max(Duration::from_secs(1)), servers.wait())
         .await
         .is_err()
     {
-        tracing::warn!("group-commit writer did not stop within 10 s");
+        tracing::warn!("servers still open at the drain deadline");
+    }
+    if grpc.is_finished() {
+        if let Ok(Err(error)) = grpc.await {
+            tracing::warn!(%error, "gRPC server stopped with an error");
+        }
+    }
+    if http.is_finished() {
+        if let Ok(Err(error)) = http.await {
+            tracing::warn!(%error, "HTTP server stopped with an error");
+        }
+    }
+    // The writer ends once the last handle (held by the runtime) is gone and
+    // its queue is flushed: what was acknowledged is already durable, this
+    // only waits for writes of requests that were abandoned.
+    drop(returns);
+    drop(runtime);
+    drop(writer);
+    if tokio::time::timeout(left().max(Duration::from_secs(1)), writer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("group-commit writer still flushing at the drain deadline");
     }
     tracing::info!("skuld node stopped");
     Ok(())
@@ -261,10 +290,6 @@ fn routed<E: Entity>(runtime: EntityRuntime<E>, routing: Option<Routing>) -> Ent
         Some(routing) => runtime.with_routing(routing),
         None => runtime,
     }
-}
-
-async fn wait_for(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {

@@ -28,8 +28,9 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorRef};
 use skuld_cluster::shards::ShardTable;
 use skuld_cluster::{GroupCommitWriter, Store};
-use tokio::sync::{oneshot, watch, OnceCell};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, OnceCell};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use actor::{ActorArgs, EntityActor, EntityMsg};
@@ -875,8 +876,8 @@ pub struct BackgroundTiming {
 /// Node-wide background work: the durable-timer scanner and the purge of
 /// old idempotency records.
 pub struct Background {
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Background {
@@ -888,31 +889,29 @@ impl Background {
         shards: Option<Arc<ShardTable>>,
         timing: BackgroundTiming,
     ) -> Self {
-        let (shutdown, _) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(scan_timers(
-                Arc::clone(&store),
-                targets,
-                shards.clone(),
-                timing.timer_scan_interval,
-                shutdown.subscribe(),
-            )),
-            tokio::spawn(purge_idempotency(
-                store,
-                shards,
-                timing.idempotency_retention,
-                timing.purge_interval,
-                shutdown.subscribe(),
-            )),
-        ];
-        Self { shutdown, tasks }
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(scan_timers(
+            Arc::clone(&store),
+            targets,
+            shards.clone(),
+            timing.timer_scan_interval,
+            stop.clone(),
+        ));
+        tasks.spawn(purge_idempotency(
+            store,
+            shards,
+            timing.idempotency_retention,
+            timing.purge_interval,
+            stop.clone(),
+        ));
+        tasks.close();
+        Self { stop, tasks }
     }
 
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.stop.cancel();
+        self.tasks.wait().await;
     }
 }
 
@@ -921,14 +920,14 @@ async fn scan_timers(
     targets: Vec<Arc<dyn TimerTarget>>,
     shards: Option<Arc<ShardTable>>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
+            () = stop.cancelled() => return,
         }
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let owned = shards.as_ref().map(|table| table.local_shards());
@@ -958,7 +957,7 @@ async fn purge_idempotency(
     shards: Option<Arc<ShardTable>>,
     retention: Duration,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     const PURGE_CHUNK: usize = 10_000;
     let mut ticker = tokio::time::interval(interval);
@@ -966,7 +965,7 @@ async fn purge_idempotency(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
+            () = stop.cancelled() => return,
         }
         let owned = shards.as_ref().map(|table| table.local_shards());
         if owned.as_ref().is_some_and(Vec::is_empty) {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::retention_clock::wall_ms;
 use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
@@ -165,7 +166,7 @@ impl StoreHealth {
         self: Arc<Self>,
         store: Arc<dyn Store>,
         policy: HealthPolicy,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(policy.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -174,7 +175,7 @@ impl StoreHealth {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = stop.changed() => return,
+                () = stop.cancelled() => return,
             }
             let sent_wall = wall_ms();
             let sent = Instant::now();
