@@ -840,7 +840,7 @@ async fn open(
     args: OpenArgs,
     pre_approved: bool,
 ) -> anyhow::Result<()> {
-    let now = super::now_unix_ms();
+    let now = skuld_cluster::now_ms();
     let order_lines = args
         .order_lines
         .iter()
