@@ -14,29 +14,31 @@
 //! timer is due, even after a restart.
 
 mod actor;
+mod admission;
+mod background;
 pub mod codec;
 mod entity;
+mod forwarded;
 mod known_keys;
 mod mailbox;
 pub mod routing;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorRef};
-use skuld_cluster::shards::ShardTable;
 use skuld_cluster::{GroupCommitWriter, Store};
 use tokio::sync::{oneshot, OnceCell};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use actor::{ActorArgs, EntityActor, EntityMsg};
+use admission::Priority;
+pub use admission::{Admission, READ_FAN_OUT};
+pub use background::{Background, BackgroundTiming};
 pub use entity::{Entity, Mutation};
 use mailbox::{Mailbox, Push};
-use routing::{Destination, ForwardTarget, Operation, Routing, ServedBy};
+use routing::{Destination, Operation, Routing, ServedBy};
 
 /// Tuning of an entity runtime. Every field is a node option.
 #[derive(Debug, Clone)]
@@ -79,105 +81,6 @@ pub struct Mutated<R> {
 }
 
 pub use skuld_cluster::now_ms;
-
-// ---- admission --------------------------------------------------------------
-
-/// The node-wide bound on admitted requests, shared by every entity kind.
-pub struct Admission {
-    in_flight: AtomicUsize,
-    max_in_flight: usize,
-    /// Reads are admitted only below this percentage of `max_in_flight`, so
-    /// that reservations, refunds and adjustments win when saturated.
-    read_admission_percent: usize,
-    retry_after: Duration,
-    accepting: AtomicBool,
-}
-
-#[derive(Clone, Copy)]
-enum Priority {
-    Write,
-    Read,
-}
-
-/// Releases a request's admission slots when it is answered or abandoned.
-struct Admitted<'a> {
-    in_flight: &'a AtomicUsize,
-    slots: usize,
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        let now = self.in_flight.fetch_sub(self.slots, Ordering::AcqRel) - self.slots;
-        metrics::gauge!("skuld_inflight_requests").set(now as f64);
-    }
-}
-
-/// Reads of one multi-key request (GetAvailability) run at most this many at
-/// a time, and the request holds that many admission slots: far below any
-/// read bound, so no request is refused by a bound it alone exceeds.
-pub const READ_FAN_OUT: usize = 16;
-
-impl Admission {
-    pub fn new(max_in_flight: usize, read_admission_percent: usize, retry_after: Duration) -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            max_in_flight,
-            read_admission_percent,
-            retry_after,
-            accepting: AtomicBool::new(true),
-        }
-    }
-
-    fn overloaded(&self, queue: &'static str) -> Error {
-        metrics::counter!("skuld_rejections_total", "queue" => queue).increment(1);
-        Error::Overloaded {
-            queue: queue.into(),
-            retry_after_ms: u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-
-    fn admit(&self, priority: Priority) -> Result<Admitted<'_>, Error> {
-        self.admit_slots(priority, 1)
-    }
-
-    /// Admits a request that holds `slots` slots. It is refused only when
-    /// the node is busy with others: a request alone on an idle node is
-    /// always admitted, whatever its size.
-    fn admit_slots(&self, priority: Priority, slots: usize) -> Result<Admitted<'_>, Error> {
-        if !self.accepting.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("node is draining".into()));
-        }
-        let limit = match priority {
-            Priority::Write => self.max_in_flight,
-            Priority::Read => self.max_in_flight * self.read_admission_percent / 100,
-        };
-        let slots = slots.clamp(1, limit.max(1));
-        let before = self.in_flight.fetch_add(slots, Ordering::AcqRel);
-        let admitted = Admitted {
-            in_flight: &self.in_flight,
-            slots,
-        };
-        if before > 0 && before + slots > limit {
-            return Err(self.overloaded("node"));
-        }
-        metrics::gauge!("skuld_inflight_requests").set((before + slots) as f64);
-        Ok(admitted)
-    }
-
-    /// Requests currently admitted.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    /// Stops admitting and waits up to `timeout` for admitted requests.
-    pub async fn drain(&self, timeout: Duration) {
-        self.accepting.store(false, Ordering::Release);
-        let deadline = Instant::now() + timeout;
-        while self.in_flight() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
 
 // ---- the runtime ------------------------------------------------------------
 
@@ -788,67 +691,6 @@ impl<E: Entity> EntityRuntime<E> {
 /// Actors stopped at once at most when a shard is evicted or the node stops.
 const CONCURRENT_STOPS: usize = 64;
 
-#[async_trait::async_trait]
-impl<E: Entity> ForwardTarget for EntityRuntime<E> {
-    fn kind(&self) -> &'static str {
-        E::KIND
-    }
-
-    /// Serves a request another node forwarded, here or not at all: a
-    /// forwarded request is never forwarded again.
-    async fn serve_forwarded(
-        &self,
-        operation: Operation,
-        payload: Vec<u8>,
-        meta: RequestMeta,
-    ) -> Result<Vec<u8>, Error> {
-        let routing = self
-            .shared
-            .routing
-            .clone()
-            .ok_or_else(|| Error::Unavailable("this node is not in cluster mode".into()))?;
-        match operation {
-            Operation::Mutate => {
-                let (key, idempotency_key, expected_version, command) =
-                    codec::decode_payload::<(E::Key, String, Option<u64>, E::Command)>(&payload)?;
-                let mutation = Mutation::<E> {
-                    key,
-                    idempotency_key,
-                    expected_version,
-                    command,
-                };
-                mutation.validate()?;
-                let _admitted = self.shared.admission.admit(Priority::Write)?;
-                let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
-                let give_up = routing.give_up(meta.deadline);
-                let Destination::Here(serving) = routing.destination(shard, give_up, true).await?
-                else {
-                    return Err(routing.moving(shard));
-                };
-                let mutated = self
-                    .mutate_here(mutation, meta, Some(serving.epoch))
-                    .await?;
-                drop(serving);
-                codec::encode(&(mutated.reply, mutated.replayed))
-            }
-            Operation::Read => {
-                let key = codec::decode_payload::<E::Key>(&payload)?;
-                E::validate_key(&key)?;
-                let _admitted = self.shared.admission.admit(Priority::Read)?;
-                let shard = routing.table.shard_of(&E::encode_key(&key));
-                let give_up = routing.give_up(meta.deadline);
-                let Destination::Here(serving) = routing.destination(shard, give_up, true).await?
-                else {
-                    return Err(routing.moving(shard));
-                };
-                let state = self.read_here(&key, meta, Some(serving.epoch)).await?;
-                drop(serving);
-                codec::encode(&state)
-            }
-        }
-    }
-}
-
 impl<E: Entity> TimerTarget for EntityRuntime<E> {
     fn wake_encoded(&self, encoded_key: &[u8]) -> bool {
         let Some(key) = E::decode_key(encoded_key) else {
@@ -860,134 +702,6 @@ impl<E: Entity> TimerTarget for EntityRuntime<E> {
             .shared
             .submit(&key, Envelope::internal(Work::Tick, "timer"));
         true
-    }
-}
-
-// ---- background tasks -------------------------------------------------------
-
-/// How often the background tasks run, and the idempotency retention.
-#[derive(Debug, Clone, Copy)]
-pub struct BackgroundTiming {
-    pub timer_scan_interval: Duration,
-    pub idempotency_retention: Duration,
-    pub purge_interval: Duration,
-}
-
-/// Node-wide background work: the durable-timer scanner and the purge of
-/// old idempotency records.
-pub struct Background {
-    stop: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Background {
-    /// `shards`: in cluster mode, the routing table; timers are scanned
-    /// only for the shards this node serves.
-    pub fn start(
-        store: Arc<dyn Store>,
-        targets: Vec<Arc<dyn TimerTarget>>,
-        shards: Option<Arc<ShardTable>>,
-        timing: BackgroundTiming,
-    ) -> Self {
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(scan_timers(
-            Arc::clone(&store),
-            targets,
-            shards.clone(),
-            timing.timer_scan_interval,
-            stop.clone(),
-        ));
-        tasks.spawn(purge_idempotency(
-            store,
-            shards,
-            timing.idempotency_retention,
-            timing.purge_interval,
-            stop.clone(),
-        ));
-        tasks.close();
-        Self { stop, tasks }
-    }
-
-    pub async fn stop(self) {
-        self.stop.cancel();
-        self.tasks.wait().await;
-    }
-}
-
-async fn scan_timers(
-    store: Arc<dyn Store>,
-    targets: Vec<Arc<dyn TimerTarget>>,
-    shards: Option<Arc<ShardTable>>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let now = u64::try_from(now_ms()).unwrap_or(0);
-        let owned = shards.as_ref().map(|table| table.local_shards());
-        if owned.as_ref().is_some_and(Vec::is_empty) {
-            continue;
-        }
-        let due = match store.due_timers(now, 4_096, owned).await {
-            Ok(due) => due,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read due timers");
-                continue;
-            }
-        };
-        for (encoded, _) in due {
-            if !targets.iter().any(|target| target.wake_encoded(&encoded)) {
-                tracing::warn!("timer for an entity of no known kind ignored");
-            }
-        }
-    }
-}
-
-/// Deletes idempotency records past the retention, by the store's clock
-/// (never this node's wall clock), and in cluster mode only those of the
-/// shards this node owns.
-async fn purge_idempotency(
-    store: Arc<dyn Store>,
-    shards: Option<Arc<ShardTable>>,
-    retention: Duration,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    const PURGE_CHUNK: usize = 10_000;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        let owned = shards.as_ref().map(|table| table.local_shards());
-        if owned.as_ref().is_some_and(Vec::is_empty) {
-            continue;
-        }
-        loop {
-            match store
-                .purge_idempotency(retention, owned.clone(), PURGE_CHUNK)
-                .await
-            {
-                Ok(purged) => {
-                    metrics::counter!("skuld_idempotency_purged_total").increment(purged as u64);
-                    if purged < PURGE_CHUNK {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "idempotency purge failed");
-                    break;
-                }
-            }
-        }
     }
 }
 

@@ -1,0 +1,138 @@
+//! Node-wide background work: the durable-timer scanner and the purge of
+//! old idempotency records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skuld_cluster::shards::ShardTable;
+use skuld_cluster::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{now_ms, TimerTarget};
+
+/// How often the background tasks run, and the idempotency retention.
+#[derive(Debug, Clone, Copy)]
+pub struct BackgroundTiming {
+    pub timer_scan_interval: Duration,
+    pub idempotency_retention: Duration,
+    pub purge_interval: Duration,
+}
+
+/// Node-wide background work: the durable-timer scanner and the purge of
+/// old idempotency records.
+pub struct Background {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Background {
+    /// `shards`: in cluster mode, the routing table; timers are scanned
+    /// only for the shards this node serves.
+    pub fn start(
+        store: Arc<dyn Store>,
+        targets: Vec<Arc<dyn TimerTarget>>,
+        shards: Option<Arc<ShardTable>>,
+        timing: BackgroundTiming,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(scan_timers(
+            Arc::clone(&store),
+            targets,
+            shards.clone(),
+            timing.timer_scan_interval,
+            stop.clone(),
+        ));
+        tasks.spawn(purge_idempotency(
+            store,
+            shards,
+            timing.idempotency_retention,
+            timing.purge_interval,
+            stop.clone(),
+        ));
+        tasks.close();
+        Self { stop, tasks }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+async fn scan_timers(
+    store: Arc<dyn Store>,
+    targets: Vec<Arc<dyn TimerTarget>>,
+    shards: Option<Arc<ShardTable>>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let owned = shards.as_ref().map(|table| table.local_shards());
+        if owned.as_ref().is_some_and(Vec::is_empty) {
+            continue;
+        }
+        let due = match store.due_timers(now, 4_096, owned).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read due timers");
+                continue;
+            }
+        };
+        for (encoded, _) in due {
+            if !targets.iter().any(|target| target.wake_encoded(&encoded)) {
+                tracing::warn!("timer for an entity of no known kind ignored");
+            }
+        }
+    }
+}
+
+/// Deletes idempotency records past the retention, by the store's clock
+/// (never this node's wall clock), and in cluster mode only those of the
+/// shards this node owns.
+async fn purge_idempotency(
+    store: Arc<dyn Store>,
+    shards: Option<Arc<ShardTable>>,
+    retention: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    const PURGE_CHUNK: usize = 10_000;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let owned = shards.as_ref().map(|table| table.local_shards());
+        if owned.as_ref().is_some_and(Vec::is_empty) {
+            continue;
+        }
+        loop {
+            match store
+                .purge_idempotency(retention, owned.clone(), PURGE_CHUNK)
+                .await
+            {
+                Ok(purged) => {
+                    metrics::counter!("skuld_idempotency_purged_total").increment(purged as u64);
+                    if purged < PURGE_CHUNK {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "idempotency purge failed");
+                    break;
+                }
+            }
+        }
+    }
+}
