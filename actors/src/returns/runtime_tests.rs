@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store, WriterConfig};
+use skuld_cluster::store::memory::MemoryStore;
+use skuld_cluster::{GroupCommitWriter, Store, WriterConfig};
 
 use super::*;
 use crate::position::{
@@ -21,8 +22,8 @@ struct Node {
     _background: Background,
 }
 
-fn start(dir: &std::path::Path) -> Node {
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
+fn start() -> Node {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let (writer, _) = GroupCommitWriter::start(Arc::clone(&store), WriterConfig::default());
     let admission = Arc::new(Admission::new(10_000, 80, Duration::from_millis(50)));
     let positions = Arc::new(EntityRuntime::new(
@@ -105,8 +106,7 @@ async fn settled(node: &Node) -> ReturnCase {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_return_moves_stock_through_the_position_buckets_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path());
+    let node = start();
     let now = crate::runtime::now_ms();
     node.positions
         .mutate(
@@ -240,8 +240,7 @@ async fn a_return_moves_stock_through_the_position_buckets_exactly_once() {
 /// under the first node's policy instead of being refused as a reused key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_open_under_another_nodes_policy_replays() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path());
+    let node = start();
     let now = crate::runtime::now_ms();
     let open = |restocking_fee_bps: u32| ReturnCommand::Open {
         order_ref: "O-1".into(),

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store, WriterConfig};
+use skuld_cluster::store::memory::MemoryStore;
+use skuld_cluster::{GroupCommitWriter, Store, WriterConfig};
 
 use super::*;
 use crate::position::{
@@ -44,26 +45,23 @@ impl Node {
     }
 }
 
-fn start(dir: &std::path::Path, config: Config, writer_config: WriterConfig) -> Node {
-    start_with(dir, config, writer_config, None)
+/// The store a test's runtimes share: starting another runtime over the
+/// same one is a restart of the node with its data kept.
+fn memory() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new())
+}
+
+fn start(store: &Arc<MemoryStore>, config: Config, writer_config: WriterConfig) -> Node {
+    start_with(store, config, writer_config, None)
 }
 
 fn start_with(
-    dir: &std::path::Path,
+    store: &Arc<MemoryStore>,
     config: Config,
     writer_config: WriterConfig,
     routing: Option<routing::Routing>,
 ) -> Node {
-    // A stopped runtime's tasks let go of the database file shortly after.
-    let mut opened = EmbeddedStore::open(dir);
-    for _ in 0..100 {
-        if opened.is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        opened = EmbeddedStore::open(dir);
-    }
-    let store: Arc<dyn Store> = Arc::new(opened.unwrap());
+    let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
     let (writer, _) = GroupCommitWriter::start(Arc::clone(&store), writer_config);
     let admission = Arc::new(Admission::new(
         config.max_in_flight,
@@ -138,9 +136,9 @@ fn reserve(id: &str, quantity: i64, ttl_ms: i64) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
     {
-        let node = start(dir.path(), Config::default(), WriterConfig::default());
+        let node = start(&store, Config::default(), WriterConfig::default());
         let first = node
             .runtime
             .mutate(request("receive-1", receive(10)), RequestMeta::default())
@@ -173,7 +171,7 @@ async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
             .unwrap();
         node.shutdown().await;
     }
-    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let node = start(&store, Config::default(), WriterConfig::default());
     let state = node
         .runtime
         .read(&key(), RequestMeta::default())
@@ -203,8 +201,8 @@ async fn acknowledged_changes_survive_a_restart_and_retries_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commands_on_one_position_never_oversell() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let store = memory();
+    let node = start(&store, Config::default(), WriterConfig::default());
     node.runtime
         .mutate(request("receive", receive(100)), RequestMeta::default())
         .await
@@ -247,13 +245,13 @@ async fn concurrent_commands_on_one_position_never_oversell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
     let config = Config {
         timer_scan_interval: Duration::from_millis(50),
         ..Config::default()
     };
     {
-        let node = start(dir.path(), config.clone(), WriterConfig::default());
+        let node = start(&store, config.clone(), WriterConfig::default());
         node.runtime
             .mutate(request("receive", receive(5)), RequestMeta::default())
             .await
@@ -269,7 +267,7 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
         node.shutdown().await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let node = start(dir.path(), config, WriterConfig::default());
+    let node = start(&store, config, WriterConfig::default());
     // Nothing touches the position: only the durable timer can expire it.
     let mut expired = false;
     for _ in 0..40 {
@@ -318,7 +316,7 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queues_refuse_at_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
     let config = Config {
         runtime: RuntimeConfig {
             mailbox_capacity: 2,
@@ -330,7 +328,7 @@ async fn full_queues_refuse_at_once() {
         commit_delay: Some(Duration::from_millis(200)),
         ..WriterConfig::default()
     };
-    let node = start(dir.path(), config, writer_config);
+    let node = start(&store, config, writer_config);
     let mut tasks = Vec::new();
     for index in 0..20 {
         let runtime = Arc::clone(&node.runtime);
@@ -362,7 +360,7 @@ async fn full_queues_refuse_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_actors_passivate_and_reload() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
     let config = Config {
         runtime: RuntimeConfig {
             idle_timeout: Duration::from_millis(100),
@@ -371,7 +369,7 @@ async fn idle_actors_passivate_and_reload() {
         },
         ..Config::default()
     };
-    let node = start(dir.path(), config, WriterConfig::default());
+    let node = start(&store, config, WriterConfig::default());
     for index in 0..5 {
         node.runtime
             .mutate(
@@ -411,8 +409,8 @@ async fn idle_actors_passivate_and_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_deadlines_are_dropped_unapplied() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let store = memory();
+    let node = start(&store, Config::default(), WriterConfig::default());
     let meta = RequestMeta {
         correlation_id: "c".into(),
         deadline: Some(Instant::now()),
@@ -451,7 +449,7 @@ impl routing::Forwarder for NoPeers {
 async fn commands_admitted_before_a_release_finish_under_their_epoch() {
     use skuld_cluster::shards::{Route, ShardTable};
 
-    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
     let table = ShardTable::new(1);
     table.set(0, Route::Local { epoch: 3 });
     let routing = routing::Routing {
@@ -466,7 +464,9 @@ async fn commands_admitted_before_a_release_finish_under_their_epoch() {
         commit_delay: Some(Duration::from_millis(1_000)),
         ..WriterConfig::default()
     };
-    let node = start_with(dir.path(), Config::default(), writer_config, Some(routing));
+    // The shard is served under epoch 3: its fence is raised to it first.
+    assert!(store.fence(0, 3).await.unwrap());
+    let node = start_with(&store, Config::default(), writer_config, Some(routing));
     let mutate = |idempotency_key: &'static str, quantity: i64| {
         let runtime = Arc::clone(&node.runtime);
         tokio::spawn(async move {
@@ -506,8 +506,8 @@ async fn commands_admitted_before_a_release_finish_under_their_epoch() {
 /// across a restart too. A request refused as malformed does not use it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_first_use_consumes_its_idempotency_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let store = memory();
+    let node = start(&store, Config::default(), WriterConfig::default());
     let mutate = |key: &str, command: Command| {
         let runtime = Arc::clone(&node.runtime);
         let request = request(key, command);
@@ -555,7 +555,7 @@ async fn a_refused_first_use_consumes_its_idempotency_key() {
     mutate("fresh", reserve("r-2", 2, 60_000)).await.unwrap();
     node.shutdown().await;
 
-    let node = start(dir.path(), Config::default(), WriterConfig::default());
+    let node = start(&store, Config::default(), WriterConfig::default());
     let after_restart = node
         .runtime
         .mutate(

@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod health;
+pub mod memory;
 pub mod postgres;
 pub mod retention_clock;
 pub mod writer;

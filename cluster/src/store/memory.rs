@@ -1,0 +1,326 @@
+//! A store in memory, for tests of the runtime: the same contract as the
+//! other backends (ordered journals, snapshots, idempotency records stamped
+//! and purged by the store's own clock, timers, listings) and fencing like
+//! PostgreSQL's (a write whose epoch is not its shard's is left out), with
+//! nothing on disk. "Restarting" a runtime over the same `MemoryStore` is a
+//! restart of the process with its data kept.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::retention_clock::{wall_ms, RetentionClock};
+use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+
+#[derive(Default)]
+struct Data {
+    journal: HashMap<Vec<u8>, BTreeMap<u64, Vec<u8>>>,
+    snapshots: HashMap<Vec<u8>, (u64, Vec<u8>)>,
+    /// (entity, key) -> record, stamped at commit.
+    idempotency: BTreeMap<(Vec<u8>, String), (IdempotencyRecord, u32)>,
+    timers: HashMap<Vec<u8>, (u64, u32)>,
+    timers_by_due: BTreeSet<(u64, Vec<u8>)>,
+    summaries: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>,
+    fences: HashMap<u32, u64>,
+}
+
+pub struct MemoryStore {
+    data: Mutex<Data>,
+    clock: RetentionClock,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self {
+            data: Mutex::new(Data::default()),
+            clock: RetentionClock::new(0, wall_ms()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, key: &[u8]) -> Result<LoadedEntity, StoreError> {
+        let data = self.data.lock();
+        let snapshot = data.snapshots.get(key).cloned();
+        let after = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+        let journal_tail = data
+            .journal
+            .get(key)
+            .map(|entries| {
+                entries
+                    .range(after + 1..)
+                    .map(|(seq, entry)| (*seq, entry.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(LoadedEntity {
+            snapshot,
+            journal_tail,
+        })
+    }
+
+    async fn idempotency_lookup(
+        &self,
+        entity: &[u8],
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+        let data = self.data.lock();
+        Ok(keys
+            .into_iter()
+            .map(|key| {
+                data.idempotency
+                    .get(&(entity.to_vec(), key))
+                    .map(|(record, _)| record.clone())
+            })
+            .collect())
+    }
+
+    async fn idempotency_keys(
+        &self,
+        entity: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let data = self.data.lock();
+        let keys: Vec<String> = data
+            .idempotency
+            .range((entity.to_vec(), String::new())..)
+            .take_while(|((owner, _), _)| owner == entity)
+            .map(|((_, key), _)| key.clone())
+            .take(limit.saturating_add(1))
+            .collect();
+        Ok((keys.len() <= limit).then_some(keys))
+    }
+
+    async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
+        let stamp = self.clock.stamp();
+        let mut data = self.data.lock();
+        let mut fenced = Vec::new();
+        for (index, write) in batch.entities.into_iter().enumerate() {
+            let current = data.fences.get(&write.shard).copied().unwrap_or(0);
+            if write.epoch != current {
+                fenced.push((index, current));
+                continue;
+            }
+            let key = write.key;
+            let journal = data.journal.entry(key.clone()).or_default();
+            journal.extend(write.journal);
+            if let Some(snapshot) = write.snapshot {
+                data.snapshots.insert(key.clone(), snapshot);
+            }
+            for mut record in write.idempotency {
+                record.recorded_at_ms = stamp;
+                data.idempotency
+                    .insert((key.clone(), record.key.clone()), (record, write.shard));
+            }
+            if let Some(timer) = write.timer {
+                if let Some((due, _)) = data.timers.remove(&key) {
+                    data.timers_by_due.remove(&(due, key.clone()));
+                }
+                if let Some(due) = timer {
+                    data.timers.insert(key.clone(), (due, write.shard));
+                    data.timers_by_due.insert((due, key.clone()));
+                }
+            }
+            if let Some((scope, value)) = write.summary {
+                data.summaries.entry(scope).or_default().insert(key, value);
+            }
+        }
+        Ok(Committed { fenced })
+    }
+
+    async fn fence(&self, shard: u32, epoch: u64) -> Result<bool, StoreError> {
+        let mut data = self.data.lock();
+        let current = data.fences.entry(shard).or_insert(0);
+        if *current > epoch {
+            return Ok(false);
+        }
+        *current = epoch;
+        Ok(true)
+    }
+
+    async fn due_timers(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        shards: Option<Vec<u32>>,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .timers_by_due
+            .iter()
+            .take_while(|(due, _)| *due <= now_ms)
+            .filter(|(_, key)| {
+                shards.as_ref().is_none_or(|shards| {
+                    data.timers
+                        .get(key)
+                        .is_some_and(|(_, shard)| shards.contains(shard))
+                })
+            })
+            .take(limit)
+            .map(|(due, key)| (key.clone(), *due))
+            .collect())
+    }
+
+    async fn purge_idempotency(
+        &self,
+        retention: Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let before = self.clock.purge_before(retention);
+        let mut data = self.data.lock();
+        let old: Vec<(Vec<u8>, String)> = data
+            .idempotency
+            .iter()
+            .filter(|(_, (record, shard))| {
+                record.recorded_at_ms < before
+                    && shards.as_ref().is_none_or(|shards| shards.contains(shard))
+            })
+            .map(|(key, _)| key.clone())
+            .take(limit)
+            .collect();
+        for key in &old {
+            data.idempotency.remove(key);
+        }
+        Ok(old.len())
+    }
+
+    async fn ping(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    async fn list_summaries(
+        &self,
+        scope: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let data = self.data.lock();
+        let Some(listing) = data.summaries.get(scope) else {
+            return Ok(Vec::new());
+        };
+        let range: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
+            Some(after) => Box::new(
+                listing
+                    .range(after.clone()..)
+                    .filter(move |(key, _)| **key != after),
+            ),
+            None => Box::new(listing.iter()),
+        };
+        Ok(range
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .journal
+            .get(key)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(seq, entry)| (*seq, entry.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::EntityWrite;
+
+    fn write(key: &[u8], shard: u32, epoch: u64, seq: u64) -> EntityWrite {
+        EntityWrite {
+            key: key.to_vec(),
+            shard,
+            epoch,
+            journal: vec![(seq, vec![seq as u8])],
+            idempotency: vec![IdempotencyRecord {
+                key: format!("k{seq}"),
+                fingerprint: u128::from(seq),
+                reply: vec![seq as u8],
+                recorded_at_ms: 0,
+            }],
+            timer: Some(Some(1_000 + seq)),
+            summary: Some((b"scope".to_vec(), key.to_vec())),
+            ..EntityWrite::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn it_keeps_the_store_contract_and_fences_like_postgres() {
+        let store = MemoryStore::new();
+        let committed = store
+            .commit(WriteBatch {
+                entities: vec![write(b"a", 0, 0, 1), write(b"b", 1, 0, 1)],
+            })
+            .await
+            .unwrap();
+        assert!(committed.fenced.is_empty());
+        assert_eq!(
+            store.load(b"a").await.unwrap().journal_tail,
+            vec![(1, vec![1])]
+        );
+        assert_eq!(
+            store.idempotency_keys(b"a", 5).await.unwrap(),
+            Some(vec!["k1".to_owned()])
+        );
+        assert_eq!(
+            store
+                .due_timers(5_000, 10, Some(vec![1]))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .list_summaries(b"scope", None, 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store
+                .list_summaries(b"scope", Some(b"a".to_vec()), 10)
+                .await
+                .unwrap(),
+            vec![(b"b".to_vec(), b"b".to_vec())]
+        );
+        // A newer owner raises shard 1's fence: the old owner's write is
+        // left out, the rest of the batch goes through.
+        assert!(store.fence(1, 7).await.unwrap());
+        assert!(!store.fence(1, 6).await.unwrap());
+        let committed = store
+            .commit(WriteBatch {
+                entities: vec![write(b"a", 0, 0, 2), write(b"b", 1, 0, 2)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(committed.fenced, vec![(1, 7)]);
+        assert_eq!(store.journal(b"b").await.unwrap().len(), 1);
+        assert_eq!(store.journal(b"a").await.unwrap().len(), 2);
+        assert_eq!(
+            store
+                .purge_idempotency(Duration::from_secs(3_600), None, 10)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+}
