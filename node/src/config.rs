@@ -485,9 +485,13 @@ impl Config {
         }
     }
 
-    /// Test-only fault injection, deliberately not a documented option:
-    /// `SKULD_FAILPOINT_<name>` as a number of milliseconds.
+    /// Fault injection for the end-to-end tests, deliberately not a
+    /// documented option: `SKULD_FAILPOINT_<name>` as a number of
+    /// milliseconds, read only by a build with the `failpoints` feature.
     pub fn failpoint_ms(name: &str) -> Option<Duration> {
+        if !cfg!(feature = "failpoints") {
+            return None;
+        }
         std::env::var(format!("SKULD_FAILPOINT_{name}"))
             .ok()
             .and_then(|value| value.parse().ok())

@@ -17,8 +17,15 @@ use skuld_node::telemetry;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// skuld keeps retail inventory consistent across every channel.
+/// The version, and whether this build injects faults (the test build).
+const VERSION: &str = if cfg!(feature = "failpoints") {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
-#[command(name = "skuld", version, about, propagate_version = true)]
+#[command(name = "skuld", version = VERSION, about, propagate_version = true)]
 struct Cli {
     #[command(flatten)]
     client: ClientOptions,

@@ -77,6 +77,24 @@ pub fn libfaketime() -> anyhow::Result<PathBuf> {
         .context("libfaketime is missing: run scripts/setup --cluster")
 }
 
+/// Fails unless the binary was built with the `failpoints` feature, which a
+/// test that injects faults needs (`scripts/test` builds it so).
+fn require_failpoints() -> anyhow::Result<()> {
+    let binary = skuld_binary()?;
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if !String::from_utf8_lossy(&version.stdout).contains("(failpoints)") {
+        bail!(
+            "{} was built without failpoints; this test injects faults: \
+             run `cargo build -p skuld-node --features failpoints` (scripts/test does)",
+            binary.display()
+        );
+    }
+    Ok(())
+}
+
 /// A temp dir for one test that is kept, not deleted, when the test panics,
 /// so the node's data and log can be inspected.
 pub struct TestDir {
@@ -172,6 +190,14 @@ impl TestNode {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        if self
+            .options
+            .env
+            .iter()
+            .any(|(name, _)| name.starts_with("SKULD_FAILPOINT_"))
+        {
+            require_failpoints()?;
+        }
         self.starts += 1;
         let ports_file = self
             .data_dir

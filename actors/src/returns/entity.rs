@@ -56,7 +56,8 @@ pub struct ReturnEntity {
 
 /// Crash injection for the exactly-once tests: `SKULD_FAILPOINT_EFFECT` set
 /// to `before:N` or `after:N` aborts the process just before or just after
-/// the position applies effect step N.
+/// the position applies effect step N. Only in a build with the
+/// `failpoints` feature (the test build); any other build ignores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Failpoint {
     before: bool,
@@ -64,6 +65,12 @@ struct Failpoint {
 }
 
 impl Failpoint {
+    #[cfg(not(feature = "failpoints"))]
+    fn from_env() -> Option<Self> {
+        None
+    }
+
+    #[cfg(feature = "failpoints")]
     fn from_env() -> Option<Self> {
         let value = std::env::var("SKULD_FAILPOINT_EFFECT").ok()?;
         let (when, step) = value.split_once(':')?;
