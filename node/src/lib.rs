@@ -5,6 +5,7 @@
 
 pub mod admin_api;
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;

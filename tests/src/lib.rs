@@ -33,8 +33,9 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many log lines a failing test prints.
 pub(crate) const LOG_TAIL_LINES: usize = 60;
 
-/// The `skuld` binary: `SKULD_BIN`, else `target/debug/skuld` of this
-/// workspace (honouring `CARGO_TARGET_DIR`).
+/// The node binary the tests start: `SKULD_BIN` when set, else the
+/// `skuld-e2e` binary of this crate, which Cargo builds beside the test
+/// executables (`target/<profile>/`, one level above `deps/`).
 pub fn skuld_binary() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("SKULD_BIN") {
         let binary = PathBuf::from(path);
@@ -43,24 +44,15 @@ pub fn skuld_binary() -> anyhow::Result<PathBuf> {
         }
         return Ok(binary);
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let test_executable = std::env::current_exe().context("cannot find the test executable")?;
+    let profile_dir = test_executable
         .parent()
-        .context("tests crate has no parent directory")?
-        .to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_relative() {
-                workspace.join(dir)
-            } else {
-                dir
-            }
-        })
-        .unwrap_or_else(|_| workspace.join("target"));
-    let binary = target.join("debug").join("skuld");
+        .and_then(|deps| deps.parent())
+        .context("the test executable has no profile directory")?;
+    let binary = profile_dir.join("skuld-e2e");
     if !binary.exists() {
         bail!(
-            "{} is missing; run `cargo build -p skuld-node` first (scripts/test does)",
+            "{} is missing: run the end-to-end tests with `cargo test -p skuld-tests` (Cargo builds it)",
             binary.display()
         );
     }
@@ -87,8 +79,8 @@ fn require_failpoints() -> anyhow::Result<()> {
         .with_context(|| format!("cannot run {}", binary.display()))?;
     if !String::from_utf8_lossy(&version.stdout).contains("(failpoints)") {
         bail!(
-            "{} was built without failpoints; this test injects faults: \
-             run `cargo build -p skuld-node --features failpoints` (scripts/test does)",
+            "{} was built without failpoints, and this test injects faults \
+             (the skuld-e2e binary Cargo builds for the tests has them)",
             binary.display()
         );
     }
