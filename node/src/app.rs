@@ -26,27 +26,60 @@ struct Cli {
     command: Command,
 }
 
+/// `skuld serve` and `skuld config` parsed on their own, so the client
+/// options (`--endpoint`, `--json`, ...) are not listed under them.
+#[derive(Parser)]
+#[command(name = "skuld", version = VERSION, about, propagate_version = true)]
+struct NodeCli {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
 #[derive(Subcommand)]
-enum Command {
+enum NodeCommand {
     /// Run a node (single node on the embedded store by default).
     Serve(ServeArgs),
-    /// Show the effective configuration (defaults < file < env < flags).
+    /// Show the effective configuration (defaults < file < env < flags),
+    /// each option under its documentation, secrets redacted.
     Config {
         #[command(flatten)]
         serve: ServeArgs,
-        /// Print it as TOML (the only output format today).
-        #[arg(long, default_value_t = true)]
-        dump: bool,
+        /// Print the table of every option (markdown) instead.
+        #[arg(long)]
+        describe: bool,
     },
+}
+
+// Parsed once per process: boxing the larger variant would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Node(NodeCommand),
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+/// The command line: `serve` and `config` without the client options.
+fn parse() -> (Option<ClientOptions>, Command) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let node_command = args
+        .get(1)
+        .and_then(|arg| arg.to_str())
+        .is_some_and(|arg| arg == "serve" || arg == "config");
+    if node_command {
+        (None, Command::Node(NodeCli::parse_from(args).command))
+    } else {
+        let cli = Cli::parse_from(args);
+        (Some(cli.client), cli.command)
+    }
 }
 
 /// The whole `skuld` command: parses the command line, runs it, and says
 /// how it ended. Shared by the `skuld` binary and the end-to-end tests' copy
 /// of it.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (client, command) = parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,14 +91,20 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Config { serve, .. } => {
-                let config = Config::load(&serve)?;
-                print!("{}", toml::to_string_pretty(&config)?);
+        match command {
+            Command::Node(NodeCommand::Serve(args)) => serve(args).await,
+            Command::Node(NodeCommand::Config { serve, describe }) => {
+                if describe {
+                    print!("{}", crate::config::markdown_table());
+                } else {
+                    print!("{}", Config::load(&serve)?.to_commented_toml()?);
+                }
                 Ok(())
             }
-            Command::Client(command) => cli::run(cli.client, command).await,
+            Command::Client(command) => {
+                let client = client.ok_or_else(|| anyhow::anyhow!("no client options"))?;
+                cli::run(client, command).await
+            }
         }
     });
     match result {
@@ -82,7 +121,7 @@ pub fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
-    telemetry::init_logging(&config.log_format, &config.log_filter);
+    telemetry::init_logging(&config.server.log_format, &config.server.log_filter);
     let metrics = telemetry::init_metrics()?;
     let listeners = Listeners::bind(&config).await?;
     server::run(config, listeners, Some(metrics), shutdown_signal()).await

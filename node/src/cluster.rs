@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, SecretUrl};
+use crate::config::Config;
 use crate::peer::GrpcForwarder;
 
 /// The parts of cluster mode that exist before the runtimes do.
@@ -39,19 +39,19 @@ pub struct Joined {
 /// opens the PostgreSQL store, applying its migrations.
 pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Joined> {
     let node_id = config.effective_node_id();
-    let endpoint = if config.advertise_endpoint.is_empty() {
+    let endpoint = if config.cluster.advertise_endpoint.is_empty() {
         format!("http://{grpc_addr}")
     } else {
-        config.advertise_endpoint.clone()
+        config.cluster.advertise_endpoint.clone()
     };
     let membership = Membership::join(
         MembershipConfig {
-            etcd_endpoints: config.etcd_endpoints.clone(),
-            cluster_name: config.cluster_name.clone(),
+            etcd_endpoints: config.cluster.etcd_endpoints.clone(),
+            cluster_name: config.cluster.cluster_name.clone(),
             node_id: node_id.clone(),
             endpoint,
-            shard_count: config.shard_count,
-            lease_ttl: Duration::from_secs(config.lease_ttl_secs),
+            shard_count: config.cluster.shard_count,
+            lease_ttl: Duration::from_secs(config.cluster.lease_ttl_secs),
         },
         env!("CARGO_PKG_VERSION"),
     )
@@ -59,14 +59,13 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
     .with_context(|| {
         format!(
             "cannot join the cluster through etcd {:?}",
-            config.etcd_endpoints
+            config.cluster.etcd_endpoints
         )
     })?;
-    let url = config
-        .postgres_url
-        .as_ref()
-        .map(SecretUrl::expose)
-        .context("cluster mode needs postgres_url")?;
+    if config.postgres.postgres_url.is_empty() {
+        anyhow::bail!("cluster mode needs postgres_url");
+    }
+    let url = config.postgres.postgres_url.expose();
     let store = match open_store(config, url, &membership).await {
         Ok(store) => store,
         Err(error) => {
@@ -83,9 +82,9 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
     let table = ShardTable::new(membership.shard_count());
     let routing = Routing {
         table: Arc::clone(&table),
-        forwarder: Arc::new(GrpcForwarder::new(config.max_message_bytes)),
+        forwarder: Arc::new(GrpcForwarder::new(config.server.max_message_bytes)),
         node_id: Arc::from(node_id.as_str()),
-        handoff_wait: Duration::from_millis(config.handoff_wait_ms),
+        handoff_wait: Duration::from_millis(config.cluster.handoff_wait_ms),
     };
     Ok(Joined {
         membership,
@@ -105,10 +104,14 @@ async fn open_store(
     url: &str,
     membership: &Membership,
 ) -> anyhow::Result<PostgresStore> {
-    let store = PostgresStore::connect(url, membership.shard_count(), config.postgres_pool_size)
-        .await
-        .context("cannot open the PostgreSQL store")?
-        .pause_commits_after_lock(Config::failpoint_ms("COMMIT_PAUSE_AFTER_LOCK_MS"));
+    let store = PostgresStore::connect(
+        url,
+        membership.shard_count(),
+        config.postgres.postgres_pool_size,
+    )
+    .await
+    .context("cannot open the PostgreSQL store")?
+    .pause_commits_after_lock(Config::failpoint_ms("COMMIT_PAUSE_AFTER_LOCK_MS"));
     let newest_fence = store
         .newest_fence()
         .await
@@ -168,12 +171,12 @@ pub fn start(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(Arc::clone(&joined.membership).run(stop.clone()));
-    let failover = Duration::from_secs(config.store_failover_secs);
+    let failover = Duration::from_secs(config.cluster.store_failover_secs);
     let policy = HealthPolicy {
         failover,
         interval: (failover / 10).clamp(Duration::from_millis(200), Duration::from_secs(1)),
-        max_clock_offset: (config.max_clock_offset_ms > 0)
-            .then(|| Duration::from_millis(config.max_clock_offset_ms)),
+        max_clock_offset: (config.cluster.max_clock_offset_ms > 0)
+            .then(|| Duration::from_millis(config.cluster.max_clock_offset_ms)),
     };
     tasks.spawn(Arc::clone(&joined.store_health).watch(
         Arc::clone(&joined.store),
@@ -186,7 +189,7 @@ pub fn start(
         stop.clone(),
     ));
     let mut ownership = OwnershipConfig::for_ttl(joined.membership.lease_ttl());
-    ownership.max_concurrent_moves = config.max_concurrent_moves;
+    ownership.max_concurrent_moves = config.cluster.max_concurrent_moves;
     let manager = ShardManager::new(
         Arc::clone(&joined.membership),
         Arc::clone(&joined.table),

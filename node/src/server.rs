@@ -50,12 +50,12 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(config.grpc_addr)
+        let grpc = TcpListener::bind(config.server.grpc_addr)
             .await
-            .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
-        let http = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("cannot listen for gRPC on {}", config.server.grpc_addr))?;
+        let http = TcpListener::bind(config.server.http_addr)
             .await
-            .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+            .with_context(|| format!("cannot listen for HTTP on {}", config.server.http_addr))?;
         Ok(Self { grpc, http })
     }
 }
@@ -81,13 +81,17 @@ pub async fn run(
     } else {
         None
     };
-    let store: Arc<dyn Store> =
-        match &joined {
-            Some(joined) => Arc::clone(&joined.store),
-            None => Arc::new(EmbeddedStore::open(&config.data_dir).with_context(|| {
-                format!("cannot open the store in {}", config.data_dir.display())
-            })?),
-        };
+    let store: Arc<dyn Store> = match &joined {
+        Some(joined) => Arc::clone(&joined.store),
+        None => Arc::new(
+            EmbeddedStore::open(&config.server.data_dir).with_context(|| {
+                format!(
+                    "cannot open the store in {}",
+                    config.server.data_dir.display()
+                )
+            })?,
+        ),
+    };
     let (writer, writer_task) = GroupCommitWriter::start(Arc::clone(&store), config.writer());
     let admission = Arc::new(config.admission());
     let routing = joined.as_ref().map(|joined| joined.routing.clone());
@@ -140,14 +144,14 @@ pub async fn run(
         .build_v1()
         .context("cannot build the reflection service")?;
     let inventory = InventoryServiceServer::new(InventoryApi::new(Arc::clone(&runtime)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
+        .max_decoding_message_size(config.server.max_message_bytes)
+        .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
     let returns_service = ReturnsServiceServer::new(ReturnsApi::new(
         Arc::clone(&returns),
-        ReturnPolicies(config.return_policies.clone()),
+        ReturnPolicies(config.returns.policies.clone()),
     ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
+    .max_decoding_message_size(config.server.max_message_bytes)
+    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
     let admin = AdminServiceServer::new(AdminApi {
         node_id: node_id.clone(),
         cluster: joined
@@ -164,8 +168,8 @@ pub async fn run(
         node_id.clone(),
         vec![Arc::clone(&runtime) as _, Arc::clone(&returns) as _],
     ))
-    .max_decoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024))
-    .max_encoding_message_size(config.max_message_bytes.max(4 * 1024 * 1024));
+    .max_decoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
+    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
 
     // Servers stop last: they keep forwarding and answering while the node
     // drains. The readiness follower stops first.
@@ -209,23 +213,23 @@ pub async fn run(
     let mut running = joined
         .as_ref()
         .map(|joined| cluster::start(&config, joined, Arc::clone(&runtime), Arc::clone(&returns)));
-    if let Some(path) = &config.ports_file {
-        write_ports_file(path, grpc_addr, http_addr)?;
+    if !config.server.ports_file.as_os_str().is_empty() {
+        write_ports_file(&config.server.ports_file, grpc_addr, http_addr)?;
     }
     ready.store(true, Ordering::Release);
     metrics::gauge!("skuld_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     if config.is_clustered() {
         tracing::info!(%grpc_addr, %http_addr, node = %node_id, "skuld node ready (cluster mode)");
     } else {
-        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.data_dir.display(), "skuld node ready");
+        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.server.data_dir.display(), "skuld node ready");
     }
 
     shutdown.await;
     // One deadline for the whole drain: each step gets what is left.
-    let deadline = Instant::now() + Duration::from_secs(config.drain_timeout_secs);
+    let deadline = Instant::now() + Duration::from_secs(config.server.drain_timeout_secs);
     let left = || deadline.saturating_duration_since(Instant::now());
     tracing::info!(
-        drain_timeout_secs = config.drain_timeout_secs,
+        drain_timeout_secs = config.server.drain_timeout_secs,
         "shutdown requested: draining"
     );
     ready.store(false, Ordering::Release);

@@ -14,11 +14,9 @@ use tokio::net::TcpListener;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_in_process_and_stops_when_told() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        drain_timeout_secs: 2,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().join("data");
+    config.server.drain_timeout_secs = 2;
     let listeners = Listeners {
         grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),

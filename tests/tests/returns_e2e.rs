@@ -30,14 +30,14 @@ const GATES: [&str; 9] = [
 
 /// One tenant per gate, plus `expiring` whose returns must ship at once.
 fn write_config(dir: &Path) -> std::path::PathBuf {
-    let mut toml = String::from("timer_scan_interval_ms = 100\n");
+    let mut toml = String::from("[runtime]\ntimer_scan_interval_ms = 100\n");
     for gate in GATES {
         toml.push_str(&format!(
-            "[return_policies.{}]\nrefund_gate = \"{gate}\"\nrestocking_fee_bps = 1000\nreturn_shipping_fee_minor = 500\n",
+            "[returns.policies.{}]\nrefund_gate = \"{gate}\"\nrestocking_fee_bps = 1000\nreturn_shipping_fee_minor = 500\n",
             gate.to_lowercase()
         ));
     }
-    toml.push_str("[return_policies.expiring]\nship_by_days = 0\n");
+    toml.push_str("[returns.policies.expiring]\nship_by_days = 0\n");
     let path = dir.join("skuld.toml");
     std::fs::write(&path, toml).unwrap();
     path

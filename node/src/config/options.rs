@@ -1,0 +1,207 @@
+//! Every option of `skuld serve`, declared once: its section in the TOML
+//! file, its type, default, environment variable and the one doc comment
+//! that becomes the field's documentation, its `--help` text, its line in
+//! `skuld config` and its row in the README's table (`skuld config
+//! --describe`, checked against the README by a test).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::SecretUrl;
+
+/// One option as `skuld config --describe` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionDoc {
+    pub section: &'static str,
+    pub name: &'static str,
+    pub env: &'static str,
+    pub doc: String,
+}
+
+macro_rules! options {
+    ($(
+        $(#[doc = $section_doc:literal])*
+        [$section:ident] $Section:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $ty:ty = $default:expr, env $env:literal $(, arg($($arg:tt)*))?;
+            )*
+        }
+    )*) => {
+        $(
+            $(#[doc = $section_doc])*
+            #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+            #[serde(default, deny_unknown_fields)]
+            pub struct $Section {
+                $( $(#[doc = $doc])* pub $field: $ty, )*
+            }
+
+            impl Default for $Section {
+                fn default() -> Self {
+                    Self { $( $field: $default, )* }
+                }
+            }
+        )*
+
+        /// Flags and `SKULD_*` variables of `skuld serve`; each overrides
+        /// the file (which overrides the defaults).
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct ServeArgs {
+            /// TOML configuration file (sections as `skuld config` prints them).
+            #[arg(long, env = "SKULD_CONFIG")]
+            pub config: Option<PathBuf>,
+            $($(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $($arg)*)?)]
+                pub $field: Option<$ty>,
+            )*)*
+        }
+
+        impl super::Config {
+            /// Flags and environment over what the file and the defaults
+            /// said.
+            pub(super) fn overlay(&mut self, args: &ServeArgs) {
+                $($(
+                    if let Some(value) = &args.$field {
+                        self.$section.$field = value.clone();
+                    }
+                )*)*
+            }
+        }
+
+        /// Every option, in order, with its documentation.
+        pub fn described() -> Vec<OptionDoc> {
+            vec![$($(
+                OptionDoc {
+                    section: stringify!($section),
+                    name: stringify!($field),
+                    env: $env,
+                    doc: [$($doc),*].iter().map(|line| line.trim()).collect::<Vec<_>>().join(" "),
+                },
+            )*)*]
+        }
+    };
+}
+
+options! {
+    /// The node's listeners, logs and shutdown.
+    [server] Server {
+        /// Directory of the embedded store (single-node mode).
+        data_dir: PathBuf = PathBuf::from("skuld-data"), env "SKULD_DATA_DIR";
+        /// gRPC listen address (port 0 picks a free port).
+        grpc_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7070)), env "SKULD_GRPC_ADDR";
+        /// HTTP listen address of /metrics, /healthz and /readyz.
+        http_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)), env "SKULD_HTTP_ADDR";
+        /// When set, the bound addresses are written here as JSON once listening.
+        ports_file: PathBuf = PathBuf::new(), env "SKULD_PORTS_FILE";
+        /// Largest gRPC request accepted, in bytes.
+        max_message_bytes: usize = 1024 * 1024, env "SKULD_MAX_MESSAGE_BYTES";
+        /// Time SIGTERM gives the whole drain (handing shards over, finishing admitted requests, flushing), in seconds.
+        drain_timeout_secs: u64 = 20, env "SKULD_DRAIN_TIMEOUT_SECS";
+        /// Log format: text or json (stderr).
+        log_format: String = "text".into(), env "SKULD_LOG_FORMAT", arg(value_parser = ["text", "json"]);
+        /// Log filter (tracing syntax); a bare level sets skuld's own logs and keeps dependencies at warn.
+        log_filter: String = "info".into(), env "SKULD_LOG", arg(alias = "log-level");
+    }
+
+    /// Entities, their actors and the node's admission.
+    [runtime] Runtime {
+        /// Commands queued per entity at most; beyond it RESOURCE_EXHAUSTED.
+        mailbox_capacity: usize = 1_024, env "SKULD_MAILBOX_CAPACITY";
+        /// Requests admitted on the node at once; bounds accepted latency under overload (about capacity x target latency).
+        max_in_flight: usize = 512, env "SKULD_MAX_IN_FLIGHT";
+        /// Reads are admitted only below this share (%) of max_in_flight.
+        read_admission_percent: usize = 80, env "SKULD_READ_ADMISSION_PERCENT";
+        /// Retry hint sent with RESOURCE_EXHAUSTED, in milliseconds.
+        retry_after_ms: u64 = 100, env "SKULD_RETRY_AFTER_MS";
+        /// An idle entity actor stops after this, in seconds.
+        idle_timeout_secs: u64 = 60, env "SKULD_IDLE_TIMEOUT_SECS";
+        /// Journal entries between snapshots of an entity.
+        snapshot_every: u64 = 200, env "SKULD_SNAPSHOT_EVERY";
+        /// TTL of a reservation that names none, in seconds.
+        default_reservation_ttl_secs: u64 = 15 * 60, env "SKULD_DEFAULT_RESERVATION_TTL_SECS";
+        /// Longest reservation TTL or extension, in seconds.
+        max_reservation_ttl_secs: u64 = 4 * 60 * 60, env "SKULD_MAX_RESERVATION_TTL_SECS";
+        /// How long idempotency keys are kept, by the store's clock, in seconds.
+        idempotency_retention_secs: u64 = 24 * 60 * 60, env "SKULD_IDEMPOTENCY_RETENTION_SECS";
+        /// How often keys past the retention are purged, in seconds.
+        idempotency_purge_interval_secs: u64 = 60, env "SKULD_IDEMPOTENCY_PURGE_INTERVAL_SECS";
+        /// How often due timers are looked up, in milliseconds.
+        timer_scan_interval_ms: u64 = 500, env "SKULD_TIMER_SCAN_INTERVAL_MS";
+    }
+
+    /// The group-commit writer.
+    [writer] Writer {
+        /// Writes waiting for the group commit at most.
+        writer_queue_capacity: usize = 16_384, env "SKULD_WRITER_QUEUE_CAPACITY";
+        /// Entity writes merged into one commit at most.
+        writer_max_batch: usize = 4_096, env "SKULD_WRITER_MAX_BATCH";
+    }
+
+    /// Cluster mode: membership in etcd, shards and their handoffs.
+    [cluster] Cluster {
+        /// etcd endpoints, comma-separated; set: cluster mode (needs postgres url).
+        etcd_endpoints: Vec<String> = Vec::new(), env "SKULD_ETCD_ENDPOINTS", arg(value_delimiter = ',');
+        /// Namespace of this cluster's keys in etcd.
+        cluster_name: String = "skuld".into(), env "SKULD_CLUSTER_NAME";
+        /// This node's member id; the host name when empty.
+        node_id: String = String::new(), env "SKULD_NODE_ID";
+        /// Where other nodes reach this one (e.g. http://skuld-0.skuld-peers:7070); http://<grpc_addr> when empty.
+        advertise_endpoint: String = String::new(), env "SKULD_ADVERTISE_ENDPOINT";
+        /// Shards of a new cluster (fixed for its life).
+        shard_count: u32 = 1_024, env "SKULD_SHARD_COUNT";
+        /// etcd lease TTL, in seconds: how long a dead node's keys stay unavailable.
+        lease_ttl_secs: u64 = 5, env "SKULD_LEASE_TTL_SECS";
+        /// How long a request waits for a moving shard before UNAVAILABLE, in milliseconds.
+        handoff_wait_ms: u64 = 2_000, env "SKULD_HANDOFF_WAIT_MS";
+        /// Shards a node hands over at once at most.
+        max_concurrent_moves: usize = 64, env "SKULD_MAX_CONCURRENT_MOVES";
+        /// A node whose store calls all fail this long gives its shards to nodes that reach the store, in seconds.
+        store_failover_secs: u64 = 10, env "SKULD_STORE_FAILOVER_SECS";
+        /// A node whose clock is further than this from PostgreSQL's serves no shards, in milliseconds (0: no check).
+        max_clock_offset_ms: u64 = 1_000, env "SKULD_MAX_CLOCK_OFFSET_MS";
+    }
+
+    /// The PostgreSQL store of cluster mode.
+    [postgres] Postgres {
+        /// Connection URL (its password is never printed); its own options come after the safety timeouts.
+        postgres_url: SecretUrl = SecretUrl::default(), env "SKULD_POSTGRES_URL", arg(hide_env_values = true);
+        /// Connections per node at most.
+        postgres_pool_size: usize = 16, env "SKULD_POSTGRES_POOL_SIZE";
+        /// Group commits in flight at once.
+        postgres_concurrent_commits: usize = 4, env "SKULD_POSTGRES_CONCURRENT_COMMITS";
+    }
+}
+
+/// The README's table of options, generated from their documentation.
+pub fn markdown_table() -> String {
+    let defaults =
+        toml::Value::try_from(super::Config::default()).unwrap_or(toml::Value::Boolean(false));
+    let mut table = String::from(
+        "| option (`[section]` key) | flag | env | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for option in described() {
+        let default = defaults
+            .get(option.section)
+            .and_then(|section| section.get(option.name))
+            .map(|value| match value {
+                toml::Value::String(text) if text.is_empty() => "none".to_owned(),
+                toml::Value::Array(items) if items.is_empty() => "none".to_owned(),
+                toml::Value::String(text) => format!("`{text}`"),
+                other => format!("`{other}`"),
+            })
+            .unwrap_or_default();
+        table.push_str(&format!(
+            "| `[{}]` `{}` | `--{}` | `{}` | {} | {} |\n",
+            option.section,
+            option.name,
+            option.name.replace('_', "-"),
+            option.env,
+            default,
+            option.doc
+        ));
+    }
+    table
+}
