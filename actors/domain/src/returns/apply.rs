@@ -5,37 +5,7 @@ use super::state::*;
 /// Folds one event into the case.
 pub fn apply(case: &mut ReturnCase, event: &ReturnEvent) {
     match event {
-        ReturnEvent::Opened {
-            return_id,
-            order_ref,
-            customer_ref,
-            channel,
-            requester,
-            order_lines,
-            lines,
-            exchanges,
-            policy,
-            state,
-            at_ms,
-        } => {
-            case.return_id = return_id.clone();
-            case.order_ref = order_ref.clone();
-            case.customer_ref = customer_ref.clone();
-            case.channel = channel.clone();
-            case.requester = Some(*requester);
-            case.order_lines = order_lines
-                .iter()
-                .map(|l| (l.line_id.clone(), l.clone()))
-                .collect();
-            case.lines = lines
-                .iter()
-                .map(|l| (l.line_id.clone(), l.clone()))
-                .collect();
-            case.exchanges = exchanges.clone();
-            case.policy = policy.clone();
-            case.state = Some(*state);
-            case.opened_at_ms = *at_ms;
-        }
+        ReturnEvent::Opened { .. } => open(case, event),
         ReturnEvent::FlaggedForReview { .. } | ReturnEvent::LabelAttached { .. } => {
             if let ReturnEvent::LabelAttached { label, .. } = event {
                 case.label = Some(label.clone());
@@ -54,46 +24,9 @@ pub fn apply(case: &mut ReturnCase, event: &ReturnEvent) {
             case.milestones
                 .insert(milestone_name(*milestone).to_owned(), *at_ms);
         }
-        ReturnEvent::ItemsReceived {
-            line_id,
-            quantity,
-            location,
-        } => {
-            if let Some(line) = case.lines.get_mut(line_id) {
-                line.received += quantity;
-                line.receiving_location = location.clone();
-            }
-        }
-        ReturnEvent::ItemsInspected {
-            line_id,
-            quantity,
-            grade,
-        } => {
-            if let Some(line) = case.lines.get_mut(line_id) {
-                line.inspected += quantity;
-                if *grade == Grade::Unsellable {
-                    line.unsellable += quantity;
-                }
-            }
-        }
-        ReturnEvent::ItemsDisposed {
-            line_id,
-            quantity,
-            disposition,
-        } => {
-            if let Some(line) = case.lines.get_mut(line_id) {
-                match disposition {
-                    Disposition::Missing | Disposition::KeepItem => line.not_returned += quantity,
-                    Disposition::RestockAfterProcessing => line.awaiting_processing += quantity,
-                    _ => {
-                        // Parked units are disposed of first.
-                        let from_parked = (*quantity).min(line.awaiting_processing);
-                        line.awaiting_processing -= from_parked;
-                        line.disposed += quantity;
-                    }
-                }
-            }
-        }
+        ReturnEvent::ItemsReceived { .. }
+        | ReturnEvent::ItemsInspected { .. }
+        | ReturnEvent::ItemsDisposed { .. } => apply_to_line(case, event),
         ReturnEvent::StateChanged { from, to } => {
             if *to == ReturnState::Processed && *from != ReturnState::Processed {
                 case.state_before_processing = Some(*from);
@@ -174,4 +107,88 @@ pub fn apply_entry(case: &mut ReturnCase, entry: &ReturnEntry) {
         apply(case, event);
     }
     case.version = entry.version;
+}
+
+/// A case opens: everything it was asked and the policy in force.
+fn open(case: &mut ReturnCase, event: &ReturnEvent) {
+    let ReturnEvent::Opened {
+        return_id,
+        order_ref,
+        customer_ref,
+        channel,
+        requester,
+        order_lines,
+        lines,
+        exchanges,
+        policy,
+        state,
+        at_ms,
+    } = event
+    else {
+        return;
+    };
+    case.return_id = return_id.clone();
+    case.order_ref = order_ref.clone();
+    case.customer_ref = customer_ref.clone();
+    case.channel = channel.clone();
+    case.requester = Some(*requester);
+    case.order_lines = order_lines
+        .iter()
+        .map(|l| (l.line_id.clone(), l.clone()))
+        .collect();
+    case.lines = lines
+        .iter()
+        .map(|l| (l.line_id.clone(), l.clone()))
+        .collect();
+    case.exchanges = exchanges.clone();
+    case.policy = policy.clone();
+    case.state = Some(*state);
+    case.opened_at_ms = *at_ms;
+}
+
+/// Units of a line received, inspected or disposed of.
+fn apply_to_line(case: &mut ReturnCase, event: &ReturnEvent) {
+    match event {
+        ReturnEvent::ItemsReceived {
+            line_id,
+            quantity,
+            location,
+        } => {
+            if let Some(line) = case.lines.get_mut(line_id) {
+                line.received += quantity;
+                line.receiving_location = location.clone();
+            }
+        }
+        ReturnEvent::ItemsInspected {
+            line_id,
+            quantity,
+            grade,
+        } => {
+            if let Some(line) = case.lines.get_mut(line_id) {
+                line.inspected += quantity;
+                if *grade == Grade::Unsellable {
+                    line.unsellable += quantity;
+                }
+            }
+        }
+        ReturnEvent::ItemsDisposed {
+            line_id,
+            quantity,
+            disposition,
+        } => {
+            if let Some(line) = case.lines.get_mut(line_id) {
+                match disposition {
+                    Disposition::Missing | Disposition::KeepItem => line.not_returned += quantity,
+                    Disposition::RestockAfterProcessing => line.awaiting_processing += quantity,
+                    _ => {
+                        // Parked units are disposed of first.
+                        let from_parked = (*quantity).min(line.awaiting_processing);
+                        line.awaiting_processing -= from_parked;
+                        line.disposed += quantity;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
 }
