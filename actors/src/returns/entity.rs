@@ -17,13 +17,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    apply_entry, decide, Effect, EffectKind, EffectOutcome, ReturnCase, ReturnCommand,
-    ReturnContext, ReturnEvent, ReturnPolicy, ReturnState,
+    apply_entry, decide, Effect, EffectKind, EffectOutcome, PositionCommand, ReturnCase,
+    ReturnCommand, ReturnContext, ReturnEvent, ReturnPolicy, ReturnState,
 };
 use crate::journal::JournalEntry;
-use crate::position::{
-    AdjustmentReason, Bucket, Command, MutationRequest, Owner, OwnerType, PositionEntity,
-};
+use crate::position::{MutationRequest, PositionEntity};
 use crate::runtime::{codec, now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
 use crate::{Error, PositionKey, Refusal, ReturnKey};
 
@@ -113,117 +111,19 @@ impl Drop for Running {
 /// The position mutation an effect stands for. Deterministic: a retry sends
 /// the same request, so the position replays it instead of applying it again.
 pub fn effect_mutation(key: &ReturnKey, effect: &Effect) -> Result<MutationRequest, Error> {
-    let reference = format!("return:{}", key.return_id);
-    let (sku, location, command) = match &effect.kind {
-        EffectKind::ReceiveIntoInspection {
-            sku,
-            location,
-            quantity,
-        } => (
-            sku,
-            location,
-            Command::Adjust {
-                bucket: Bucket::QualityControl,
-                delta: *quantity,
-                reason: AdjustmentReason::ReturnRestock,
-                change_from: None,
-                reference,
-            },
-        ),
-        EffectKind::Dispose {
-            sku,
-            location,
-            quantity,
-            disposition,
-        } => {
-            use super::Disposition::*;
-            let command = match disposition {
-                Restock | DamagedHold => Command::Move {
-                    from: Bucket::QualityControl,
-                    to: if *disposition == Restock {
-                        Bucket::Available
-                    } else {
-                        Bucket::Damaged
-                    },
-                    quantity: *quantity,
-                    reason: if *disposition == Restock {
-                        AdjustmentReason::ReturnRestock
-                    } else {
-                        AdjustmentReason::Damage
-                    },
-                    from_change_from: None,
-                    to_change_from: None,
-                    reference,
-                },
-                Scrap | ReturnToVendor => Command::Adjust {
-                    bucket: Bucket::QualityControl,
-                    delta: -*quantity,
-                    reason: if *disposition == Scrap {
-                        AdjustmentReason::Damage
-                    } else {
-                        AdjustmentReason::Transfer
-                    },
-                    change_from: None,
-                    reference,
-                },
-                RestockAfterProcessing | Missing | KeepItem => {
-                    return Err(Error::Refused(Refusal::FailedPrecondition(format!(
-                        "disposition {disposition:?} has no inventory effect"
-                    ))))
-                }
-            };
-            (sku, location, command)
-        }
-        EffectKind::HoldExchange {
-            sku,
-            location,
-            quantity,
-            reservation_id,
-        } => (
-            sku,
-            location,
-            Command::Reserve {
-                reservation_id: reservation_id.clone(),
-                quantity: *quantity,
-                owner: Owner {
-                    kind: OwnerType::ReturnExchange,
-                    id: key.return_id.clone(),
-                    line_id: String::new(),
-                },
-                channel: String::new(),
-                // Capped by the position's exchange-hold maximum.
-                ttl_ms: 60 * 86_400_000,
-                allow_partial: false,
-            },
-        ),
-        EffectKind::ReleaseExchange {
-            sku,
-            location,
-            reservation_id,
-        } => (
-            sku,
-            location,
-            Command::ReleaseReservation {
-                reservation_id: reservation_id.clone(),
-            },
-        ),
-        EffectKind::ConfirmExchange {
-            sku,
-            location,
-            reservation_id,
-            order_ref,
-        } => (
-            sku,
-            location,
-            Command::CommitReservation {
-                reservation_id: reservation_id.clone(),
-                quantity: 0,
-                order_ref: order_ref.clone(),
-            },
-        ),
+    let Some(PositionCommand {
+        sku,
+        location,
+        command,
+    }) = effect.kind.position_command(&key.return_id)
+    else {
+        return Err(Error::Refused(Refusal::FailedPrecondition(format!(
+            "effect {:?} has no inventory change",
+            effect.kind
+        ))));
     };
     Ok(MutationRequest {
-        key: PositionKey::new(key.tenant.clone(), sku.clone(), location.clone())?,
+        key: PositionKey::new(key.tenant.clone(), sku.to_owned(), location.to_owned())?,
         idempotency_key: format!("ret:{}:{}", key.return_id, effect.step),
         expected_version: None,
         command,

@@ -332,9 +332,8 @@ impl<E: Entity> ActorState<E> {
     fn decide_all(
         &mut self,
         envelopes: Vec<Envelope<E>>,
-        mut stored: HashMap<String, IdempotencyRecord>,
+        stored: HashMap<String, IdempotencyRecord>,
     ) -> (EntityWrite, Vec<PendingReply<E>>) {
-        let now_ms = now_ms();
         let mut write = EntityWrite {
             key: self.encoded_key.clone(),
             shard: self.shard,
@@ -342,8 +341,6 @@ impl<E: Entity> ActorState<E> {
             ..EntityWrite::default()
         };
         let mut replies = Vec::with_capacity(envelopes.len());
-        let entity = &self.shared.entity;
-        let key = &self.key;
         let Some(state) = self.state.as_mut() else {
             for envelope in envelopes {
                 replies.push(PendingReply {
@@ -353,127 +350,165 @@ impl<E: Entity> ActorState<E> {
             }
             return (write, replies);
         };
+        let mut batch = Batch {
+            entity: &self.shared.entity,
+            key: &self.key,
+            state,
+            write: &mut write,
+            stored,
+            now_ms: now_ms(),
+        };
 
         // Run a due timer before anything else sees the entity.
-        if E::next_timer_ms(state).is_some_and(|due| due <= now_ms) {
-            let timer = E::timer_command();
-            let fired = entity
-                .decide(key, state, None, &timer, now_ms)
-                .and_then(|(events, _)| {
-                    append::<E>(state, &mut write, events, None, "timer", now_ms)
-                });
-            if let Err(error) = fired {
-                tracing::error!(kind = E::KIND, %key, %error, "timer command failed");
-            }
-        }
-
+        batch.run_due_timer();
         for envelope in envelopes {
             let result = match &envelope.work {
                 // The due timer already ran above; a tick needs no answer.
                 Work::Tick => continue,
-                Work::Read => Ok(Outcome::Read(state.clone())),
+                Work::Read => Ok(Outcome::Read(batch.state.clone())),
                 Work::Internal(command) => {
-                    let applied =
-                        entity
-                            .decide(key, state, None, command, now_ms)
-                            .and_then(|(events, _)| {
-                                append::<E>(
-                                    state,
-                                    &mut write,
-                                    events,
-                                    None,
-                                    &envelope.correlation_id,
-                                    now_ms,
-                                )
-                            });
-                    if let Err(error) = applied {
-                        tracing::warn!(kind = E::KIND, %key, %error, "internal command refused");
-                    }
+                    batch.internal(command, &envelope.correlation_id);
                     continue;
                 }
                 Work::Mutate {
                     mutation,
                     fingerprint,
-                } => match stored.get(&mutation.idempotency_key) {
-                    Some(record) if record.fingerprint == *fingerprint => {
-                        decode::<StoredAnswer<E::Reply>>(&record.reply).and_then(|answer| {
-                            metrics::counter!("skuld_idempotent_replays_total", "kind" => E::KIND)
-                                .increment(1);
-                            match answer {
-                                StoredAnswer::Accepted(reply) => Ok(Outcome::Mutated(Mutated {
-                                    reply,
-                                    replayed: true,
-                                })),
-                                StoredAnswer::Refused(refusal) => Err(refusal.into()),
-                            }
-                        })
-                    }
-                    Some(_) => Err(Error::Refused(Refusal::IdempotencyKeyReused(
-                        mutation.idempotency_key.clone(),
-                    ))),
-                    None => {
-                        let decided = entity
-                            .decide(
-                                key,
-                                state,
-                                mutation.expected_version,
-                                &mutation.command,
-                                now_ms,
-                            )
-                            .and_then(|(events, outcome)| {
-                                append::<E>(
-                                    state,
-                                    &mut write,
-                                    events,
-                                    Some(mutation.idempotency_key.clone()),
-                                    &envelope.correlation_id,
-                                    now_ms,
-                                )?;
-                                Ok(E::reply(state, outcome))
-                            });
-                        // The key's first request is recorded with its
-                        // answer, accepted or refused by the entity, so a
-                        // retry gets the same answer whatever changed since
-                        // (see "Idempotent retries" in the README).
-                        match decided {
-                            Ok(reply) => record::<E>(
-                                &mut write,
-                                &mut stored,
-                                mutation,
-                                *fingerprint,
-                                StoredAnswer::Accepted(reply),
-                            ),
-                            Err(Error::Refused(refusal)) if refusal.is_decision() => record::<E>(
-                                &mut write,
-                                &mut stored,
-                                mutation,
-                                *fingerprint,
-                                StoredAnswer::Refused(refusal),
-                            ),
-                            Err(error) => Err(error),
-                        }
-                    }
-                },
+                } => batch.mutate(mutation, *fingerprint, &envelope.correlation_id),
             };
             replies.push(PendingReply { envelope, result });
         }
+        self.seal(&mut write);
+        (write, replies)
+    }
 
+    /// Completes a batch's write with what follows from the new state: the
+    /// next timer when it changed, the summary, a snapshot when one is due.
+    fn seal(&self, write: &mut EntityWrite) {
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
         let next_timer = E::next_timer_ms(state);
         if self.timer_written != Some(next_timer) {
             write.timer = Some(next_timer.map(|due| u64::try_from(due).unwrap_or(0)));
         }
-        if !write.journal.is_empty() {
-            write.summary = E::summary(key, state);
+        if write.journal.is_empty() {
+            return;
         }
+        write.summary = E::summary(&self.key, state);
         let version = E::version(state);
         let snapshot_every = self.shared.config.snapshot_every.max(E::size_hint(state));
-        if !write.journal.is_empty() && version >= self.snapshot_version + snapshot_every {
-            match encode(&*state) {
+        if version >= self.snapshot_version + snapshot_every {
+            match encode(state) {
                 Ok(bytes) => write.snapshot = Some((version, bytes)),
-                Err(error) => tracing::warn!(kind = E::KIND, %key, %error, "snapshot skipped"),
+                Err(error) => {
+                    tracing::warn!(kind = E::KIND, key = %self.key, %error, "snapshot skipped")
+                }
             }
         }
-        (write, replies)
+    }
+}
+
+/// One drain's commands deciding against the entity's state, in order, into
+/// one write.
+struct Batch<'a, E: Entity> {
+    entity: &'a E,
+    key: &'a E::Key,
+    state: &'a mut E::State,
+    write: &'a mut EntityWrite,
+    /// Stored answers for this batch's idempotency keys, and the ones this
+    /// batch records (a duplicate later in the same drain replays them).
+    stored: HashMap<String, IdempotencyRecord>,
+    now_ms: i64,
+}
+
+impl<E: Entity> Batch<'_, E> {
+    fn run_due_timer(&mut self) {
+        if E::next_timer_ms(self.state).is_none_or(|due| due > self.now_ms) {
+            return;
+        }
+        let timer = E::timer_command();
+        if let Err(error) = self.decide_and_append(None, &timer, None, "timer") {
+            tracing::error!(kind = E::KIND, key = %self.key, %error, "timer command failed");
+        }
+    }
+
+    /// A command the node issued itself: nobody waits for its answer.
+    fn internal(&mut self, command: &E::Command, correlation_id: &str) {
+        if let Err(error) = self.decide_and_append(None, command, None, correlation_id) {
+            tracing::warn!(kind = E::KIND, key = %self.key, %error, "internal command refused");
+        }
+    }
+
+    /// A client's mutation: replayed when its idempotency key has an answer,
+    /// refused when the key came with a different request, decided otherwise.
+    fn mutate(
+        &mut self,
+        mutation: &super::Mutation<E>,
+        fingerprint: u128,
+        correlation_id: &str,
+    ) -> Result<Outcome<E>, Error> {
+        match self.stored.get(&mutation.idempotency_key) {
+            Some(record) if record.fingerprint == fingerprint => replay::<E>(record),
+            Some(_) => Err(Error::Refused(Refusal::IdempotencyKeyReused(
+                mutation.idempotency_key.clone(),
+            ))),
+            None => {
+                let decided = self
+                    .decide_and_append(
+                        mutation.expected_version,
+                        &mutation.command,
+                        Some(mutation.idempotency_key.clone()),
+                        correlation_id,
+                    )
+                    .map(|outcome| E::reply(self.state, outcome));
+                // The key's first request is recorded with its answer,
+                // accepted or refused by the entity, so a retry gets the
+                // same answer whatever changed since (see "Idempotent
+                // retries" in the README).
+                let answer = match decided {
+                    Ok(reply) => StoredAnswer::Accepted(reply),
+                    Err(Error::Refused(refusal)) if refusal.is_decision() => {
+                        StoredAnswer::Refused(refusal)
+                    }
+                    Err(error) => return Err(error),
+                };
+                record::<E>(self.write, &mut self.stored, mutation, fingerprint, answer)
+            }
+        }
+    }
+
+    fn decide_and_append(
+        &mut self,
+        expected_version: Option<u64>,
+        command: &E::Command,
+        idempotency_key: Option<String>,
+        correlation_id: &str,
+    ) -> Result<E::Outcome, Error> {
+        let (events, outcome) =
+            self.entity
+                .decide(self.key, self.state, expected_version, command, self.now_ms)?;
+        append::<E>(
+            self.state,
+            self.write,
+            events,
+            idempotency_key,
+            correlation_id,
+            self.now_ms,
+        )?;
+        Ok(outcome)
+    }
+}
+
+/// The stored answer to a retried mutation, as it was first given.
+fn replay<E: Entity>(record: &IdempotencyRecord) -> Result<Outcome<E>, Error> {
+    let answer = decode::<StoredAnswer<E::Reply>>(&record.reply)?;
+    metrics::counter!("skuld_idempotent_replays_total", "kind" => E::KIND).increment(1);
+    match answer {
+        StoredAnswer::Accepted(reply) => Ok(Outcome::Mutated(Mutated {
+            reply,
+            replayed: true,
+        })),
+        StoredAnswer::Refused(refusal) => Err(refusal.into()),
     }
 }
 

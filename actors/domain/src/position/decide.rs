@@ -2,8 +2,8 @@
 
 use super::command::{Command, Context};
 use super::state::{
-    Bucket, Buckets, Event, LedgerEntry, PositionState, Reservation, ReservationState,
-    ENDED_RESERVATIONS_KEPT,
+    AdjustmentReason, Bucket, Buckets, Event, LedgerEntry, PositionState, Reservation,
+    ReservationState, ENDED_RESERVATIONS_KEPT,
 };
 use crate::Refusal;
 
@@ -53,7 +53,6 @@ pub fn decide(
             });
         }
     }
-    let buckets = state.buckets;
     match command {
         Command::Adjust {
             bucket,
@@ -62,15 +61,16 @@ pub fn decide(
             change_from,
             reference,
         } => {
-            check_change_from(&buckets, *bucket, *change_from)?;
-            let event = Event::Adjusted {
-                bucket: *bucket,
-                delta: *delta,
-                reason: *reason,
-                reference: reference.clone(),
-            };
-            check_after(state, &event)?;
-            Ok(Decision::events(vec![event]))
+            check_change_from(&state.buckets, *bucket, *change_from)?;
+            accept_if_sound(
+                state,
+                Event::Adjusted {
+                    bucket: *bucket,
+                    delta: *delta,
+                    reason: *reason,
+                    reference: reference.clone(),
+                },
+            )
         }
         Command::SetOnHand {
             on_hand,
@@ -78,29 +78,15 @@ pub fn decide(
             counted_at_ms,
             change_from,
             reference,
-        } => {
-            let counted_at_ms = if *counted_at_ms == 0 {
-                context.now_ms
-            } else {
-                *counted_at_ms
-            };
-            if counted_at_ms < state.last_counted_at_ms {
-                return Err(Refusal::FailedPrecondition(format!(
-                    "a later physical count (counted at {} ms) was already applied",
-                    state.last_counted_at_ms
-                )));
-            }
-            check_change_from(&buckets, Bucket::OnHand, *change_from)?;
-            let event = Event::OnHandCounted {
-                on_hand: *on_hand,
-                previous_on_hand: buckets.on_hand,
-                counted_at_ms,
-                reason: *reason,
-                reference: reference.clone(),
-            };
-            check_after(state, &event)?;
-            Ok(Decision::events(vec![event]))
-        }
+        } => set_on_hand(
+            state,
+            context,
+            *on_hand,
+            *reason,
+            *counted_at_ms,
+            *change_from,
+            reference,
+        ),
         Command::Move {
             from,
             to,
@@ -110,17 +96,18 @@ pub fn decide(
             to_change_from,
             reference,
         } => {
-            check_change_from(&buckets, *from, *from_change_from)?;
-            check_change_from(&buckets, *to, *to_change_from)?;
-            let event = Event::Moved {
-                from: *from,
-                to: *to,
-                quantity: *quantity,
-                reason: *reason,
-                reference: reference.clone(),
-            };
-            check_after(state, &event)?;
-            Ok(Decision::events(vec![event]))
+            check_change_from(&state.buckets, *from, *from_change_from)?;
+            check_change_from(&state.buckets, *to, *to_change_from)?;
+            accept_if_sound(
+                state,
+                Event::Moved {
+                    from: *from,
+                    to: *to,
+                    quantity: *quantity,
+                    reason: *reason,
+                    reference: reference.clone(),
+                },
+            )
         }
         Command::Reserve {
             reservation_id,
@@ -133,17 +120,7 @@ pub fn decide(
             if state.reservation(reservation_id).is_some() {
                 return Err(Refusal::ReservationExists(reservation_id.clone()));
             }
-            let available = buckets.available();
-            let granted = if state.allow_backorder || *quantity <= available {
-                *quantity
-            } else if *allow_partial && available > 0 {
-                available
-            } else {
-                return Err(Refusal::Insufficient {
-                    requested: *quantity,
-                    available: available.max(0),
-                });
-            };
+            let granted = grant(state, *quantity, *allow_partial)?;
             let ttl_ms = if *ttl_ms == 0 {
                 context.default_ttl_ms
             } else {
@@ -171,79 +148,25 @@ pub fn decide(
         Command::ExtendReservation {
             reservation_id,
             ttl_ms,
-        } => {
-            let reservation = active_reservation(state, reservation_id, context)?;
-            let expires_at_ms = context
-                .now_ms
-                .saturating_add((*ttl_ms).min(context.max_ttl_ms));
-            let events = if expires_at_ms == reservation.expires_at_ms {
-                Vec::new()
-            } else {
-                vec![Event::ReservationExtended {
-                    reservation_id: reservation_id.clone(),
-                    expires_at_ms,
-                }]
-            };
-            Ok(Decision::about(reservation_id, events))
-        }
-        Command::ReleaseReservation { reservation_id } => {
-            match state.reservation(reservation_id) {
-                None => Err(Refusal::ReservationNotFound(reservation_id.clone())),
-                Some(reservation) => match reservation.state {
-                    ReservationState::Active => Ok(Decision::about(
-                        reservation_id,
-                        vec![Event::ReservationReleased {
-                            reservation_id: reservation_id.clone(),
-                            quantity: reservation.quantity,
-                        }],
-                    )),
-                    // Releasing what is already released or expired is a no-op.
-                    ReservationState::Released | ReservationState::Expired => {
-                        Ok(Decision::about(reservation_id, Vec::new()))
-                    }
-                    ReservationState::Committed => Err(Refusal::FailedPrecondition(format!(
-                        "reservation {reservation_id:?} is fully committed; cancel the order's commitment instead"
-                    ))),
-                },
-            }
-        }
+        } => extend(state, context, reservation_id, *ttl_ms),
+        Command::ReleaseReservation { reservation_id } => release(state, reservation_id),
         Command::CommitReservation {
             reservation_id,
             quantity,
             order_ref,
-        } => {
-            let reservation = active_reservation(state, reservation_id, context)?;
-            let quantity = if *quantity == 0 {
-                reservation.quantity
-            } else {
-                *quantity
-            };
-            if quantity > reservation.quantity {
-                return Err(Refusal::FailedPrecondition(format!(
-                    "reservation {reservation_id:?} holds {}, cannot commit {quantity}",
-                    reservation.quantity
-                )));
-            }
-            Ok(Decision::about(
-                reservation_id,
-                vec![Event::ReservationCommitted {
-                    reservation_id: reservation_id.clone(),
-                    order_ref: order_ref.clone(),
-                    quantity,
-                }],
-            ))
-        }
+        } => commit(state, context, reservation_id, *quantity, order_ref),
         Command::Fulfill {
             order_ref,
             quantity,
         } => {
             committed_for(state, order_ref, *quantity)?;
-            let event = Event::CommitmentFulfilled {
-                order_ref: order_ref.clone(),
-                quantity: *quantity,
-            };
-            check_after(state, &event)?;
-            Ok(Decision::events(vec![event]))
+            accept_if_sound(
+                state,
+                Event::CommitmentFulfilled {
+                    order_ref: order_ref.clone(),
+                    quantity: *quantity,
+                },
+            )
         }
         Command::CancelCommitment {
             order_ref,
@@ -251,13 +174,14 @@ pub fn decide(
             restock,
         } => {
             committed_for(state, order_ref, *quantity)?;
-            let event = Event::CommitmentCanceled {
-                order_ref: order_ref.clone(),
-                quantity: *quantity,
-                restock: *restock,
-            };
-            check_after(state, &event)?;
-            Ok(Decision::events(vec![event]))
+            accept_if_sound(
+                state,
+                Event::CommitmentCanceled {
+                    order_ref: order_ref.clone(),
+                    quantity: *quantity,
+                    restock: *restock,
+                },
+            )
         }
         Command::ExpireDue => Ok(Decision::events(
             state
@@ -269,6 +193,138 @@ pub fn decide(
                 .collect(),
         )),
     }
+}
+
+/// One event that changes only the buckets, accepted when they stay sound.
+fn accept_if_sound(state: &PositionState, event: Event) -> Result<Decision, Refusal> {
+    check_after(state, &event)?;
+    Ok(Decision::events(vec![event]))
+}
+
+/// A physical count replaces on-hand, unless a later count was already applied
+/// (counts can arrive out of order from store systems).
+fn set_on_hand(
+    state: &PositionState,
+    context: &Context,
+    on_hand: i64,
+    reason: AdjustmentReason,
+    counted_at_ms: i64,
+    change_from: Option<i64>,
+    reference: &str,
+) -> Result<Decision, Refusal> {
+    let counted_at_ms = if counted_at_ms == 0 {
+        context.now_ms
+    } else {
+        counted_at_ms
+    };
+    if counted_at_ms < state.last_counted_at_ms {
+        return Err(Refusal::FailedPrecondition(format!(
+            "a later physical count (counted at {} ms) was already applied",
+            state.last_counted_at_ms
+        )));
+    }
+    check_change_from(&state.buckets, Bucket::OnHand, change_from)?;
+    accept_if_sound(
+        state,
+        Event::OnHandCounted {
+            on_hand,
+            previous_on_hand: state.buckets.on_hand,
+            counted_at_ms,
+            reason,
+            reference: reference.to_owned(),
+        },
+    )
+}
+
+/// How much a reservation gets: all of it when it fits (or under backorder),
+/// what is available when partial is allowed, otherwise a refusal naming both.
+fn grant(state: &PositionState, quantity: i64, allow_partial: bool) -> Result<i64, Refusal> {
+    let available = state.buckets.available();
+    if state.allow_backorder || quantity <= available {
+        Ok(quantity)
+    } else if allow_partial && available > 0 {
+        Ok(available)
+    } else {
+        Err(Refusal::Insufficient {
+            requested: quantity,
+            available: available.max(0),
+        })
+    }
+}
+
+/// Moves an active reservation's expiry to now + TTL; the same expiry is a no-op.
+fn extend(
+    state: &PositionState,
+    context: &Context,
+    reservation_id: &str,
+    ttl_ms: i64,
+) -> Result<Decision, Refusal> {
+    let reservation = active_reservation(state, reservation_id, context)?;
+    let expires_at_ms = context
+        .now_ms
+        .saturating_add(ttl_ms.min(context.max_ttl_ms));
+    let events = if expires_at_ms == reservation.expires_at_ms {
+        Vec::new()
+    } else {
+        vec![Event::ReservationExtended {
+            reservation_id: reservation_id.to_owned(),
+            expires_at_ms,
+        }]
+    };
+    Ok(Decision::about(reservation_id, events))
+}
+
+/// Releases an active reservation; one that already ended is a no-op so a
+/// client's retry after a lost reply succeeds.
+fn release(state: &PositionState, reservation_id: &str) -> Result<Decision, Refusal> {
+    let reservation = state
+        .reservation(reservation_id)
+        .ok_or_else(|| Refusal::ReservationNotFound(reservation_id.to_owned()))?;
+    match reservation.state {
+        ReservationState::Active => Ok(Decision::about(
+            reservation_id,
+            vec![Event::ReservationReleased {
+                reservation_id: reservation_id.to_owned(),
+                quantity: reservation.quantity,
+            }],
+        )),
+        ReservationState::Released | ReservationState::Expired => {
+            Ok(Decision::about(reservation_id, Vec::new()))
+        }
+        ReservationState::Committed => Err(Refusal::FailedPrecondition(format!(
+            "reservation {reservation_id:?} is fully committed; cancel the order's commitment instead"
+        ))),
+    }
+}
+
+/// Commits all (quantity 0) or part of an active reservation to an order.
+fn commit(
+    state: &PositionState,
+    context: &Context,
+    reservation_id: &str,
+    quantity: i64,
+    order_ref: &str,
+) -> Result<Decision, Refusal> {
+    let reservation = active_reservation(state, reservation_id, context)?;
+    let quantity = if quantity == 0 {
+        reservation.quantity
+    } else {
+        quantity
+    };
+    if quantity > reservation.quantity {
+        return Err(Refusal::FailedPrecondition(format!(
+            "reservation {reservation_id:?} holds {}, cannot commit {quantity}",
+            reservation.quantity
+        )));
+    }
+    Ok(Decision::about(
+        reservation_id,
+        vec![Event::ReservationCommitted {
+            reservation_id: reservation_id.to_owned(),
+            order_ref: order_ref.to_owned(),
+            quantity,
+        }],
+    ))
 }
 
 fn check_change_from(

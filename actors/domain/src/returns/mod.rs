@@ -14,7 +14,8 @@
 //! window and review threshold), `review` (approval, labels, carrier
 //! scans), `receiving` (receipt, inspection, dispositions), `refund`
 //! (what is owed and its gates), `closing`, `effects` (the timer and the
-//! results of inventory steps), with `lifecycle` saying which command each
+//! results of inventory steps), `inventory` (the position command each
+//! effect becomes), with `lifecycle` saying which command each
 //! state allows, `validation` the checks on fields, and [`apply`] folding
 //! events in.
 //!
@@ -30,6 +31,7 @@ mod builder;
 mod closing;
 mod decide;
 mod effects;
+mod inventory;
 mod lifecycle;
 mod open;
 mod receiving;
@@ -41,6 +43,7 @@ mod validation;
 pub use apply::{apply, apply_entry};
 pub use decide::{decide, ReturnContext};
 pub use effects::EFFECT_ATTEMPTS_BEFORE_EXCEPTION;
+pub use inventory::{PositionCommand, EXCHANGE_HOLD_TTL_MS};
 pub use lifecycle::{allowed_commands, refundable_quantity};
 pub use state::*;
 pub use validation::{MAX_AMOUNT_MINOR, MAX_RETURN_LINES};
