@@ -59,9 +59,12 @@ impl Error {
             | Error::DeadlineExceeded
             | Error::Unavailable(_)
             | Error::ShardMoving { .. } => true,
-            // From a node of an older version: DEADLINE_EXCEEDED,
-            // RESOURCE_EXHAUSTED, UNAVAILABLE.
-            Error::Remote { code, .. } => matches!(code, 4 | 8 | 14),
+            // From a node of an older version, by its status code: the
+            // ones whose outcome is open (CANCELLED, UNKNOWN,
+            // DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNAVAILABLE) and
+            // RESOURCE_EXHAUSTED, as `skuld_proto::retry::worth_retrying`
+            // says (a test in `skuld-node` keeps the two the same).
+            Error::Remote { code, .. } => matches!(code, 1 | 2 | 4 | 8 | 10 | 13 | 14),
             Error::Refused(_) => false,
         }
     }

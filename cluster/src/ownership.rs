@@ -51,6 +51,12 @@ impl OwnershipConfig {
             safety_margin: (lease_ttl / 3).max(Duration::from_millis(500)),
         }
     }
+
+    /// How long after etcd last confirmed the lease this node still serves
+    /// its shards (and reports itself ready).
+    pub fn serving_window(&self, lease_ttl: Duration) -> Duration {
+        lease_ttl.saturating_sub(self.safety_margin)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,11 +292,7 @@ impl ShardManager {
     /// (counted from when the keep-alive was sent) plus the TTL, less the
     /// safety margin for clock drift and a slow etcd.
     fn safe_until(&self, lease: LeaseStatus) -> Instant {
-        let window = self
-            .membership
-            .lease_ttl()
-            .saturating_sub(self.config.safety_margin);
-        lease.confirmed_at + window
+        lease.confirmed_at + self.config.serving_window(self.membership.lease_ttl())
     }
 
     fn lease_healthy(&self, lease: LeaseStatus) -> bool {

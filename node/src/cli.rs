@@ -645,6 +645,36 @@ expires at   2023-11-14T22:28:20Z (in 15m 0s)
     }
 
     #[test]
+    fn only_an_active_reservation_shows_when_it_expires() {
+        let reservation = |state: ReservationState| Reservation {
+            reservation_id: "r-1".into(),
+            quantity: 1,
+            state: state.into(),
+            expires_at_unix_ms: 61_000,
+            ..Reservation::default()
+        };
+        let expires_line = |text: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("expires at"))
+                .map(|rest| rest.trim().to_owned())
+        };
+        let active = format_reservation(&reservation(ReservationState::Active), 1_000);
+        assert_eq!(
+            expires_line(&active).as_deref(),
+            Some("1970-01-01T00:01:01Z (in 1m 0s)"),
+            "{active}"
+        );
+        for ended in [
+            ReservationState::Committed,
+            ReservationState::Released,
+            ReservationState::Expired,
+        ] {
+            let text = format_reservation(&reservation(ended), 1_000);
+            assert_eq!(expires_line(&text).as_deref(), Some("-"), "{text}");
+        }
+    }
+
+    #[test]
     fn formats_availability_with_total() {
         let reply = GetAvailabilityResponse {
             locations: vec![

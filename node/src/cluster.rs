@@ -257,14 +257,26 @@ impl Running {
         ));
     }
 
-    /// Leaves the cluster: revokes the lease (dropping any claim left) and
-    /// stops the etcd loops and health tasks.
-    pub async fn leave(self) {
-        if let Err(error) = self.membership.leave().await {
-            tracing::warn!(%error, "cannot revoke the lease; it expires on its own");
-        }
+    /// Leaves the cluster within `limit`: stops the etcd loops and health
+    /// tasks, then revokes the lease (dropping any claim left). In that
+    /// order, so that no keep-alive in flight re-registers the member (with
+    /// a new lease) after the revoke.
+    pub async fn leave(self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         self.stop.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("cluster loops still stopping; revoking the lease anyway");
+        }
+        match tokio::time::timeout_at(deadline, self.membership.leave()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot revoke the lease; it expires on its own");
+            }
+            Err(_) => tracing::warn!("revoking the lease timed out; it expires on its own"),
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use skuld_actors::runtime::routing::{ForwardTarget, Forwarder, Operation};
+use skuld_actors::runtime::routing::{ForwardError, ForwardTarget, Forwarder, Operation};
 use skuld_actors::runtime::{codec, RequestMeta};
 use skuld_actors::{Error, Refusal};
 use skuld_cluster::shards::Peer;
@@ -66,8 +66,12 @@ fn error_to_wire(error: &Error) -> wire::RemoteError {
 /// The owner's error, typed: the same refusal (and so the same status and
 /// details for the client) whichever node answered.
 fn error_from_wire(error: wire::RemoteError) -> Error {
+    // Taken only when it means what the owner's status says: bytes of a
+    // version whose variants differ could decode as another error.
     if let Ok(typed) = codec::decode_limited::<Error>(&error.error) {
-        return typed;
+        if to_status(&typed).code() as i32 == error.code {
+            return typed;
+        }
     }
     if error.moved {
         return Error::ShardMoving {
@@ -111,15 +115,14 @@ impl PeerService for PeerApi {
         metrics::counter!("skuld_forwarded_served_total", "kind" => target.kind()).increment(1);
         let outcome = match result {
             Ok(bytes) => wire::forward_reply::Outcome::Ok(bytes),
-            // The sender validated the request before forwarding it, so an
-            // invalid one here is a malformed payload (or a sender that is
-            // not a skuld node): refused as a whole, never decided.
-            Err(error @ Error::Refused(Refusal::InvalidArgument { .. })) => {
+            Err(ForwardError::Malformed(error)) => {
                 metrics::counter!("skuld_forwarded_malformed_total", "kind" => target.kind())
                     .increment(1);
                 return Err(Status::invalid_argument(error.to_string()));
             }
-            Err(error) => wire::forward_reply::Outcome::Error(error_to_wire(&error)),
+            Err(ForwardError::Failed(error)) => {
+                wire::forward_reply::Outcome::Error(error_to_wire(&error))
+            }
         };
         Ok(Response::new(wire::ForwardReply {
             served_by: self.node_id.clone(),
@@ -309,5 +312,44 @@ mod tests {
             to_status(&error_from_wire(old)).code(),
             tonic::Code::FailedPrecondition
         );
+    }
+
+    #[test]
+    fn typed_bytes_that_contradict_the_status_are_not_trusted() {
+        // As a node of another version could send: bytes that decode as
+        // a refusal, beside a status that says something else.
+        let mut wire = error_to_wire(&Error::Refused(Refusal::Insufficient {
+            requested: 5,
+            available: 2,
+        }));
+        wire.code = tonic::Code::Unavailable as i32;
+        wire.message = "store failed".into();
+        let crossed = error_from_wire(wire);
+        assert_eq!(
+            crossed,
+            Error::Remote {
+                code: tonic::Code::Unavailable as i32,
+                message: "store failed".into(),
+                retry_after_ms: None,
+            }
+        );
+        assert!(crossed.is_retryable());
+    }
+
+    #[test]
+    fn an_untyped_remote_error_is_retried_as_every_client_retries() {
+        for code in 0..=16 {
+            let remote = Error::Remote {
+                code,
+                message: String::new(),
+                retry_after_ms: None,
+            };
+            assert_eq!(
+                remote.is_retryable(),
+                skuld_proto::retry::worth_retrying(tonic::Code::from(code)),
+                "{:?}",
+                tonic::Code::from(code)
+            );
+        }
     }
 }

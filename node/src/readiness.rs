@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use skuld_cluster::ownership::OwnershipConfig;
 use skuld_cluster::store::health::{StoreHealth, Verdict};
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
@@ -35,8 +36,17 @@ impl Readiness {
             if membership.view().borrow().revision == 0 {
                 return Err("cluster view not loaded yet".into());
             }
-            if membership.lease().borrow().confirmed_at.elapsed() >= membership.lease_ttl() {
-                return Err("etcd has not confirmed the lease within its TTL".into());
+            // The same window in which the ownership manager serves shards:
+            // past it the node serves none, so it is not ready either.
+            let ttl = membership.lease_ttl();
+            let window = OwnershipConfig::for_ttl(ttl).serving_window(ttl);
+            let unconfirmed = membership.lease().borrow().confirmed_at.elapsed();
+            if unconfirmed >= window {
+                return Err(format!(
+                    "etcd has not confirmed the lease for {} ms; shards are served for {} ms after a confirmation",
+                    unconfirmed.as_millis(),
+                    window.as_millis()
+                ));
             }
         }
         if let Some(health) = &self.store_health {

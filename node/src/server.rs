@@ -6,9 +6,11 @@
 //! sending; in cluster mode every shard is then handed over (stop admitting
 //! it, finish and persist what was accepted, release the claim) while the
 //! node keeps forwarding; then the runtime stops admitting and waits for
-//! admitted requests; background tasks stop; actors stop (concurrently); the
-//! lease is revoked; then the servers stop; last the group-commit writer
-//! flushes and the store closes.
+//! admitted requests; background tasks stop; actors stop (concurrently);
+//! new requests are then refused UNAVAILABLE. The last steps get one short
+//! grace past the deadline ([`LAST_STEPS_GRACE`]): the cluster loops stop and
+//! the lease is revoked; the servers stop; the group-commit writer flushes
+//! and the store closes. A step that overruns is cut short and logged.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +43,11 @@ use crate::config::Config;
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
+
+/// What the last shutdown steps (leaving the cluster, closing the servers,
+/// flushing the writer) may take past `drain_timeout_secs`. Kubernetes'
+/// `terminationGracePeriodSeconds` should exceed the drain by at least this.
+pub const LAST_STEPS_GRACE: Duration = Duration::from_secs(1);
 
 /// The sockets the node serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -192,12 +199,10 @@ pub async fn run(
             ),
     );
 
-    let readiness_task = tokio::spawn(follow_readiness(
-        readiness.clone(),
-        health.clone(),
-        stop_readiness.clone(),
-    ));
-    let http_state = HttpState { readiness, metrics };
+    let http_state = HttpState {
+        readiness: readiness.clone(),
+        metrics,
+    };
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -213,10 +218,18 @@ pub async fn run(
     let mut running = joined
         .as_ref()
         .map(|joined| cluster::start(&config, joined, Arc::clone(&runtime), Arc::clone(&returns)));
+    ready.store(true, Ordering::Release);
+    // gRPC health agrees with /readyz before anyone is told the node is up
+    // (the ports file, the log line); the follower keeps it so from here.
+    set_health(&health, readiness.check().is_ok()).await;
+    let readiness_task = tokio::spawn(follow_readiness(
+        readiness,
+        health.clone(),
+        stop_readiness.clone(),
+    ));
     if !config.server.ports_file.as_os_str().is_empty() {
         write_ports_file(&config.server.ports_file, grpc_addr, http_addr)?;
     }
-    ready.store(true, Ordering::Release);
     metrics::gauge!("skuld_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     if config.is_clustered() {
         tracing::info!(%grpc_addr, %http_addr, node = %node_id, "skuld node ready (cluster mode)");
@@ -240,26 +253,35 @@ pub async fn run(
         running.hand_over(deadline).await;
     }
     admission.drain(left()).await;
-    background.stop().await;
-    // Return cases first: their steps act on positions. Each stops its
-    // actors concurrently, within what is left of the drain.
-    let stopped = tokio::time::timeout(left().max(Duration::from_secs(1)), async {
-        returns.stop().await;
-        runtime.stop().await;
-    })
-    .await;
-    if stopped.is_err() {
-        tracing::warn!("actors still stopping at the drain deadline; going on");
-    }
-    if let Some(running) = running {
-        running.leave().await;
-    }
-    stop_servers.cancel();
-    servers.close();
-    if tokio::time::timeout(left().max(Duration::from_secs(1)), servers.wait())
+    if tokio::time::timeout(left(), background.stop())
         .await
         .is_err()
     {
+        tracing::warn!("background tasks still stopping at the drain deadline; going on");
+    }
+    // Return cases first: their steps act on positions. Each runtime stops
+    // its actors concurrently; positions always get their turn (their
+    // queued callers are answered), even when returns used up the budget.
+    if tokio::time::timeout(left() / 2, returns.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("return actors still stopping at the drain deadline; going on");
+    }
+    if tokio::time::timeout(left(), runtime.stop()).await.is_err() {
+        tracing::warn!("position actors still stopping at the drain deadline; going on");
+    }
+    // The last steps (revoking the lease, closing the servers, flushing
+    // abandoned writes) share one short grace past the deadline, so that a
+    // drain which used it all still tells etcd it is gone.
+    let grace_deadline = deadline + LAST_STEPS_GRACE;
+    let left = || grace_deadline.saturating_duration_since(Instant::now());
+    if let Some(running) = running {
+        running.leave(left()).await;
+    }
+    stop_servers.cancel();
+    servers.close();
+    if tokio::time::timeout(left(), servers.wait()).await.is_err() {
         tracing::warn!("servers still open at the drain deadline");
     }
     if grpc.is_finished() {
@@ -278,10 +300,7 @@ pub async fn run(
     drop(returns);
     drop(runtime);
     drop(writer);
-    if tokio::time::timeout(left().max(Duration::from_secs(1)), writer_task)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(left(), writer_task).await.is_err() {
         tracing::warn!("group-commit writer still flushing at the drain deadline");
     }
     tracing::info!("skuld node stopped");

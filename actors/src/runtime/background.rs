@@ -80,7 +80,14 @@ async fn scan_timers(
         if owned.as_ref().is_some_and(Vec::is_empty) {
             continue;
         }
-        let due = match store.due_timers(now, 4_096, owned).await {
+        // A store call in flight is dropped at shutdown: the scan only reads.
+        let Some(scanned) = stop
+            .run_until_cancelled(store.due_timers(now, 4_096, owned))
+            .await
+        else {
+            return;
+        };
+        let due = match scanned {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(%error, "cannot read due timers");
@@ -117,11 +124,17 @@ async fn purge_idempotency(
         if owned.as_ref().is_some_and(Vec::is_empty) {
             continue;
         }
+        // Chunk after chunk until the backlog is gone, but shutdown does not
+        // wait for it: a purge cut short deletes whole rows or none, and the
+        // next start goes on from there.
         loop {
-            match store
-                .purge_idempotency(retention, owned.clone(), PURGE_CHUNK)
+            let Some(purged) = stop
+                .run_until_cancelled(store.purge_idempotency(retention, owned.clone(), PURGE_CHUNK))
                 .await
-            {
+            else {
+                return;
+            };
+            match purged {
                 Ok(purged) => {
                     metrics::counter!("skuld_idempotency_purged_total").increment(purged as u64);
                     if purged < PURGE_CHUNK {

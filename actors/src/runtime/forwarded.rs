@@ -3,7 +3,7 @@
 //! shard (a forwarded request is never forwarded again).
 
 use super::codec;
-use super::routing::{Destination, ForwardTarget, Operation};
+use super::routing::{Destination, ForwardError, ForwardTarget, Operation};
 use super::{Entity, EntityRuntime, Mutation, Priority, RequestMeta};
 use crate::Error;
 
@@ -20,7 +20,7 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
         operation: Operation,
         payload: Vec<u8>,
         meta: RequestMeta,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<Vec<u8>, ForwardError> {
         let routing = self
             .shared
             .routing
@@ -29,40 +29,42 @@ impl<E: Entity> ForwardTarget for EntityRuntime<E> {
         match operation {
             Operation::Mutate => {
                 let (key, idempotency_key, expected_version, command) =
-                    codec::decode_payload::<(E::Key, String, Option<u64>, E::Command)>(&payload)?;
+                    codec::decode_payload::<(E::Key, String, Option<u64>, E::Command)>(&payload)
+                        .map_err(ForwardError::Malformed)?;
                 let mutation = Mutation::<E> {
                     key,
                     idempotency_key,
                     expected_version,
                     command,
                 };
-                mutation.validate()?;
+                mutation.validate().map_err(ForwardError::Malformed)?;
                 let _admitted = self.shared.admission.admit(Priority::Write)?;
                 let shard = routing.table.shard_of(&E::encode_key(&mutation.key));
                 let give_up = routing.give_up(meta.deadline);
                 let Destination::Here(serving) = routing.destination(shard, give_up, true).await?
                 else {
-                    return Err(routing.moving(shard));
+                    return Err(routing.moving(shard).into());
                 };
                 let mutated = self
                     .mutate_here(mutation, meta, Some(serving.epoch))
                     .await?;
                 drop(serving);
-                codec::encode(&(mutated.reply, mutated.replayed))
+                Ok(codec::encode(&(mutated.reply, mutated.replayed))?)
             }
             Operation::Read => {
-                let key = codec::decode_payload::<E::Key>(&payload)?;
-                E::validate_key(&key)?;
+                let key =
+                    codec::decode_payload::<E::Key>(&payload).map_err(ForwardError::Malformed)?;
+                E::validate_key(&key).map_err(ForwardError::Malformed)?;
                 let _admitted = self.shared.admission.admit(Priority::Read)?;
                 let shard = routing.table.shard_of(&E::encode_key(&key));
                 let give_up = routing.give_up(meta.deadline);
                 let Destination::Here(serving) = routing.destination(shard, give_up, true).await?
                 else {
-                    return Err(routing.moving(shard));
+                    return Err(routing.moving(shard).into());
                 };
                 let state = self.read_here(&key, meta, Some(serving.epoch)).await?;
                 drop(serving);
-                codec::encode(&state)
+                Ok(codec::encode(&state)?)
             }
         }
     }

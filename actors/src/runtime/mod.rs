@@ -23,6 +23,7 @@ mod known_keys;
 mod mailbox;
 pub mod routing;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,6 +153,9 @@ pub(crate) struct Shared<E: Entity> {
     pub(crate) routing: Option<Routing>,
     /// Idempotency keys all actors of this runtime keep in memory.
     pub(crate) known_keys_budget: Arc<known_keys::Budget>,
+    /// Set by [`EntityRuntime::stop`]: from then on nothing is queued, so
+    /// no actor starts (or writes) after the runtime stopped.
+    stopping: AtomicBool,
 }
 
 impl<E: Entity> Shared<E> {
@@ -182,6 +186,10 @@ impl<E: Entity> Shared<E> {
     /// Never awaits between queueing and waking the actor, so a cancelled
     /// caller cannot leave a queued command without a drain.
     fn submit(self: &Arc<Self>, key: &E::Key, mut envelope: Envelope<E>) -> Result<(), Error> {
+        const SHUTTING_DOWN: &str = "node is shutting down";
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable(SHUTTING_DOWN.into()));
+        }
         loop {
             let slot = match self.actors.get(key) {
                 Some(slot) => Arc::clone(slot.value()),
@@ -199,6 +207,13 @@ impl<E: Entity> Shared<E> {
             };
             match slot.mailbox.push(envelope) {
                 Push::Queued { wake } => {
+                    // A stop that began after the check above may have
+                    // listed the actors before this slot was added: then
+                    // this caller abandons it (its envelope included).
+                    if self.stopping.load(Ordering::SeqCst) {
+                        self.abandon(key, &slot, SHUTTING_DOWN);
+                        return Err(Error::Unavailable(SHUTTING_DOWN.into()));
+                    }
                     if wake {
                         self.wake(key, &slot);
                     }
@@ -348,6 +363,7 @@ impl<E: Entity> EntityRuntime<E> {
                 admission,
                 routing: None,
                 known_keys_budget: known_keys::Budget::new(known_keys::PER_RUNTIME),
+                stopping: AtomicBool::new(false),
             }),
         }
     }
@@ -655,6 +671,7 @@ impl<E: Entity> EntityRuntime<E> {
 
     /// Stops every actor; queued commands are answered UNAVAILABLE.
     pub async fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         let slots: Vec<_> = self
             .shared
             .actors

@@ -49,7 +49,25 @@ pub trait ForwardTarget: Send + Sync {
         operation: Operation,
         payload: Vec<u8>,
         meta: RequestMeta,
-    ) -> Result<Vec<u8>, Error>;
+    ) -> Result<Vec<u8>, ForwardError>;
+}
+
+/// Why a forwarded request got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardError {
+    /// The payload did not decode or validate. The sender validated it
+    /// before forwarding, so it is not a skuld node's request (or a broken
+    /// one): refused as a whole, never decided.
+    Malformed(Error),
+    /// Served here and refused, or not servable here now: the sender gets
+    /// this error typed, so its client sees what this node said.
+    Failed(Error),
+}
+
+impl From<Error> for ForwardError {
+    fn from(error: Error) -> Self {
+        ForwardError::Failed(error)
+    }
 }
 
 /// Cluster-mode routing of one runtime.

@@ -138,7 +138,6 @@ pub(super) fn format_relative(at_ms: i64, now_ms: i64) -> String {
     }
 }
 
-/// A timestamp with its distance from now, or `-` when unset (0).
 /// When a reservation expires: only an active one does (a committed,
 /// released or expired one has nothing left to expire).
 pub(super) fn expiry(reservation: &Reservation, now_ms: i64) -> String {
@@ -149,6 +148,7 @@ pub(super) fn expiry(reservation: &Reservation, now_ms: i64) -> String {
     }
 }
 
+/// A timestamp with its distance from now, or `-` when unset (0).
 pub(super) fn format_timestamp(at_ms: i64, now_ms: i64) -> String {
     if at_ms == 0 {
         "-".to_owned()
