@@ -357,6 +357,7 @@ impl<E: Entity> ActorState<E> {
             write: &mut write,
             stored,
             now_ms: now_ms(),
+            poisoned: false,
         };
 
         // Run a due timer before anything else sees the entity.
@@ -376,6 +377,27 @@ impl<E: Entity> ActorState<E> {
                 } => batch.mutate(mutation, *fingerprint, &envelope.correlation_id),
             };
             replies.push(PendingReply { envelope, result });
+        }
+        if batch.poisoned {
+            // The state holds applied events that this write cannot make
+            // durable as they were answered: write nothing, answer every
+            // request of the drain as unavailable (retries are safe, nothing
+            // was stored) and reload the state on the next drain.
+            tracing::error!(kind = E::KIND, key = %self.key, "batch abandoned: an answer could not be recorded");
+            self.state = None;
+            self.timer_written = None;
+            for reply in &mut replies {
+                reply.result = Err(Error::Unavailable(
+                    "the request could not be recorded; retry".into(),
+                ));
+            }
+            let empty = EntityWrite {
+                key: self.encoded_key.clone(),
+                shard: self.shard,
+                epoch: self.epoch,
+                ..EntityWrite::default()
+            };
+            return (empty, replies);
         }
         self.seal(&mut write);
         (write, replies)
@@ -419,6 +441,9 @@ struct Batch<'a, E: Entity> {
     /// batch records (a duplicate later in the same drain replays them).
     stored: HashMap<String, IdempotencyRecord>,
     now_ms: i64,
+    /// Set when events were applied to `state` but their answer could not
+    /// be recorded: the whole batch is then abandoned, never half written.
+    poisoned: bool,
 }
 
 impl<E: Entity> Batch<'_, E> {
@@ -472,7 +497,13 @@ impl<E: Entity> Batch<'_, E> {
                     }
                     Err(error) => return Err(error),
                 };
-                record::<E>(self.write, &mut self.stored, mutation, fingerprint, answer)
+                let records = self.write.idempotency.len();
+                let recorded =
+                    record::<E>(self.write, &mut self.stored, mutation, fingerprint, answer);
+                if self.write.idempotency.len() == records {
+                    self.poisoned = true;
+                }
+                recorded
             }
         }
     }
