@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skuld/v1/inventory.proto",
         "skuld/v1/returns.proto",
         "skuld/v1/admin.proto",
+        "skuld/v1/events.proto",
         "skuld/internal/v1/peer.proto",
     ];
     tonic_prost_build::configure()

@@ -40,6 +40,15 @@ pub enum Error {
         message: String,
         retry_after_ms: Option<u64>,
     },
+    /// An event subscription's position is older than retention: events
+    /// after it were deleted, so resuming there would skip them.
+    #[error("events of shard {shard} up to {floor} were deleted by retention; this position cannot be resumed, start again from the oldest retained event")]
+    EventsExpired {
+        shard: u32,
+        floor: u64,
+        /// Where a subscription starts now (every retained event).
+        oldest_resume_token: String,
+    },
 }
 
 impl Error {
@@ -65,7 +74,7 @@ impl Error {
             // RESOURCE_EXHAUSTED, as `skuld_proto::retry::worth_retrying`
             // says (a test in `skuld-node` keeps the two the same).
             Error::Remote { code, .. } => matches!(code, 1 | 2 | 4 | 8 | 10 | 13 | 14),
-            Error::Refused(_) => false,
+            Error::Refused(_) | Error::EventsExpired { .. } => false,
         }
     }
 }

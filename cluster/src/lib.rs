@@ -14,7 +14,8 @@ pub use store::embedded::EmbeddedStore;
 pub use store::postgres::PostgresStore;
 pub use store::writer::{GroupCommitWriter, WriterConfig};
 pub use store::{
-    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch,
+    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError,
+    StoredEvent, WriteBatch,
 };
 
 /// Milliseconds since the unix epoch by this node's wall clock: the one

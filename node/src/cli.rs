@@ -5,6 +5,7 @@
 mod admin;
 mod args;
 mod call;
+mod events;
 mod format;
 mod returns;
 
@@ -200,6 +201,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
             emit(&format_availability(&reply))
         }
         ClientCommand::Returns(command) => returns::run(&ctx, channel, command).await,
+        ClientCommand::Events(command) => events::run(&ctx, channel, command).await,
         ClientCommand::Status => admin::status(&ctx, channel).await,
         ClientCommand::Members => admin::members(&ctx, channel).await,
         ClientCommand::Shards(args) => admin::shards(&ctx, channel, args).await,

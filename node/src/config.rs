@@ -1,7 +1,7 @@
 //! Node configuration, layered: built-in defaults, then a TOML file
 //! (`--config`), then `SKULD_*` environment variables, then flags. The file
 //! has one section per part of the node (`[server]`, `[runtime]`,
-//! `[writer]`, `[cluster]`, `[postgres]`, `[returns]`); every option is
+//! `[events]`, `[writer]`, `[cluster]`, `[postgres]`, `[returns]`); every option is
 //! declared once in [`options`], with the doc comment that `--help`,
 //! `skuld config` and the README show. `skuld config` prints the effective
 //! result, secrets redacted.
@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use options::{
-    described, markdown_table, Cluster, OptionDoc, Postgres, Runtime, ServeArgs, Server, Writer,
+    described, markdown_table, Cluster, Events, OptionDoc, Postgres, Runtime, ServeArgs, Server,
+    Writer,
 };
 pub use secret::SecretUrl;
 
@@ -26,6 +27,7 @@ pub use secret::SecretUrl;
 pub struct Config {
     pub server: Server,
     pub runtime: Runtime,
+    pub events: Events,
     pub writer: Writer,
     pub cluster: Cluster,
     pub postgres: Postgres,
@@ -85,6 +87,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.runtime.validate()?;
+        self.events.validate()?;
         self.writer.validate()?;
         self.cluster.validate()?;
         self.postgres.validate()?;
@@ -169,6 +172,7 @@ impl Config {
         skuld_actors::runtime::BackgroundTiming {
             timer_scan_interval: Duration::from_millis(self.runtime.timer_scan_interval_ms),
             idempotency_retention: Duration::from_secs(self.runtime.idempotency_retention_secs),
+            event_retention: Duration::from_secs(self.events.event_retention_secs),
             purge_interval: Duration::from_secs(self.runtime.idempotency_purge_interval_secs),
         }
     }
@@ -213,6 +217,16 @@ fn positive(options: &[(&str, u64)]) -> Result<(), ConfigError> {
 impl Server {
     fn validate(&self) -> Result<(), ConfigError> {
         positive(&[("max_message_bytes", self.max_message_bytes as u64)])
+    }
+}
+
+impl Events {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("event_retention_secs", self.event_retention_secs),
+            ("event_poll_interval_ms", self.event_poll_interval_ms),
+            ("max_subscriptions", self.max_subscriptions as u64),
+        ])
     }
 }
 

@@ -7,12 +7,17 @@ use skuld_actors::position::{
     PositionState, Reservation, ReservationState,
 };
 use skuld_actors::runtime::Mutated;
-use skuld_actors::{Error, PositionKey};
+use skuld_actors::{Error, PositionKey, ReturnKey};
 use skuld_proto::v1 as pb;
 
 pub fn position_key(key: Option<pb::PositionKey>) -> Result<PositionKey, Error> {
     let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
     Ok(PositionKey::new(key.tenant, key.sku, key.location)?)
+}
+
+pub fn return_key(key: Option<pb::ReturnKey>) -> Result<ReturnKey, Error> {
+    let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
+    Ok(ReturnKey::new(key.tenant, key.return_id)?)
 }
 
 fn header(header: Option<pb::MutationHeader>) -> Result<(PositionKey, String, Option<u64>), Error> {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod events_api;
 pub mod peer;
 pub mod readiness;
 pub mod returns_api;

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use skuld_cluster::ownership::OwnershipConfig;
 use skuld_cluster::store::health::{StoreHealth, Verdict};
+use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::InventoryApi;
+use crate::events_api::EventsApi;
 use crate::returns_api::ReturnsApi;
 
 /// What the node's readiness is made of; `/readyz` and gRPC health answer
@@ -95,6 +97,7 @@ pub async fn set_health(health: &tonic_health::server::HealthReporter, ready: bo
         "",
         <InventoryServiceServer<InventoryApi> as tonic::server::NamedService>::NAME,
         <ReturnsServiceServer<ReturnsApi> as tonic::server::NamedService>::NAME,
+        <EventServiceServer<EventsApi> as tonic::server::NamedService>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }

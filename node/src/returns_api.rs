@@ -14,6 +14,7 @@ use skuld_proto::v1 as pb;
 use skuld_proto::v1::returns_service_server::ReturnsService;
 use tonic::{Request, Response, Status};
 
+use crate::convert::return_key;
 use crate::rpc;
 
 /// Return policies by scope: `"<tenant>/<channel>"`, then `"<tenant>"`, then
@@ -42,15 +43,10 @@ type ReturnResult = Result<Response<pb::ReturnResponse>, Status>;
 fn header(header: Option<pb::ReturnHeader>) -> Result<(ReturnKey, String, Option<u64>), Error> {
     let header = header.ok_or_else(|| Error::invalid("header", "is required"))?;
     Ok((
-        key(header.key)?,
+        return_key(header.key)?,
         header.idempotency_key,
         header.expected_version,
     ))
-}
-
-fn key(key: Option<pb::ReturnKey>) -> Result<ReturnKey, Error> {
-    let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
-    Ok(ReturnKey::new(key.tenant, key.return_id)?)
 }
 
 fn mutation(
@@ -650,7 +646,7 @@ impl ReturnsService for ReturnsApi {
 
     async fn get_return(&self, request: Request<pb::GetReturnRequest>) -> ReturnResult {
         rpc::serve("GetReturn", request, |m, meta| async move {
-            let key = key(m.key)?;
+            let key = return_key(m.key)?;
             let case = self.runtime.read(&key, meta).await?;
             if case.state.is_none() {
                 return Err(Error::Refused(Refusal::ReturnNotFound(

@@ -30,6 +30,7 @@ use skuld_actors::runtime::{Background, Entity, EntityRuntime, TimerTarget};
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
+use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use tokio::net::TcpListener;
@@ -40,6 +41,7 @@ use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
 use crate::cluster;
 use crate::config::Config;
+use crate::events_api::{EventsApi, EventsSettings};
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
@@ -182,6 +184,18 @@ pub async fn run(
     // drains. The readiness follower stops first.
     let stop_servers = CancellationToken::new();
     let stop_readiness = CancellationToken::new();
+    let stop_subscriptions = CancellationToken::new();
+    let events = EventServiceServer::new(EventsApi::new(
+        Arc::clone(&store),
+        writer.events_committed(),
+        EventsSettings {
+            poll_interval: Duration::from_millis(config.events.event_poll_interval_ms),
+            max_subscriptions: config.events.max_subscriptions,
+        },
+        stop_subscriptions.clone(),
+    ))
+    .max_decoding_message_size(config.server.max_message_bytes)
+    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
     let servers = TaskTracker::new();
     let grpc_stop = stop_servers.clone().cancelled_owned();
     let grpc = servers.spawn(
@@ -191,6 +205,7 @@ pub async fn run(
             .add_service(inventory)
             .add_service(returns_service)
             .add_service(admin)
+            .add_service(events)
             .add_service(peer)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listeners.grpc)
@@ -247,6 +262,9 @@ pub async fn run(
     );
     ready.store(false, Ordering::Release);
     stop_readiness.cancel();
+    // Subscriptions end first (their streams would hold the servers' own
+    // graceful stop open); subscribers resume elsewhere with their tokens.
+    stop_subscriptions.cancel();
     let _ = readiness_task.await;
     set_health(&health, false).await;
     if let Some(running) = running.as_mut() {

@@ -10,6 +10,7 @@
 //! | DeadlineExceeded | DEADLINE_EXCEEDED |
 //! | Unavailable | UNAVAILABLE (retry with the same idempotency key) |
 //! | ShardMoving | UNAVAILABLE (RetryInfo and `retry-after-ms`: a handoff is under way) |
+//! | EventsExpired | OUT_OF_RANGE (google.rpc.ErrorInfo EVENTS_EXPIRED, metadata `oldest_resume_token`) |
 //! | Remote | the code the owning node answered with |
 
 use std::time::Duration;
@@ -75,6 +76,20 @@ pub fn to_status(error: &Error) -> Status {
         Error::Unavailable(_) => Status::unavailable(message),
         Error::ShardMoving { retry_after_ms, .. } => {
             with_retry_hint(Code::Unavailable, message, *retry_after_ms)
+        }
+        Error::EventsExpired {
+            oldest_resume_token,
+            ..
+        } => {
+            let details = ErrorDetails::with_error_info(
+                "EVENTS_EXPIRED",
+                "skuld",
+                [(
+                    "oldest_resume_token".to_owned(),
+                    oldest_resume_token.clone(),
+                )],
+            );
+            Status::with_error_details(Code::OutOfRange, message, details)
         }
         Error::Remote {
             code,

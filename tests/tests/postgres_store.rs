@@ -70,6 +70,7 @@ fn full_write(key: &[u8], shard: u32, epoch: u64, seq: u64) -> EntityWrite {
         idempotency: vec![record(&format!("k{seq}"), u128::from(seq), 1_000)],
         timer: Some(Some(5_000)),
         summary: Some((b"scope".to_vec(), key.to_vec())),
+        events: vec![format!("event-{seq}").into_bytes()],
     }
 }
 

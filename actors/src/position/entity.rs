@@ -1,6 +1,11 @@
 //! Inventory positions as an [`Entity`] of the actor runtime.
 
-use super::{apply_entry, decide, Command, Context, Decision, Event, MutationReply, PositionState};
+use serde::Serialize;
+
+use super::{
+    apply_entry, decide, stock_status_crossing, Buckets, Command, Context, Decision, Event,
+    MutationReply, PositionState,
+};
 use crate::journal::JournalEntry;
 use crate::key::PositionKey;
 use crate::runtime::{Entity, Mutation};
@@ -8,6 +13,13 @@ use crate::Error;
 
 /// A client's mutation of one position.
 pub type MutationRequest = Mutation<PositionEntity>;
+
+/// A position's quantities before and after a change, in its published events.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PositionFigures {
+    pub buckets: Buckets,
+    pub available: i64,
+}
 
 /// The position rules with the node's reservation limits.
 #[derive(Debug, Clone)]
@@ -100,6 +112,29 @@ impl Entity for PositionEntity {
 
     fn apply_entry(state: &mut PositionState, entry: &JournalEntry<Event>) {
         apply_entry(state, entry);
+    }
+
+    type Figures = PositionFigures;
+
+    fn figures(state: &PositionState) -> PositionFigures {
+        PositionFigures {
+            buckets: state.buckets,
+            available: state.buckets.available(),
+        }
+    }
+
+    fn tenant(key: &PositionKey) -> &str {
+        &key.tenant
+    }
+
+    fn event_name(event: &Event) -> &'static str {
+        event.name()
+    }
+
+    fn derived_events(before: &PositionFigures, after: &PositionFigures) -> Vec<&'static str> {
+        stock_status_crossing(&before.buckets, &after.buckets)
+            .into_iter()
+            .collect()
     }
 
     fn reply(state: &PositionState, decision: Decision) -> MutationReply {

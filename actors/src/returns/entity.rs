@@ -38,6 +38,14 @@ pub struct ReturnSummary {
 }
 
 /// The listing scope of a tenant's returns.
+/// A case's state before and after a change, in its published events.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReturnFigures {
+    pub state: Option<ReturnState>,
+    pub open_exceptions: u32,
+    pub refunds: usize,
+}
+
 pub fn summary_scope(tenant: &str) -> Vec<u8> {
     let mut scope = b"returns/".to_vec();
     scope.extend_from_slice(tenant.as_bytes());
@@ -234,6 +242,24 @@ impl Entity for ReturnEntity {
 
     fn apply_entry(state: &mut ReturnCase, entry: &JournalEntry<ReturnEvent>) {
         apply_entry(state, entry);
+    }
+
+    type Figures = ReturnFigures;
+
+    fn figures(state: &ReturnCase) -> ReturnFigures {
+        ReturnFigures {
+            state: state.state,
+            open_exceptions: u32::try_from(state.open_exceptions().count()).unwrap_or(u32::MAX),
+            refunds: state.refunds.len(),
+        }
+    }
+
+    fn tenant(key: &ReturnKey) -> &str {
+        &key.tenant
+    }
+
+    fn event_name(event: &ReturnEvent) -> &'static str {
+        event.name()
     }
 
     fn reply(state: &ReturnCase, _outcome: ()) -> ReturnCase {

@@ -50,6 +50,7 @@ fn start() -> Node {
         BackgroundTiming {
             timer_scan_interval: Duration::from_millis(50),
             idempotency_retention: Duration::from_secs(86_400),
+            event_retention: Duration::from_secs(7 * 86_400),
             purge_interval: Duration::from_secs(60),
         },
     );

@@ -11,6 +11,7 @@ use skuld_cluster::{EntityWrite, IdempotencyRecord};
 
 use super::codec::{decode, encode};
 use super::known_keys::{self, key_hash, KnownKeys};
+use super::published::publish;
 use super::{now_ms, Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
 use crate::journal::JournalEntry;
 use crate::{Error, Refusal};
@@ -452,14 +453,15 @@ impl<E: Entity> Batch<'_, E> {
             return;
         }
         let timer = E::timer_command();
-        if let Err(error) = self.decide_and_append(None, &timer, None, "timer") {
+        if let Err(error) = self.decide_and_append(None, &timer, None, "timer", "timer") {
             tracing::error!(kind = E::KIND, key = %self.key, %error, "timer command failed");
         }
     }
 
     /// A command the node issued itself: nobody waits for its answer.
     fn internal(&mut self, command: &E::Command, correlation_id: &str) {
-        if let Err(error) = self.decide_and_append(None, command, None, correlation_id) {
+        if let Err(error) = self.decide_and_append(None, command, None, correlation_id, "internal")
+        {
             tracing::warn!(kind = E::KIND, key = %self.key, %error, "internal command refused");
         }
     }
@@ -484,6 +486,7 @@ impl<E: Entity> Batch<'_, E> {
                         &mutation.command,
                         Some(mutation.idempotency_key.clone()),
                         correlation_id,
+                        &mutation.idempotency_key,
                     )
                     .map(|outcome| E::reply(self.state, outcome));
                 // The key's first request is recorded with its answer,
@@ -514,18 +517,23 @@ impl<E: Entity> Batch<'_, E> {
         command: &E::Command,
         idempotency_key: Option<String>,
         correlation_id: &str,
+        causation_id: &str,
     ) -> Result<E::Outcome, Error> {
         let (events, outcome) =
             self.entity
                 .decide(self.key, self.state, expected_version, command, self.now_ms)?;
-        append::<E>(
-            self.state,
-            self.write,
-            events,
+        let entry = JournalEntry {
+            version: E::version(self.state) + 1,
+            recorded_at_ms: self.now_ms,
             idempotency_key,
-            correlation_id,
-            self.now_ms,
-        )?;
+            correlation_id: correlation_id.to_owned(),
+            events,
+        };
+        if let Err(error) = append::<E>(self.key, self.state, self.write, &entry, causation_id) {
+            // The state may hold the entry without the write: abandon the batch.
+            self.poisoned = true;
+            return Err(error);
+        }
         Ok(outcome)
     }
 }
@@ -571,27 +579,24 @@ fn record<E: Entity>(
     }
 }
 
-/// Applies accepted events as one journal entry and adds it to the write.
+/// Applies accepted events as one journal entry and adds it, with its
+/// published events (the outbox), to the write.
 fn append<E: Entity>(
+    key: &E::Key,
     state: &mut E::State,
     write: &mut EntityWrite,
-    events: Vec<E::Event>,
-    idempotency_key: Option<String>,
-    correlation_id: &str,
-    now_ms: i64,
+    entry: &JournalEntry<E::Event>,
+    causation_id: &str,
 ) -> Result<(), Error> {
-    if events.is_empty() {
+    if entry.events.is_empty() {
         return Ok(());
     }
-    let entry = JournalEntry {
-        version: E::version(state) + 1,
-        recorded_at_ms: now_ms,
-        idempotency_key,
-        correlation_id: correlation_id.to_owned(),
-        events,
-    };
-    let bytes = encode(&entry)?;
-    E::apply_entry(state, &entry);
+    let bytes = encode(entry)?;
+    let before = E::figures(state);
+    E::apply_entry(state, entry);
+    let after = E::figures(state);
+    let events = publish::<E>(key, &write.key, entry, &before, &after, causation_id)?;
     write.journal.push((entry.version, bytes));
+    write.events.extend(events);
     Ok(())
 }

@@ -1,26 +1,28 @@
 //! Node-wide background work: the durable-timer scanner and the purge of
-//! old idempotency records.
+//! idempotency records and events past their retention.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use skuld_cluster::shards::ShardTable;
-use skuld_cluster::Store;
+use skuld_cluster::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{now_ms, TimerTarget};
 
-/// How often the background tasks run, and the idempotency retention.
+/// How often the background tasks run, and how long records are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct BackgroundTiming {
     pub timer_scan_interval: Duration,
     pub idempotency_retention: Duration,
+    pub event_retention: Duration,
     pub purge_interval: Duration,
 }
 
 /// Node-wide background work: the durable-timer scanner and the purge of
-/// old idempotency records.
+/// idempotency records and events past their retention.
 pub struct Background {
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -44,13 +46,7 @@ impl Background {
             timing.timer_scan_interval,
             stop.clone(),
         ));
-        tasks.spawn(purge_idempotency(
-            store,
-            shards,
-            timing.idempotency_retention,
-            timing.purge_interval,
-            stop.clone(),
-        ));
+        tasks.spawn(purge_retained(store, shards, timing, stop.clone()));
         tasks.close();
         Self { stop, tasks }
     }
@@ -102,18 +98,16 @@ async fn scan_timers(
     }
 }
 
-/// Deletes idempotency records past the retention, by the store's clock
-/// (never this node's wall clock), and in cluster mode only those of the
-/// shards this node owns.
-async fn purge_idempotency(
+/// Deletes idempotency records and events past their retention, by the
+/// store's clock (never this node's wall clock), and in cluster mode only
+/// those of the shards this node owns.
+async fn purge_retained(
     store: Arc<dyn Store>,
     shards: Option<Arc<ShardTable>>,
-    retention: Duration,
-    interval: Duration,
+    timing: BackgroundTiming,
     stop: CancellationToken,
 ) {
-    const PURGE_CHUNK: usize = 10_000;
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(timing.purge_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -124,27 +118,43 @@ async fn purge_idempotency(
         if owned.as_ref().is_some_and(Vec::is_empty) {
             continue;
         }
-        // Chunk after chunk until the backlog is gone, but shutdown does not
-        // wait for it: a purge cut short deletes whole rows or none, and the
-        // next start goes on from there.
-        loop {
-            let Some(purged) = stop
-                .run_until_cancelled(store.purge_idempotency(retention, owned.clone(), PURGE_CHUNK))
-                .await
-            else {
-                return;
-            };
-            match purged {
-                Ok(purged) => {
-                    metrics::counter!("skuld_idempotency_purged_total").increment(purged as u64);
-                    if purged < PURGE_CHUNK {
-                        break;
-                    }
+        let finished = purge_backlog("idempotency", &stop, |chunk| {
+            store.purge_idempotency(timing.idempotency_retention, owned.clone(), chunk)
+        })
+        .await
+            && purge_backlog("events", &stop, |chunk| {
+                store.purge_events(timing.event_retention, owned.clone(), chunk)
+            })
+            .await;
+        if !finished {
+            return;
+        }
+    }
+}
+
+/// Purges chunk after chunk until the backlog is gone, but shutdown does not
+/// wait for it: a purge cut short deletes whole rows or none, and the next
+/// start goes on from there. False when stopped.
+async fn purge_backlog<F, P>(what: &'static str, stop: &CancellationToken, mut purge: P) -> bool
+where
+    P: FnMut(usize) -> F,
+    F: Future<Output = Result<usize, StoreError>>,
+{
+    const PURGE_CHUNK: usize = 10_000;
+    loop {
+        let Some(purged) = stop.run_until_cancelled(purge(PURGE_CHUNK)).await else {
+            return false;
+        };
+        match purged {
+            Ok(purged) => {
+                metrics::counter!("skuld_purged_total", "what" => what).increment(purged as u64);
+                if purged < PURGE_CHUNK {
+                    return true;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "idempotency purge failed");
-                    break;
-                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, what, "purge failed");
+                return true;
             }
         }
     }

@@ -78,6 +78,23 @@ pub trait Entity: Send + Sync + Sized + 'static {
         None
     }
 
+    /// What every published event of a change carries as the entity's
+    /// values before and after it (a position's quantities, a case's state).
+    type Figures: Serialize;
+    fn figures(state: &Self::State) -> Self::Figures;
+
+    /// The tenant the key belongs to; consumers filter on it.
+    fn tenant(key: &Self::Key) -> &str;
+
+    /// An event's name for consumers (`inventory.reservation.created`).
+    fn event_name(event: &Self::Event) -> &'static str;
+
+    /// Events that follow from a change as a whole rather than from one of
+    /// its events (a position running out of stock); none by default.
+    fn derived_events(_before: &Self::Figures, _after: &Self::Figures) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Called after each durable write of an entity; starts side effects
     /// the new state asks for. Must not block.
     fn after_commit(&self, _key: &Self::Key, _state: &Self::State, _handle: &EntityHandle<Self>) {}

@@ -21,6 +21,7 @@ mod entity;
 mod forwarded;
 mod known_keys;
 mod mailbox;
+pub mod published;
 pub mod routing;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -86,6 +86,7 @@ fn start_with(
         super::BackgroundTiming {
             timer_scan_interval: config.timer_scan_interval,
             idempotency_retention: Duration::from_secs(86_400),
+            event_retention: Duration::from_secs(7 * 86_400),
             purge_interval: Duration::from_secs(60),
         },
     );

@@ -25,7 +25,12 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
 use super::retention_clock::{wall_ms, RetentionClock};
-use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+use super::{
+    Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
+    WriteBatch,
+};
+
+mod outbox;
 
 struct Inner {
     db: Database,
@@ -46,8 +51,10 @@ struct Inner {
     /// Serializes the writers that read before they write (commits and
     /// purges): a purge must not delete a record a concurrent commit rewrites.
     write_lock: Mutex<()>,
-    /// Stamps idempotency records and decides which are old enough to go.
+    /// Stamps idempotency records and events, and decides which are old
+    /// enough to go.
     clock: RetentionClock,
+    outbox: outbox::Outbox,
 }
 
 /// The default, single-node store.
@@ -166,6 +173,7 @@ impl EmbeddedStore {
             timers_by_due: keyspace("timers_by_due")?,
             summaries: keyspace("summaries")?,
             write_lock: Mutex::new(()),
+            outbox: outbox::Outbox::open(&db)?,
             db,
         };
         let lookups = spawn_lookup_thread(inner.idempotency.clone())?;
@@ -194,7 +202,9 @@ impl Inner {
         // Timers changed earlier in this batch are not readable from the
         // database yet; remember them here.
         let mut timers_in_batch: HashMap<&[u8], Option<u64>> = HashMap::new();
-        let recorded_at = self.clock.stamp().to_be_bytes();
+        let stamp = self.clock.stamp();
+        let recorded_at = stamp.to_be_bytes();
+        let mut staged = outbox::Staged::new();
         for entity in &batch.entities {
             let key = entity.key.as_slice();
             let prefixed = length_prefixed(key);
@@ -259,8 +269,18 @@ impl Inner {
                     summary.as_slice(),
                 );
             }
+            self.outbox.stage(
+                &mut write,
+                &mut staged,
+                key,
+                entity.shard,
+                &entity.events,
+                stamp,
+            );
         }
-        write.commit().map_err(StoreError::backend)
+        write.commit().map_err(StoreError::backend)?;
+        self.outbox.publish(staged);
+        Ok(())
     }
 
     fn purge_idempotency(&self, retention: Duration, limit: usize) -> Result<usize, StoreError> {
@@ -467,6 +487,41 @@ impl Store for EmbeddedStore {
                 ));
             }
             Ok(entries)
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        after: Vec<(u32, u64)>,
+        per_shard: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let after = after.into_iter().collect();
+        self.blocking(move |inner| inner.outbox.read(&after, per_shard))
+            .await
+    }
+
+    async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
+        Ok(self.inner.outbox.bounds())
+    }
+
+    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+        let entity = entity.to_vec();
+        self.blocking(move |inner| inner.outbox.of_entity(&entity))
+            .await
+    }
+
+    async fn purge_events(
+        &self,
+        retention: Duration,
+        // Single-node: the node owns every shard.
+        _shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.blocking(move |inner| {
+            let _serialized = inner.write_lock.lock();
+            let before_ms = inner.clock.purge_before(retention);
+            inner.outbox.purge(&inner.db, before_ms, limit)
         })
         .await
     }

@@ -29,7 +29,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::retention_clock::wall_ms;
-use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+use super::{
+    Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
+    WriteBatch,
+};
 
 /// Why a node may or may not serve against its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +338,31 @@ impl Store for MonitoredStore {
 
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.seen(self.inner.journal(key).await)
+    }
+
+    async fn read_events(
+        &self,
+        after: Vec<(u32, u64)>,
+        per_shard: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.seen(self.inner.read_events(after, per_shard).await)
+    }
+
+    async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
+        self.seen(self.inner.event_bounds().await)
+    }
+
+    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+        self.seen(self.inner.entity_events(entity).await)
+    }
+
+    async fn purge_events(
+        &self,
+        retention: Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.seen(self.inner.purge_events(retention, shards, limit).await)
     }
 }
 

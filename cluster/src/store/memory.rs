@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::retention_clock::{wall_ms, RetentionClock};
-use super::{Committed, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch};
+use super::{
+    Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
+    WriteBatch,
+};
 
 #[derive(Default)]
 struct Data {
@@ -24,6 +27,9 @@ struct Data {
     timers_by_due: BTreeSet<(u64, Vec<u8>)>,
     summaries: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>,
     fences: HashMap<u32, u64>,
+    /// (shard, seq) -> event; the outbox.
+    events: BTreeMap<(u32, u64), StoredEvent>,
+    event_bounds: BTreeMap<u32, ShardEvents>,
 }
 
 pub struct MemoryStore {
@@ -131,7 +137,28 @@ impl Store for MemoryStore {
                 }
             }
             if let Some((scope, value)) = write.summary {
-                data.summaries.entry(scope).or_default().insert(key, value);
+                data.summaries
+                    .entry(scope)
+                    .or_default()
+                    .insert(key.clone(), value);
+            }
+            for body in write.events {
+                let bounds = data.event_bounds.entry(write.shard).or_insert(ShardEvents {
+                    shard: write.shard,
+                    ..ShardEvents::default()
+                });
+                bounds.head += 1;
+                let seq = bounds.head;
+                data.events.insert(
+                    (write.shard, seq),
+                    StoredEvent {
+                        shard: write.shard,
+                        seq,
+                        recorded_at_ms: stamp,
+                        entity: key.clone(),
+                        body,
+                    },
+                );
             }
         }
         Ok(Committed { fenced })
@@ -235,6 +262,86 @@ impl Store for MemoryStore {
             })
             .unwrap_or_default())
     }
+
+    async fn read_events(
+        &self,
+        after: Vec<(u32, u64)>,
+        per_shard: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let after: HashMap<u32, u64> = after.into_iter().collect();
+        let data = self.data.lock();
+        let mut found = Vec::new();
+        for shard in data.event_bounds.keys() {
+            let from = after.get(shard).copied().unwrap_or(0).saturating_add(1);
+            found.extend(
+                data.events
+                    .range((*shard, from)..=(*shard, u64::MAX))
+                    .take(per_shard)
+                    .map(|(_, event)| event.clone()),
+            );
+        }
+        Ok(found)
+    }
+
+    async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
+        Ok(self.data.lock().event_bounds.values().copied().collect())
+    }
+
+    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .events
+            .values()
+            .filter(|event| event.entity == entity)
+            .cloned()
+            .collect())
+    }
+
+    async fn purge_events(
+        &self,
+        retention: Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let before = self.clock.purge_before(retention);
+        let mut data = self.data.lock();
+        let Data {
+            events,
+            event_bounds,
+            ..
+        } = &mut *data;
+        let mut purged = 0;
+        for bounds in event_bounds.values_mut() {
+            if shards
+                .as_ref()
+                .is_some_and(|shards| !shards.contains(&bounds.shard))
+            {
+                continue;
+            }
+            // A prefix only: stop at the first event young enough to keep.
+            while purged < limit {
+                let Some(entry) = first_in_shard(events, bounds.shard) else {
+                    break;
+                };
+                if entry.recorded_at_ms >= before {
+                    break;
+                }
+                let seq = entry.seq;
+                events.remove(&(bounds.shard, seq));
+                bounds.floor = seq;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+/// The oldest retained event of `shard`.
+fn first_in_shard(events: &BTreeMap<(u32, u64), StoredEvent>, shard: u32) -> Option<&StoredEvent> {
+    events
+        .range((shard, 0)..=(shard, u64::MAX))
+        .next()
+        .map(|(_, event)| event)
 }
 
 #[cfg(test)]

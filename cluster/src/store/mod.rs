@@ -96,6 +96,10 @@ pub struct EntityWrite {
     /// A listing summary `(scope, value)` replacing the entity's previous
     /// one in that scope (e.g. a tenant's returns), for paged listings.
     pub summary: Option<(Vec<u8>, Vec<u8>)>,
+    /// The outbox: the encoded events of this write's journal entries, in
+    /// order. The store gives each the shard's next sequence number in the
+    /// same atomic commit, so an event exists exactly when its change does.
+    pub events: Vec<Vec<u8>>,
 }
 
 impl EntityWrite {
@@ -105,7 +109,32 @@ impl EntityWrite {
             && self.idempotency.is_empty()
             && self.timer.is_none()
             && self.summary.is_none()
+            && self.events.is_empty()
     }
+}
+
+/// An outbox event as stored: where it sits in its shard's order and the
+/// bytes the actors crate wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub shard: u32,
+    /// The event's place in its shard: 1, 2, 3, ... with no gaps, across
+    /// owners (the fence lets only one write a shard at a time).
+    pub seq: u64,
+    /// When the commit stored it, by the store's clock (unix ms).
+    pub recorded_at_ms: u64,
+    /// The encoded key of the entity whose change it records.
+    pub entity: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// What a shard's event stream holds: events `floor + 1 ..= head`; those
+/// up to `floor` were deleted by retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardEvents {
+    pub shard: u32,
+    pub floor: u64,
+    pub head: u64,
 }
 
 /// Many entities' writes committed atomically and durably together.
@@ -203,4 +232,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads a whole entity journal (for audits, tests and tooling).
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Events after the given positions, in sequence order within each
+    /// shard, up to `per_shard` of each shard. A shard not in `after` is
+    /// read from its start. Shards are independent: no order across them.
+    async fn read_events(
+        &self,
+        after: Vec<(u32, u64)>,
+        per_shard: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The floor and head of every shard that has written an event.
+    async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError>;
+
+    /// One entity's events still retained, oldest first.
+    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Deletes up to `limit` of the oldest events recorded longer than
+    /// `retention` ago by the store's clock, of `shards` only when given,
+    /// and raises each shard's floor past them; returns how many. Only a
+    /// prefix of a shard is ever deleted, so a reader never finds a hole.
+    async fn purge_events(
+        &self,
+        retention: std::time::Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
 }

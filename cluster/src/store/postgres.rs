@@ -27,8 +27,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use super::{
-    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, Store, StoreError, WriteBatch,
+    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError,
+    StoredEvent, WriteBatch,
 };
+
+mod outbox;
 
 /// Migrations as (version, SQL), applied in order. A released migration is
 /// never edited: a change to the schema is a new file and a new entry.
@@ -38,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/0002_store_clock_and_settings.sql"),
     ),
+    (3, include_str!("../../migrations/0003_outbox.sql")),
 ];
 
 /// Key of the transaction-scoped advisory lock that serializes the
@@ -290,6 +294,14 @@ impl PostgresStore {
         tx.execute(
             "INSERT INTO shard_fences (shard, epoch) \
              SELECT shard, 0 FROM generate_series(0, $1 - 1) AS shard \
+             ON CONFLICT (shard) DO NOTHING",
+            &[&shard_count],
+        )
+        .await
+        .map_err(StoreError::backend)?;
+        tx.execute(
+            "INSERT INTO event_bounds (shard) \
+             SELECT shard FROM generate_series(0, $1 - 1) AS shard \
              ON CONFLICT (shard) DO NOTHING",
             &[&shard_count],
         )
@@ -796,6 +808,7 @@ impl Store for PostgresStore {
         }
         let mut fenced = Vec::new();
         let mut rows = Rows::default();
+        let mut accepted = Vec::with_capacity(batch.entities.len());
         for (index, write) in batch.entities.iter().enumerate() {
             let current = epochs
                 .get(&to_i32(write.shard)?)
@@ -805,11 +818,12 @@ impl Store for PostgresStore {
             // fenced yet, so the previous owner may still be writing.
             if write.epoch == current {
                 rows.add(write)?;
+                accepted.push(write);
             } else {
                 fenced.push((index, current));
             }
         }
-        rows.apply(&tx).await?;
+        tokio::try_join!(outbox::append(&tx, &accepted), rows.apply(&tx))?;
         tx.commit().await.map_err(StoreError::backend)?;
         Ok(Committed { fenced })
     }
@@ -975,6 +989,32 @@ impl Store for PostgresStore {
             .await
             .map_err(StoreError::backend)?;
         sequenced(rows)
+    }
+
+    async fn read_events(
+        &self,
+        after: Vec<(u32, u64)>,
+        per_shard: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_outbox(after, per_shard).await
+    }
+
+    async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
+        self.outbox_bounds().await
+    }
+
+    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+        self.outbox_of_entity(entity).await
+    }
+
+    async fn purge_events(
+        &self,
+        retention: Duration,
+        shards: Option<Vec<u32>>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let shards = shards.unwrap_or_else(|| (0..self.shard_count).collect());
+        self.purge_outbox(retention, shards, limit).await
     }
 }
 

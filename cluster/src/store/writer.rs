@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{EntityWrite, Store, StoreError, WriteBatch};
@@ -51,6 +51,9 @@ struct PendingWrite {
 #[derive(Clone)]
 pub struct GroupCommitWriter {
     queue: mpsc::Sender<PendingWrite>,
+    /// How many events this writer has made durable; event subscribers on
+    /// this node wait on it instead of polling the store.
+    events_committed: watch::Receiver<u64>,
 }
 
 impl GroupCommitWriter {
@@ -58,8 +61,20 @@ impl GroupCommitWriter {
     /// queue is drained.
     pub fn start(store: Arc<dyn Store>, config: WriterConfig) -> (Self, JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
-        let task = tokio::spawn(run_writer(store, config, receiver));
-        (Self { queue }, task)
+        let (events_sender, events_committed) = watch::channel(0);
+        let task = tokio::spawn(run_writer(store, config, receiver, events_sender));
+        (
+            Self {
+                queue,
+                events_committed,
+            },
+            task,
+        )
+    }
+
+    /// Changes whenever a commit of this writer made events durable.
+    pub fn events_committed(&self) -> watch::Receiver<u64> {
+        self.events_committed.clone()
     }
 
     /// Queues `write` for the next commit and waits until it is durable.
@@ -77,7 +92,9 @@ async fn run_writer(
     store: Arc<dyn Store>,
     config: WriterConfig,
     mut receiver: mpsc::Receiver<PendingWrite>,
+    events_committed: watch::Sender<u64>,
 ) {
+    let events_committed = Arc::new(events_committed);
     let max_batch = config.max_batch_entities.max(1);
     let slots = config.concurrent_commits.max(1);
     let in_flight = Arc::new(Semaphore::new(slots));
@@ -105,8 +122,9 @@ async fn run_writer(
             waiters.push(done);
         }
         let store = Arc::clone(&store);
+        let events_committed = Arc::clone(&events_committed);
         let commit = async move {
-            commit_and_answer(store.as_ref(), batch, waiters, shards).await;
+            commit_and_answer(store.as_ref(), batch, waiters, shards, &events_committed).await;
             drop(slot);
         };
         if slots == 1 {
@@ -126,8 +144,14 @@ async fn commit_and_answer(
     batch: WriteBatch,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     shards: Vec<(u32, u64)>,
+    events_committed: &watch::Sender<u64>,
 ) {
     let size = batch.entities.len();
+    let events: Vec<usize> = batch
+        .entities
+        .iter()
+        .map(|write| write.events.len())
+        .collect();
     let started = Instant::now();
     let result = store.commit(batch).await;
     metrics::histogram!("skuld_store_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -146,6 +170,16 @@ async fn commit_and_answer(
                         current,
                     });
                 }
+            }
+            let written: usize = events
+                .iter()
+                .zip(&answers)
+                .filter(|(_, answer)| answer.is_ok())
+                .map(|(count, _)| count)
+                .sum();
+            if written > 0 {
+                metrics::counter!("skuld_events_written_total").increment(written as u64);
+                events_committed.send_modify(|total| *total += written as u64);
             }
             for (waiter, answer) in waiters.into_iter().zip(answers) {
                 // A waiter that went away (its request was cancelled) needs no reply.

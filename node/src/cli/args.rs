@@ -55,6 +55,9 @@ pub enum ClientCommand {
     /// Return cases: request, approve, receive, inspect, dispose, refund, ...
     #[command(subcommand)]
     Returns(returns::ReturnsCommand),
+    /// The event stream: follow it, or read one aggregate's history.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// The node's own status: mode, shards served, lease, load.
     Status,
     /// Cluster members: state, shards owned, endpoint.

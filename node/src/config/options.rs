@@ -132,6 +132,16 @@ options! {
         timer_scan_interval_ms: u64 = 500, env "SKULD_TIMER_SCAN_INTERVAL_MS";
     }
 
+    /// The event stream: retention and subscriptions.
+    [events] Events {
+        /// How long events are kept, by the store's clock, in seconds; an older resume token is OUT_OF_RANGE.
+        event_retention_secs: u64 = 7 * 24 * 60 * 60, env "SKULD_EVENT_RETENTION_SECS";
+        /// How often a subscription looks for events other nodes committed, in milliseconds (this node's wake it at once).
+        event_poll_interval_ms: u64 = 100, env "SKULD_EVENT_POLL_INTERVAL_MS";
+        /// Subscriptions this node serves at once at most; beyond it RESOURCE_EXHAUSTED.
+        max_subscriptions: usize = 256, env "SKULD_MAX_SUBSCRIPTIONS";
+    }
+
     /// The group-commit writer.
     [writer] Writer {
         /// Writes waiting for the group commit at most.

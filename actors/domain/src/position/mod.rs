@@ -13,10 +13,12 @@
 
 mod command;
 mod decide;
+mod published;
 mod state;
 
 pub use command::{Command, Context, MAX_QUANTITY};
 pub use decide::{apply, apply_entry, decide, Decision};
+pub use published::stock_status_crossing;
 pub use state::{
     AdjustmentReason, Bucket, Buckets, Event, LedgerEntry, MutationReply, Owner, OwnerType,
     PositionState, Reservation, ReservationState, ENDED_RESERVATIONS_KEPT,

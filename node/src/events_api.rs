@@ -1,0 +1,432 @@
+//! The `skuld.v1.EventService`: subscriptions and histories, read from the
+//! store's outbox (docs/events.md).
+//!
+//! Any node serves any subscription: it reads the store, not the owners.
+//! Each subscription is its own task with its own position, sending into a
+//! small bounded channel: a slow subscriber waits on its own channel, and
+//! nothing it does reaches the write path. A subscription wakes when this
+//! node's writer commits events and polls for the other nodes' commits.
+
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skuld_actors::runtime::published::PublishedEvent;
+use skuld_actors::{store_error, Error, PositionKey, ReturnKey};
+use skuld_cluster::{ShardEvents, Store, StoredEvent};
+use skuld_proto::v1 as pb;
+use skuld_proto::v1::event_service_server::EventService;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{position_key, return_key};
+use crate::rpc;
+use crate::status::to_status;
+use token::Position;
+
+/// Events per message when the subscriber names no batch size.
+const DEFAULT_BATCH: usize = 256;
+const MAX_BATCH: usize = 1_000;
+/// Events read from one shard per store read: enough to keep a busy shard
+/// moving, few enough that one shard cannot starve the others.
+const READ_PER_SHARD: usize = 512;
+/// A subscription whose filter matches nothing still gets its position
+/// this often, so its token does not fall behind retention.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+const MAX_TYPE_PREFIXES: usize = 32;
+
+/// Settings of the event service.
+#[derive(Debug, Clone, Copy)]
+pub struct EventsSettings {
+    pub poll_interval: Duration,
+    pub max_subscriptions: usize,
+}
+
+pub struct EventsApi {
+    store: Arc<dyn Store>,
+    committed: watch::Receiver<u64>,
+    settings: EventsSettings,
+    subscriptions: Arc<Semaphore>,
+    /// Ends every subscription when the node shuts down: the servers' own
+    /// graceful stop would otherwise wait for streams that never end.
+    stop: CancellationToken,
+}
+
+impl EventsApi {
+    pub fn new(
+        store: Arc<dyn Store>,
+        committed: watch::Receiver<u64>,
+        settings: EventsSettings,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            committed,
+            settings,
+            subscriptions: Arc::new(Semaphore::new(settings.max_subscriptions.max(1))),
+            stop,
+        }
+    }
+
+    async fn open(&self, request: pb::SubscribeRequest) -> Result<Subscription, Error> {
+        let filter = Filter::new(request.filter.unwrap_or_default())?;
+        let subscriber = if request.subscriber.is_empty() {
+            "anonymous".to_owned()
+        } else {
+            validate_name(&request.subscriber)?;
+            request.subscriber
+        };
+        let max_batch = match request.max_batch {
+            0 => DEFAULT_BATCH,
+            n if n as usize <= MAX_BATCH => n as usize,
+            _ => {
+                return Err(Error::invalid(
+                    "max_batch",
+                    format!("at most {MAX_BATCH} events per message"),
+                ))
+            }
+        };
+        let permit = Arc::clone(&self.subscriptions)
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                queue: "subscriptions".into(),
+                retry_after_ms: 1_000,
+            })?;
+        let bounds = self.store.event_bounds().await.map_err(store_error)?;
+        let position = match request.from {
+            None | Some(pb::subscribe_request::From::Start(_)) => oldest(&bounds),
+            Some(pb::subscribe_request::From::Now(_)) => Position(
+                bounds
+                    .iter()
+                    .map(|shard| (shard.shard, shard.head))
+                    .collect(),
+            ),
+            Some(pb::subscribe_request::From::After(token)) => {
+                let position = Position::decode(&token)?;
+                check_retained(&position, &bounds)?;
+                position
+            }
+        };
+        Ok(Subscription {
+            store: Arc::clone(&self.store),
+            committed: self.committed.clone(),
+            poll_interval: self.settings.poll_interval,
+            stop: self.stop.clone(),
+            filter,
+            subscriber,
+            max_batch,
+            position,
+            _permit: permit,
+        })
+    }
+}
+
+/// Where a subscription from the start begins: just before every retained event.
+fn oldest(bounds: &[ShardEvents]) -> Position {
+    Position(
+        bounds
+            .iter()
+            .map(|shard| (shard.shard, shard.floor))
+            .collect(),
+    )
+}
+
+/// Refuses a position some of whose next events retention already deleted.
+fn check_retained(position: &Position, bounds: &[ShardEvents]) -> Result<(), Error> {
+    match bounds
+        .iter()
+        .find(|shard| shard.floor > position.seen(shard.shard))
+    {
+        Some(shard) => Err(expired(shard.shard, shard.floor, bounds)),
+        None => Ok(()),
+    }
+}
+
+fn expired(shard: u32, floor: u64, bounds: &[ShardEvents]) -> Error {
+    Error::EventsExpired {
+        shard,
+        floor,
+        oldest_resume_token: oldest(bounds).encode(),
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "subscriber",
+            "1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'",
+        ))
+    }
+}
+
+/// Which events a subscriber wants.
+struct Filter {
+    type_prefixes: Vec<String>,
+    tenant: String,
+    aggregate_key: String,
+}
+
+impl Filter {
+    fn new(filter: pb::EventFilter) -> Result<Self, Error> {
+        if filter.type_prefixes.len() > MAX_TYPE_PREFIXES {
+            return Err(Error::invalid(
+                "filter.type_prefixes",
+                format!("at most {MAX_TYPE_PREFIXES}"),
+            ));
+        }
+        for prefix in &filter.type_prefixes {
+            if prefix.is_empty() || prefix.len() > 128 || prefix.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "filter.type_prefixes",
+                    "each 1 to 128 printable characters",
+                ));
+            }
+        }
+        for (field, value, longest) in [
+            ("filter.tenant", &filter.tenant, 64),
+            ("filter.aggregate_key", &filter.aggregate_key, 512),
+        ] {
+            if value.len() > longest || value.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    field,
+                    format!("at most {longest} printable characters"),
+                ));
+            }
+        }
+        Ok(Self {
+            type_prefixes: filter.type_prefixes,
+            tenant: filter.tenant,
+            aggregate_key: filter.aggregate_key,
+        })
+    }
+
+    fn matches(&self, event: &PublishedEvent) -> bool {
+        (self.type_prefixes.is_empty()
+            || self
+                .type_prefixes
+                .iter()
+                .any(|prefix| event.event_type.starts_with(prefix.as_str())))
+            && (self.tenant.is_empty() || self.tenant == event.tenant)
+            && (self.aggregate_key.is_empty() || self.aggregate_key == event.aggregate_key)
+    }
+}
+
+fn to_proto(stored: &StoredEvent, event: PublishedEvent) -> pb::Event {
+    pb::Event {
+        id: event.id,
+        r#type: event.event_type,
+        tenant: event.tenant,
+        aggregate_kind: event.aggregate_kind,
+        aggregate_key: event.aggregate_key,
+        aggregate_version: event.aggregate_version,
+        index: event.index,
+        shard: stored.shard,
+        shard_sequence: stored.seq,
+        occurred_at_ms: event.occurred_at_ms,
+        recorded_at_ms: i64::try_from(stored.recorded_at_ms).unwrap_or(i64::MAX),
+        correlation_id: event.correlation_id,
+        causation_id: event.causation_id,
+        idempotency_key: event.idempotency_key.unwrap_or_default(),
+        data_json: event.data,
+    }
+}
+
+type Reply = Result<pb::SubscribeResponse, Status>;
+
+/// One subscriber's position and what it asked for.
+struct Subscription {
+    store: Arc<dyn Store>,
+    committed: watch::Receiver<u64>,
+    poll_interval: Duration,
+    stop: CancellationToken,
+    filter: Filter,
+    subscriber: String,
+    max_batch: usize,
+    position: Position,
+    /// Held for the subscription's life: the node's limit on subscriptions.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Subscription {
+    async fn run(mut self, replies: mpsc::Sender<Reply>) {
+        metrics::gauge!("skuld_event_subscriptions").increment(1.0);
+        let ended = self.stream(&replies).await;
+        metrics::gauge!("skuld_event_subscriptions").decrement(1.0);
+        if let Err(error) = ended {
+            // The subscriber may be gone already; nothing to tell then.
+            let _ = replies.send(Err(to_status(&error))).await;
+        }
+    }
+
+    /// Sends events until the subscriber goes away (Ok) or the stream must
+    /// end with an error.
+    async fn stream(&mut self, replies: &mpsc::Sender<Reply>) -> Result<(), Error> {
+        let mut last_sent = Instant::now();
+        loop {
+            // Marked seen before the read: a commit during the read wakes
+            // the next wait instead of being missed.
+            self.committed.borrow_and_update();
+            let read = tokio::select! {
+                read = self.store.read_events(self.pairs(), READ_PER_SHARD) => read,
+                () = self.stop.cancelled() => return Err(shutting_down()),
+            };
+            let events = read.map_err(store_error)?;
+            if events.is_empty() {
+                metrics::gauge!("skuld_event_subscriber_lag_seconds", "subscriber" => self.subscriber.clone()).set(0.0);
+                if !self.wait(replies).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut batch = Vec::new();
+            for stored in &events {
+                let seen = self.position.seen(stored.shard);
+                if stored.seq <= seen {
+                    continue;
+                }
+                if stored.seq != seen + 1 {
+                    // Retention deleted events this subscriber had not read.
+                    let bounds = self.store.event_bounds().await.map_err(store_error)?;
+                    return Err(expired(stored.shard, stored.seq - 1, &bounds));
+                }
+                self.position.advance(stored.shard, stored.seq);
+                let event = PublishedEvent::decode(&stored.body)?;
+                if self.filter.matches(&event) {
+                    batch.push(to_proto(stored, event));
+                }
+                if batch.len() == self.max_batch {
+                    if !self.send(replies, std::mem::take(&mut batch)).await {
+                        return Ok(());
+                    }
+                    last_sent = Instant::now();
+                }
+            }
+            if let Some(last) = events.last() {
+                let lag_ms = skuld_cluster::now_ms()
+                    .saturating_sub(i64::try_from(last.recorded_at_ms).unwrap_or(i64::MAX));
+                metrics::gauge!("skuld_event_subscriber_lag_seconds", "subscriber" => self.subscriber.clone())
+                    .set(lag_ms.max(0) as f64 / 1_000.0);
+            }
+            if !batch.is_empty() || last_sent.elapsed() >= PROGRESS_EVERY {
+                if !self.send(replies, batch).await {
+                    return Ok(());
+                }
+                last_sent = Instant::now();
+            }
+        }
+    }
+
+    /// Waits for this node's next commit of events, the poll interval (the
+    /// other nodes' commits) or the end. False when the subscriber is gone.
+    async fn wait(&mut self, replies: &mpsc::Sender<Reply>) -> Result<bool, Error> {
+        tokio::select! {
+            changed = self.committed.changed() => {
+                // The writer is gone: the node is stopping.
+                if changed.is_err() {
+                    return Err(shutting_down());
+                }
+            }
+            () = tokio::time::sleep(self.poll_interval) => {}
+            () = replies.closed() => return Ok(false),
+            () = self.stop.cancelled() => return Err(shutting_down()),
+        }
+        Ok(true)
+    }
+
+    /// Sends one message; false when the subscriber is gone.
+    async fn send(&self, replies: &mpsc::Sender<Reply>, events: Vec<pb::Event>) -> bool {
+        let now_ms = skuld_cluster::now_ms();
+        for event in &events {
+            let lag_ms = now_ms.saturating_sub(event.recorded_at_ms).max(0);
+            metrics::histogram!("skuld_event_delivery_seconds").record(lag_ms as f64 / 1_000.0);
+        }
+        metrics::counter!("skuld_events_delivered_total", "subscriber" => self.subscriber.clone())
+            .increment(events.len() as u64);
+        let message = pb::SubscribeResponse {
+            events,
+            resume_token: self.position.encode(),
+        };
+        tokio::select! {
+            sent = replies.send(Ok(message)) => sent.is_ok(),
+            () = self.stop.cancelled() => false,
+        }
+    }
+
+    fn pairs(&self) -> Vec<(u32, u64)> {
+        self.position
+            .0
+            .iter()
+            .map(|(shard, seq)| (*shard, *seq))
+            .collect()
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::Unavailable("node is shutting down; resume on another node with the last token".into())
+}
+
+#[tonic::async_trait]
+impl EventService for EventsApi {
+    type SubscribeStream = ReceiverStream<Reply>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        rpc::serve("Subscribe", request, |request, _| async move {
+            let subscription = self.open(request).await?;
+            // Two messages ahead at most: a slow subscriber holds little.
+            let (replies, stream) = mpsc::channel(2);
+            tokio::spawn(subscription.run(replies));
+            Ok(ReceiverStream::new(stream))
+        })
+        .await
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<pb::GetHistoryRequest>,
+    ) -> Result<Response<pb::GetHistoryResponse>, Status> {
+        rpc::serve("GetHistory", request, |request, _| async move {
+            let entity = match request.aggregate {
+                Some(pb::get_history_request::Aggregate::Position(key)) => {
+                    let key: PositionKey = position_key(Some(key))?;
+                    key.encode()
+                }
+                Some(pb::get_history_request::Aggregate::ReturnCase(key)) => {
+                    let key: ReturnKey = return_key(Some(key))?;
+                    key.encode()
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "aggregate",
+                        "a position or a return_case is required",
+                    ))
+                }
+            };
+            let stored = self
+                .store
+                .entity_events(&entity)
+                .await
+                .map_err(store_error)?;
+            let events = stored
+                .iter()
+                .map(|stored| {
+                    PublishedEvent::decode(&stored.body).map(|event| to_proto(stored, event))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(pb::GetHistoryResponse { events })
+        })
+        .await
+    }
+}
