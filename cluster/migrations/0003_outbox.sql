@@ -11,7 +11,7 @@ CREATE TABLE events (
     PRIMARY KEY (shard, seq)
 );
 -- One aggregate's history, and retention by age.
-CREATE INDEX events_entity ON events (entity, shard, seq);
+CREATE INDEX events_entity ON events (entity, seq);
 CREATE INDEX events_shard_recorded_at ON events (shard, recorded_at_ms);
 
 -- Events floor + 1 ..= head of a shard are retained; retention raises the

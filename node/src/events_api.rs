@@ -37,6 +37,19 @@ const READ_PER_SHARD: usize = 512;
 /// this often, so its token does not fall behind retention.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const MAX_TYPE_PREFIXES: usize = 32;
+const DEFAULT_HISTORY_PAGE: usize = 100;
+/// A history page token: the shard sequence of the page's last event.
+const HISTORY_TOKEN_PREFIX: &str = "h1.";
+
+fn history_position(page_token: &str) -> Result<u64, Error> {
+    if page_token.is_empty() {
+        return Ok(0);
+    }
+    page_token
+        .strip_prefix(HISTORY_TOKEN_PREFIX)
+        .and_then(|seq| seq.parse().ok())
+        .ok_or_else(|| Error::invalid("page_token", "not a token this service gave out"))
+}
 
 /// Settings of the event service.
 #[derive(Debug, Clone, Copy)]
@@ -414,18 +427,38 @@ impl EventService for EventsApi {
                     ))
                 }
             };
+            let page_size = match request.page_size {
+                0 => DEFAULT_HISTORY_PAGE,
+                n if n as usize <= MAX_BATCH => n as usize,
+                _ => {
+                    return Err(Error::invalid(
+                        "page_size",
+                        format!("at most {MAX_BATCH} events per page"),
+                    ))
+                }
+            };
+            let after = history_position(&request.page_token)?;
             let stored = self
                 .store
-                .entity_events(&entity)
+                .entity_events(&entity, after, page_size)
                 .await
                 .map_err(store_error)?;
+            let next_page_token = match stored.last() {
+                Some(last) if stored.len() == page_size => {
+                    format!("{HISTORY_TOKEN_PREFIX}{}", last.seq)
+                }
+                _ => String::new(),
+            };
             let events = stored
                 .iter()
                 .map(|stored| {
                     PublishedEvent::decode(&stored.body).map(|event| to_proto(stored, event))
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(pb::GetHistoryResponse { events })
+            Ok(pb::GetHistoryResponse {
+                events,
+                next_page_token,
+            })
         })
         .await
     }

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod events;
 pub mod nemesis;
 pub mod proxy;
 pub mod services;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use skuld_proto::v1 as pb;
+use skuld_tests::events;
 use skuld_tests::requests::{key, receive, reserve};
 use skuld_tests::{check_buckets, position_with_all_reservations, NodeOptions, TestDir, TestNode};
 use tokio::sync::Mutex;
@@ -73,6 +74,71 @@ async fn held(
     assert_eq!(buckets.on_hand, STOCK, "on_hand moved");
     assert_eq!(buckets.available, STOCK - buckets.reserved);
     (state, ids)
+}
+
+/// The outbox after the kill: every committed change has its events, in
+/// the same commit, and no event exists for a change that was not
+/// committed. The position's versions 1..=version each have their events,
+/// each acknowledged reservation has exactly one `reservation.created`
+/// event at its version, and no event names a request that did not apply.
+async fn check_outbox(
+    node: &TestNode,
+    position: &pb::PositionKey,
+    after: &pb::Position,
+    acknowledged: &BTreeMap<String, u64>,
+    unknown: &BTreeSet<String>,
+    held: &BTreeSet<String>,
+) {
+    let delivered = events::read_all(
+        node.channel().await.unwrap(),
+        events::From::Start,
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    events::check_order(&delivered.events).unwrap();
+    let versions: BTreeSet<u64> = delivered
+        .events
+        .iter()
+        .map(|event| event.aggregate_version)
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=after.version).collect::<BTreeSet<u64>>(),
+        "the events' versions are not exactly the position's committed changes"
+    );
+    let mut created: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for event in &delivered.events {
+        let applied = event.idempotency_key == "stock"
+            || acknowledged.contains_key(&event.idempotency_key)
+            || (unknown.contains(&event.idempotency_key)
+                && held.contains(&reservation_id(&event.idempotency_key)));
+        assert!(
+            applied,
+            "an event of a change that did not apply: {event:?}"
+        );
+        if event.r#type == "skuld.inventory.reservation.created.v1" {
+            created
+                .entry(event.idempotency_key.as_str())
+                .or_default()
+                .push(event.aggregate_version);
+        }
+    }
+    for (idempotency_key, version) in acknowledged {
+        assert_eq!(
+            created.get(idempotency_key.as_str()),
+            Some(&vec![*version]),
+            "acknowledged {idempotency_key} has not exactly one creation event at its version"
+        );
+    }
+    assert_eq!(
+        events::history(node.channel().await.unwrap(), position)
+            .await
+            .unwrap()
+            .len(),
+        delivered.events.len(),
+        "the position's history and the stream disagree"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,6 +244,7 @@ async fn acknowledged_reservations_survive_kill_9_exactly_once() {
         "version went back from {max_acknowledged} to {}",
         after.version
     );
+    check_outbox(&node, &position, &after, &acknowledged, &unknown, &ids).await;
     let unknown_applied = unknown_ids.intersection(&ids).count();
     eprintln!(
         "acknowledged {}, unknown outcome {} (of which {} applied, {} not), held {}, version {}",

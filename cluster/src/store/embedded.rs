@@ -505,9 +505,14 @@ impl Store for EmbeddedStore {
         Ok(self.inner.outbox.bounds())
     }
 
-    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn entity_events(
+        &self,
+        entity: &[u8],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let entity = entity.to_vec();
-        self.blocking(move |inner| inner.outbox.of_entity(&entity))
+        self.blocking(move |inner| inner.outbox.of_entity(&entity, after, limit))
             .await
     }
 

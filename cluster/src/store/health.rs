@@ -352,8 +352,13 @@ impl Store for MonitoredStore {
         self.seen(self.inner.event_bounds().await)
     }
 
-    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
-        self.seen(self.inner.entity_events(entity).await)
+    async fn entity_events(
+        &self,
+        entity: &[u8],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.seen(self.inner.entity_events(entity, after, limit).await)
     }
 
     async fn purge_events(

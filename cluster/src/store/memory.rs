@@ -287,12 +287,18 @@ impl Store for MemoryStore {
         Ok(self.data.lock().event_bounds.values().copied().collect())
     }
 
-    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn entity_events(
+        &self,
+        entity: &[u8],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let data = self.data.lock();
         Ok(data
             .events
             .values()
-            .filter(|event| event.entity == entity)
+            .filter(|event| event.entity == entity && event.seq > after)
+            .take(limit)
             .cloned()
             .collect())
     }

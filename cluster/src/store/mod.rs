@@ -245,8 +245,14 @@ pub trait Store: Send + Sync + 'static {
     /// The floor and head of every shard that has written an event.
     async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError>;
 
-    /// One entity's events still retained, oldest first.
-    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Up to `limit` of one entity's retained events after shard sequence
+    /// `after`, oldest first (an entity's events all lie in its shard).
+    async fn entity_events(
+        &self,
+        entity: &[u8],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Deletes up to `limit` of the oldest events recorded longer than
     /// `retention` ago by the store's clock, of `shards` only when given,

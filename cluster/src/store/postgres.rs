@@ -1003,8 +1003,13 @@ impl Store for PostgresStore {
         self.outbox_bounds().await
     }
 
-    async fn entity_events(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
-        self.outbox_of_entity(entity).await
+    async fn entity_events(
+        &self,
+        entity: &[u8],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.outbox_of_entity(entity, after, limit).await
     }
 
     async fn purge_events(

@@ -47,6 +47,12 @@ pub struct TailArgs {
 pub struct HistoryArgs {
     /// tenant/sku@location (a position) or tenant/return_id (a return).
     pub key: String,
+    /// Events per page (up to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// The token the previous page printed.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
 }
 
 /// An aggregate key as the events name it.
@@ -104,8 +110,13 @@ pub(super) async fn run(
         EventsCommand::History(args) => {
             let request = pb::GetHistoryRequest {
                 aggregate: Some(aggregate(&args.key)?),
+                page_size: args.page_size,
+                page_token: args.page_token,
             };
             let reply = ctx.call(request, None, |r| client.get_history(r)).await?;
+            if !reply.next_page_token.is_empty() && !ctx.json {
+                let _ = writeln!(io::stderr(), "more: --page-token {}", reply.next_page_token);
+            }
             if ctx.json {
                 return print_json(&reply);
             }

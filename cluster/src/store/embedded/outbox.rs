@@ -3,7 +3,8 @@
 //!
 //! Three keyspaces:
 //! * `events`: shard(be 4) ++ seq(be 8) -> recorded_at(be 8) ++ lp(entity) ++ body
-//! * `events_by_entity`: lp(entity) ++ shard(be 4) ++ seq(be 8) -> (), for history
+//! * `events_by_entity`: lp(entity) ++ seq(be 8) -> shard(be 4), for history
+//!   (an entity's events all lie in its one shard)
 //! * `event_bounds`: shard(be 4) -> floor(be 8) ++ head(be 8), rewritten by
 //!   every commit that adds to the shard, so a shard whose events retention
 //!   deleted keeps counting from where it was.
@@ -135,7 +136,11 @@ impl Outbox {
             value.extend_from_slice(&recorded_at_ms.to_be_bytes());
             value.extend_from_slice(&prefixed);
             value.extend_from_slice(body);
-            batch.insert(&self.by_entity, with_suffix(&prefixed, &key), []);
+            batch.insert(
+                &self.by_entity,
+                with_suffix(&prefixed, &bounds.head.to_be_bytes()),
+                shard.to_be_bytes(),
+            );
             batch.insert(&self.events, key, value);
         }
         let bounds = *bounds;
@@ -169,15 +174,26 @@ impl Outbox {
         Ok(found)
     }
 
-    pub(super) fn of_entity(&self, entity: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+    pub(super) fn of_entity(
+        &self,
+        entity: &[u8],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let prefixed = length_prefixed(entity);
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let range = with_suffix(&prefixed, &first.to_be_bytes())
+            ..=with_suffix(&prefixed, &u64::MAX.to_be_bytes());
         let mut found = Vec::new();
-        for item in self.by_entity.prefix(&prefixed) {
-            let index = item.key().map_err(StoreError::backend)?;
-            let key = index.get(prefixed.len()..).unwrap_or_default();
+        for item in self.by_entity.range(range).take(limit) {
+            let (index, shard) = item.into_inner().map_err(StoreError::backend)?;
+            let seq = be_u64(index.get(prefixed.len()..).unwrap_or_default())?;
+            let key = event_key(be_u32(&shard)?, seq);
             // Retention deletes the event and its index entry together.
-            if let Some(value) = self.events.get(key).map_err(StoreError::backend)? {
-                found.push(decode_event(key, &value)?);
+            if let Some(value) = self.events.get(&key).map_err(StoreError::backend)? {
+                found.push(decode_event(&key, &value)?);
             }
         }
         Ok(found)
@@ -210,7 +226,7 @@ impl Outbox {
                 batch.remove(&self.events, key.to_vec());
                 batch.remove(
                     &self.by_entity,
-                    with_suffix(&length_prefixed(&event.entity), &key),
+                    with_suffix(&length_prefixed(&event.entity), &event.seq.to_be_bytes()),
                 );
                 bounds.floor = event.seq;
                 purged += 1;

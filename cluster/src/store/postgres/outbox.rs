@@ -37,7 +37,7 @@ const READ_EVENTS: &str = "SELECT e.shard, e.seq, e.recorded_at_ms, e.entity, e.
 const SELECT_BOUNDS: &str =
     "SELECT shard, floor, head FROM event_bounds WHERE head > 0 ORDER BY shard";
 const SELECT_ENTITY_EVENTS: &str = "SELECT shard, seq, recorded_at_ms, entity, body \
-     FROM events WHERE entity = $1 ORDER BY shard, seq";
+     FROM events WHERE entity = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 // One shard at a time, so a purge holds one bounds row and never waits on a
 // commit in a cycle. The oldest `$2` events of the shard are looked at; the
 // ones recorded before the database's clock less the retention ($1, ms) go,
@@ -208,6 +208,8 @@ impl PostgresStore {
     pub(super) async fn outbox_of_entity(
         &self,
         entity: &[u8],
+        after: u64,
+        per_page: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let client = self.client().await?;
         let statement = client
@@ -215,7 +217,10 @@ impl PostgresStore {
             .await
             .map_err(StoreError::backend)?;
         let rows = client
-            .query(&statement, &[&entity])
+            .query(
+                &statement,
+                &[&entity, &to_i64(after, "event position")?, &limit(per_page)],
+            )
             .await
             .map_err(StoreError::backend)?;
         rows.iter().map(stored_event).collect()
