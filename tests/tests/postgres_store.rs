@@ -572,3 +572,127 @@ async fn the_store_works_again_after_postgres_crashes_and_restarts() {
     assert_eq!(store.journal(b"after").await.unwrap(), vec![(1, vec![1])]);
     assert!(store.journal(b"during").await.unwrap().is_empty());
 }
+
+/// A write of `key` on `shard` at `epoch` carrying `events` outbox events.
+fn events_write(key: &[u8], shard: u32, epoch: u64, seq: u64, events: usize) -> EntityWrite {
+    EntityWrite {
+        key: key.to_vec(),
+        shard,
+        epoch,
+        journal: vec![(seq, vec![seq as u8])],
+        events: (0..events)
+            .map(|index| format!("{}-{seq}-{index}", String::from_utf8_lossy(key)).into_bytes())
+            .collect(),
+        ..EntityWrite::default()
+    }
+}
+
+/// The outbox: concurrent commits number a shard's events 1, 2, 3, ...
+/// without a gap or a repeat, a fenced write leaves no event and no number
+/// behind, a new owner continues the sequence, histories page by sequence,
+/// and retention deletes a prefix and raises the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_numbers_each_shard_without_gaps_under_concurrent_commits_and_fencing() {
+    let postgres = Postgres::start().unwrap();
+    let (store, url) = store(&postgres, "outbox").await;
+    let store = std::sync::Arc::new(store);
+
+    // 8 writers x 25 commits, each commit touching shards 0 and 1.
+    let mut writers = Vec::new();
+    for writer in 0..8u64 {
+        let store = std::sync::Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            for round in 1..=25u64 {
+                let committed = store
+                    .commit(batch(vec![
+                        events_write(format!("w{writer}-a").as_bytes(), 0, 0, round, 2),
+                        events_write(format!("w{writer}-b").as_bytes(), 1, 0, round, 1),
+                    ]))
+                    .await
+                    .unwrap();
+                assert!(committed.fenced.is_empty());
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let read = store.read_events(Vec::new(), 10_000).await.unwrap();
+    for (shard, expected) in [(0u32, 8 * 25 * 2), (1, 8 * 25)] {
+        let seqs: Vec<u64> = read
+            .iter()
+            .filter(|event| event.shard == shard)
+            .map(|event| event.seq)
+            .collect();
+        assert_eq!(seqs, (1..=expected).collect::<Vec<u64>>(), "shard {shard}");
+    }
+    // One entity's events of one commit are consecutive and in order.
+    let of_writer: Vec<Vec<u8>> = read
+        .iter()
+        .filter(|event| event.entity == b"w3-a")
+        .map(|event| event.body.clone())
+        .collect();
+    assert_eq!(of_writer.first().unwrap(), b"w3-a-1-0");
+    assert_eq!(of_writer.get(1).unwrap(), b"w3-a-1-1");
+
+    // A new owner fences shard 1: the old owner's write is refused and
+    // takes no number; the new owner's events continue the sequence.
+    assert!(store.fence(1, 5).await.unwrap());
+    let committed = store
+        .commit(batch(vec![
+            events_write(b"stale", 1, 0, 1, 3),
+            events_write(b"new-owner", 1, 5, 1, 1),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(committed.fenced, vec![(0, 5)]);
+    let after = store
+        .read_events(vec![(0, 400), (1, 200)], 100)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1, "{} events after the heads", after.len());
+    assert_eq!(
+        (after[0].seq, after[0].entity.as_slice()),
+        (201, b"new-owner".as_slice())
+    );
+    assert!(store
+        .entity_events(b"stale", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Bounds, and history pages by sequence.
+    let bounds = store.event_bounds().await.unwrap();
+    let head = |shard| bounds.iter().find(|b| b.shard == shard).unwrap().head;
+    assert_eq!((head(0), head(1)), (400, 201));
+    let first_page = store.entity_events(b"w3-b", 0, 10).await.unwrap();
+    let second_page = store
+        .entity_events(b"w3-b", first_page.last().unwrap().seq, 100)
+        .await
+        .unwrap();
+    assert_eq!(first_page.len() + second_page.len(), 25);
+
+    // Retention by the database's clock: back-date shard 0's first 100
+    // events; only they go, and the floor rises past them.
+    raw(&url)
+        .await
+        .execute(
+            "UPDATE events SET recorded_at_ms = recorded_at_ms - 3600000 WHERE shard = 0 AND seq <= 100",
+            &[],
+        )
+        .await
+        .unwrap();
+    let purged = store
+        .purge_events(Duration::from_secs(60), Some(vec![0, 1]), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(purged, 100);
+    let bounds = store.event_bounds().await.unwrap();
+    let shard0 = bounds.iter().find(|b| b.shard == 0).unwrap();
+    assert_eq!((shard0.floor, shard0.head), (100, 400));
+    let oldest = store.read_events(Vec::new(), 1).await.unwrap();
+    assert_eq!(
+        oldest.iter().find(|e| e.shard == 0).map(|e| e.seq),
+        Some(101)
+    );
+}
