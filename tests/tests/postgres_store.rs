@@ -635,6 +635,16 @@ async fn the_outbox_numbers_each_shard_without_gaps_under_concurrent_commits_and
     assert_eq!(of_writer.first().unwrap(), b"w3-a-1-0");
     assert_eq!(of_writer.get(1).unwrap(), b"w3-a-1-1");
 
+    // A write without events (a refusal recorded, a timer) leaves its
+    // shard's numbering alone, even beside events of another shard.
+    store
+        .commit(batch(vec![
+            events_write(b"refused", 0, 0, 1, 0),
+            events_write(b"elsewhere", 2, 0, 1, 1),
+        ]))
+        .await
+        .unwrap();
+
     // A new owner fences shard 1: the old owner's write is refused and
     // takes no number; the new owner's events continue the sequence.
     assert!(store.fence(1, 5).await.unwrap());
@@ -647,7 +657,7 @@ async fn the_outbox_numbers_each_shard_without_gaps_under_concurrent_commits_and
         .unwrap();
     assert_eq!(committed.fenced, vec![(0, 5)]);
     let after = store
-        .read_events(vec![(0, 400), (1, 200)], 100)
+        .read_events(vec![(0, 400), (1, 200), (2, 1)], 100)
         .await
         .unwrap();
     assert_eq!(after.len(), 1, "{} events after the heads", after.len());

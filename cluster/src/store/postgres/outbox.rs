@@ -73,9 +73,13 @@ pub(super) async fn append(
     let mut heads = lock_bounds(tx, &shards).await?;
     let (mut event_shards, mut seqs, mut entities, mut bodies) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for write in writes {
+    // Only the shards locked above move: a write without events (a refusal
+    // recorded, a timer) must not touch its shard's head.
+    for write in writes.iter().filter(|write| !write.events.is_empty()) {
         let shard = to_i32(write.shard)?;
-        let head = heads.entry(shard).or_insert(0);
+        let head = heads.get_mut(&shard).ok_or_else(|| {
+            StoreError::Backend(format!("shard {shard}'s event bounds were not locked"))
+        })?;
         for body in &write.events {
             *head += 1;
             event_shards.push(shard);
