@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skuld/v1/returns.proto",
         "skuld/v1/admin.proto",
         "skuld/v1/events.proto",
+        "skuld/v1/webhooks.proto",
         "skuld/internal/v1/peer.proto",
     ];
     tonic_prost_build::configure()

@@ -8,6 +8,7 @@ mod call;
 mod events;
 mod format;
 mod returns;
+mod webhooks;
 
 pub use args::*;
 pub use call::CommandFailed;
@@ -202,6 +203,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
         }
         ClientCommand::Returns(command) => returns::run(&ctx, channel, command).await,
         ClientCommand::Events(command) => events::run(&ctx, channel, command).await,
+        ClientCommand::Webhooks(command) => webhooks::run(&ctx, channel, command).await,
         ClientCommand::Status => admin::status(&ctx, channel).await,
         ClientCommand::Members => admin::members(&ctx, channel).await,
         ClientCommand::Shards(args) => admin::shards(&ctx, channel, args).await,

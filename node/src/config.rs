@@ -226,7 +226,40 @@ impl Events {
             ("event_retention_secs", self.event_retention_secs),
             ("event_poll_interval_ms", self.event_poll_interval_ms),
             ("max_subscriptions", self.max_subscriptions as u64),
-        ])
+            ("webhook_timeout_ms", self.webhook_timeout_ms),
+            ("webhook_retry_base_ms", self.webhook_retry_base_ms),
+            ("webhook_retry_cap_secs", self.webhook_retry_cap_secs),
+            (
+                "webhook_retry_horizon_secs",
+                self.webhook_retry_horizon_secs,
+            ),
+        ])?;
+        if !self
+            .nats_stream
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::Invalid(
+                "nats_stream must be letters, digits, '_' or '-'".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn webhooks(&self) -> crate::sinks::webhook::WebhookSettings {
+        crate::sinks::webhook::WebhookSettings {
+            request_timeout: Duration::from_millis(self.webhook_timeout_ms),
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
+            retry_cap: Duration::from_secs(self.webhook_retry_cap_secs),
+            retry_horizon: Duration::from_secs(self.webhook_retry_horizon_secs),
+        }
+    }
+
+    pub fn nats(&self) -> Option<crate::sinks::nats::NatsSettings> {
+        (!self.nats_url.is_empty()).then(|| crate::sinks::nats::NatsSettings {
+            url: self.nats_url.expose().to_owned(),
+            stream: self.nats_stream.clone(),
+        })
     }
 }
 

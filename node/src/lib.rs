@@ -16,5 +16,8 @@ pub mod readiness;
 pub mod returns_api;
 pub mod rpc;
 pub mod server;
+pub mod sinks;
 pub mod status;
 pub mod telemetry;
+pub mod timestamp;
+pub mod webhooks_api;

@@ -33,6 +33,7 @@ use skuld_proto::v1::admin_service_server::AdminServiceServer;
 use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
+use skuld_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +46,8 @@ use crate::events_api::{EventsApi, EventsSettings};
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
+use crate::sinks::{SinkContext, Sinks};
+use crate::webhooks_api::WebhooksApi;
 
 /// What the last shutdown steps (leaving the cluster, closing the servers,
 /// flushing the writer) may take past `drain_timeout_secs`. Kubernetes'
@@ -196,6 +199,18 @@ pub async fn run(
     ))
     .max_decoding_message_size(config.server.max_message_bytes)
     .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
+    let webhooks = WebhookServiceServer::new(WebhooksApi::new(
+        Arc::clone(&store),
+        config.events.webhooks(),
+    ));
+    let sinks = Sinks::start(SinkContext {
+        store: Arc::clone(&store),
+        shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
+        committed: writer.events_committed(),
+        poll_interval: Duration::from_millis(config.events.event_poll_interval_ms),
+        webhooks: config.events.webhooks(),
+        nats: config.events.nats(),
+    });
     let servers = TaskTracker::new();
     let grpc_stop = stop_servers.clone().cancelled_owned();
     let grpc = servers.spawn(
@@ -206,6 +221,7 @@ pub async fn run(
             .add_service(returns_service)
             .add_service(admin)
             .add_service(events)
+            .add_service(webhooks)
             .add_service(peer)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listeners.grpc)
@@ -267,6 +283,11 @@ pub async fn run(
     stop_subscriptions.cancel();
     let _ = readiness_task.await;
     set_health(&health, false).await;
+    // Sinks stop before the handoff: the next owner goes on from their
+    // durable cursors (a window cut short is delivered again).
+    if tokio::time::timeout(left(), sinks.stop()).await.is_err() {
+        tracing::warn!("sinks still stopping at the drain deadline; going on");
+    }
     if let Some(running) = running.as_mut() {
         running.hand_over(deadline).await;
     }

@@ -48,6 +48,8 @@ struct Inner {
     timers_by_due: Keyspace,
     /// lp(scope) ++ entity -> summary; listings.
     summaries: Keyspace,
+    /// lp(kind) ++ id -> value; records of no shard.
+    records: Keyspace,
     /// Serializes the writers that read before they write (commits and
     /// purges): a purge must not delete a record a concurrent commit rewrites.
     write_lock: Mutex<()>,
@@ -172,6 +174,7 @@ impl EmbeddedStore {
             timers: keyspace("timers")?,
             timers_by_due: keyspace("timers_by_due")?,
             summaries: keyspace("summaries")?,
+            records: keyspace("records")?,
             write_lock: Mutex::new(()),
             outbox: outbox::Outbox::open(&db)?,
             db,
@@ -501,6 +504,16 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn shard_events(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.blocking(move |inner| inner.outbox.read_shard(shard, after, limit))
+            .await
+    }
+
     async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
         Ok(self.inner.outbox.bounds())
     }
@@ -527,6 +540,76 @@ impl Store for EmbeddedStore {
             let _serialized = inner.write_lock.lock();
             let before_ms = inner.clock.purge_before(retention);
             inner.outbox.purge(&inner.db, before_ms, limit)
+        })
+        .await
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = with_suffix(&length_prefixed(kind.as_bytes()), id.as_bytes());
+        self.blocking(move |inner| {
+            let mut write = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            write.insert(&inner.records, key, value);
+            write.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = with_suffix(&length_prefixed(kind.as_bytes()), id.as_bytes());
+        self.blocking(move |inner| {
+            Ok(inner
+                .records
+                .get(&key)
+                .map_err(StoreError::backend)?
+                .map(|value| value.to_vec()))
+        })
+        .await
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        let key = with_suffix(&length_prefixed(kind.as_bytes()), id.as_bytes());
+        self.blocking(move |inner| {
+            // Serialized with other writers so "was there one" stays true.
+            let _serialized = inner.write_lock.lock();
+            let existed = inner
+                .records
+                .get(&key)
+                .map_err(StoreError::backend)?
+                .is_some();
+            if existed {
+                let mut write = inner.db.batch().durability(Some(PersistMode::SyncAll));
+                write.remove(&inner.records, key);
+                write.commit().map_err(StoreError::backend)?;
+            }
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn list_records(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let kind_prefix = length_prefixed(kind.as_bytes());
+        let start = with_suffix(&kind_prefix, prefix.as_bytes());
+        self.blocking(move |inner| {
+            let mut found = Vec::new();
+            for item in inner.records.prefix(&start) {
+                let (key, value) = item.into_inner().map_err(StoreError::backend)?;
+                let id = String::from_utf8_lossy(key.get(kind_prefix.len()..).unwrap_or_default())
+                    .into_owned();
+                if after.as_ref().is_some_and(|after| &id <= after) {
+                    continue;
+                }
+                found.push((id, value.to_vec()));
+                if found.len() >= limit {
+                    break;
+                }
+            }
+            Ok(found)
         })
         .await
     }

@@ -348,6 +348,15 @@ impl Store for MonitoredStore {
         self.seen(self.inner.read_events(after, per_shard).await)
     }
 
+    async fn shard_events(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.seen(self.inner.shard_events(shard, after, limit).await)
+    }
+
     async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
         self.seen(self.inner.event_bounds().await)
     }
@@ -368,6 +377,32 @@ impl Store for MonitoredStore {
         limit: usize,
     ) -> Result<usize, StoreError> {
         self.seen(self.inner.purge_events(retention, shards, limit).await)
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let result = self.inner.put_record(kind, id, value).await;
+        self.health.record_write(&result);
+        self.seen(result)
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.seen(self.inner.get_record(kind, id).await)
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        let result = self.inner.delete_record(kind, id).await;
+        self.health.record_write(&result);
+        self.seen(result)
+    }
+
+    async fn list_records(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.seen(self.inner.list_records(kind, prefix, after, limit).await)
     }
 }
 

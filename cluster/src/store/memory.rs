@@ -30,6 +30,7 @@ struct Data {
     /// (shard, seq) -> event; the outbox.
     events: BTreeMap<(u32, u64), StoredEvent>,
     event_bounds: BTreeMap<u32, ShardEvents>,
+    records: BTreeMap<(String, String), Vec<u8>>,
 }
 
 pub struct MemoryStore {
@@ -283,6 +284,21 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
+    async fn shard_events(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .events
+            .range((shard, after.saturating_add(1))..=(shard, u64::MAX))
+            .take(limit)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+
     async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
         Ok(self.data.lock().event_bounds.values().copied().collect())
     }
@@ -339,6 +355,50 @@ impl Store for MemoryStore {
             }
         }
         Ok(purged)
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.data
+            .lock()
+            .records
+            .insert((kind.to_owned(), id.to_owned()), value);
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .data
+            .lock()
+            .records
+            .get(&(kind.to_owned(), id.to_owned()))
+            .cloned())
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .data
+            .lock()
+            .records
+            .remove(&(kind.to_owned(), id.to_owned()))
+            .is_some())
+    }
+
+    async fn list_records(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .records
+            .range((kind.to_owned(), prefix.to_owned())..)
+            .take_while(|((owner, id), _)| owner == kind && id.starts_with(prefix))
+            .filter(|((_, id), _)| after.as_ref().is_none_or(|after| id > after))
+            .take(limit)
+            .map(|((_, id), value)| (id.clone(), value.clone()))
+            .collect())
     }
 }
 

@@ -242,6 +242,14 @@ pub trait Store: Send + Sync + 'static {
         per_shard: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// Up to `limit` of one shard's events after `after`, in order.
+    async fn shard_events(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// The floor and head of every shard that has written an event.
     async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError>;
 
@@ -264,4 +272,19 @@ pub trait Store: Send + Sync + 'static {
         shards: Option<Vec<u32>>,
         limit: usize,
     ) -> Result<usize, StoreError>;
+
+    /// Small records of no shard that every node reads (webhook endpoints,
+    /// sink cursors, dead letters), by `(kind, id)`. Written alone, durably.
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError>;
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// True when there was one to delete.
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, StoreError>;
+    /// Records of `kind` whose id starts with `prefix`, in id order, after `after`.
+    async fn list_records(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }

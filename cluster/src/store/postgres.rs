@@ -32,6 +32,7 @@ use super::{
 };
 
 mod outbox;
+mod records;
 
 /// Migrations as (version, SQL), applied in order. A released migration is
 /// never edited: a change to the schema is a new file and a new entry.
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0002_store_clock_and_settings.sql"),
     ),
     (3, include_str!("../../migrations/0003_outbox.sql")),
+    (4, include_str!("../../migrations/0004_records.sql")),
 ];
 
 /// Key of the transaction-scoped advisory lock that serializes the
@@ -999,6 +1001,15 @@ impl Store for PostgresStore {
         self.read_outbox(after, per_shard).await
     }
 
+    async fn shard_events(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_shard(shard, after, limit).await
+    }
+
     async fn event_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
         self.outbox_bounds().await
     }
@@ -1020,6 +1031,28 @@ impl Store for PostgresStore {
     ) -> Result<usize, StoreError> {
         let shards = shards.unwrap_or_else(|| (0..self.shard_count).collect());
         self.purge_outbox(retention, shards, limit).await
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.put(kind, id, value).await
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(kind, id).await
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        self.delete(kind, id).await
+    }
+
+    async fn list_records(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.list(kind, prefix, after, limit).await
     }
 }
 

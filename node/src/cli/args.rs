@@ -58,6 +58,9 @@ pub enum ClientCommand {
     /// The event stream: follow it, or read one aggregate's history.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Outbound webhooks: endpoints, secrets, dead letters and replays.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// The node's own status: mode, shards served, lease, load.
     Status,
     /// Cluster members: state, shards owned, endpoint.

@@ -140,6 +140,18 @@ options! {
         event_poll_interval_ms: u64 = 100, env "SKULD_EVENT_POLL_INTERVAL_MS";
         /// Subscriptions this node serves at once at most; beyond it RESOURCE_EXHAUSTED.
         max_subscriptions: usize = 256, env "SKULD_MAX_SUBSCRIPTIONS";
+        /// A webhook attempt not answered within this fails, in milliseconds.
+        webhook_timeout_ms: u64 = 15_000, env "SKULD_WEBHOOK_TIMEOUT_MS";
+        /// The first webhook retry waits up to this (full jitter, doubling per retry), in milliseconds.
+        webhook_retry_base_ms: u64 = 1_000, env "SKULD_WEBHOOK_RETRY_BASE_MS";
+        /// Longest wait between webhook retries, in seconds.
+        webhook_retry_cap_secs: u64 = 3_600, env "SKULD_WEBHOOK_RETRY_CAP_SECS";
+        /// How long a webhook event is retried before it becomes a dead letter, in seconds.
+        webhook_retry_horizon_secs: u64 = 3 * 24 * 60 * 60, env "SKULD_WEBHOOK_RETRY_HORIZON_SECS";
+        /// NATS server URL of the JetStream sink (e.g. nats://127.0.0.1:4222); empty: no sink.
+        nats_url: SecretUrl = SecretUrl::default(), env "SKULD_NATS_URL", arg(hide_env_values = true);
+        /// JetStream stream the sink publishes to (created with subjects skuld.> when missing).
+        nats_stream: String = "SKULD_EVENTS".into(), env "SKULD_NATS_STREAM";
     }
 
     /// The group-commit writer.

@@ -203,6 +203,8 @@ pub(super) struct OpenResult {
     pub(super) rejected_from_send: Histogram<u64>,
     /// CPU used during the measured window, when it could be read.
     pub(super) cpu: Option<CpuUse>,
+    /// `--subscribers`: what the event subscribers saw in the window.
+    pub(super) subscribers: Option<subscribers::SubscriberReport>,
 }
 
 /// CPU seconds the node and the generator used in the measured window.
@@ -223,6 +225,7 @@ impl OpenResult {
             accepted_from_send: histogram(),
             rejected_from_send: histogram(),
             cpu: None,
+            subscribers: None,
         }
     }
 
@@ -369,9 +372,31 @@ pub(super) async fn open_loop(workload: Arc<dyn Workload>, plan: OpenLoop) -> Op
     result
 }
 
-pub(super) async fn drive(args: &Args, workload: Arc<dyn Workload>, label: &str) -> OpenResult {
+/// Runs the load of `args` (closed or open loop), with `--subscribers`
+/// reading the event stream beside it. Fails only when the subscriptions
+/// cannot be opened.
+pub(super) async fn drive(
+    args: &Args,
+    workload: Arc<dyn Workload>,
+    label: &str,
+) -> anyhow::Result<OpenResult> {
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
+    // Opened before the load's clock starts, so that every event of the
+    // load is after their `now`.
+    let opened = match args.subscribers {
+        0 => None,
+        count => Some(subscribers::open_subscribers(&args.endpoint, count).await?),
+    };
+    // The loops below take their own start within microseconds of this one
+    // (as measure_cpu does): close enough for a window of seconds.
+    let started = Instant::now();
+    let running = opened.map(|opened| {
+        opened.start(subscribers::MeasuredWindow {
+            from: started + warmup,
+            to: started + warmup + duration,
+        })
+    });
     let cpu = tokio::spawn(measure_cpu(args.node_pid, warmup, duration));
     let mut result = match args.rate {
         Some(rate) => {
@@ -396,7 +421,10 @@ pub(super) async fn drive(args: &Args, workload: Arc<dyn Workload>, label: &str)
         },
     };
     result.cpu = cpu.await.ok().flatten();
-    result
+    if let Some(running) = running {
+        result.subscribers = Some(running.finish().await);
+    }
+    Ok(result)
 }
 
 /// CPU used by the node (when its pid is known) and by this process from

@@ -25,6 +25,7 @@ mod report;
 mod reservations;
 mod returns_surge;
 mod scenarios;
+mod subscribers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,6 +162,12 @@ struct Args {
     /// overload: give up waiting for recovery after this many seconds.
     #[arg(long, default_value_t = 20.0)]
     recovery_timeout: f64,
+    /// Event-stream subscribers (from now) opened before the load starts;
+    /// the report adds the events each received in the measured window and
+    /// their delivery lag (receipt minus the event's recorded_at_ms). Not
+    /// with overload.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -201,6 +208,11 @@ async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
 }
 
 async fn run(mut args: Args) -> anyhow::Result<bool> {
+    if args.subscribers > 0 && args.scenario == Scenario::Overload {
+        // Its phases are open loops of their own, with no one measured
+        // window for the lag to belong to.
+        bail!("--subscribers is not supported with --scenario overload");
+    }
     let mut node = if args.spawn_node {
         let binary = args
             .node_binary

@@ -43,6 +43,8 @@ pub(super) struct Report {
     /// CPU microseconds per OK reply in the measured window: node, generator.
     pub(super) node_cpu_us_per_ok: Option<f64>,
     pub(super) generator_cpu_us_per_ok: Option<f64>,
+    /// `--subscribers`: events per subscriber and their delivery lag.
+    pub(super) subscribers: Option<subscribers::SubscriberReport>,
     pub(super) extra: serde_json::Value,
     pub(super) series: Vec<SecondSample>,
 }
@@ -115,6 +117,7 @@ pub(super) fn build_report(
         generator_cpu_us_per_ok: result
             .cpu
             .and_then(|cpu| per_ok_us(cpu.generator_cpu_s, recorder.ok_count())),
+        subscribers: result.subscribers.clone(),
         extra,
         series,
     }
@@ -201,6 +204,9 @@ pub(super) fn print_report(report: &Report) {
             cpu.window_s
         );
     }
+    if let Some(subscribers) = &report.subscribers {
+        print_subscribers(subscribers, report.duration_s);
+    }
     if let Some(rss) = report.node_peak_rss_mib {
         println!("  node peak RSS        {rss:.0} MiB (VmHWM)");
     }
@@ -219,6 +225,32 @@ pub(super) fn print_report(report: &Report) {
         if check.failures.len() > 10 {
             println!("    ... {} more", check.failures.len() - 10);
         }
+    }
+}
+
+fn print_subscribers(report: &subscribers::SubscriberReport, duration_s: f64) {
+    let lag = &report.lag;
+    println!(
+        "  subscribers          {}: events each {} to {} ({:.0} to {:.0}/s), {} in all",
+        report.subscribers,
+        report.events_min,
+        report.events_max,
+        report.events_min as f64 / duration_s,
+        report.events_max as f64 / duration_s,
+        report.events_total
+    );
+    println!(
+        "  delivery lag (ms)    p50 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} over {} events",
+        lag.p50_ms, lag.p99_ms, lag.p999_ms, lag.max_ms, lag.count
+    );
+    if report.ahead_of_clock > 0 {
+        println!(
+            "  subscribers          {} events stamped after their receipt by this clock (not in the lag)",
+            report.ahead_of_clock
+        );
+    }
+    for error in &report.errors {
+        println!("  subscriber error     {error}");
     }
 }
 

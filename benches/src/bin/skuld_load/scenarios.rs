@@ -24,7 +24,7 @@ pub(super) async fn reservation_scenario(
     };
     let workload = Arc::new(Reservations::new(clients, args, run, picker));
     stock(clients, run, &workload.positions, stocked).await?;
-    let result = drive(args, Arc::clone(&workload) as Arc<dyn Workload>, name).await;
+    let result = drive(args, Arc::clone(&workload) as Arc<dyn Workload>, name).await?;
     let check = check_reservations(clients, &workload, stocked).await?;
     let passed = check.passed;
     let report = build_report(
@@ -70,7 +70,7 @@ pub(super) async fn mixed(clients: &Arc<Clients>, args: &Args, run: &str) -> any
         next_key: AtomicU64::new(0),
     });
     let name = if hot.is_some() { "mixed-hot" } else { "mixed" };
-    let result = drive(args, Arc::clone(&workload) as Arc<dyn Workload>, name).await;
+    let result = drive(args, Arc::clone(&workload) as Arc<dyn Workload>, name).await?;
     let check = check_mixed_positions(clients, &workload, stocked).await?;
     let passed = check.passed;
     let extra = serde_json::json!({ "hot_sku_share_percent": args.hot_sku_share });
@@ -336,7 +336,7 @@ pub(super) async fn returns_surge(
         Arc::clone(&workload) as Arc<dyn Workload>,
         "returns-surge",
     )
-    .await;
+    .await?;
     // Restocks run after the dispose answer; give them a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Every acknowledged restock reaches its SKU's position exactly once.

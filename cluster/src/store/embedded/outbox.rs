@@ -174,6 +174,24 @@ impl Outbox {
         Ok(found)
     }
 
+    pub(super) fn read_shard(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let range = event_key(shard, first)..=event_key(shard, u64::MAX);
+        let mut found = Vec::new();
+        for item in self.events.range(range).take(limit) {
+            let (key, value) = item.into_inner().map_err(StoreError::backend)?;
+            found.push(decode_event(&key, &value)?);
+        }
+        Ok(found)
+    }
+
     pub(super) fn of_entity(
         &self,
         entity: &[u8],

@@ -34,6 +34,8 @@ const READ_EVENTS: &str = "SELECT e.shard, e.seq, e.recorded_at_ms, e.entity, e.
          ORDER BY seq LIMIT $3) AS e \
      WHERE b.head > coalesce(c.after, 0) \
      ORDER BY e.shard, e.seq";
+const SELECT_SHARD_EVENTS: &str = "SELECT shard, seq, recorded_at_ms, entity, body \
+     FROM events WHERE shard = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 const SELECT_BOUNDS: &str =
     "SELECT shard, floor, head FROM event_bounds WHERE head > 0 ORDER BY shard";
 const SELECT_ENTITY_EVENTS: &str = "SELECT shard, seq, recorded_at_ms, entity, body \
@@ -178,6 +180,31 @@ impl PostgresStore {
             .map_err(StoreError::backend)?;
         let rows = client
             .query(&statement, &[&shards, &positions, &limit(per_shard)])
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter().map(stored_event).collect()
+    }
+
+    pub(super) async fn read_shard(
+        &self,
+        shard: u32,
+        after: u64,
+        per_page: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT_SHARD_EVENTS)
+            .await
+            .map_err(StoreError::backend)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &to_i32(shard)?,
+                    &to_i64(after, "event position")?,
+                    &limit(per_page),
+                ],
+            )
             .await
             .map_err(StoreError::backend)?;
         rows.iter().map(stored_event).collect()

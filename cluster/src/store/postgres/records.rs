@@ -1,0 +1,82 @@
+//! The PostgreSQL store's records of no shard (migration 0004): one row per
+//! `(kind, id)`, each written in its own statement (autocommit, durable).
+
+use super::{limit, PostgresStore};
+use crate::store::StoreError;
+
+const UPSERT: &str = "INSERT INTO records (kind, id, value) VALUES ($1, $2, $3) \
+     ON CONFLICT (kind, id) DO UPDATE SET value = EXCLUDED.value";
+const SELECT: &str = "SELECT value FROM records WHERE kind = $1 AND id = $2";
+const DELETE: &str = "DELETE FROM records WHERE kind = $1 AND id = $2";
+// starts_with keeps a prefix's wildcards (% and _) literal.
+const LIST: &str = "SELECT id, value FROM records \
+     WHERE kind = $1 AND starts_with(id, $2) AND id > $3 ORDER BY id LIMIT $4";
+
+impl PostgresStore {
+    pub(super) async fn put(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(UPSERT)
+            .await
+            .map_err(StoreError::backend)?;
+        client
+            .execute(&statement, &[&kind, &id, &value])
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    pub(super) async fn get(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(SELECT)
+            .await
+            .map_err(StoreError::backend)?;
+        let row = client
+            .query_opt(&statement, &[&kind, &id])
+            .await
+            .map_err(StoreError::backend)?;
+        row.map(|row| row.try_get(0).map_err(StoreError::backend))
+            .transpose()
+    }
+
+    pub(super) async fn delete(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(DELETE)
+            .await
+            .map_err(StoreError::backend)?;
+        let deleted = client
+            .execute(&statement, &[&kind, &id])
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(deleted > 0)
+    }
+
+    pub(super) async fn list(
+        &self,
+        kind: &str,
+        prefix: &str,
+        after: Option<String>,
+        page: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(LIST)
+            .await
+            .map_err(StoreError::backend)?;
+        let after = after.unwrap_or_default();
+        let rows = client
+            .query(&statement, &[&kind, &prefix, &after, &limit(page)])
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(StoreError::backend)?,
+                    row.try_get(1).map_err(StoreError::backend)?,
+                ))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,304 @@
+//! The `skuld.v1.WebhookService`: webhook endpoints, their secrets and
+//! dead letters. Definitions live in the store, so every node sees them and
+//! the owners of the shards deliver (`sinks`).
+
+use std::sync::Arc;
+
+use skuld_actors::{store_error, Error, Refusal};
+use skuld_cluster::Store;
+use skuld_proto::v1 as pb;
+use skuld_proto::v1::webhook_service_server::WebhookService;
+use tonic::{Request, Response, Status};
+
+use crate::rpc;
+use crate::sinks::webhook::{
+    self, new_secret, secret_key, DeadLetter, Endpoint, Secret, WebhookSettings, WebhookSink,
+    DEAD_LETTER_KIND, ENDPOINT_KIND, ROTATION_OVERLAP,
+};
+use crate::sinks::{self, CURSOR_KIND};
+
+const DEFAULT_RATE: u32 = 10;
+const MAX_RATE: u32 = 1_000;
+const MAX_PREFIXES: usize = 32;
+
+pub struct WebhooksApi {
+    store: Arc<dyn Store>,
+    settings: WebhookSettings,
+    client: reqwest::Client,
+}
+
+impl WebhooksApi {
+    pub fn new(store: Arc<dyn Store>, settings: WebhookSettings) -> Self {
+        Self {
+            client: webhook::http_client(&settings),
+            store,
+            settings,
+        }
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Endpoint, Error> {
+        let not_found =
+            || Error::Refused(Refusal::FailedPrecondition(format!("no webhook {id:?}")));
+        if id.is_empty() || id.len() > 64 {
+            return Err(Error::invalid("id", "a webhook id (wh_...)"));
+        }
+        let raw = self
+            .store
+            .get_record(ENDPOINT_KIND, id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        serde_json::from_slice(&raw)
+            .map_err(|error| Error::Unavailable(format!("webhook {id} is unreadable: {error}")))
+    }
+
+    async fn save(&self, endpoint: &Endpoint) -> Result<(), Error> {
+        let raw = serde_json::to_vec(endpoint)
+            .map_err(|error| Error::Unavailable(format!("cannot encode a webhook: {error}")))?;
+        self.store
+            .put_record(ENDPOINT_KIND, &endpoint.id, raw)
+            .await
+            .map_err(store_error)
+    }
+}
+
+fn to_proto(endpoint: &Endpoint) -> pb::Webhook {
+    pb::Webhook {
+        id: endpoint.id.clone(),
+        tenant: endpoint.tenant.clone(),
+        url: endpoint.url.clone(),
+        type_prefixes: endpoint.type_prefixes.clone(),
+        rate_per_second: endpoint.rate_per_second,
+        enabled: endpoint.enabled,
+        disabled_reason: endpoint.disabled_reason.clone(),
+        created_at_ms: endpoint.created_at_ms,
+    }
+}
+
+/// An http:// URL with a host; https needs the TLS work still to come.
+fn validate_url(url: &str) -> Result<(), Error> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|error| Error::invalid("url", format!("not a URL: {error}")))?;
+    if parsed.scheme() != "http" {
+        return Err(Error::invalid(
+            "url",
+            "only http:// endpoints in this version (TLS is not built in yet)",
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) || url.len() > 2_048 {
+        return Err(Error::invalid(
+            "url",
+            "needs a host, at most 2048 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_prefixes(prefixes: &[String]) -> Result<(), Error> {
+    if prefixes.len() > MAX_PREFIXES
+        || prefixes
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 128 || p.chars().any(char::is_control))
+    {
+        return Err(Error::invalid(
+            "type_prefixes",
+            format!("at most {MAX_PREFIXES}, each 1 to 128 printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl WebhookService for WebhooksApi {
+    async fn add_webhook(
+        &self,
+        request: Request<pb::AddWebhookRequest>,
+    ) -> Result<Response<pb::AddWebhookResponse>, Status> {
+        rpc::serve("AddWebhook", request, |request, _| async move {
+            skuld_actors::key::validate_token("tenant", &request.tenant)?;
+            validate_url(&request.url)?;
+            validate_prefixes(&request.type_prefixes)?;
+            let rate_per_second = match request.rate_per_second {
+                0 => DEFAULT_RATE,
+                rate if rate <= MAX_RATE => rate,
+                _ => {
+                    return Err(Error::invalid(
+                        "rate_per_second",
+                        format!("1 to {MAX_RATE}"),
+                    ))
+                }
+            };
+            let secret = if request.secret.is_empty() {
+                new_secret()
+            } else {
+                secret_key(&request.secret)?;
+                request.secret
+            };
+            let endpoint = Endpoint {
+                id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
+                tenant: request.tenant,
+                url: request.url,
+                type_prefixes: request.type_prefixes,
+                rate_per_second,
+                enabled: true,
+                disabled_reason: String::new(),
+                created_at_ms: skuld_cluster::now_ms(),
+                secrets: vec![Secret {
+                    value: secret.clone(),
+                    retires_at_ms: None,
+                }],
+            };
+            // Cursors first: the endpoint gets what is committed from now on.
+            sinks::start_at_heads(self.store.as_ref(), &format!("webhook/{}", endpoint.id))
+                .await
+                .map_err(store_error)?;
+            self.save(&endpoint).await?;
+            Ok(pb::AddWebhookResponse {
+                webhook: Some(to_proto(&endpoint)),
+                secret,
+            })
+        })
+        .await
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        rpc::serve("ListWebhooks", request, |request, _| async move {
+            let endpoints = webhook::load_endpoints(self.store.as_ref())
+                .await
+                .map_err(store_error)?;
+            Ok(pb::ListWebhooksResponse {
+                webhooks: endpoints
+                    .iter()
+                    .map(|(_, endpoint)| endpoint)
+                    .filter(|endpoint| {
+                        request.tenant.is_empty() || endpoint.tenant == request.tenant
+                    })
+                    .map(to_proto)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn remove_webhook(
+        &self,
+        request: Request<pb::RemoveWebhookRequest>,
+    ) -> Result<Response<pb::RemoveWebhookResponse>, Status> {
+        rpc::serve("RemoveWebhook", request, |request, _| async move {
+            let endpoint = self.endpoint(&request.id).await?;
+            self.store
+                .delete_record(ENDPOINT_KIND, &endpoint.id)
+                .await
+                .map_err(store_error)?;
+            // Its cursors go too; its dead letters stay listable.
+            let sink = format!("webhook/{}/", endpoint.id);
+            for (id, _) in self
+                .store
+                .list_records(CURSOR_KIND, &sink, None, 100_000)
+                .await
+                .map_err(store_error)?
+            {
+                self.store
+                    .delete_record(CURSOR_KIND, &id)
+                    .await
+                    .map_err(store_error)?;
+            }
+            Ok(pb::RemoveWebhookResponse {})
+        })
+        .await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        rpc::serve("RotateWebhookSecret", request, |request, _| async move {
+            let mut endpoint = self.endpoint(&request.id).await?;
+            let now = skuld_cluster::now_ms();
+            let retires = now + i64::try_from(ROTATION_OVERLAP.as_millis()).unwrap_or(i64::MAX);
+            endpoint
+                .secrets
+                .retain(|secret| secret.retires_at_ms.is_none_or(|at| at > now));
+            for secret in &mut endpoint.secrets {
+                secret.retires_at_ms.get_or_insert(retires);
+            }
+            let secret = new_secret();
+            endpoint.secrets.insert(
+                0,
+                Secret {
+                    value: secret.clone(),
+                    retires_at_ms: None,
+                },
+            );
+            self.save(&endpoint).await?;
+            Ok(pb::RotateWebhookSecretResponse { secret })
+        })
+        .await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        rpc::serve("ListDeadLetters", request, |request, _| async move {
+            if request.webhook_id.is_empty() || request.webhook_id.contains('/') {
+                return Err(Error::invalid("webhook_id", "a webhook id (wh_...)"));
+            }
+            let page_size = match request.page_size {
+                0 => 100,
+                n if n <= 1_000 => n as usize,
+                _ => return Err(Error::invalid("page_size", "1 to 1000")),
+            };
+            let prefix = format!("{}/", request.webhook_id);
+            let after = (!request.page_token.is_empty()).then(|| request.page_token.clone());
+            let page = self
+                .store
+                .list_records(DEAD_LETTER_KIND, &prefix, after, page_size)
+                .await
+                .map_err(store_error)?;
+            let next_page_token = match page.last() {
+                Some((id, _)) if page.len() == page_size => id.clone(),
+                _ => String::new(),
+            };
+            let dead_letters = page
+                .iter()
+                .filter_map(|(_, raw)| serde_json::from_slice::<DeadLetter>(raw).ok())
+                .map(|letter| pb::DeadLetter {
+                    webhook_id: letter.endpoint,
+                    event_id: letter.event_id,
+                    event_type: letter.event_type,
+                    aggregate_key: letter.aggregate_key,
+                    attempts: letter.attempts,
+                    last_error: letter.last_error,
+                    dead_at_ms: letter.dead_at_ms,
+                })
+                .collect();
+            Ok(pb::ListDeadLettersResponse {
+                dead_letters,
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        rpc::serve("ReplayDeadLetters", request, |request, _| async move {
+            let endpoint = self.endpoint(&request.webhook_id).await?;
+            let sink = WebhookSink::new(
+                endpoint,
+                self.client.clone(),
+                Arc::clone(&self.store),
+                self.settings.clone(),
+            )?;
+            let (delivered, failed) = sink.replay(&request.event_ids).await.map_err(store_error)?;
+            Ok(pb::ReplayDeadLettersResponse { delivered, failed })
+        })
+        .await
+    }
+}
