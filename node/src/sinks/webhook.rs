@@ -84,6 +84,10 @@ pub struct DeadLetter {
     pub event_id: String,
     pub event_type: String,
     pub aggregate_key: String,
+    /// Its place in the stream: replays go in this order, so each key's
+    /// events arrive in order again.
+    pub shard: u32,
+    pub seq: u64,
     pub attempts: u32,
     pub last_error: String,
     pub dead_at_ms: i64,
@@ -294,6 +298,8 @@ impl WebhookSink {
             event_id: delivery.event.id.clone(),
             event_type: delivery.event.event_type.clone(),
             aggregate_key: delivery.event.aggregate_key.clone(),
+            shard: delivery.shard,
+            seq: delivery.seq,
             attempts,
             last_error: error,
             dead_at_ms: skuld_cluster::now_ms(),
@@ -379,11 +385,13 @@ impl WebhookSink {
             after = Some(last.clone());
             letters.extend(page);
         }
+        let mut letters: Vec<(String, DeadLetter)> = letters
+            .into_iter()
+            .filter_map(|(id, raw)| Some((id, serde_json::from_slice::<DeadLetter>(&raw).ok()?)))
+            .collect();
+        letters.sort_by_key(|(_, letter)| (letter.shard, letter.seq));
         let (mut delivered, mut failed) = (0, 0);
-        for (id, raw) in letters {
-            let Ok(letter) = serde_json::from_slice::<DeadLetter>(&raw) else {
-                continue;
-            };
+        for (id, letter) in letters {
             if !event_ids.is_empty() && !event_ids.contains(&letter.event_id) {
                 continue;
             }
