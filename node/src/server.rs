@@ -210,6 +210,7 @@ pub async fn run(
         poll_interval: Duration::from_millis(config.events.event_poll_interval_ms),
         webhooks: config.events.webhooks(),
         nats: config.events.nats(),
+        pause_before_cursor: Config::failpoint_ms("SINK_PAUSE_BEFORE_CURSOR_MS"),
     });
     let servers = TaskTracker::new();
     let grpc_stop = stop_servers.clone().cancelled_owned();

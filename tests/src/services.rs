@@ -721,3 +721,128 @@ mod tests {
         assert!(!dir.exists());
     }
 }
+
+/// How long nats-server may take to accept connections.
+pub const NATS_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The nats-server binary: on PATH, else Debian's `/usr/sbin/nats-server`.
+fn nats_binary() -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("nats-server"))
+                .find(|path| path.is_file())
+        })
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|path| path.is_file()))
+        .context(
+            "nats-server not found: run scripts/setup --cluster (installs the nats-server package)",
+        )
+}
+
+/// A nats-server with JetStream on a loopback port, its store and log in
+/// the directory given to [`Nats::start`], memory and disk capped.
+pub struct Nats {
+    child: Option<Child>,
+    binary: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    port: u16,
+}
+
+impl Nats {
+    pub fn start(dir: &Path) -> anyhow::Result<Nats> {
+        let binary = nats_binary()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            let config_path = dir.join("nats.conf");
+            std::fs::write(
+                &config_path,
+                format!(
+                    "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 256MB }}\n",
+                    dir.join("jetstream").display()
+                ),
+            )?;
+            let mut nats = Nats {
+                child: None,
+                binary: binary.clone(),
+                config_path,
+                log_path: dir.join("nats.log"),
+                port,
+            };
+            match nats.spawn()? {
+                Started::Ready => return Ok(nats),
+                Started::PortTaken(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!(
+                "nats-server did not start in {START_ATTEMPTS} attempts"
+            )))
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then start again on the same port and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        kill9(&mut self.child)?;
+        match self.spawn()? {
+            Started::Ready => Ok(()),
+            Started::PortTaken(error) => Err(error.context("nats-server lost its port")),
+        }
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<Started> {
+        let (log, offset) = open_log(&self.log_path)?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        let waited = await_start(
+            &mut self.child,
+            "nats-server",
+            NATS_START_TIMEOUT,
+            &self.log_path,
+            offset,
+            "address already in use",
+            || async {
+                // Ready once the log says so and the port answers with INFO.
+                let log = log_since(&self.log_path, offset);
+                if !log.contains("Server is ready") {
+                    return Err("not ready yet".into());
+                }
+                match tokio::net::TcpStream::connect(&address).await {
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(error.to_string()),
+                }
+            },
+        );
+        waited.inspect_err(|_| {
+            let _ = kill9(&mut self.child);
+        })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = kill9(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "nats-server log at {}; last lines:\n{}",
+                self.log_path.display(),
+                log_tail(&self.log_path)
+            );
+        }
+    }
+}

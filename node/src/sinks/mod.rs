@@ -125,6 +125,9 @@ pub struct SinkContext {
     pub poll_interval: Duration,
     pub webhooks: webhook::WebhookSettings,
     pub nats: Option<nats::NatsSettings>,
+    /// Fault injection for the tests: wait this long between delivering a
+    /// window and recording it, so a kill lands in between.
+    pub pause_before_cursor: Option<Duration>,
 }
 
 /// Runs every sink until stopped.
@@ -313,6 +316,9 @@ async fn drain_window(
         .buffer_unordered(KEYS_IN_FLIGHT)
         .try_collect::<Vec<()>>()
         .await?;
+    if let Some(pause) = context.pause_before_cursor {
+        tokio::time::sleep(pause).await;
+    }
     context
         .store
         .put_record(CURSOR_KIND, &cursor_id, last_seq.to_string().into_bytes())
