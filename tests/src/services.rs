@@ -1,5 +1,5 @@
-//! Real etcd and PostgreSQL servers for tests, started by the tests
-//! themselves from the Debian packages `scripts/setup` installs.
+//! Real etcd, PostgreSQL and nats-server processes for tests, started by
+//! the tests themselves from the Debian packages `scripts/setup` installs.
 //!
 //! Each server listens on loopback ports picked free just before it starts
 //! (bind `127.0.0.1:0`, read the port, let it go), so parallel tests and
@@ -667,61 +667,6 @@ impl Drop for Postgres {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    fn alive(pid: u32) -> bool {
-        // A reaped process has no /proc entry; a zombie would still say Z.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| !stat.contains(") Z "))
-            .unwrap_or(false)
-    }
-
-    async fn healthy(endpoint: &str) -> bool {
-        let address = endpoint.trim_start_matches("http://");
-        matches!(
-            crate::http_get(address, "/health").await,
-            Ok((200, body)) if body.contains(r#""health":"true""#)
-        )
-    }
-
-    #[tokio::test]
-    async fn etcd_starts_restarts_and_is_gone_after_drop() {
-        let dir = crate::TestDir::new().unwrap();
-        let mut etcd = Etcd::start(dir.path()).unwrap();
-        let endpoint = etcd.endpoint();
-        assert!(healthy(&endpoint).await);
-        etcd.kill();
-        assert!(!healthy(&endpoint).await);
-        etcd.restart().unwrap();
-        assert_eq!(etcd.endpoint(), endpoint);
-        assert!(healthy(&endpoint).await);
-        let pid = etcd.pid().unwrap();
-        drop(etcd);
-        assert!(!alive(pid));
-        assert!(dir.path().join("etcd-data").is_dir());
-    }
-
-    #[tokio::test]
-    async fn postgres_stops_on_drop_and_removes_its_dir() {
-        let postgres = Postgres::start().unwrap();
-        let url = postgres.create_database("smoke").await.unwrap();
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let fsync: String = client.query_one("SHOW fsync", &[]).await.unwrap().get(0);
-        assert_eq!(fsync, "on");
-        let pid = postgres.pid().unwrap();
-        let dir = postgres.log_path().parent().unwrap().to_path_buf();
-        drop(postgres);
-        assert!(!alive(pid));
-        assert!(!dir.exists());
-    }
-}
-
 /// How long nats-server may take to accept connections.
 pub const NATS_START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -844,5 +789,60 @@ impl Drop for Nats {
                 log_tail(&self.log_path)
             );
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: u32) -> bool {
+        // A reaped process has no /proc entry; a zombie would still say Z.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    async fn healthy(endpoint: &str) -> bool {
+        let address = endpoint.trim_start_matches("http://");
+        matches!(
+            crate::http_get(address, "/health").await,
+            Ok((200, body)) if body.contains(r#""health":"true""#)
+        )
+    }
+
+    #[tokio::test]
+    async fn etcd_starts_restarts_and_is_gone_after_drop() {
+        let dir = crate::TestDir::new().unwrap();
+        let mut etcd = Etcd::start(dir.path()).unwrap();
+        let endpoint = etcd.endpoint();
+        assert!(healthy(&endpoint).await);
+        etcd.kill();
+        assert!(!healthy(&endpoint).await);
+        etcd.restart().unwrap();
+        assert_eq!(etcd.endpoint(), endpoint);
+        assert!(healthy(&endpoint).await);
+        let pid = etcd.pid().unwrap();
+        drop(etcd);
+        assert!(!alive(pid));
+        assert!(dir.path().join("etcd-data").is_dir());
+    }
+
+    #[tokio::test]
+    async fn postgres_stops_on_drop_and_removes_its_dir() {
+        let postgres = Postgres::start().unwrap();
+        let url = postgres.create_database("smoke").await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let fsync: String = client.query_one("SHOW fsync", &[]).await.unwrap().get(0);
+        assert_eq!(fsync, "on");
+        let pid = postgres.pid().unwrap();
+        let dir = postgres.log_path().parent().unwrap().to_path_buf();
+        drop(postgres);
+        assert!(!alive(pid));
+        assert!(!dir.exists());
     }
 }
