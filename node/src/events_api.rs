@@ -285,6 +285,7 @@ impl Subscription {
     /// end with an error.
     async fn stream(&mut self, replies: &mpsc::Sender<Reply>) -> Result<(), Error> {
         let mut last_sent = Instant::now();
+        let mut lag_measured = Instant::now();
         loop {
             // Marked seen before the read: a commit during the read wakes
             // the next wait instead of being missed.
@@ -296,6 +297,7 @@ impl Subscription {
             let events = read.map_err(store_error)?;
             if events.is_empty() {
                 metrics::gauge!("skuld_event_subscriber_lag_seconds", "subscriber" => self.subscriber.clone()).set(0.0);
+                metrics::gauge!("skuld_event_subscriber_lag_events", "subscriber" => self.subscriber.clone()).set(0.0);
                 if !self.wait(replies).await? {
                     return Ok(());
                 }
@@ -330,12 +332,29 @@ impl Subscription {
                 metrics::gauge!("skuld_event_subscriber_lag_seconds", "subscriber" => self.subscriber.clone())
                     .set(lag_ms.max(0) as f64 / 1_000.0);
             }
+            if lag_measured.elapsed() >= PROGRESS_EVERY {
+                lag_measured = Instant::now();
+                self.measure_lag().await;
+            }
             if !batch.is_empty() || last_sent.elapsed() >= PROGRESS_EVERY {
                 if !self.send(replies, batch).await {
                     return Ok(());
                 }
                 last_sent = Instant::now();
             }
+        }
+    }
+
+    /// How many committed events this subscriber has not read yet, over
+    /// every shard (one bounds read, at most once a second).
+    async fn measure_lag(&self) {
+        if let Ok(bounds) = self.store.event_bounds().await {
+            let behind: u64 = bounds
+                .iter()
+                .map(|shard| shard.head.saturating_sub(self.position.seen(shard.shard)))
+                .sum();
+            metrics::gauge!("skuld_event_subscriber_lag_events", "subscriber" => self.subscriber.clone())
+                .set(behind as f64);
         }
     }
 
