@@ -397,6 +397,11 @@ mod tests {
                 "host=pg user=skuld password=*** dbname=skuld",
             ),
             ("postgres://skuld@pg/skuld", "postgres://skuld@pg/skuld"),
+            ("nats://s3cret@nats:4222", "nats://***@nats:4222"),
+            (
+                "nats://a:s3cret@n1:4222,nats://b:s3cret@n2:4222",
+                "nats://a:***@n1:4222,nats://b:***@n2:4222",
+            ),
         ];
         for (url, shown) in urls {
             let secret: SecretUrl = url.parse().unwrap();

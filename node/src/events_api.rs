@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skuld_actors::runtime::published::PublishedEvent;
-use skuld_actors::{store_error, Error, PositionKey, ReturnKey};
+use skuld_actors::{store_error, Error, PositionKey, Refusal, ReturnKey};
 use skuld_cluster::{ShardEvents, Store, StoredEvent};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::event_service_server::EventService;
@@ -30,8 +30,11 @@ use token::Position;
 /// Events per message when the subscriber names no batch size.
 const DEFAULT_BATCH: usize = 256;
 const MAX_BATCH: usize = 1_000;
-/// Events read from one shard per store read: enough to keep a busy shard
-/// moving, few enough that one shard cannot starve the others.
+/// Events one store read takes at most, spread over the shards: what one
+/// subscription holds in memory at a time.
+const READ_BUDGET: usize = 4_096;
+/// Events read from one shard per store read at most: enough to keep a
+/// busy shard moving, few enough that one shard cannot starve the others.
 const READ_PER_SHARD: usize = 512;
 /// A subscription whose filter matches nothing still gets its position
 /// this often, so its token does not fall behind retention.
@@ -47,7 +50,8 @@ fn history_position(page_token: &str) -> Result<u64, Error> {
     }
     page_token
         .strip_prefix(HISTORY_TOKEN_PREFIX)
-        .and_then(|seq| seq.parse().ok())
+        .and_then(|seq| seq.parse::<u64>().ok())
+        .filter(|seq| i64::try_from(*seq).is_ok())
         .ok_or_else(|| Error::invalid("page_token", "not a token this service gave out"))
 }
 
@@ -147,8 +151,22 @@ fn oldest(bounds: &[ShardEvents]) -> Position {
     )
 }
 
-/// Refuses a position some of whose next events retention already deleted.
+/// Refuses a position some of whose next events retention already deleted,
+/// and one ahead of what the store holds (a token from another cluster, or
+/// from before a restore that lost commits): resuming there would skip the
+/// events that get those numbers next.
 fn check_retained(position: &Position, bounds: &[ShardEvents]) -> Result<(), Error> {
+    for (shard, seen) in &position.0 {
+        let head = bounds
+            .iter()
+            .find(|bounds| bounds.shard == *shard)
+            .map_or(0, |bounds| bounds.head);
+        if *seen > head {
+            return Err(Error::Refused(Refusal::FailedPrecondition(format!(
+                "the resume token is ahead of this cluster's events (shard {shard}: token {seen}, stored {head}); start again from the oldest retained event"
+            ))));
+        }
+    }
     match bounds
         .iter()
         .find(|shard| shard.floor > position.seen(shard.shard))
@@ -291,7 +309,7 @@ impl Subscription {
             // the next wait instead of being missed.
             self.committed.borrow_and_update();
             let read = tokio::select! {
-                read = self.store.read_events(self.pairs(), READ_PER_SHARD) => read,
+                read = self.store.read_events(self.pairs(), self.per_shard()) => read,
                 () = self.stop.cancelled() => return Err(shutting_down()),
             };
             let events = read.map_err(store_error)?;
@@ -394,6 +412,11 @@ impl Subscription {
         }
     }
 
+    /// Per-shard share of the read budget, by the shards seen so far.
+    fn per_shard(&self) -> usize {
+        (READ_BUDGET / self.position.0.len().max(1)).clamp(8, READ_PER_SHARD)
+    }
+
     fn pairs(&self) -> Vec<(u32, u64)> {
         self.position
             .0
@@ -480,5 +503,41 @@ impl EventService for EventsApi {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_behind_retention_or_ahead_of_the_store_is_refused() {
+        let bounds = [ShardEvents {
+            shard: 0,
+            floor: 5,
+            head: 10,
+        }];
+        let at = |shard, seq| {
+            let mut position = Position::default();
+            position.advance(shard, seq);
+            position
+        };
+        assert!(check_retained(&at(0, 5), &bounds).is_ok());
+        assert!(check_retained(&at(0, 10), &bounds).is_ok());
+        assert!(matches!(
+            check_retained(&at(0, 4), &bounds),
+            Err(Error::EventsExpired {
+                shard: 0,
+                floor: 5,
+                ..
+            })
+        ));
+        for ahead in [at(0, 11), at(3, 1)] {
+            assert!(matches!(
+                check_retained(&ahead, &bounds),
+                Err(Error::Refused(Refusal::FailedPrecondition(_)))
+            ));
+        }
     }
 }

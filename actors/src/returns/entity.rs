@@ -37,7 +37,6 @@ pub struct ReturnSummary {
     pub version: u64,
 }
 
-/// The listing scope of a tenant's returns.
 /// A case's state before and after a change, in its published events.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ReturnFigures {
@@ -46,6 +45,7 @@ pub struct ReturnFigures {
     pub refunds: usize,
 }
 
+/// The listing scope of a tenant's returns.
 pub fn summary_scope(tenant: &str) -> Vec<u8> {
     let mut scope = b"returns/".to_vec();
     scope.extend_from_slice(tenant.as_bytes());

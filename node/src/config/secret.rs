@@ -20,36 +20,52 @@ impl SecretUrl {
         self.0.trim().is_empty()
     }
 
-    /// The URL with the password of its user info (`scheme://user:pass@`)
-    /// and any `password=` parameter (URL query or key=value form) masked.
+    /// The URL with the password of its user info (`scheme://user:pass@`),
+    /// any `password=` parameter (URL query or key=value form), and a bare
+    /// token as user info (`nats://token@host`, every scheme but
+    /// PostgreSQL's, where a bare user name is no secret) masked, in each
+    /// URL of a comma-separated list.
     pub fn redacted(&self) -> String {
-        let mut text = self.0.clone();
-        if let Some(scheme_end) = text.find("://") {
-            let rest = scheme_end + 3;
-            let authority_end = text[rest..]
-                .find(['/', '?'])
-                .map_or(text.len(), |end| rest + end);
-            if let Some(at) = text[rest..authority_end].rfind('@') {
-                let user_info = rest..rest + at;
-                if let Some(colon) = text[user_info.clone()].find(':') {
-                    text.replace_range(user_info.start + colon + 1..user_info.end, "***");
+        self.0
+            .split(',')
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn redact_one(url: &str) -> String {
+    let mut text = url.to_owned();
+    if let Some(scheme_end) = text.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = text[rest..]
+            .find(['/', '?'])
+            .map_or(text.len(), |end| rest + end);
+        if let Some(at) = text[rest..authority_end].rfind('@') {
+            let user_info = rest..rest + at;
+            let scheme = text[..scheme_end].to_ascii_lowercase();
+            match text[user_info.clone()].find(':') {
+                Some(colon) => {
+                    text.replace_range(user_info.start + colon + 1..user_info.end, "***")
                 }
+                None if !scheme.starts_with("postgres") => text.replace_range(user_info, "***"),
+                None => {}
             }
         }
-        let mut redacted = String::with_capacity(text.len());
-        let mut rest = text.as_str();
-        while let Some(found) = rest.find("password=") {
-            let value = found + "password=".len();
-            redacted.push_str(&rest[..value]);
-            redacted.push_str("***");
-            let end = rest[value..]
-                .find(['&', ' '])
-                .map_or(rest.len(), |end| value + end);
-            rest = &rest[end..];
-        }
-        redacted.push_str(rest);
-        redacted
     }
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(found) = rest.find("password=") {
+        let value = found + "password=".len();
+        redacted.push_str(&rest[..value]);
+        redacted.push_str("***");
+        let end = rest[value..]
+            .find(['&', ' '])
+            .map_or(rest.len(), |end| value + end);
+        rest = &rest[end..];
+    }
+    redacted.push_str(rest);
+    redacted
 }
 
 impl std::str::FromStr for SecretUrl {

@@ -58,8 +58,12 @@ impl Position {
                 let mut position = BTreeMap::new();
                 let mut previous = None;
                 for (shard, seq) in pairs {
-                    // Strictly increasing shards: one way to write a position.
-                    if previous.is_some_and(|previous| shard <= previous) {
+                    // Strictly increasing shards: one way to write a
+                    // position; no number a store could not hold.
+                    if previous.is_some_and(|previous| shard <= previous)
+                        || i64::try_from(seq).is_err()
+                        || i32::try_from(shard).is_err()
+                    {
                         return Err(malformed());
                     }
                     previous = Some(shard);
@@ -85,7 +89,7 @@ mod tests {
     fn a_position_survives_its_token() {
         let mut position = Position::default();
         position.advance(3, 17);
-        position.advance(1_023, u64::MAX);
+        position.advance(1_023, i64::MAX as u64);
         position.advance(0, 1);
         assert_eq!(Position::decode(&position.encode()).unwrap(), position);
         assert_eq!(
@@ -106,6 +110,10 @@ mod tests {
                 "{token:?}: {error:?}"
             );
         }
+        // A position no store could hold is refused.
+        let mut bytes = vec![VERSION];
+        bytes.extend(codec::encode(&vec![(1u32, u64::MAX)]).unwrap());
+        assert!(Position::decode(&URL_SAFE_NO_PAD.encode(bytes)).is_err());
         // Shards out of order are refused, not silently merged.
         let mut bytes = vec![VERSION];
         bytes.extend(codec::encode(&vec![(5u32, 1u64), (2, 1)]).unwrap());

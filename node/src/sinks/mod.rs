@@ -45,16 +45,25 @@ pub struct Delivery {
     pub recorded_at_ms: u64,
 }
 
-/// The sink cannot go on (its endpoint was disabled or removed, or the
-/// node is stopping): the cursor stays before what was not delivered.
+/// A window that could not be finished: the cursor stays before what was
+/// not delivered.
 #[derive(Debug)]
-pub struct Stopped(pub String);
+pub enum Stopped {
+    /// The sink must end: its endpoint was disabled or removed, or the node
+    /// is stopping.
+    Final(String),
+    /// Passing (the store failed): the window is tried again after a pause.
+    Passing(String),
+}
 
 impl From<StoreError> for Stopped {
     fn from(error: StoreError) -> Self {
-        Stopped(error.to_string())
+        Stopped::Passing(error.to_string())
     }
 }
+
+/// How long a sink waits after a passing failure before trying again.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
@@ -159,14 +168,25 @@ async fn supervise(context: SinkContext, stop: CancellationToken, tasks: TaskTra
         let context = context.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            match nats::NatsSink::connect(settings).await {
-                Ok(sink) => run_sink(Arc::new(sink), context, stop).await,
-                Err(error) => tracing::error!(%error, "the NATS sink cannot start"),
-            }
+            // NATS may be down when the node starts: keep trying.
+            let sink = loop {
+                match nats::NatsSink::connect(settings.clone()).await {
+                    Ok(sink) => break sink,
+                    Err(error) => {
+                        tracing::warn!(%error, "the NATS sink cannot connect yet; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                }
+            };
+            run_sink(Arc::new(sink), context, stop).await;
         });
     }
-    // Endpoint id -> (its definition's revision, the task's stop).
-    let mut running: HashMap<String, (Vec<u8>, CancellationToken)> = HashMap::new();
+    // Endpoint id -> (its definition's revision, the task's stop, the task).
+    let mut running: HashMap<String, (Vec<u8>, CancellationToken, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
     let client = webhook::http_client(&context.webhooks);
     loop {
         match webhook::load_endpoints(context.store.as_ref()).await {
@@ -176,8 +196,12 @@ async fn supervise(context: SinkContext, stop: CancellationToken, tasks: TaskTra
                     .filter(|(_, endpoint)| endpoint.enabled)
                     .map(|(raw, endpoint)| (endpoint.id.clone(), (raw, endpoint)))
                     .collect();
-                running.retain(|id, (revision, token)| {
-                    let keep = wanted.get(id).is_some_and(|(raw, _)| raw == revision);
+                // A task that ended by itself (its endpoint answered 410 and
+                // is disabled now, or it met an unreadable cursor) is
+                // started again if the endpoint is still wanted.
+                running.retain(|id, (revision, token, task)| {
+                    let keep = !task.is_finished()
+                        && wanted.get(id).is_some_and(|(raw, _)| raw == revision);
                     if !keep {
                         token.cancel();
                     }
@@ -195,8 +219,12 @@ async fn supervise(context: SinkContext, stop: CancellationToken, tasks: TaskTra
                     ) {
                         Ok(sink) => {
                             let token = stop.child_token();
-                            running.insert(id, (raw, token.clone()));
-                            tasks.spawn(run_sink(Arc::new(sink), context.clone(), token));
+                            let task = tasks.spawn(run_sink(
+                                Arc::new(sink),
+                                context.clone(),
+                                token.clone(),
+                            ));
+                            running.insert(id, (raw, token, task));
                         }
                         Err(error) => {
                             tracing::warn!(endpoint = %id, %error, "webhook endpoint not started")
@@ -234,9 +262,18 @@ async fn run_sink(sink: Arc<dyn Sink>, context: SinkContext, stop: CancellationT
             }
             match drain_window(sink.as_ref(), &name, &context, shard, &stop).await {
                 Ok(progress) => moved |= progress,
-                Err(Stopped(reason)) => {
+                Err(Stopped::Final(reason)) => {
                     tracing::info!(sink = %name, %reason, "sink stopped");
                     return;
+                }
+                Err(Stopped::Passing(reason)) => {
+                    metrics::counter!("skuld_sink_failures_total", "sink" => name.clone())
+                        .increment(1);
+                    tracing::warn!(sink = %name, shard, %reason, "sink window failed; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(PAUSE_AFTER_FAILURE) => {}
+                        () = stop.cancelled() => return,
+                    }
                 }
             }
         }
@@ -277,24 +314,36 @@ async fn drain_window(
     let cursor = match context.store.get_record(CURSOR_KIND, &cursor_id).await? {
         Some(bytes) => String::from_utf8_lossy(&bytes)
             .parse::<u64>()
-            .map_err(|_| Stopped(format!("cursor {cursor_id} is unreadable")))?,
+            .map_err(|_| Stopped::Final(format!("cursor {cursor_id} is unreadable")))?,
         None => 0,
     };
     let stored = context.store.shard_events(shard, cursor, WINDOW).await?;
-    let Some(last) = stored.last() else {
+    let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
         return Ok(false);
     };
+    if first.seq != cursor + 1 {
+        // Retention deleted events this sink had not delivered (it was
+        // stopped or failing for longer than the retention). They cannot
+        // be sent any more: say so loudly and go on from what is left.
+        let lost = first.seq - cursor - 1;
+        metrics::counter!("skuld_sink_events_lost_total", "sink" => name.to_owned())
+            .increment(lost);
+        tracing::error!(sink = %name, shard, from = cursor + 1, to = first.seq - 1, lost, "events deleted by retention before this sink delivered them");
+    }
     let (last_seq, last_recorded_ms) = (last.seq, last.recorded_at_ms);
     // Each key's events in stream order, keys in order of first appearance.
     let mut by_key: Vec<Vec<Delivery>> = Vec::new();
     let mut index_of: HashMap<String, usize> = HashMap::new();
     for stored in stored {
-        let event = PublishedEvent::decode(&stored.body).map_err(|error| {
-            Stopped(format!(
-                "event {shard}/{} is unreadable: {error}",
-                stored.seq
-            ))
-        })?;
+        let event = match PublishedEvent::decode(&stored.body) {
+            Ok(event) => event,
+            Err(error) => {
+                // Never written by this version; skipping it is the only way on.
+                metrics::counter!("skuld_events_unreadable_total").increment(1);
+                tracing::error!(sink = %name, shard, seq = stored.seq, %error, "unreadable event skipped");
+                continue;
+            }
+        };
         if !sink.wants(&event) {
             continue;
         }

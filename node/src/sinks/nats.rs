@@ -109,7 +109,11 @@ impl Sink for NatsSink {
         for delivery in &events {
             let mut wait = Duration::from_millis(100);
             loop {
-                match self.publish(delivery).await {
+                let published = tokio::select! {
+                    published = self.publish(delivery) => published,
+                    () = stop.cancelled() => return Err(Stopped::Final("stopping".into())),
+                };
+                match published {
                     Ok(()) => {
                         metrics::counter!("skuld_nats_published_total").increment(1);
                         break;
@@ -119,7 +123,7 @@ impl Sink for NatsSink {
                         tracing::warn!(%error, event = %delivery.event.id, "NATS publish failed; retrying");
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}
-                            () = stop.cancelled() => return Err(Stopped("stopping".into())),
+                            () = stop.cancelled() => return Err(Stopped::Final("stopping".into())),
                         }
                         wait = (wait * 2).min(Duration::from_secs(5));
                     }

@@ -234,7 +234,8 @@ fn backoff(settings: &WebhookSettings, retry: u32) -> Duration {
 
 pub struct WebhookSink {
     endpoint: Endpoint,
-    keys: Vec<Vec<u8>>,
+    /// Each secret's key and when it stops signing.
+    keys: Vec<(Vec<u8>, Option<i64>)>,
     client: reqwest::Client,
     limiter: DefaultDirectRateLimiter,
     store: Arc<dyn Store>,
@@ -248,13 +249,11 @@ impl WebhookSink {
         store: Arc<dyn Store>,
         settings: WebhookSettings,
     ) -> Result<Self, Error> {
-        let now = skuld_cluster::now_ms();
         let keys = endpoint
             .secrets
             .iter()
-            .filter(|secret| secret.retires_at_ms.is_none_or(|at| at > now))
-            .map(|secret| secret_key(&secret.value))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|secret| Ok((secret_key(&secret.value)?, secret.retires_at_ms)))
+            .collect::<Result<Vec<_>, Error>>()?;
         let rate = NonZeroU32::new(endpoint.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         Ok(Self {
             limiter: RateLimiter::direct(Quota::per_second(rate)),
@@ -264,6 +263,17 @@ impl WebhookSink {
             store,
             settings,
         })
+    }
+
+    /// The keys that sign now: a rotated-out secret stops at its time even
+    /// while this task keeps running.
+    fn live_keys(&self) -> Vec<Vec<u8>> {
+        let now = skuld_cluster::now_ms();
+        self.keys
+            .iter()
+            .filter(|(_, retires)| retires.is_none_or(|at| at > now))
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Marks the endpoint disabled in the store (410 Gone).
@@ -332,11 +342,12 @@ impl WebhookSink {
         for retry in 0u32.. {
             tokio::select! {
                 () = self.limiter.until_ready() => {}
-                () = stop.cancelled() => return Err(Stopped("stopping".into())),
+                () = stop.cancelled() => return Err(Stopped::Final("stopping".into())),
             }
+            let keys = self.live_keys();
             let attempted = tokio::select! {
-                attempted = attempt(&self.client, &self.endpoint.url, &self.keys, &delivery.event.id, &body) => attempted,
-                () = stop.cancelled() => return Err(Stopped("stopping".into())),
+                attempted = attempt(&self.client, &self.endpoint.url, &keys, &delivery.event.id, &body) => attempted,
+                () = stop.cancelled() => return Err(Stopped::Final("stopping".into())),
             };
             match attempted {
                 Attempt::Delivered => {
@@ -346,7 +357,9 @@ impl WebhookSink {
                 Attempt::Gone => {
                     outcome("gone");
                     self.disable("410 Gone").await?;
-                    return Err(Stopped("the endpoint answered 410 Gone; disabled".into()));
+                    return Err(Stopped::Final(
+                        "the endpoint answered 410 Gone; disabled".into(),
+                    ));
                 }
                 Attempt::Retry { after, error } => {
                     outcome(if after.is_some() {
@@ -354,15 +367,24 @@ impl WebhookSink {
                     } else {
                         "failed"
                     });
-                    if first.elapsed() >= self.settings.retry_horizon {
+                    // The horizon counts from the event's commit, not from
+                    // this task's first attempt: a restart, a shard move or
+                    // the events queued behind it do not start it again.
+                    let age_ms = skuld_cluster::now_ms()
+                        - i64::try_from(delivery.recorded_at_ms).unwrap_or(i64::MAX);
+                    let horizon_ms =
+                        i64::try_from(self.settings.retry_horizon.as_millis()).unwrap_or(i64::MAX);
+                    if first.elapsed() >= self.settings.retry_horizon || age_ms >= horizon_ms {
                         self.bury(delivery, body, retry + 1, error).await?;
                         return Ok(());
                     }
-                    let wait = backoff(&self.settings, retry).max(after.unwrap_or_default());
+                    // An endpoint's Retry-After is honoured up to the cap.
+                    let wait = backoff(&self.settings, retry)
+                        .max(after.unwrap_or_default().min(self.settings.retry_cap));
                     tracing::debug!(endpoint = %self.endpoint.id, event = %delivery.event.id, %error, ?wait, "webhook attempt failed");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = stop.cancelled() => return Err(Stopped("stopping".into())),
+                        () = stop.cancelled() => return Err(Stopped::Final("stopping".into())),
                     }
                 }
             }
@@ -395,10 +417,11 @@ impl WebhookSink {
             if !event_ids.is_empty() && !event_ids.contains(&letter.event_id) {
                 continue;
             }
+            self.limiter.until_ready().await;
             match attempt(
                 &self.client,
                 &self.endpoint.url,
-                &self.keys,
+                &self.live_keys(),
                 &letter.event_id,
                 &letter.body,
             )
