@@ -535,7 +535,14 @@ async fn migrations_apply_once_even_when_nodes_connect_together() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    // Every shard has its event bounds from the start.
+    let bounds: i64 = client
+        .query_one("SELECT count(*) FROM event_bounds WHERE head = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bounds, i64::from(SHARDS));
     let fences: i64 = client
         .query_one("SELECT count(*) FROM shard_fences WHERE epoch = 0", &[])
         .await
