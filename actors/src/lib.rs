@@ -14,5 +14,23 @@ pub mod runtime;
 
 pub mod error;
 pub use error::{store_error, Error};
+
+/// A published event's data as JSON, by its aggregate's kind.
+pub fn event_data_json(
+    event: &runtime::published::PublishedEvent,
+) -> Result<serde_json::Value, Error> {
+    use runtime::Entity as _;
+    match event.aggregate_kind.as_str() {
+        position::PositionEntity::KIND => {
+            runtime::published::data_json::<position::PositionEntity>(&event.data)
+        }
+        returns::ReturnEntity::KIND => {
+            runtime::published::data_json::<returns::ReturnEntity>(&event.data)
+        }
+        other => Err(Error::Unavailable(format!(
+            "events of kind {other:?} are unknown here"
+        ))),
+    }
+}
 pub use skuld_domain::{journal, key, refusal};
 pub use skuld_domain::{PositionKey, Refusal, ReturnKey};

@@ -253,6 +253,9 @@ impl Filter {
 }
 
 fn to_proto(stored: &StoredEvent, event: PublishedEvent) -> pb::Event {
+    // Rendered here, on the read side: the write path stores it encoded.
+    let data_json = skuld_actors::event_data_json(&event)
+        .map_or_else(|_| "null".to_owned(), |data| data.to_string());
     pb::Event {
         id: event.id,
         r#type: event.event_type,
@@ -268,7 +271,7 @@ fn to_proto(stored: &StoredEvent, event: PublishedEvent) -> pb::Event {
         correlation_id: event.correlation_id,
         causation_id: event.causation_id,
         idempotency_key: event.idempotency_key.unwrap_or_default(),
-        data_json: event.data,
+        data_json,
     }
 }
 

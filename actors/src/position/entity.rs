@@ -1,6 +1,6 @@
 //! Inventory positions as an [`Entity`] of the actor runtime.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     apply_entry, decide, stock_status_crossing, Buckets, Command, Context, Decision, Event,
@@ -15,7 +15,7 @@ use crate::Error;
 pub type MutationRequest = Mutation<PositionEntity>;
 
 /// A position's quantities before and after a change, in its published events.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct PositionFigures {
     pub buckets: Buckets,
     pub available: i64,

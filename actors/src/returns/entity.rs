@@ -38,7 +38,7 @@ pub struct ReturnSummary {
 }
 
 /// A case's state before and after a change, in its published events.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ReturnFigures {
     pub state: Option<ReturnState>,
     pub open_exceptions: u32,

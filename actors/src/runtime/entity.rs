@@ -80,7 +80,7 @@ pub trait Entity: Send + Sync + Sized + 'static {
 
     /// What every published event of a change carries as the entity's
     /// values before and after it (a position's quantities, a case's state).
-    type Figures: Serialize;
+    type Figures: Serialize + DeserializeOwned;
     fn figures(state: &Self::State) -> Self::Figures;
 
     /// The tenant the key belongs to; consumers filter on it.

@@ -41,9 +41,10 @@ pub struct PublishedEvent {
     /// `timer` for a change the entity's own timer made.
     pub causation_id: String,
     pub idempotency_key: Option<String>,
-    /// JSON: `{"change": <the event>, "before": <figures>, "after": <figures>}`;
-    /// a derived event (stock status) has no `change`.
-    pub data: String,
+    /// The change's event and the figures before and after it, encoded
+    /// (bincode) as written; [`data_json`] renders it for consumers, so the
+    /// write path pays for no JSON.
+    pub data: Vec<u8>,
 }
 
 impl PublishedEvent {
@@ -73,27 +74,18 @@ pub fn publish<E: Entity>(
     causation_id: &str,
 ) -> Result<Vec<Vec<u8>>, Error> {
     let derived = E::derived_events(before, after);
-    let before = serde_json::to_value(before).map_err(internal)?;
-    let after = serde_json::to_value(after).map_err(internal)?;
-    let mut named: Vec<(&'static str, Option<serde_json::Value>)> = Vec::new();
-    for event in &entry.events {
-        named.push((
-            E::event_name(event),
-            Some(serde_json::to_value(event).map_err(internal)?),
-        ));
-    }
+    let mut named: Vec<(&'static str, Option<&E::Event>)> = entry
+        .events
+        .iter()
+        .map(|event| (E::event_name(event), Some(event)))
+        .collect();
     named.extend(derived.into_iter().map(|name| (name, None)));
     let aggregate_key = key.to_string();
     let tenant = E::tenant(key).to_owned();
     let mut bodies = Vec::with_capacity(named.len());
     for (index, (name, change)) in named.into_iter().enumerate() {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let mut data = serde_json::Map::new();
-        if let Some(change) = change {
-            data.insert("change".into(), change);
-        }
-        data.insert("before".into(), before.clone());
-        data.insert("after".into(), after.clone());
+        let data = codec::encode(&(change, before, after))?;
         let event = PublishedEvent {
             id: event_id(encoded_key, entry.version, index),
             event_type: format!("{TYPE_PREFIX}{name}{TYPE_VERSION}"),
@@ -106,13 +98,36 @@ pub fn publish<E: Entity>(
             correlation_id: entry.correlation_id.clone(),
             causation_id: causation_id.to_owned(),
             idempotency_key: entry.idempotency_key.clone(),
-            data: serde_json::Value::Object(data).to_string(),
+            data,
         };
         bodies.push(codec::encode(&event)?);
     }
     Ok(bodies)
 }
 
+/// An event's data as consumers get it: `{"change": <the event>, "before":
+/// <figures>, "after": <figures>}`; a derived event (stock status) has no
+/// `change`.
+pub fn data_json<E: Entity>(data: &[u8]) -> Result<serde_json::Value, Error> {
+    let (change, before, after): (Option<E::Event>, E::Figures, E::Figures) = codec::decode(data)?;
+    let mut json = serde_json::Map::new();
+    if let Some(change) = change {
+        json.insert(
+            "change".into(),
+            serde_json::to_value(change).map_err(internal)?,
+        );
+    }
+    json.insert(
+        "before".into(),
+        serde_json::to_value(before).map_err(internal)?,
+    );
+    json.insert(
+        "after".into(),
+        serde_json::to_value(after).map_err(internal)?,
+    );
+    Ok(serde_json::Value::Object(json))
+}
+
 fn internal(error: serde_json::Error) -> Error {
-    Error::Unavailable(format!("cannot encode an event: {error}"))
+    Error::Unavailable(format!("cannot render an event: {error}"))
 }

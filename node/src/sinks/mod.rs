@@ -81,8 +81,7 @@ pub trait Sink: Send + Sync + 'static {
 /// envelope fields are extension attributes (lowercase alphanumerics).
 pub fn cloud_event(delivery: &Delivery) -> String {
     let event = &delivery.event;
-    let data: serde_json::Value =
-        serde_json::from_str(&event.data).unwrap_or(serde_json::Value::Null);
+    let data = skuld_actors::event_data_json(event).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "specversion": "1.0",
         "id": event.id,

@@ -152,7 +152,7 @@ mod tests {
             correlation_id: String::new(),
             causation_id: String::new(),
             idempotency_key: None,
-            data: "{}".into(),
+            data: Vec::new(),
         };
         assert_eq!(
             subject(&event),
