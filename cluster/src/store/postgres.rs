@@ -246,6 +246,36 @@ impl PostgresStore {
         .transpose()
     }
 
+    /// One cached prepared statement on a pooled connection: its rows.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(StoreError::backend)?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(StoreError::backend)
+    }
+
+    /// One cached prepared statement without rows: how many it touched.
+    async fn execute_one(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(StoreError::backend)?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(StoreError::backend)
+    }
+
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(StoreError::backend)
     }

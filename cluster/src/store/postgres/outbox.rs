@@ -173,15 +173,9 @@ impl PostgresStore {
             shards.push(to_i32(shard)?);
             positions.push(to_i64(seq, "event position")?);
         }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(READ_EVENTS)
-            .await
-            .map_err(StoreError::backend)?;
-        let rows = client
-            .query(&statement, &[&shards, &positions, &limit(per_shard)])
-            .await
-            .map_err(StoreError::backend)?;
+        let rows = self
+            .query(READ_EVENTS, &[&shards, &positions, &limit(per_shard)])
+            .await?;
         rows.iter().map(stored_event).collect()
     }
 
@@ -191,35 +185,21 @@ impl PostgresStore {
         after: u64,
         per_page: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_SHARD_EVENTS)
-            .await
-            .map_err(StoreError::backend)?;
-        let rows = client
+        let rows = self
             .query(
-                &statement,
+                SELECT_SHARD_EVENTS,
                 &[
                     &to_i32(shard)?,
                     &to_i64(after, "event position")?,
                     &limit(per_page),
                 ],
             )
-            .await
-            .map_err(StoreError::backend)?;
+            .await?;
         rows.iter().map(stored_event).collect()
     }
 
     pub(super) async fn outbox_bounds(&self) -> Result<Vec<ShardEvents>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_BOUNDS)
-            .await
-            .map_err(StoreError::backend)?;
-        let rows = client
-            .query(&statement, &[])
-            .await
-            .map_err(StoreError::backend)?;
+        let rows = self.query(SELECT_BOUNDS, &[]).await?;
         rows.iter()
             .map(|row| {
                 let shard: i32 = row.try_get(0).map_err(StoreError::backend)?;
@@ -242,18 +222,12 @@ impl PostgresStore {
         after: u64,
         per_page: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_ENTITY_EVENTS)
-            .await
-            .map_err(StoreError::backend)?;
-        let rows = client
+        let rows = self
             .query(
-                &statement,
+                SELECT_ENTITY_EVENTS,
                 &[&entity, &to_i64(after, "event position")?, &limit(per_page)],
             )
-            .await
-            .map_err(StoreError::backend)?;
+            .await?;
         rows.iter().map(stored_event).collect()
     }
 

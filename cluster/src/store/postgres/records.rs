@@ -14,42 +14,19 @@ const LIST: &str = "SELECT id, value FROM records \
 
 impl PostgresStore {
     pub(super) async fn put(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(UPSERT)
-            .await
-            .map_err(StoreError::backend)?;
-        client
-            .execute(&statement, &[&kind, &id, &value])
-            .await
-            .map_err(StoreError::backend)?;
+        self.execute_one(UPSERT, &[&kind, &id, &value]).await?;
         Ok(())
     }
 
     pub(super) async fn get(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT)
-            .await
-            .map_err(StoreError::backend)?;
-        let row = client
-            .query_opt(&statement, &[&kind, &id])
-            .await
-            .map_err(StoreError::backend)?;
-        row.map(|row| row.try_get(0).map_err(StoreError::backend))
+        let rows = self.query(SELECT, &[&kind, &id]).await?;
+        rows.first()
+            .map(|row| row.try_get(0).map_err(StoreError::backend))
             .transpose()
     }
 
     pub(super) async fn delete(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(DELETE)
-            .await
-            .map_err(StoreError::backend)?;
-        let deleted = client
-            .execute(&statement, &[&kind, &id])
-            .await
-            .map_err(StoreError::backend)?;
+        let deleted = self.execute_one(DELETE, &[&kind, &id]).await?;
         Ok(deleted > 0)
     }
 
@@ -60,16 +37,10 @@ impl PostgresStore {
         after: Option<String>,
         page: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(LIST)
-            .await
-            .map_err(StoreError::backend)?;
         let after = after.unwrap_or_default();
-        let rows = client
-            .query(&statement, &[&kind, &prefix, &after, &limit(page)])
-            .await
-            .map_err(StoreError::backend)?;
+        let rows = self
+            .query(LIST, &[&kind, &prefix, &after, &limit(page)])
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((
