@@ -15,6 +15,19 @@ pub mod runtime;
 pub mod error;
 pub use error::{store_error, Error};
 
+/// An outbox row (the aggregate's encoded key and the stored body) as the
+/// event consumers get, by the key's kind.
+pub fn read_event(entity: &[u8], body: &[u8]) -> Result<runtime::published::PublishedEvent, Error> {
+    use runtime::published::read;
+    read::<position::PositionEntity>(entity, body)
+        .or_else(|| read::<returns::ReturnEntity>(entity, body))
+        .unwrap_or_else(|| {
+            Err(Error::Unavailable(
+                "stored record is unreadable: an event of no known aggregate".into(),
+            ))
+        })
+}
+
 /// A published event's data as JSON, by its aggregate's kind.
 pub fn event_data_json(
     event: &runtime::published::PublishedEvent,

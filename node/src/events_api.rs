@@ -336,7 +336,7 @@ impl Subscription {
                     return Err(expired(stored.shard, stored.seq - 1, &bounds));
                 }
                 self.position.advance(stored.shard, stored.seq);
-                let event = PublishedEvent::decode(&stored.body)?;
+                let event = skuld_actors::read_event(&stored.entity, &stored.body)?;
                 if self.filter.matches(&event) {
                     batch.push(to_proto(stored, event));
                 }
@@ -497,7 +497,8 @@ impl EventService for EventsApi {
             let events = stored
                 .iter()
                 .map(|stored| {
-                    PublishedEvent::decode(&stored.body).map(|event| to_proto(stored, event))
+                    skuld_actors::read_event(&stored.entity, &stored.body)
+                        .map(|event| to_proto(stored, event))
                 })
                 .collect::<Result<_, _>>()?;
             Ok(pb::GetHistoryResponse {

@@ -3,5 +3,5 @@
 
 mod entity;
 
-pub use entity::{MutationRequest, PositionEntity};
+pub use entity::{MutationRequest, PositionEntity, PositionFigures};
 pub use skuld_domain::position::*;

@@ -529,7 +529,7 @@ impl<E: Entity> Batch<'_, E> {
             correlation_id: correlation_id.to_owned(),
             events,
         };
-        if let Err(error) = append::<E>(self.key, self.state, self.write, &entry, causation_id) {
+        if let Err(error) = append::<E>(self.state, self.write, &entry, causation_id) {
             // The state may hold the entry without the write: abandon the batch.
             self.poisoned = true;
             return Err(error);
@@ -582,7 +582,6 @@ fn record<E: Entity>(
 /// Applies accepted events as one journal entry and adds it, with its
 /// published events (the outbox), to the write.
 fn append<E: Entity>(
-    key: &E::Key,
     state: &mut E::State,
     write: &mut EntityWrite,
     entry: &JournalEntry<E::Event>,
@@ -595,7 +594,7 @@ fn append<E: Entity>(
     let before = E::figures(state);
     E::apply_entry(state, entry);
     let after = E::figures(state);
-    let events = publish::<E>(key, &write.key, entry, &before, &after, causation_id)?;
+    let events = publish::<E>(entry, &before, &after, causation_id)?;
     write.journal.push((entry.version, bytes));
     write.events.extend(events);
     Ok(())

@@ -334,7 +334,7 @@ async fn drain_window(
     let mut by_key: Vec<Vec<Delivery>> = Vec::new();
     let mut index_of: HashMap<String, usize> = HashMap::new();
     for stored in stored {
-        let event = match PublishedEvent::decode(&stored.body) {
+        let event = match skuld_actors::read_event(&stored.entity, &stored.body) {
             Ok(event) => event,
             Err(error) => {
                 // Never written by this version; skipping it is the only way on.

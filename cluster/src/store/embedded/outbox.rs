@@ -27,6 +27,9 @@ pub(super) struct Outbox {
     bounds: Mutex<BTreeMap<u32, ShardEvents>>,
 }
 
+/// The history index's memtable size (fjall's default is 64 MiB).
+const BY_ENTITY_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Bounds a commit moved, published once the commit is durable.
 pub(super) type Staged = BTreeMap<u32, ShardEvents>;
 
@@ -76,6 +79,7 @@ impl Outbox {
                 .map_err(StoreError::backend)
         };
         let bounds_keyspace = keyspace("event_bounds")?;
+        let events = keyspace("events")?;
         let mut bounds = BTreeMap::new();
         for item in bounds_keyspace.iter() {
             let (key, value) = item.into_inner().map_err(StoreError::backend)?;
@@ -90,8 +94,18 @@ impl Outbox {
             );
         }
         Ok(Self {
-            events: keyspace("events")?,
-            by_entity: keyspace("events_by_entity")?,
+            events,
+            // Its keys land at random places (entity order), and a commit
+            // inserts them into the memtable's skiplist while it holds
+            // fjall's journal lock, so every insert is on the serial commit
+            // chain. In a 64 MiB memtable each insert misses the cache level
+            // after level; a small one stays cached (benches/RESULTS.md,
+            // "Lean outbox").
+            by_entity: db
+                .keyspace("events_by_entity", || {
+                    KeyspaceCreateOptions::default().max_memtable_size(BY_ENTITY_MEMTABLE_BYTES)
+                })
+                .map_err(StoreError::backend)?,
             bounds_keyspace,
             bounds: Mutex::new(bounds),
         })
