@@ -67,6 +67,13 @@ struct Recorded {
     data: Vec<u8>,
 }
 
+/// The first byte of a [`Recorded`] body. Bodies written before it (the
+/// whole [`PublishedEvent`], bincode) begin with the id's length, 36, so
+/// the two never collide and events written by the previous version stay
+/// readable until retention deletes them.
+const RECORDED_FORMAT: u8 = 2;
+const LEGACY_FORMAT: u8 = 36;
+
 /// A UUID (RFC 9562 version 8, variant 10) from the aggregate's encoded key,
 /// its version and the event's index: the same event always gets the same id.
 pub fn event_id(encoded_key: &[u8], version: u64, index: u32) -> String {
@@ -105,7 +112,11 @@ pub fn publish<E: Entity>(
             derived: derived.map(str::to_owned),
             data: codec::encode(&(change, before, after))?,
         };
-        bodies.push(codec::encode(&recorded)?);
+        let encoded = codec::encode(&recorded)?;
+        let mut body = Vec::with_capacity(1 + encoded.len());
+        body.push(RECORDED_FORMAT);
+        body.extend_from_slice(&encoded);
+        bodies.push(body);
     }
     Ok(bodies)
 }
@@ -118,7 +129,15 @@ pub fn read<E: Entity>(entity: &[u8], body: &[u8]) -> Option<Result<PublishedEve
 }
 
 fn rebuild<E: Entity>(key: &E::Key, entity: &[u8], body: &[u8]) -> Result<PublishedEvent, Error> {
-    let recorded: Recorded = codec::decode(body)?;
+    let recorded: Recorded = match body.split_first() {
+        Some((&RECORDED_FORMAT, recorded)) => codec::decode(recorded)?,
+        Some((&LEGACY_FORMAT, _)) => return codec::decode(body),
+        _ => {
+            return Err(Error::Unavailable(
+                "stored record is unreadable: an event body of an unknown format".into(),
+            ))
+        }
+    };
     let name = match recorded.derived {
         Some(name) => name,
         None => {
@@ -277,6 +296,27 @@ mod tests {
             .unwrap();
         assert_eq!(event.causation_id, "timer");
         assert_eq!(event.idempotency_key, None);
+    }
+
+    #[test]
+    fn an_event_written_whole_by_the_previous_version_still_reads() {
+        let key = PositionKey {
+            tenant: "acme".into(),
+            sku: "sku-1".into(),
+            location: "store-9".into(),
+        };
+        let encoded = key.encode();
+        let bodies =
+            publish::<PositionEntity>(&received(None), &figures(5), &figures(10), "timer").unwrap();
+        let event = read::<PositionEntity>(&encoded, &bodies[0])
+            .unwrap()
+            .unwrap();
+        let legacy = codec::encode(&event).unwrap();
+        assert_eq!(legacy[0], LEGACY_FORMAT);
+        assert_eq!(
+            read::<PositionEntity>(&encoded, &legacy).unwrap().unwrap(),
+            event
+        );
     }
 
     #[test]
