@@ -100,7 +100,9 @@ impl Outbox {
             // fjall's journal lock, so every insert is on the serial commit
             // chain. In a 64 MiB memtable each insert misses the cache level
             // after level; a small one stays cached (benches/RESULTS.md,
-            // "Lean outbox").
+            // "Lean outbox"). fjall reads these options only when it
+            // creates the keyspace: a data directory made by an earlier
+            // version keeps the 64 MiB it was created with.
             by_entity: db
                 .keyspace("events_by_entity", || {
                     KeyspaceCreateOptions::default().max_memtable_size(BY_ENTITY_MEMTABLE_BYTES)
