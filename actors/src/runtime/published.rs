@@ -215,6 +215,14 @@ mod tests {
         }
     }
 
+    fn position_key() -> PositionKey {
+        PositionKey {
+            tenant: "acme".into(),
+            sku: "sku-1".into(),
+            location: "store-9".into(),
+        }
+    }
+
     fn received(idempotency_key: Option<&str>) -> JournalEntry<Event> {
         JournalEntry {
             version: 7,
@@ -232,11 +240,7 @@ mod tests {
 
     #[test]
     fn what_the_outbox_stores_reads_back_as_the_whole_event() {
-        let key = PositionKey {
-            tenant: "acme".into(),
-            sku: "sku-1".into(),
-            location: "store-9".into(),
-        };
+        let key = position_key();
         let encoded = key.encode();
         // Out of stock to 5 on hand: the adjustment and a derived back-in-stock.
         let bodies = publish::<PositionEntity>(
@@ -283,12 +287,7 @@ mod tests {
 
     #[test]
     fn a_cause_other_than_the_idempotency_key_is_kept() {
-        let encoded = PositionKey {
-            tenant: "acme".into(),
-            sku: "sku-1".into(),
-            location: "store-9".into(),
-        }
-        .encode();
+        let encoded = position_key().encode();
         let bodies =
             publish::<PositionEntity>(&received(None), &figures(5), &figures(10), "timer").unwrap();
         let event = read::<PositionEntity>(&encoded, &bodies[0])
@@ -300,11 +299,7 @@ mod tests {
 
     #[test]
     fn an_event_written_whole_by_the_previous_version_still_reads() {
-        let key = PositionKey {
-            tenant: "acme".into(),
-            sku: "sku-1".into(),
-            location: "store-9".into(),
-        };
+        let key = position_key();
         let encoded = key.encode();
         let bodies =
             publish::<PositionEntity>(&received(None), &figures(5), &figures(10), "timer").unwrap();
@@ -321,12 +316,7 @@ mod tests {
 
     #[test]
     fn a_row_of_another_kind_or_a_damaged_body_is_not_an_event() {
-        let encoded = PositionKey {
-            tenant: "acme".into(),
-            sku: "sku-1".into(),
-            location: "store-9".into(),
-        }
-        .encode();
+        let encoded = position_key().encode();
         let bodies =
             publish::<PositionEntity>(&received(None), &figures(5), &figures(10), "timer").unwrap();
         assert!(read::<crate::returns::ReturnEntity>(&encoded, &bodies[0]).is_none());
