@@ -128,12 +128,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: in a container the node is PID 1, and the kernel drops a
+/// SIGTERM that PID 1 has no handler for, so a node stopped while it starts
+/// would wait out its grace period and be killed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    );
+    async move { wait_for_signals(handlers).await }
+}
+
+async fn wait_for_signals(
+    handlers: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+) {
+    let (Ok(mut terminate), Ok(mut interrupt)) = handlers else {
         tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
         return std::future::pending().await;
     };

@@ -87,9 +87,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let mut shutdown = std::pin::pin!(shutdown);
 
+    // Joining can wait long (an etcd that does not answer, migrations): a
+    // stop asked for meanwhile ends it. Nothing is served yet, so there is
+    // nothing to drain; a lease already taken expires with its TTL.
     let joined = if config.is_clustered() {
-        Some(cluster::join(&config, grpc_addr).await?)
+        tokio::select! {
+            joined = cluster::join(&config, grpc_addr) => Some(joined?),
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested while joining the cluster: stopping");
+                return Ok(());
+            }
+        }
     } else {
         None
     };

@@ -72,3 +72,53 @@ async fn a_node_refuses_an_etcd_behind_the_store_or_another_shard_count() {
     )
     .await;
 }
+
+/// SIGTERM while the node is still joining stops it cleanly (exit code 0),
+/// rather than by the signal's default action. Here etcd is a socket that
+/// accepts connections and never answers, so the join cannot finish. In a
+/// container the node is PID 1, and the kernel drops a SIGTERM that PID 1
+/// has no handler for: without handlers from the start, a pod stopped while
+/// starting would wait out its grace period and be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_still_joining_stops_cleanly_on_sigterm() {
+    let silent_etcd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let etcd = format!("http://{}", silent_etcd.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = std::process::Command::new(skuld_tests::skuld_binary().unwrap())
+        .args(["serve", "--etcd-endpoints", &etcd])
+        .args(["--postgres-url", "postgres://skuld@127.0.0.1:1/skuld"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        node.try_wait().unwrap().is_none(),
+        "the node should still be joining an etcd that never answers"
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = node.kill();
+            panic!("the node did not stop within 10 s of SIGTERM while joining");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = node.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert_eq!(status.code(), Some(0), "status {status:?}, log:\n{log}");
+    assert!(log.contains("shutdown requested while joining"), "{log}");
+}
