@@ -252,11 +252,7 @@ impl PostgresStore {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(StoreError::backend)?;
+        let (client, statement) = self.prepared(sql).await?;
         client
             .query(&statement, params)
             .await
@@ -265,15 +261,21 @@ impl PostgresStore {
 
     /// One cached prepared statement without rows: how many it touched.
     async fn execute_one(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let (client, statement) = self.prepared(sql).await?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(StoreError::backend)
+    }
+
+    /// A pooled connection and `sql` prepared on it (cached per connection).
+    async fn prepared(&self, sql: &str) -> Result<(Object, tokio_postgres::Statement), StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(sql)
             .await
             .map_err(StoreError::backend)?;
-        client
-            .execute(&statement, params)
-            .await
-            .map_err(StoreError::backend)
+        Ok((client, statement))
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -801,17 +803,11 @@ impl Store for PostgresStore {
         entity: &[u8],
         limit: usize,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_IDEMPOTENCY_KEYS)
-            .await
-            .map_err(StoreError::backend)?;
         // One more than the limit tells "over the limit" from "exactly".
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let rows = client
-            .query(&statement, &[&entity, &fetch])
-            .await
-            .map_err(StoreError::backend)?;
+        let rows = self
+            .query(SELECT_IDEMPOTENCY_KEYS, &[&entity, &fetch])
+            .await?;
         if rows.len() > limit {
             return Ok(None);
         }
@@ -1011,16 +1007,7 @@ impl Store for PostgresStore {
     }
 
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(SELECT_JOURNAL)
-            .await
-            .map_err(StoreError::backend)?;
-        let rows = client
-            .query(&statement, &[&key])
-            .await
-            .map_err(StoreError::backend)?;
-        sequenced(rows)
+        sequenced(self.query(SELECT_JOURNAL, &[&key]).await?)
     }
 
     async fn read_events(
