@@ -2,9 +2,11 @@
 //! (every other subcommand talks to a node over gRPC; see [`crate::cli`]).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::cli::{self, ClientCommand, ClientOptions};
 use crate::config::{Config, ServeArgs};
+use crate::otlp::TraceExport;
 use crate::server::{self, Listeners};
 use crate::telemetry;
 use clap::{Parser, Subcommand};
@@ -119,9 +121,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long the last queued spans may take to reach the collector once the
+/// node has stopped (within the grace Kubernetes gives past the drain).
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
-    telemetry::init_logging(&config.server.log_format, &config.server.log_filter);
+    // Built here, inside the runtime, which outlives its shutdown below.
+    let (export, tracer) = match config.telemetry.otlp() {
+        Some(endpoint) => {
+            let (export, tracer) = TraceExport::start(endpoint, &config.effective_node_id())?;
+            (Some(export), Some(tracer))
+        }
+        None => (None, None),
+    };
+    telemetry::init_logging(&config.server.log_format, &config.server.log_filter, tracer);
+    let served = run_node(config).await;
+    // The last step of the ordered shutdown: the drain's spans go out too.
+    if let Some(export) = export {
+        export.shutdown(TRACE_FLUSH_TIMEOUT).await;
+    }
+    served
+}
+
+async fn run_node(config: Config) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     let listeners = Listeners::bind(&config).await?;
     server::run(config, listeners, Some(metrics), shutdown_signal()).await

@@ -1,10 +1,10 @@
 //! Node configuration, layered: built-in defaults, then a TOML file
 //! (`--config`), then `SKULD_*` environment variables, then flags. The file
 //! has one section per part of the node (`[server]`, `[runtime]`,
-//! `[events]`, `[writer]`, `[cluster]`, `[postgres]`, `[returns]`); every option is
-//! declared once in [`options`], with the doc comment that `--help`,
-//! `skuld config` and the README show. `skuld config` prints the effective
-//! result, secrets redacted.
+//! `[events]`, `[writer]`, `[cluster]`, `[postgres]`, `[telemetry]`,
+//! `[returns]`); every option is declared once in [`options`], with the doc
+//! comment that `--help`, `skuld config` and the README show. `skuld
+//! config` prints the effective result, secrets redacted.
 
 mod options;
 mod secret;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use options::{
     described, markdown_table, Cluster, Events, OptionDoc, Postgres, Runtime, ServeArgs, Server,
-    Writer,
+    Telemetry, Writer,
 };
 pub use secret::SecretUrl;
 
@@ -31,6 +31,7 @@ pub struct Config {
     pub writer: Writer,
     pub cluster: Cluster,
     pub postgres: Postgres,
+    pub telemetry: Telemetry,
     pub returns: Returns,
 }
 
@@ -91,6 +92,7 @@ impl Config {
         self.writer.validate()?;
         self.cluster.validate()?;
         self.postgres.validate()?;
+        self.telemetry.validate()?;
         if self.is_clustered() && self.postgres.postgres_url.is_empty() {
             return Err(ConfigError::Invalid(
                 "cluster mode (etcd_endpoints set) needs postgres_url: shards move between nodes, so their data must live in the shared store".into(),
@@ -333,6 +335,25 @@ impl Postgres {
     }
 }
 
+impl Telemetry {
+    fn validate(&self) -> Result<(), ConfigError> {
+        // This build speaks plaintext gRPC to the collector only: an https
+        // endpoint would fail on every export, silently.
+        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http://") {
+            return Err(ConfigError::Invalid(
+                "otlp_endpoint must be an http:// URL (TLS to the collector is not built in)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The collector to export traces to, when one is configured.
+    pub fn otlp(&self) -> Option<&str> {
+        (!self.otlp_endpoint.is_empty()).then_some(self.otlp_endpoint.as_str())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -376,6 +397,28 @@ mod tests {
         ));
         let args = ServeArgs {
             mailbox_capacity: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_otlp_endpoint_turns_trace_export_on_and_is_shown() {
+        assert_eq!(Config::default().telemetry.otlp(), None);
+        let args = ServeArgs {
+            otlp_endpoint: Some("http://collector:4317".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.telemetry.otlp(), Some("http://collector:4317"));
+        let shown = config.to_commented_toml().unwrap();
+        assert!(
+            shown.contains("[telemetry]\n# OTLP/gRPC collector")
+                && shown.contains("otlp_endpoint = \"http://collector:4317\""),
+            "{shown}"
+        );
+        let args = ServeArgs {
+            otlp_endpoint: Some("https://collector:4317".into()),
             ..ServeArgs::default()
         };
         assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));

@@ -17,6 +17,7 @@ use skuld_proto::internal::v1::peer_service_server::PeerService;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::rpc::{self, CORRELATION_ID};
 use crate::status::{retry_after_ms, to_status};
@@ -101,7 +102,17 @@ impl PeerService for PeerApi {
             deadline: rpc::deadline(request.metadata(), started),
             ..RequestMeta::default()
         };
+        // A child of the forwarding node's span: one trace across the hop.
+        let span = tracing::info_span!(
+            "forwarded",
+            otel.name = "PeerService/Forward",
+            otel.kind = "server",
+            skuld.correlation_id = %meta.correlation_id,
+            skuld.kind = tracing::field::Empty,
+        );
+        crate::trace_context::adopt_parent(&span, request.metadata());
         let message = request.into_inner();
+        span.record("skuld.kind", message.kind.as_str());
         let target = self
             .targets
             .iter()
@@ -111,6 +122,7 @@ impl PeerService for PeerApi {
             .ok_or_else(|| Status::invalid_argument("operation is unspecified"))?;
         let result = target
             .serve_forwarded(operation, message.payload, meta)
+            .instrument(span)
             .await;
         metrics::counter!("skuld_forwarded_served_total", "kind" => target.kind()).increment(1);
         let outcome = match result {
@@ -192,8 +204,19 @@ impl Forwarder for GrpcForwarder {
         if let Ok(value) = MetadataValue::try_from(meta.correlation_id.as_str()) {
             request.metadata_mut().insert(CORRELATION_ID, value);
         }
+        // The hop as a span of the request's trace, whose context the owner
+        // continues.
+        let span = tracing::info_span!(
+            "forward",
+            otel.name = "forward to owner",
+            otel.kind = "client",
+            skuld.correlation_id = %meta.correlation_id,
+            skuld.kind = kind,
+            skuld.owner = %peer.node_id,
+        );
+        crate::trace_context::inject(&span, request.metadata_mut());
         metrics::counter!("skuld_forwarded_total", "kind" => kind).increment(1);
-        match client.forward(request).await {
+        match client.forward(request).instrument(span).await {
             Ok(reply) => match reply.into_inner().outcome {
                 Some(wire::forward_reply::Outcome::Ok(bytes)) => Ok(bytes),
                 Some(wire::forward_reply::Outcome::Error(error)) => Err(error_from_wire(error)),

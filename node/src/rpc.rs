@@ -37,14 +37,25 @@ where
         ..RequestMeta::default()
     };
     let served_by = meta.served_by.clone();
-    let span = tracing::info_span!("rpc", method, correlation_id = %correlation_id);
+    // Named after the method in a trace; the status code is known at the end.
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.method = method,
+        skuld.correlation_id = %correlation_id,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    crate::trace_context::adopt_parent(&span, request.metadata());
     let result = handler(request.into_inner(), meta)
         .instrument(span.clone())
         .await;
-    let code = match &result {
-        Ok(_) => "OK",
-        Err(error) => status_name(error),
+    let status_code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(error) => to_status(error).code(),
     };
+    span.record("rpc.grpc.status_code", status_code as i32);
+    let code = skuld_proto::code_name(status_code);
     metrics::counter!("skuld_grpc_requests_total", "method" => method, "code" => code).increment(1);
     metrics::histogram!("skuld_grpc_request_duration_seconds", "method" => method)
         .record(started.elapsed().as_secs_f64());
@@ -78,11 +89,6 @@ where
             Err(status)
         }
     }
-}
-
-/// The status name of an error, for metrics labels.
-fn status_name(error: &Error) -> &'static str {
-    skuld_proto::code_name(to_status(error).code())
 }
 
 /// The caller's correlation id when it is a sane token, else a new one.

@@ -1,7 +1,11 @@
-//! Logging (tracing to stderr) and the Prometheus recorder.
+//! Logging (tracing to stderr), span export (to OTLP, when configured) and
+//! the Prometheus recorder.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// skuld's own crates, whose level a bare level in the filter sets.
 const OWN_TARGETS: &[&str] = &["skuld", "skuld_node", "skuld_actors", "skuld_cluster"];
@@ -25,23 +29,45 @@ fn effective_filter(filter: &str) -> String {
     directives.join(",")
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` wins over `filter`.
-pub fn init_logging(format: &str, filter: &str) {
+/// Installs the global tracing subscriber: logs to stderr (`RUST_LOG` wins
+/// over `filter`) and, given a `tracer`, skuld's spans to it. Each has its
+/// own filter, so quieter logs do not thin the traces.
+pub fn init_logging(format: &str, filter: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(effective_filter(filter)))
         .unwrap_or_else(|_| EnvFilter::new(effective_filter("info")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let installed = if format == "json" {
-        builder.json().try_init()
+    let logs = if format == "json" {
+        logs.json().with_filter(filter).boxed()
     } else {
-        builder.try_init()
+        logs.with_filter(filter).boxed()
     };
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            // Busy/idle times and thread attributes cost a clock read or a
+            // lookup on every poll of every request.
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(exported_spans())
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
     if installed.is_err() {
         eprintln!("warning: a tracing subscriber was already installed");
     }
+}
+
+/// What is exported as spans: skuld's own, from info up (a request's spans
+/// and the events logged inside them), none of its dependencies'.
+fn exported_spans() -> Targets {
+    OWN_TARGETS.iter().fold(Targets::new(), |targets, target| {
+        targets.with_target(*target, LevelFilter::INFO)
+    })
 }
 
 const LATENCY_BUCKETS: &[f64] = &[

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 pub mod cluster;
 pub mod events;
 pub mod nemesis;
+pub mod otlp;
 pub mod proxy;
 pub mod services;
 pub mod workload;

@@ -195,6 +195,12 @@ options! {
         /// Group commits in flight at once.
         postgres_concurrent_commits: usize = 4, env "SKULD_POSTGRES_CONCURRENT_COMMITS";
     }
+
+    /// Traces: OpenTelemetry export over OTLP/gRPC.
+    [telemetry] Telemetry {
+        /// OTLP/gRPC collector that receives the node's traces (e.g. http://otel-collector:4317); empty: no export.
+        otlp_endpoint: String = String::new(), env "SKULD_OTLP_ENDPOINT";
+    }
 }
 
 /// The README's table of options, generated from their documentation.
