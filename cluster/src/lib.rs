@@ -15,7 +15,7 @@ pub use store::postgres::PostgresStore;
 pub use store::writer::{GroupCommitWriter, WriterConfig};
 pub use store::{
     Committed, EntityWrite, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError,
-    StoredEvent, WriteBatch,
+    StoredEvent, SummaryRow, WriteBatch,
 };
 
 /// Milliseconds since the unix epoch by this node's wall clock: the one

@@ -470,6 +470,9 @@ impl Membership {
                 };
                 match tokio::time::timeout(self.limit(), answered).await {
                     Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                        metrics::counter!("skuld_lease_confirmations_total").increment(1);
+                        metrics::histogram!("skuld_lease_confirm_seconds")
+                            .record(sent.elapsed().as_secs_f64());
                         self.lease.send_modify(|status| {
                             if status.lease_id == lease_id {
                                 status.confirmed_at = sent;

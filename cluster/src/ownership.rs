@@ -71,6 +71,9 @@ enum Phase {
 struct Held {
     epoch: u64,
     phase: Phase,
+    /// When the claim (taking it) or the release (giving it up) began:
+    /// `skuld_handoff_seconds` measures to serving or to released.
+    since: Instant,
 }
 
 enum Done {
@@ -79,6 +82,7 @@ enum Done {
         shard: u32,
         epoch: Option<u64>,
         lease_id: i64,
+        started: Instant,
     },
     Fenced {
         shard: u32,
@@ -390,6 +394,7 @@ impl ShardManager {
         let membership = Arc::clone(&self.membership);
         let done = self.done_tx.clone();
         let lease_id = self.lease_id;
+        let started = Instant::now();
         tokio::spawn(async move {
             let epoch = match membership.claim(shard, lease_id).await {
                 Ok(epoch) => epoch,
@@ -402,6 +407,7 @@ impl ShardManager {
                 shard,
                 epoch,
                 lease_id,
+                started,
             });
         });
     }
@@ -437,6 +443,7 @@ impl ShardManager {
             Held {
                 epoch,
                 phase: Phase::Releasing,
+                since: Instant::now(),
             },
         );
         self.table.set(shard, Route::Moving);
@@ -536,6 +543,7 @@ impl ShardManager {
                 shard,
                 epoch,
                 lease_id,
+                started,
             } => {
                 self.unmark_busy(shard);
                 if let Some(epoch) = epoch.filter(|_| lease_id != self.lease_id) {
@@ -547,6 +555,7 @@ impl ShardManager {
                         Held {
                             epoch,
                             phase: Phase::Fencing,
+                            since: started,
                         },
                     );
                     self.start_fence(shard, epoch);
@@ -579,6 +588,8 @@ impl ShardManager {
                         held.phase = Phase::Serving;
                         self.table.set(shard, Route::Local { epoch });
                         metrics::counter!("skuld_handoffs_total", "direction" => "in").increment(1);
+                        metrics::histogram!("skuld_handoff_seconds", "direction" => "in")
+                            .record(held.since.elapsed().as_secs_f64());
                         tracing::debug!(shard, epoch, "serving");
                     }
                     Some(held) if held.epoch == epoch => {
@@ -600,7 +611,10 @@ impl ShardManager {
                     .get(&shard)
                     .is_some_and(|held| held.phase == Phase::Releasing)
                 {
-                    self.held.remove(&shard);
+                    if let Some(held) = self.held.remove(&shard) {
+                        metrics::histogram!("skuld_handoff_seconds", "direction" => "out")
+                            .record(held.since.elapsed().as_secs_f64());
+                    }
                 }
             }
             Done::Evicted { shard } => {

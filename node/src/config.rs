@@ -278,6 +278,7 @@ impl Runtime {
             ),
             ("max_reservation_ttl_secs", self.max_reservation_ttl_secs),
             ("timer_scan_interval_ms", self.timer_scan_interval_ms),
+            ("census_interval_secs", self.census_interval_secs),
             (
                 "idempotency_purge_interval_secs",
                 self.idempotency_purge_interval_secs,

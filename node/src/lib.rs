@@ -6,6 +6,7 @@
 pub mod admin_api;
 pub mod api;
 pub mod app;
+pub mod census;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -8,7 +8,7 @@ use skuld_actors::returns::{
     Milestone, ReceivedLine, RefundMethod, Requester, Resolution, ReturnCase, ReturnCommand,
     ReturnEntity, ReturnMutation, ReturnPolicy, ReturnState, ReturnSummary,
 };
-use skuld_actors::runtime::{codec, EntityRuntime, Mutated, RequestMeta};
+use skuld_actors::runtime::{EntityRuntime, Mutated, RequestMeta};
 use skuld_actors::{Error, Refusal, ReturnKey};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::returns_service_server::ReturnsService;
@@ -727,7 +727,7 @@ impl ReturnsService for ReturnsApi {
                 for (key, bytes) in rows {
                     scanned += 1;
                     after = Some(key.clone());
-                    let summary: ReturnSummary = codec::decode(&bytes)?;
+                    let summary = ReturnSummary::decode(&bytes)?;
                     let state = proto_state(summary.state);
                     let matches = state_filter.is_none_or(|wanted| wanted == state)
                         && (!m.with_open_exception || summary.open_exceptions > 0)

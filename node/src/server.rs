@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
+use crate::census::Census;
 use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
@@ -117,9 +118,11 @@ pub async fn run(
     let (writer, writer_task) = GroupCommitWriter::start(Arc::clone(&store), config.writer());
     let admission = Arc::new(config.admission());
     let routing = joined.as_ref().map(|joined| joined.routing.clone());
+    let positions = config.positions();
+    let holds = Arc::clone(&positions.holds);
     let runtime = Arc::new(routed(
         EntityRuntime::new(
-            config.positions(),
+            positions,
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
@@ -222,6 +225,17 @@ pub async fn run(
         nats: config.events.nats(),
         pause_before_cursor: Config::failpoint_ms("SINK_PAUSE_BEFORE_CURSOR_MS"),
     });
+    crate::census::describe_business_metrics();
+    let stop_census = CancellationToken::new();
+    let census = tokio::spawn(
+        Census {
+            store: Arc::clone(&store),
+            shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
+            holds,
+            interval: Duration::from_secs(config.runtime.census_interval_secs),
+        }
+        .run(stop_census.clone()),
+    );
     let servers = TaskTracker::new();
     let grpc_stop = stop_servers.clone().cancelled_owned();
     let grpc = servers.spawn(
@@ -289,10 +303,12 @@ pub async fn run(
     );
     ready.store(false, Ordering::Release);
     stop_readiness.cancel();
+    stop_census.cancel();
     // Subscriptions end first (their streams would hold the servers' own
     // graceful stop open); subscribers resume elsewhere with their tokens.
     stop_subscriptions.cancel();
     let _ = readiness_task.await;
+    let _ = census.await;
     set_health(&health, false).await;
     // Sinks stop before the handoff: the next owner goes on from their
     // durable cursors (a window cut short is delivered again).

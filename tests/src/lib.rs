@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 pub mod cluster;
 pub mod events;
+pub mod metrics;
 pub mod nemesis;
 pub mod otlp;
 pub mod proxy;

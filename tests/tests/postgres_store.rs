@@ -191,6 +191,40 @@ async fn a_committed_batch_reads_back_like_the_embedded_store() {
         store.list_summaries(b"t2", None, 10).await.unwrap(),
         vec![(b"c".to_vec(), b"c".to_vec())]
     );
+    // Across scopes by prefix, a page at a time.
+    let mut scanned = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_summaries(b"t", after.take(), 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.scope.clone(), last.entity.clone()));
+        scanned.extend(
+            page.into_iter()
+                .map(|row| (row.scope, row.entity, row.value)),
+        );
+    }
+    assert_eq!(
+        scanned,
+        vec![
+            (b"t1".to_vec(), b"a".to_vec(), b"a-second".to_vec()),
+            (b"t1".to_vec(), b"b".to_vec(), b"b".to_vec()),
+            (b"t2".to_vec(), b"c".to_vec(), b"c".to_vec()),
+        ]
+    );
+    assert_eq!(
+        store.scan_summaries(b"t2", None, 10).await.unwrap().len(),
+        1
+    );
+    assert!(store
+        .scan_summaries(b"x", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .scan_summaries(b"t", None, 0)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Clearing a timer.
     store

@@ -83,4 +83,26 @@ impl Refusal {
             Refusal::InvalidArgument { .. } | Refusal::IdempotencyKeyReused(_)
         )
     }
+
+    /// A short, fixed name of the refusal's kind: a metric label, never
+    /// the message (which carries ids and quantities).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::InvalidArgument { .. } => "invalid_argument",
+            Refusal::Insufficient { .. } => "insufficient_available",
+            Refusal::NegativeBucket { .. } => "negative_bucket",
+            Refusal::VersionMismatch { .. } => "version_mismatch",
+            Refusal::ChangeFromMismatch { .. } => "change_from_mismatch",
+            Refusal::FailedPrecondition(_) => "failed_precondition",
+            Refusal::ReservationNotFound(_) => "reservation_not_found",
+            Refusal::CommitmentNotFound(_) => "commitment_not_found",
+            Refusal::PositionNotFound => "position_not_found",
+            Refusal::ReturnNotFound(_) => "return_not_found",
+            Refusal::ReturnExists(_) => "return_exists",
+            Refusal::ExceptionNotFound(_) => "exception_not_found",
+            Refusal::IllegalTransition { .. } => "illegal_transition",
+            Refusal::ReservationExists(_) => "reservation_exists",
+            Refusal::IdempotencyKeyReused(_) => "idempotency_key_reused",
+        }
+    }
 }

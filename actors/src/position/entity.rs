@@ -1,14 +1,18 @@
 //! Inventory positions as an [`Entity`] of the actor runtime.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use super::holds::OldestHolds;
 use super::{
     apply_entry, decide, stock_status_crossing, Buckets, Command, Context, Decision, Event,
     MutationReply, PositionState,
 };
 use crate::journal::JournalEntry;
 use crate::key::PositionKey;
-use crate::runtime::{Entity, Mutation};
+use crate::runtime::measures::{Labels, Measure, Pending};
+use crate::runtime::{Entity, EntityHandle, Mutation};
 use crate::Error;
 
 /// A client's mutation of one position.
@@ -31,6 +35,8 @@ pub struct PositionEntity {
     /// Longest TTL of an exchange hold placed by a return (they last until
     /// the return is processed, so far longer than a cart's).
     pub max_exchange_ttl_ms: i64,
+    /// The oldest active reservation per position written on this node.
+    pub holds: Arc<OldestHolds>,
 }
 
 impl Default for PositionEntity {
@@ -39,6 +45,7 @@ impl Default for PositionEntity {
             default_ttl_ms: 15 * 60_000,
             max_ttl_ms: 4 * 3_600_000,
             max_exchange_ttl_ms: 60 * 86_400_000,
+            holds: Arc::default(),
         }
     }
 }
@@ -137,6 +144,14 @@ impl Entity for PositionEntity {
             .collect()
     }
 
+    fn measure(entry: &JournalEntry<Event>, _state: &PositionState, measures: &mut Pending) {
+        measures.extend(entry.events.iter().filter_map(reservation_measure));
+    }
+
+    fn after_commit(&self, key: &PositionKey, state: &PositionState, _handle: &EntityHandle<Self>) {
+        self.holds.observe(key, state);
+    }
+
     fn reply(state: &PositionState, decision: Decision) -> MutationReply {
         MutationReply {
             version: state.version,
@@ -147,4 +162,19 @@ impl Entity for PositionEntity {
             granted_quantity: decision.granted_quantity,
         }
     }
+}
+
+/// `skuld_reservations_total{outcome}`: reservations made and how they ended.
+fn reservation_measure(event: &Event) -> Option<Measure> {
+    let outcome = match event {
+        Event::ReservationCreated { .. } => "created",
+        Event::ReservationReleased { .. } => "released",
+        Event::ReservationExpired { .. } => "expired",
+        Event::ReservationCommitted { .. } => "committed",
+        _ => return None,
+    };
+    Some(Measure::count(
+        "skuld_reservations_total",
+        Labels::one("outcome", outcome),
+    ))
 }

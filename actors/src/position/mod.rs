@@ -2,6 +2,8 @@
 //! are `skuld_domain::position` (re-exported here).
 
 mod entity;
+mod holds;
 
 pub use entity::{MutationRequest, PositionEntity, PositionFigures};
+pub use holds::OldestHolds;
 pub use skuld_domain::position::*;

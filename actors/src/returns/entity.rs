@@ -17,24 +17,83 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    apply_entry, decide, Effect, EffectKind, EffectOutcome, PositionCommand, ReturnCase,
-    ReturnCommand, ReturnContext, ReturnEvent, ReturnPolicy, ReturnState,
+    apply_entry, decide, Effect, EffectKind, EffectOutcome, ExceptionKind, PositionCommand,
+    RefundState, ReturnCase, ReturnCommand, ReturnContext, ReturnEvent, ReturnPolicy, ReturnState,
+    Team,
 };
 use crate::journal::JournalEntry;
 use crate::position::{MutationRequest, PositionEntity};
+use crate::runtime::measures::{Labels, Measure, Pending};
 use crate::runtime::{codec, now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
 use crate::{Error, PositionKey, Refusal, ReturnKey};
 
 /// A client's mutation of one return case.
 pub type ReturnMutation = Mutation<ReturnEntity>;
 
-/// One row of a tenant's return listing.
+/// One row of a tenant's return listing, also read by the node's census
+/// for the returns gauges (backlog, exceptions by team).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturnSummary {
     pub state: Option<ReturnState>,
     pub order_ref: String,
     pub open_exceptions: u32,
     pub version: u64,
+    /// Refunds decided and waiting for their gate.
+    pub refunds_pending: u32,
+    /// When the oldest of them was decided (unix ms).
+    pub oldest_pending_refund_ms: Option<i64>,
+    /// The kind and owning team of each open exception.
+    pub open_exception_kinds: Vec<(ExceptionKind, Team)>,
+}
+
+/// The summary as versions before the census stored it: decoded when the
+/// current form does not fit, so a case not written since still lists.
+#[derive(Deserialize)]
+struct ReturnSummaryV1 {
+    state: Option<ReturnState>,
+    order_ref: String,
+    open_exceptions: u32,
+    version: u64,
+}
+
+impl ReturnSummary {
+    pub fn of(state: &ReturnCase) -> Self {
+        let pending = || {
+            state
+                .refunds
+                .iter()
+                .filter(|refund| refund.state == RefundState::PendingGate)
+        };
+        let open_exception_kinds: Vec<(ExceptionKind, Team)> = state
+            .open_exceptions()
+            .map(|exception| (exception.kind, exception.owner))
+            .collect();
+        Self {
+            state: state.state,
+            order_ref: state.order_ref.clone(),
+            open_exceptions: u32::try_from(open_exception_kinds.len()).unwrap_or(u32::MAX),
+            version: state.version,
+            refunds_pending: u32::try_from(pending().count()).unwrap_or(u32::MAX),
+            oldest_pending_refund_ms: pending().map(|refund| refund.decided_at_ms).min(),
+            open_exception_kinds,
+        }
+    }
+
+    /// A stored summary of this version or of the one before.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        codec::decode::<ReturnSummary>(bytes).or_else(|error| {
+            let old = codec::decode::<ReturnSummaryV1>(bytes).map_err(|_| error)?;
+            Ok(Self {
+                state: old.state,
+                order_ref: old.order_ref,
+                open_exceptions: old.open_exceptions,
+                version: old.version,
+                refunds_pending: 0,
+                oldest_pending_refund_ms: None,
+                open_exception_kinds: Vec::new(),
+            })
+        })
+    }
 }
 
 /// A case's state before and after a change, in its published events.
@@ -267,15 +326,45 @@ impl Entity for ReturnEntity {
     }
 
     fn summary(key: &ReturnKey, state: &ReturnCase) -> Option<(Vec<u8>, Vec<u8>)> {
-        let summary = ReturnSummary {
-            state: state.state,
-            order_ref: state.order_ref.clone(),
-            open_exceptions: u32::try_from(state.open_exceptions().count()).unwrap_or(u32::MAX),
-            version: state.version,
-        };
-        codec::encode(&summary)
+        codec::encode(&ReturnSummary::of(state))
             .ok()
             .map(|bytes| (summary_scope(&key.tenant), bytes))
+    }
+
+    fn measure(entry: &JournalEntry<ReturnEvent>, state: &ReturnCase, measures: &mut Pending) {
+        for event in &entry.events {
+            match event {
+                ReturnEvent::Opened { state: to, .. } | ReturnEvent::StateChanged { to, .. } => {
+                    measures.push(Measure::count(
+                        "skuld_return_transitions_total",
+                        Labels::one("to", to.name()),
+                    ));
+                }
+                ReturnEvent::RefundReleased { at_ms, .. } => {
+                    measures.push(Measure::count(
+                        "skuld_refunds_released_total",
+                        Labels::default(),
+                    ));
+                    // Request to refund: what the customer waited.
+                    let waited_ms = at_ms.saturating_sub(state.opened_at_ms).max(0);
+                    measures.push(Measure::observe(
+                        "skuld_return_cycle_seconds",
+                        Labels::default(),
+                        waited_ms as f64 / 1_000.0,
+                    ));
+                }
+                ReturnEvent::ExceptionRaised { exception } => {
+                    measures.push(Measure::count(
+                        "skuld_return_exceptions_raised_total",
+                        Labels::two(
+                            ("type", exception.kind.name()),
+                            ("team", exception.owner.name()),
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
     }
 
     fn after_commit(&self, key: &ReturnKey, state: &ReturnCase, handle: &EntityHandle<Self>) {

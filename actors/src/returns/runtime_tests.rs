@@ -324,3 +324,42 @@ async fn a_retried_open_under_another_nodes_policy_replays() {
         "{other:?}"
     );
 }
+
+#[test]
+fn a_summary_stored_before_the_census_fields_still_reads() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        state: Option<crate::returns::ReturnState>,
+        order_ref: String,
+        open_exceptions: u32,
+        version: u64,
+    }
+    let stored = crate::runtime::codec::encode(&Before {
+        state: Some(crate::returns::ReturnState::Approved),
+        order_ref: "O1".into(),
+        open_exceptions: 1,
+        version: 7,
+    })
+    .unwrap();
+    let summary = crate::returns::ReturnSummary::decode(&stored).unwrap();
+    assert_eq!(summary.state, Some(crate::returns::ReturnState::Approved));
+    assert_eq!((summary.open_exceptions, summary.version), (1, 7));
+    assert_eq!(summary.refunds_pending, 0);
+    assert!(summary.open_exception_kinds.is_empty());
+    // The current form reads back whole, and garbage is an error.
+    let current = crate::returns::ReturnSummary {
+        refunds_pending: 2,
+        oldest_pending_refund_ms: Some(5),
+        open_exception_kinds: vec![(
+            crate::returns::ExceptionKind::DamagedOnArrival,
+            crate::returns::Team::Warehouse,
+        )],
+        ..summary
+    };
+    let bytes = crate::runtime::codec::encode(&current).unwrap();
+    assert_eq!(
+        crate::returns::ReturnSummary::decode(&bytes).unwrap(),
+        current
+    );
+    assert!(crate::returns::ReturnSummary::decode(&[0xff, 0xfe]).is_err());
+}

@@ -11,6 +11,7 @@ use skuld_cluster::{EntityWrite, IdempotencyRecord};
 
 use super::codec::{decode, encode};
 use super::known_keys::{self, key_hash, KnownKeys};
+use super::measures::{self, Measure};
 use super::published::publish;
 use super::{now_ms, Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
 use crate::journal::JournalEntry;
@@ -241,7 +242,7 @@ impl<E: Entity> ActorState<E> {
                 return;
             }
         };
-        let (write, replies) = self.decide_all(live, stored);
+        let (write, replies, measures) = self.decide_all(live, stored);
         let next_timer = write.timer;
         let snapshot_version = write.snapshot.as_ref().map(|(version, _)| *version);
         let recorded: Vec<u64> = write
@@ -268,6 +269,7 @@ impl<E: Entity> ActorState<E> {
                     .known_keys
                     .take()
                     .and_then(|known| known.extend(&recorded));
+                measures.record();
                 for PendingReply { envelope, result } in replies {
                     envelope.answer(result);
                 }
@@ -329,12 +331,13 @@ impl<E: Entity> ActorState<E> {
     }
 
     /// Decides every envelope in order against the in-memory state and
-    /// collects the one write that makes the accepted ones durable.
+    /// collects the one write that makes the accepted ones durable, with
+    /// the business measures that count once it is.
     fn decide_all(
         &mut self,
         envelopes: Vec<Envelope<E>>,
         stored: HashMap<String, IdempotencyRecord>,
-    ) -> (EntityWrite, Vec<PendingReply<E>>) {
+    ) -> (EntityWrite, Vec<PendingReply<E>>, measures::Pending) {
         let mut write = EntityWrite {
             key: self.encoded_key.clone(),
             shard: self.shard,
@@ -349,7 +352,7 @@ impl<E: Entity> ActorState<E> {
                     result: Err(Error::Unavailable("entity not loaded".into())),
                 });
             }
-            return (write, replies);
+            return (write, replies, measures::Pending::default());
         };
         let mut batch = Batch {
             entity: &self.shared.entity,
@@ -359,6 +362,7 @@ impl<E: Entity> ActorState<E> {
             stored,
             now_ms: now_ms(),
             poisoned: false,
+            measures: measures::Pending::default(),
         };
 
         // Run a due timer before anything else sees the entity.
@@ -398,10 +402,11 @@ impl<E: Entity> ActorState<E> {
                 epoch: self.epoch,
                 ..EntityWrite::default()
             };
-            return (empty, replies);
+            return (empty, replies, measures::Pending::default());
         }
+        let measures = std::mem::take(&mut batch.measures);
         self.seal(&mut write);
-        (write, replies)
+        (write, replies, measures)
     }
 
     /// Completes a batch's write with what follows from the new state: the
@@ -445,6 +450,8 @@ struct Batch<'a, E: Entity> {
     /// Set when events were applied to `state` but their answer could not
     /// be recorded: the whole batch is then abandoned, never half written.
     poisoned: bool,
+    /// What the batch's entries and decided refusals count for once durable.
+    measures: measures::Pending,
 }
 
 impl<E: Entity> Batch<'_, E> {
@@ -496,6 +503,10 @@ impl<E: Entity> Batch<'_, E> {
                 let answer = match decided {
                     Ok(reply) => StoredAnswer::Accepted(reply),
                     Err(Error::Refused(refusal)) if refusal.is_decision() => {
+                        self.measures.push(Measure::Refused {
+                            kind: E::KIND,
+                            reason: refusal.reason(),
+                        });
                         StoredAnswer::Refused(refusal)
                     }
                     Err(error) => return Err(error),
@@ -533,6 +544,9 @@ impl<E: Entity> Batch<'_, E> {
             // The state may hold the entry without the write: abandon the batch.
             self.poisoned = true;
             return Err(error);
+        }
+        if !entry.events.is_empty() {
+            E::measure(&entry, self.state, &mut self.measures);
         }
         Ok(outcome)
     }

@@ -153,16 +153,7 @@ fn return_encodings() -> Vec<(&'static str, Vec<u8>)> {
             encode(&(&key, "open".to_owned(), None::<u64>, &open)).unwrap(),
         ),
         ("forwarded return key", encode(&key).unwrap()),
-        (
-            "return summary",
-            encode(&ReturnSummary {
-                state: case.state,
-                order_ref: "O1".into(),
-                open_exceptions: 0,
-                version: 1,
-            })
-            .unwrap(),
-        ),
+        ("return summary", encode(&ReturnSummary::of(&case)).unwrap()),
         ("forwarded return answer", encode(&(&case, false)).unwrap()),
     ]
 }
@@ -268,7 +259,7 @@ fn the_seeds_decode_as_what_they_are() {
                 decode_payload::<(ReturnKey, String, Option<u64>, ReturnCommand)>(&bytes).is_ok()
             }
             "forwarded return key" => decode_payload::<ReturnKey>(&bytes).is_ok(),
-            "return summary" => decode::<ReturnSummary>(&bytes).is_ok(),
+            "return summary" => ReturnSummary::decode(&bytes).is_ok(),
             "forwarded return answer" => decode::<(ReturnCase, bool)>(&bytes).is_ok(),
             other => panic!("no check for {other}"),
         };

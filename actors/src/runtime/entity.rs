@@ -6,6 +6,7 @@ use std::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::measures::Pending;
 use super::EntityHandle;
 use crate::journal::JournalEntry;
 use crate::key::validate_token;
@@ -94,6 +95,11 @@ pub trait Entity: Send + Sync + Sized + 'static {
     fn derived_events(_before: &Self::Figures, _after: &Self::Figures) -> Vec<&'static str> {
         Vec::new()
     }
+
+    /// What a journal entry counts for in the business metrics (see
+    /// [`super::measures`]); `state` is the entity after the entry. Recorded
+    /// only once the entry is durable. Nothing by default.
+    fn measure(_entry: &JournalEntry<Self::Event>, _state: &Self::State, _measures: &mut Pending) {}
 
     /// Called after each durable write of an entity; starts side effects
     /// the new state asks for. Must not block.

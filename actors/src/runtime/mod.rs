@@ -21,6 +21,7 @@ mod entity;
 mod forwarded;
 mod known_keys;
 mod mailbox;
+pub mod measures;
 pub mod published;
 pub mod routing;
 

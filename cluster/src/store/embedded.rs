@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use super::retention_clock::{wall_ms, RetentionClock};
 use super::{
     Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
-    WriteBatch,
+    SummaryRow, WriteBatch,
 };
 
 mod outbox;
@@ -118,6 +118,13 @@ fn length_prefixed(entity: &[u8]) -> Vec<u8> {
     key.extend_from_slice(&len.to_be_bytes());
     key.extend_from_slice(entity);
     key
+}
+
+/// The parts of a `length_prefixed(first) ++ rest` key.
+fn split_length_prefixed(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
+    let rest = key.get(2..)?;
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
@@ -474,6 +481,51 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn scan_summaries(
+        &self,
+        scope_prefix: &[u8],
+        after: Option<(Vec<u8>, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let scope_prefix = scope_prefix.to_vec();
+        self.blocking(move |inner| {
+            // Keys are lp(scope) ++ entity: scopes sort by length first, so
+            // those with the prefix are not contiguous; the whole keyspace
+            // is walked (only return cases keep summaries).
+            let items: Box<dyn Iterator<Item = fjall::Guard>> = match after {
+                Some((scope, entity)) => {
+                    let mut start = with_suffix(&length_prefixed(&scope), &entity);
+                    start.push(0);
+                    Box::new(inner.summaries.range(start..))
+                }
+                None => Box::new(inner.summaries.iter()),
+            };
+            let mut found = Vec::new();
+            for item in items {
+                let (k, v) = item.into_inner().map_err(StoreError::backend)?;
+                let Some((scope, entity)) = split_length_prefixed(&k) else {
+                    continue;
+                };
+                if !scope.starts_with(&scope_prefix) {
+                    continue;
+                }
+                found.push(SummaryRow {
+                    scope: scope.to_vec(),
+                    entity: entity.to_vec(),
+                    value: v.to_vec(),
+                });
+                if found.len() >= limit {
+                    break;
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
@@ -734,6 +786,52 @@ mod tests {
             store.list_summaries(b"t2", None, 10).await.unwrap().len(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn summaries_scan_across_scopes_by_prefix_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        // Scopes of different lengths: fjall orders them by length first.
+        for (scope, key) in [
+            (&b"returns/t1"[..], &b"c"[..]),
+            (b"returns/tenant2", b"a"),
+            (b"other", b"z"),
+            (b"returns/t1", b"a"),
+        ] {
+            batch.entities.push(EntityWrite {
+                key: key.to_vec(),
+                summary: Some((scope.to_vec(), key.to_vec())),
+                ..EntityWrite::default()
+            });
+        }
+        store.commit(batch).await.unwrap();
+        let mut scanned = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .scan_summaries(b"returns/", after.take(), 1)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.scope.clone(), last.entity.clone()));
+            scanned.extend(page.into_iter().map(|row| (row.scope, row.entity)));
+        }
+        scanned.sort();
+        assert_eq!(
+            scanned,
+            vec![
+                (b"returns/t1".to_vec(), b"a".to_vec()),
+                (b"returns/t1".to_vec(), b"c".to_vec()),
+                (b"returns/tenant2".to_vec(), b"a".to_vec()),
+            ]
+        );
+        assert!(store
+            .scan_summaries(b"returns/", None, 0)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

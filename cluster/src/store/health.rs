@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::retention_clock::wall_ms;
 use super::{
     Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
-    WriteBatch,
+    SummaryRow, WriteBatch,
 };
 
 /// Why a node may or may not serve against its store.
@@ -334,6 +334,15 @@ impl Store for MonitoredStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.seen(self.inner.list_summaries(scope, after, limit).await)
+    }
+
+    async fn scan_summaries(
+        &self,
+        scope_prefix: &[u8],
+        after: Option<(Vec<u8>, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
+        self.seen(self.inner.scan_summaries(scope_prefix, after, limit).await)
     }
 
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::retention_clock::{wall_ms, RetentionClock};
 use super::{
     Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
-    WriteBatch,
+    SummaryRow, WriteBatch,
 };
 
 #[derive(Default)]
@@ -226,6 +226,38 @@ impl Store for MemoryStore {
         Ok(None)
     }
 
+    async fn scan_summaries(
+        &self,
+        scope_prefix: &[u8],
+        after: Option<(Vec<u8>, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
+        let data = self.data.lock();
+        let mut found = Vec::new();
+        for (scope, listing) in &data.summaries {
+            if !scope.starts_with(scope_prefix) {
+                continue;
+            }
+            for (entity, value) in listing {
+                let past = after.as_ref().is_none_or(|(after_scope, after_entity)| {
+                    (scope, entity) > (after_scope, after_entity)
+                });
+                if !past {
+                    continue;
+                }
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+                found.push(SummaryRow {
+                    scope: scope.clone(),
+                    entity: entity.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
     async fn list_summaries(
         &self,
         scope: &[u8],
@@ -432,6 +464,49 @@ mod tests {
             summary: Some((b"scope".to_vec(), key.to_vec())),
             ..EntityWrite::default()
         }
+    }
+
+    #[tokio::test]
+    async fn summaries_scan_across_scopes_by_prefix() {
+        let store = MemoryStore::new();
+        let mut entities = Vec::new();
+        for (scope, key) in [
+            (&b"r/a"[..], &b"2"[..]),
+            (b"r/b", b"1"),
+            (b"x", b"3"),
+            (b"r/a", b"1"),
+        ] {
+            entities.push(EntityWrite {
+                key: key.to_vec(),
+                summary: Some((scope.to_vec(), key.to_vec())),
+                ..EntityWrite::default()
+            });
+        }
+        store.commit(WriteBatch { entities }).await.unwrap();
+        let first = store.scan_summaries(b"r/", None, 2).await.unwrap();
+        let rest = store
+            .scan_summaries(
+                b"r/",
+                first
+                    .last()
+                    .map(|row| (row.scope.clone(), row.entity.clone())),
+                2,
+            )
+            .await
+            .unwrap();
+        let scanned: Vec<(Vec<u8>, Vec<u8>)> = first
+            .into_iter()
+            .chain(rest)
+            .map(|row| (row.scope, row.entity))
+            .collect();
+        assert_eq!(
+            scanned,
+            vec![
+                (b"r/a".to_vec(), b"1".to_vec()),
+                (b"r/a".to_vec(), b"2".to_vec()),
+                (b"r/b".to_vec(), b"1".to_vec()),
+            ]
+        );
     }
 
     #[tokio::test]

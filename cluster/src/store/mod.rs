@@ -113,6 +113,14 @@ impl EntityWrite {
     }
 }
 
+/// One listing summary with the scope it is listed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub scope: Vec<u8>,
+    pub entity: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
 /// An outbox event as stored: where it sits in its shard's order and the
 /// bytes the actors crate wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +237,17 @@ pub trait Store: Send + Sync + 'static {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Every summary whose scope starts with `scope_prefix`, after `after`
+    /// (the `(scope, entity)` of the previous page's last row), up to
+    /// `limit`, in the store's own order: for figures over all tenants
+    /// (the node's census of return cases), read page by page.
+    async fn scan_summaries(
+        &self,
+        scope_prefix: &[u8],
+        after: Option<(Vec<u8>, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<SummaryRow>, StoreError>;
 
     /// Reads a whole entity journal (for audits, tests and tooling).
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;

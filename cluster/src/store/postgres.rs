@@ -28,7 +28,7 @@ use tokio_postgres::NoTls;
 
 use super::{
     Committed, EntityWrite, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError,
-    StoredEvent, WriteBatch,
+    StoredEvent, SummaryRow, WriteBatch,
 };
 
 mod outbox;
@@ -124,6 +124,11 @@ const PURGE_UNSHARDED_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (entity
      WHERE shard IS NULL \
        AND recorded_at_ms < (extract(epoch FROM now()) * 1000)::bigint - $1 \
      LIMIT $2 FOR UPDATE SKIP LOCKED)";
+/// Keyset paging over (scope, entity), the primary key; `scope >= $1`
+/// starts the index range at the prefix.
+const SCAN_SUMMARIES: &str = "SELECT scope, entity, value FROM summaries \
+    WHERE scope >= $1 AND substring(scope FROM 1 FOR $2) = $1 AND (scope, entity) > ($3, $4) \
+    ORDER BY scope, entity LIMIT $5";
 const SELECT_SUMMARIES: &str =
     "SELECT entity, value FROM summaries WHERE scope = $1 ORDER BY entity LIMIT $2";
 const SELECT_SUMMARIES_AFTER: &str = "SELECT entity, value FROM summaries \
@@ -1004,6 +1009,42 @@ impl Store for PostgresStore {
         }
         .map_err(StoreError::backend)?;
         keyed(rows)
+    }
+
+    async fn scan_summaries(
+        &self,
+        scope_prefix: &[u8],
+        after: Option<(Vec<u8>, Vec<u8>)>,
+        limit: usize,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix_len = i32::try_from(scope_prefix.len())
+            .map_err(|_| StoreError::Backend("summary scope prefix too long".into()))?;
+        // Every real row sorts after ('', ''): a scope is never empty.
+        let (after_scope, after_entity) = after.unwrap_or_default();
+        let rows = self
+            .query(
+                SCAN_SUMMARIES,
+                &[
+                    &scope_prefix,
+                    &prefix_len,
+                    &after_scope,
+                    &after_entity,
+                    &self::limit(limit),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SummaryRow {
+                    scope: row.try_get(0).map_err(StoreError::backend)?,
+                    entity: row.try_get(1).map_err(StoreError::backend)?,
+                    value: row.try_get(2).map_err(StoreError::backend)?,
+                })
+            })
+            .collect()
     }
 
     async fn journal(&self, key: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {

@@ -130,6 +130,8 @@ options! {
         idempotency_purge_interval_secs: u64 = 60, env "SKULD_IDEMPOTENCY_PURGE_INTERVAL_SECS";
         /// How often due timers are looked up, in milliseconds.
         timer_scan_interval_ms: u64 = 500, env "SKULD_TIMER_SCAN_INTERVAL_MS";
+        /// How often the business gauges (returns by state, refund backlog, open exceptions, oldest reservation) are counted again, in seconds.
+        census_interval_secs: u64 = 15, env "SKULD_CENSUS_INTERVAL_SECS";
     }
 
     /// The event stream: retention and subscriptions.

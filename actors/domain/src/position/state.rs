@@ -60,6 +60,21 @@ pub enum OwnerType {
     Manual,
 }
 
+impl OwnerType {
+    /// A short fixed name (`cart`, `return_exchange`), for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            OwnerType::Cart => "cart",
+            OwnerType::Checkout => "checkout",
+            OwnerType::Order => "order",
+            OwnerType::Fulfillment => "fulfillment",
+            OwnerType::ReturnExchange => "return_exchange",
+            OwnerType::Draft => "draft",
+            OwnerType::Manual => "manual",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub kind: OwnerType,

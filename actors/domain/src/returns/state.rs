@@ -32,9 +32,25 @@ impl ReturnState {
     }
 }
 
-impl std::fmt::Display for ReturnState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl ReturnState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ReturnState; 11] = [
+        ReturnState::Requested,
+        ReturnState::InReview,
+        ReturnState::Approved,
+        ReturnState::InTransit,
+        ReturnState::Received,
+        ReturnState::Inspected,
+        ReturnState::Processed,
+        ReturnState::Declined,
+        ReturnState::Canceled,
+        ReturnState::Expired,
+        ReturnState::Closed,
+    ];
+
+    /// The state's name as the API spells it (`IN_REVIEW`).
+    pub fn name(self) -> &'static str {
+        match self {
             ReturnState::Requested => "REQUESTED",
             ReturnState::InReview => "IN_REVIEW",
             ReturnState::Approved => "APPROVED",
@@ -46,7 +62,13 @@ impl std::fmt::Display for ReturnState {
             ReturnState::Canceled => "CANCELED",
             ReturnState::Expired => "EXPIRED",
             ReturnState::Closed => "CLOSED",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for ReturnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -290,7 +312,7 @@ pub struct Refund {
     pub released_at_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ExceptionKind {
     /// Delivered, but no receipt within the policy's time.
     ReceiptOverdue,
@@ -303,6 +325,25 @@ pub enum ExceptionKind {
 }
 
 impl ExceptionKind {
+    pub const ALL: [ExceptionKind; 5] = [
+        ExceptionKind::ReceiptOverdue,
+        ExceptionKind::ReceivedMoreThanApproved,
+        ExceptionKind::DamagedOnArrival,
+        ExceptionKind::ErpConfirmationOverdue,
+        ExceptionKind::EffectFailing,
+    ];
+
+    /// A short fixed name (`receipt_overdue`), for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExceptionKind::ReceiptOverdue => "receipt_overdue",
+            ExceptionKind::ReceivedMoreThanApproved => "received_more_than_approved",
+            ExceptionKind::DamagedOnArrival => "damaged_on_arrival",
+            ExceptionKind::ErpConfirmationOverdue => "erp_confirmation_overdue",
+            ExceptionKind::EffectFailing => "effect_failing",
+        }
+    }
+
     /// The team that owns an exception of this kind.
     pub fn owner(self) -> Team {
         match self {
@@ -315,11 +356,22 @@ impl ExceptionKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Team {
     Warehouse,
     Finance,
     CustomerService,
+}
+
+impl Team {
+    /// A short fixed name (`customer_service`), for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Team::Warehouse => "warehouse",
+            Team::Finance => "finance",
+            Team::CustomerService => "customer_service",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,69 @@
+//! Reading a node's `/metrics` page (Prometheus text) in tests.
+
+/// One scrape of `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The sum of the samples of `name` whose labels include every pair
+    /// of `labels`; `None` when there is no such sample.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for line in self.0.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                continue;
+            }
+            let matches = labels.iter().all(|(label, wanted)| {
+                series_labels
+                    .split(',')
+                    .any(|pair| pair == format!("{label}=\"{wanted}\""))
+            });
+            if !matches {
+                continue;
+            }
+            if let Ok(value) = value.parse::<f64>() {
+                found = Some(found.unwrap_or(0.0) + value);
+            }
+        }
+        found
+    }
+
+    /// Like [`Scrape::value`], 0 when absent.
+    pub fn or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels).unwrap_or(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_found_by_name_and_labels_and_summed() {
+        let scrape = Scrape(
+            "# TYPE skuld_returns gauge\nskuld_returns{state=\"REQUESTED\"} 2\nskuld_returns{state=\"CLOSED\"} 1\nskuld_returns_total 9\nskuld_up 1\n"
+                .into(),
+        );
+        assert_eq!(
+            scrape.value("skuld_returns", &[("state", "REQUESTED")]),
+            Some(2.0)
+        );
+        assert_eq!(scrape.value("skuld_returns", &[]), Some(3.0));
+        assert_eq!(scrape.value("skuld_up", &[]), Some(1.0));
+        assert_eq!(
+            scrape.value("skuld_returns", &[("state", "APPROVED")]),
+            None
+        );
+        assert_eq!(scrape.value("skuld_missing", &[]), None);
+    }
+}
