@@ -15,6 +15,7 @@ use skuld_tests::cluster::{
     node_id, open_return_not_on, owner_in, return_header, ClusterOptions, TestCluster,
     TEST_LEASE_TTL_SECS,
 };
+use skuld_tests::metrics::Scrape;
 use skuld_tests::requests::{get, key, receive};
 use skuld_tests::workload::{channel, Workload, WorkloadConfig};
 use skuld_tests::{libfaketime, NodeOptions};
@@ -312,6 +313,28 @@ async fn an_owner_cut_off_from_postgres_gives_its_shards_to_nodes_that_reach_it(
     let reported = cluster.member(0, cut).await.unwrap();
     assert!(!reported.store_healthy, "{reported:?}");
     assert_eq!(reported.shards_owned, 0, "{reported:?}");
+    // What an SRE sees of it. (A partition black-holes the commits in
+    // flight: they wait for the TCP timeout or the heal, and are not commit
+    // errors.)
+    let (_, metrics) = cluster.node(cut).http_get("/metrics").await.unwrap();
+    let metrics = Scrape(metrics);
+    assert_eq!(
+        metrics.value("skuld_store_healthy", &[]),
+        Some(0.0),
+        "{}",
+        metrics.0
+    );
+    assert!(
+        metrics.or_zero("skuld_store_failovers_total", &[]) >= 1.0,
+        "no failover counted:\n{}",
+        metrics.0
+    );
+    assert_eq!(
+        metrics.value("skuld_shards_owned", &[]),
+        Some(0.0),
+        "{}",
+        metrics.0
+    );
 
     cluster.links(cut).postgres.heal();
     let back = until_serving_again(&cluster, cut, Duration::from_secs(30)).await;
