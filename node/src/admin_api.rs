@@ -33,6 +33,79 @@ impl AdminApi {
             ))
         })
     }
+
+    /// What `NodeStatus` answers; the ops page shows the same.
+    pub fn status(&self) -> pb::NodeStatusResponse {
+        let active = self.positions.active_actors() + self.returns.active_actors();
+        let mut status = pb::NodeStatusResponse {
+            node_id: self.node_id.clone(),
+            mode: "embedded".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            shard_count: 1,
+            shards_served: 1,
+            in_flight: self.admission.in_flight() as u64,
+            lease_confirmed_ms_ago: 0,
+            active_actors: active as u64,
+            ready: self.readiness.check().is_ok(),
+        };
+        if let Some((membership, table)) = &self.cluster {
+            status.mode = "cluster".into();
+            status.shard_count = table.shard_count();
+            status.shards_served = u32::try_from(table.local_shards().len()).unwrap_or(0);
+            status.lease_confirmed_ms_ago = u64::try_from(
+                membership
+                    .lease()
+                    .borrow()
+                    .confirmed_at
+                    .elapsed()
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX);
+        }
+        status
+    }
+
+    /// What `ListMembers` answers: every registered member with its state
+    /// and the shards its claims hold. Refused on a single node.
+    pub fn members(&self) -> Result<Vec<pb::Member>, Error> {
+        let (membership, _) = self.cluster()?;
+        let view = Arc::clone(&membership.view().borrow());
+        let mut owned: BTreeMap<&str, u32> = BTreeMap::new();
+        for claim in view.owners.values() {
+            *owned.entry(claim.node_id.as_str()).or_default() += 1;
+        }
+        Ok(view
+            .members
+            .values()
+            .map(|member| pb::Member {
+                node_id: member.node_id.clone(),
+                endpoint: member.endpoint.clone(),
+                version: member.version.clone(),
+                state: state_name(member.state).into(),
+                started_at_ms: member.started_at_ms,
+                shards_owned: owned.get(member.node_id.as_str()).copied().unwrap_or(0),
+                drain_requested: view.drains.contains(&member.node_id),
+                store_healthy: member.store_healthy,
+            })
+            .collect())
+    }
+
+    /// What `ListShards` answers: each shard's owner (empty while it
+    /// moves). Refused on a single node.
+    pub fn shard_owners(&self) -> Result<Vec<pb::ShardOwner>, Error> {
+        let (membership, table) = self.cluster()?;
+        let view = Arc::clone(&membership.view().borrow());
+        Ok((0..table.shard_count())
+            .map(|shard| {
+                let claim = view.owners.get(&shard);
+                pb::ShardOwner {
+                    shard,
+                    owner: claim.map(|claim| claim.node_id.clone()).unwrap_or_default(),
+                    epoch: claim.map_or(0, |claim| claim.epoch),
+                }
+            })
+            .collect())
+    }
 }
 
 fn state_name(state: MemberState) -> &'static str {
@@ -48,35 +121,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        rpc::serve("NodeStatus", request, |_, _| async move {
-            let active = self.positions.active_actors() + self.returns.active_actors();
-            let mut status = pb::NodeStatusResponse {
-                node_id: self.node_id.clone(),
-                mode: "embedded".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                shard_count: 1,
-                shards_served: 1,
-                in_flight: self.admission.in_flight() as u64,
-                lease_confirmed_ms_ago: 0,
-                active_actors: active as u64,
-                ready: self.readiness.check().is_ok(),
-            };
-            if let Some((membership, table)) = &self.cluster {
-                status.mode = "cluster".into();
-                status.shard_count = table.shard_count();
-                status.shards_served = u32::try_from(table.local_shards().len()).unwrap_or(0);
-                status.lease_confirmed_ms_ago = u64::try_from(
-                    membership
-                        .lease()
-                        .borrow()
-                        .confirmed_at
-                        .elapsed()
-                        .as_millis(),
-                )
-                .unwrap_or(u64::MAX);
-            }
-            Ok(status)
-        })
+        rpc::serve(
+            "NodeStatus",
+            request,
+            |_, _| async move { Ok(self.status()) },
+        )
         .await
     }
 
@@ -85,26 +134,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         rpc::serve("ListMembers", request, |_, _| async move {
-            let (membership, _) = self.cluster()?;
-            let view = Arc::clone(&membership.view().borrow());
-            let mut owned: BTreeMap<&str, u32> = BTreeMap::new();
-            for claim in view.owners.values() {
-                *owned.entry(claim.node_id.as_str()).or_default() += 1;
-            }
-            let members = view
-                .members
-                .values()
-                .map(|member| pb::Member {
-                    node_id: member.node_id.clone(),
-                    endpoint: member.endpoint.clone(),
-                    version: member.version.clone(),
-                    state: state_name(member.state).into(),
-                    started_at_ms: member.started_at_ms,
-                    shards_owned: owned.get(member.node_id.as_str()).copied().unwrap_or(0),
-                    drain_requested: view.drains.contains(&member.node_id),
-                    store_healthy: member.store_healthy,
-                })
-                .collect();
+            let members = self.members()?;
             Ok(pb::ListMembersResponse { members })
         })
         .await
@@ -115,18 +145,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListShardsRequest>,
     ) -> Result<Response<pb::ListShardsResponse>, Status> {
         rpc::serve("ListShards", request, |_, _| async move {
-            let (membership, table) = self.cluster()?;
-            let view = Arc::clone(&membership.view().borrow());
-            let shards = (0..table.shard_count())
-                .map(|shard| {
-                    let claim = view.owners.get(&shard);
-                    pb::ShardOwner {
-                        shard,
-                        owner: claim.map(|claim| claim.node_id.clone()).unwrap_or_default(),
-                        epoch: claim.map_or(0, |claim| claim.epoch),
-                    }
-                })
-                .collect();
+            let shards = self.shard_owners()?;
             Ok(pb::ListShardsResponse { shards })
         })
         .await
