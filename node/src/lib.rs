@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod events_api;
+pub mod ops_page;
 pub mod otlp;
 pub mod peer;
 pub mod readiness;

@@ -44,6 +44,7 @@ use crate::census::Census;
 use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
+use crate::ops_page;
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
@@ -177,7 +178,7 @@ pub async fn run(
     ))
     .max_decoding_message_size(config.server.max_message_bytes)
     .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
-    let admin = AdminServiceServer::new(AdminApi {
+    let admin_api = Arc::new(AdminApi {
         node_id: node_id.clone(),
         cluster: joined
             .as_ref()
@@ -187,6 +188,7 @@ pub async fn run(
         returns: Arc::clone(&returns),
         readiness: readiness.clone(),
     });
+    let admin = AdminServiceServer::from_arc(Arc::clone(&admin_api));
     // Forwarded messages carry whole commands; allow the largest a client
     // may send plus framing.
     let peer = PeerServiceServer::new(PeerApi::new(
@@ -263,6 +265,7 @@ pub async fn run(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .merge(ops_page::routes(admin_api))
         .with_state(http_state);
     let http_stop = stop_servers.clone().cancelled_owned();
     let http = servers.spawn(async move {
