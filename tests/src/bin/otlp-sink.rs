@@ -13,7 +13,8 @@ use skuld_tests::otlp::OtlpReceiver;
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(addr), Some(seconds)) = (
-        args.first().and_then(|addr| addr.parse::<SocketAddr>().ok()),
+        args.first()
+            .and_then(|addr| addr.parse::<SocketAddr>().ok()),
         args.get(1).and_then(|seconds| seconds.parse::<u64>().ok()),
     ) else {
         eprintln!("usage: otlp-sink ADDR SECONDS (e.g. 127.0.0.1:4317 40)");
