@@ -18,6 +18,7 @@ use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
+pub mod browser;
 pub mod cluster;
 pub mod events;
 pub mod metrics;
