@@ -11,7 +11,7 @@
 //! nobody. Reservation ages come from the positions this node has written
 //! (see [`OldestHolds`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,9 @@ pub struct ReturnFigures {
     pub open_exceptions: BTreeMap<(ExceptionKind, Team), u64>,
     /// Summaries that did not decode (counted, not fatal).
     pub unreadable: u64,
+    /// Summaries stored before the census fields: their refunds and
+    /// exceptions are not counted until the case is written again.
+    pub legacy: u64,
 }
 
 impl ReturnFigures {
@@ -83,16 +86,23 @@ impl Census {
             .iter()
             .map(|kind| (*kind, kind.owner()))
             .collect();
+        let mut epochs = HashMap::new();
         loop {
             let started = Instant::now();
-            match self.count_returns().await {
+            // A long scan (a large store, a store that hangs) must not hold
+            // the drain up.
+            let counted = tokio::select! {
+                counted = self.count_returns() => counted,
+                () = stop.cancelled() => return,
+            };
+            match counted {
                 Ok(figures) => publish_returns(&figures, &mut exception_series),
                 Err(error) => {
                     metrics::counter!("skuld_census_errors_total").increment(1);
                     tracing::warn!(%error, "returns census failed; the gauges keep the last count");
                 }
             }
-            self.publish_holds();
+            self.publish_holds(&mut epochs);
             metrics::histogram!("skuld_census_seconds").record(started.elapsed().as_secs_f64());
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}
@@ -121,8 +131,11 @@ impl Census {
                 if !self.owns(&row.entity) || ReturnEntity::decode_key(&row.entity).is_none() {
                     continue;
                 }
-                match ReturnSummary::decode(&row.value) {
-                    Ok(summary) => figures.add(&summary),
+                match ReturnSummary::decode_any(&row.value) {
+                    Ok((summary, legacy)) => {
+                        figures.add(&summary);
+                        figures.legacy += u64::from(legacy);
+                    }
                     Err(_) => figures.unreadable += 1,
                 }
             }
@@ -133,21 +146,41 @@ impl Census {
         }
     }
 
-    fn publish_holds(&self) {
-        let oldest = self
-            .holds
-            .oldest_created_at_ms(|key| self.owns(&PositionEntity::encode_key(key)));
+    /// The hold gauges, from the positions of shards this node owns under
+    /// the epoch it owned them at the last census (`epochs`): a shard that
+    /// left and came back may have changed meanwhile, so what was noted of
+    /// its positions before is dropped.
+    fn publish_holds(&self, epochs: &mut HashMap<u32, u64>) {
+        let census = self.holds.census(|key| {
+            let Some(table) = &self.shards else {
+                return true;
+            };
+            let shard = table.shard_of(&PositionEntity::encode_key(key));
+            match table.local_epoch(shard) {
+                Some(epoch) => epochs.get(&shard).is_none_or(|seen| *seen == epoch),
+                None => false,
+            }
+        });
+        if let Some(table) = &self.shards {
+            *epochs = table
+                .local_shards()
+                .into_iter()
+                .filter_map(|shard| table.local_epoch(shard).map(|epoch| (shard, epoch)))
+                .collect();
+        }
         let now_ms = skuld_cluster::now_ms();
+        let seconds_since = |at_ms: i64| now_ms.saturating_sub(at_ms).max(0) as f64 / 1_000.0;
         for owner in OWNER_TYPES {
-            let age_seconds = oldest
+            let age_seconds = census
+                .oldest_by_owner
                 .iter()
                 .find(|(of, _)| *of == owner)
-                .map_or(0.0, |(_, created_at_ms)| {
-                    now_ms.saturating_sub(*created_at_ms).max(0) as f64 / 1_000.0
-                });
+                .map_or(0.0, |(_, created_at_ms)| seconds_since(*created_at_ms));
             metrics::gauge!("skuld_reservation_oldest_age_seconds", "owner" => owner.name())
                 .set(age_seconds);
         }
+        let overdue_seconds = census.earliest_expiry_ms.map_or(0.0, seconds_since);
+        metrics::gauge!("skuld_reservation_expiry_overdue_seconds").set(overdue_seconds);
     }
 }
 
@@ -178,6 +211,7 @@ fn publish_returns(figures: &ReturnFigures, exception_series: &mut Vec<(Exceptio
             .set(open as f64);
     }
     metrics::gauge!("skuld_census_unreadable").set(figures.unreadable as f64);
+    metrics::gauge!("skuld_census_legacy_summaries").set(figures.legacy as f64);
 }
 
 /// HELP text for the business series, and the counters a dashboard reads
@@ -205,6 +239,15 @@ pub fn describe_business_metrics() {
         "skuld_reservation_oldest_age_seconds",
         Unit::Seconds,
         "Age of the oldest active reservation by owner type, among positions written on this node; 0 when none"
+    );
+    describe_gauge!(
+        "skuld_reservation_expiry_overdue_seconds",
+        Unit::Seconds,
+        "How long the earliest expiry of an active reservation is past; more than a few seconds means expiry is not running"
+    );
+    describe_gauge!(
+        "skuld_census_legacy_summaries",
+        "Return summaries stored before this version: their refunds and exceptions count once the case is written again"
     );
     describe_histogram!(
         "skuld_return_cycle_seconds",

@@ -311,7 +311,7 @@ pub async fn run(
     // graceful stop open); subscribers resume elsewhere with their tokens.
     stop_subscriptions.cancel();
     let _ = readiness_task.await;
-    let _ = census.await;
+    let _ = tokio::time::timeout(left(), census).await;
     set_health(&health, false).await;
     // Sinks stop before the handoff: the next owner goes on from their
     // durable cursors (a window cut short is delivered again).

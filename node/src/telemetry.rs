@@ -77,9 +77,39 @@ const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
 ];
 
-/// Installs the Prometheus recorder (histograms, not summaries).
+/// Steps that take seconds to minutes: a shard handoff, one census.
+const STEP_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const HOUR: f64 = 3_600.0;
+const DAY: f64 = 24.0 * HOUR;
+/// A return's request to refund: hours to weeks.
+const CYCLE_BUCKETS: &[f64] = &[
+    HOUR,
+    6.0 * HOUR,
+    12.0 * HOUR,
+    DAY,
+    2.0 * DAY,
+    3.0 * DAY,
+    5.0 * DAY,
+    7.0 * DAY,
+    10.0 * DAY,
+    14.0 * DAY,
+    21.0 * DAY,
+    30.0 * DAY,
+    60.0 * DAY,
+];
+
+/// Installs the Prometheus recorder (histograms, not summaries). A full
+/// name's buckets win over the `_seconds` suffix's.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("skuld_return_cycle_seconds".into()),
+            CYCLE_BUCKETS,
+        )?
+        .set_buckets_for_metric(Matcher::Full("skuld_handoff_seconds".into()), STEP_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("skuld_census_seconds".into()), STEP_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets(SIZE_BUCKETS)?
         .install_recorder()?;

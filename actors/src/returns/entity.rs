@@ -81,18 +81,28 @@ impl ReturnSummary {
 
     /// A stored summary of this version or of the one before.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        codec::decode::<ReturnSummary>(bytes).or_else(|error| {
-            let old = codec::decode::<ReturnSummaryV1>(bytes).map_err(|_| error)?;
-            Ok(Self {
-                state: old.state,
-                order_ref: old.order_ref,
-                open_exceptions: old.open_exceptions,
-                version: old.version,
-                refunds_pending: 0,
-                oldest_pending_refund_ms: None,
-                open_exception_kinds: Vec::new(),
-            })
-        })
+        Self::decode_any(bytes).map(|(summary, _)| summary)
+    }
+
+    /// A stored summary, and whether it is of the version before the census
+    /// fields (read as no pending refund and no exception kind, until the
+    /// case is written again). Either layout refuses trailing bytes, so
+    /// neither reads as the other.
+    pub fn decode_any(bytes: &[u8]) -> Result<(Self, bool), Error> {
+        if let Ok(summary) = codec::decode::<ReturnSummary>(bytes) {
+            return Ok((summary, false));
+        }
+        let old = codec::decode::<ReturnSummaryV1>(bytes)?;
+        let summary = Self {
+            state: old.state,
+            order_ref: old.order_ref,
+            open_exceptions: old.open_exceptions,
+            version: old.version,
+            refunds_pending: 0,
+            oldest_pending_refund_ms: None,
+            open_exception_kinds: Vec::new(),
+        };
+        Ok((summary, true))
     }
 }
 
