@@ -5,6 +5,14 @@ pub enum ClusterError {
     /// etcd could not be reached or refused a request.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// Another process runs under this node id: its member record, under a
+    /// lease that has not expired, names another incarnation.
+    #[error("node id {node_id} is in use by another process (incarnation {incarnation}, endpoint {endpoint})")]
+    NodeIdInUse {
+        node_id: String,
+        incarnation: String,
+        endpoint: String,
+    },
     /// A stored cluster record could not be read.
     #[error("malformed cluster record {key}: {reason}")]
     Malformed { key: String, reason: String },

@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ClusterError;
 
+/// How often a node whose id another process holds tries to register.
+const NODE_ID_IN_USE_RETRY: Duration = Duration::from_secs(1);
+
 /// How this node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
@@ -227,8 +230,20 @@ impl Membership {
             client.delete(membership.drain_key(&membership.config.node_id), None),
         )
         .await?;
-        membership.register().await?;
-        Ok(membership)
+        // A node id is one process at a time. Another one under this id
+        // (two pods given one name, a zombie still holding its lease) keeps
+        // this one waiting until its lease ends, at most the TTL after it
+        // stopped; joining is raced against the stop, so this can be left.
+        loop {
+            match membership.register().await {
+                Ok(()) => return Ok(membership),
+                Err(error @ ClusterError::NodeIdInUse { .. }) => {
+                    tracing::warn!(%error, "waiting for the other process's lease to end");
+                    tokio::time::sleep(NODE_ID_IN_USE_RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -278,7 +293,11 @@ impl Membership {
         let sent = Instant::now();
         let granted = bounded(self.limit(), client.lease_grant(ttl, None)).await?;
         let lease_id = granted.id();
-        self.put_member(lease_id).await?;
+        if let Err(error) = self.put_member_first(lease_id).await {
+            // The lease is of no use now: let it go rather than at its TTL.
+            let _ = bounded(self.limit(), client.lease_revoke(lease_id)).await;
+            return Err(error);
+        }
         self.lease_id.store(lease_id, Ordering::Release);
         self.lease.send_replace(LeaseStatus {
             lease_id,
@@ -288,11 +307,69 @@ impl Membership {
         Ok(())
     }
 
+    /// Puts this node's member record under a new lease, unless another
+    /// process holds the node id: the key exists and names another
+    /// incarnation (an earlier lease of this process is overwritten).
+    async fn put_member_first(&self, lease_id: i64) -> Result<(), ClusterError> {
+        let _one_at_a_time = self.member_puts.lock().await;
+        let key = self.member_key(&self.config.node_id);
+        loop {
+            let value = serde_json::to_vec(&*self.member.lock())
+                .map_err(|error| ClusterError::Etcd(error.to_string()))?;
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(
+                    key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease_id)),
+                )])
+                .or_else(vec![TxnOp::get(key.clone(), None)]);
+            let mut client = self.client.clone();
+            let response = bounded(self.limit(), client.txn(txn)).await?;
+            if response.succeeded() {
+                return Ok(());
+            }
+            let existing = response.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(got) => {
+                    got.kvs().first().map(|kv| kv.value().to_vec())
+                }
+                _ => None,
+            });
+            let Some(bytes) = existing else {
+                // Gone between the comparison and the read: try again.
+                continue;
+            };
+            let holder = serde_json::from_slice::<Member>(&bytes).map_err(|error| {
+                ClusterError::Malformed {
+                    key: key.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+            if holder.incarnation != self.incarnation {
+                return Err(ClusterError::NodeIdInUse {
+                    node_id: self.config.node_id.clone(),
+                    incarnation: holder.incarnation,
+                    endpoint: holder.endpoint,
+                });
+            }
+            // An earlier lease of this process, not expired yet.
+            return self.put_member_locked(lease_id).await;
+        }
+    }
+
     async fn put_member(&self, lease_id: i64) -> Result<(), ClusterError> {
         // One put at a time, each of the record as it is when sent: two
         // changes made at once (a drain and a store verdict) cannot land in
         // etcd in the wrong order and undo one another.
         let _one_at_a_time = self.member_puts.lock().await;
+        self.put_member_locked(lease_id).await
+    }
+
+    async fn put_member_locked(&self, lease_id: i64) -> Result<(), ClusterError> {
         let value = serde_json::to_vec(&*self.member.lock())
             .map_err(|error| ClusterError::Etcd(error.to_string()))?;
         let mut client = self.client.clone();

@@ -122,3 +122,54 @@ async fn a_node_still_joining_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "status {status:?}, log:\n{log}");
     assert!(log.contains("shutdown requested while joining"), "{log}");
 }
+
+/// A node id is one process at a time: a second process started under the
+/// id of a running node (two pods given one name, a replacement while a
+/// zombie still holds its lease) waits, says why, and takes the id only
+/// once the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_a_node_id_in_use_waits_for_the_first() {
+    let mut cluster = TestCluster::start(1).await.unwrap();
+    let first = cluster.member(0, 0).await.unwrap();
+    // The cluster's command line for node 0, as a second process.
+    let options = cluster.node_options(0, &NodeOptions::default());
+    let dir = cluster.dir.node_dir("node-0-again");
+    let log = dir.with_extension("log");
+    let second = tokio::spawn(async move { TestNode::start(&dir, options).await });
+
+    let ttl = std::time::Duration::from_secs(skuld_tests::cluster::TEST_LEASE_TTL_SECS);
+    tokio::time::sleep(2 * ttl).await;
+    assert!(
+        !second.is_finished(),
+        "a second node-0 joined while the first runs"
+    );
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("is in use by another process"),
+        "the second process does not say why it waits:\n{said}"
+    );
+    let now = cluster.member(0, 0).await.unwrap();
+    assert_eq!(
+        (now.endpoint.as_str(), now.started_at_ms),
+        (first.endpoint.as_str(), first.started_at_ms),
+        "the first's member record was taken over"
+    );
+
+    // The first stops: the second takes the id and serves.
+    cluster.terminate(0).await.unwrap();
+    let second = second.await.unwrap().unwrap();
+    let members = skuld_proto::v1::admin_service_client::AdminServiceClient::new(
+        second.channel().await.unwrap(),
+    )
+    .list_members(skuld_proto::v1::ListMembersRequest {})
+    .await
+    .unwrap()
+    .into_inner()
+    .members;
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_ne!(members[0].endpoint, first.endpoint, "{members:?}");
+    assert!(
+        members[0].started_at_ms > first.started_at_ms,
+        "{members:?}"
+    );
+}
