@@ -340,9 +340,28 @@ impl Telemetry {
     fn validate(&self) -> Result<(), ConfigError> {
         // This build speaks plaintext gRPC to the collector only: an https
         // endpoint would fail on every export, silently.
-        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http://") {
+        if self.otlp_endpoint.is_empty() {
+            return Ok(());
+        }
+        let Some(rest) = self.otlp_endpoint.strip_prefix("http://") else {
             return Err(ConfigError::Invalid(
                 "otlp_endpoint must be an http:// URL (TLS to the collector is not built in)"
+                    .into(),
+            ));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        // Never echoed: it may hold a credential.
+        if authority.contains('@') {
+            return Err(ConfigError::Invalid(
+                "otlp_endpoint must not carry credentials".into(),
+            ));
+        }
+        // Without a port it would mean 80, not the collector's 4317: every
+        // export would fail without a word.
+        let port = authority.rsplit_once(':').map(|(_, port)| port);
+        if !port.is_some_and(|port| port.parse::<u16>().is_ok_and(|port| port > 0)) {
+            return Err(ConfigError::Invalid(
+                "otlp_endpoint must name the collector's port (e.g. http://otel-collector:4317)"
                     .into(),
             ));
         }
@@ -418,11 +437,24 @@ mod tests {
                 && shown.contains("otlp_endpoint = \"http://collector:4317\""),
             "{shown}"
         );
-        let args = ServeArgs {
-            otlp_endpoint: Some("https://collector:4317".into()),
-            ..ServeArgs::default()
-        };
-        assert!(matches!(Config::load(&args), Err(ConfigError::Invalid(_))));
+        for refused in [
+            "https://collector:4317",
+            "http://user:s3cret@collector:4317",
+            "http://collector",
+            "http://collector:0/",
+            "http://collector:port",
+        ] {
+            let args = ServeArgs {
+                otlp_endpoint: Some(refused.into()),
+                ..ServeArgs::default()
+            };
+            match Config::load(&args) {
+                Err(ConfigError::Invalid(reason)) => {
+                    assert!(!reason.contains("s3cret"), "{refused}: {reason}")
+                }
+                other => panic!("{refused} accepted: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -41,7 +41,8 @@ struct OpsState {
 /// sources as the AdminService.
 pub fn routes<S>(admin: Arc<AdminApi>) -> Router<S> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/ops") }))
+        // Relative, so the page is found behind a proxy's path prefix too.
+        .route("/", get(|| async { Redirect::to("ops") }))
         .route("/ops", get(page))
         .route("/ops/cluster.json", get(cluster))
         .with_state(OpsState {

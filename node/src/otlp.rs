@@ -13,7 +13,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
 
 /// The service name every span's resource carries.
@@ -60,7 +60,11 @@ impl TraceExport {
             .with_attribute(KeyValue::new("service.instance.id", node_id.to_owned()))
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
+        // Every request is traced, whatever a client's traceparent says:
+        // a caller's sampled flag must not hide its requests from us (the
+        // SDK's default sampler follows the parent's decision).
         let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
             .with_resource(resource)
             .with_batch_exporter(exporter)
             .build();

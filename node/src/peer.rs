@@ -103,16 +103,15 @@ impl PeerService for PeerApi {
             ..RequestMeta::default()
         };
         // A child of the forwarding node's span: one trace across the hop.
+        let (metadata, _, message) = request.into_parts();
         let span = tracing::info_span!(
             "forwarded",
             otel.name = "PeerService/Forward",
             otel.kind = "server",
             skuld.correlation_id = %meta.correlation_id,
-            skuld.kind = tracing::field::Empty,
+            skuld.kind = message.kind.as_str(),
         );
-        crate::trace_context::adopt_parent(&span, request.metadata());
-        let message = request.into_inner();
-        span.record("skuld.kind", message.kind.as_str());
+        crate::trace_context::adopt_parent(&span, &metadata);
         let target = self
             .targets
             .iter()

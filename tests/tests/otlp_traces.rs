@@ -77,6 +77,53 @@ async fn a_single_nodes_spans_arrive_batch_after_batch() {
     assert!(receiver.exports() >= 2, "{} exports", receiver.exports());
 }
 
+/// A client's `traceparent` makes the node's span its child, but its
+/// sampled flag does not decide whether the request is traced, and a
+/// malformed one is ignored (the span is a root), never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_traceparent_is_continued_but_cannot_hide_a_request() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let dir = TestDir::new().unwrap();
+    let node = TestNode::start(
+        &dir.node_dir("single"),
+        traced(&receiver, SHORT_EXPORT_DELAY_MS),
+    )
+    .await
+    .unwrap();
+    let mut client = node.client().await.unwrap();
+    let position = key("acme", "SKU-PARENT", "DC1");
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (correlation_id, traceparent) in [
+        ("unsampled", format!("00-{trace_id}-00f067aa0ba902b7-00")),
+        ("malformed", "00-not-a-trace-01".to_owned()),
+    ] {
+        let mut request = with_correlation(receive(&position, correlation_id, 1), correlation_id);
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        client.adjust(request).await.unwrap();
+    }
+    let spans = receiver
+        .wait_for(ARRIVAL, "both clients' Adjust spans", |spans| {
+            named(&carrying(spans, "unsampled"), "Adjust").is_some()
+                && named(&carrying(spans, "malformed"), "Adjust").is_some()
+        })
+        .await
+        .unwrap();
+    let unsampled = named(&carrying(&spans, "unsampled"), "Adjust")
+        .unwrap()
+        .clone();
+    assert_eq!(unsampled.trace_id, trace_id, "{unsampled:?}");
+    assert_eq!(
+        unsampled.parent_span_id, "00f067aa0ba902b7",
+        "{unsampled:?}"
+    );
+    let malformed = named(&carrying(&spans, "malformed"), "Adjust")
+        .unwrap()
+        .clone();
+    assert!(malformed.parent_span_id.is_empty(), "{malformed:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_spans_are_flushed_when_the_node_stops() {
     let receiver = OtlpReceiver::start().await.unwrap();
