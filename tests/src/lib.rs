@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nemesis;
 pub mod otlp;
 pub mod proxy;
+pub mod returns;
 pub mod services;
 pub mod workload;
 

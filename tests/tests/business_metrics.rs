@@ -13,6 +13,7 @@ use skuld_proto::v1 as pb;
 use skuld_tests::cluster::TestCluster;
 use skuld_tests::metrics::Scrape;
 use skuld_tests::requests::{key, receive, release, reserve};
+use skuld_tests::returns::Case;
 use skuld_tests::{NodeOptions, TestNode};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -52,148 +53,89 @@ async fn scrape_until(node: &TestNode, what: &str, ready: impl Fn(&Scrape) -> bo
     }
 }
 
-fn rkey(tenant: &str, return_id: &str) -> Option<pb::ReturnKey> {
-    Some(pb::ReturnKey {
-        tenant: tenant.into(),
-        return_id: return_id.into(),
-    })
+/// Opens `case` (3 shirts of a 4-shirt order, refunded).
+async fn open(returns: &mut Returns, case: &mut Case) {
+    returns.request_return(case.open(false)).await.unwrap();
 }
 
-/// One return case driven through the API with a fresh idempotency key per
-/// call.
-struct Case {
-    tenant: String,
-    return_id: String,
-    step: u32,
-}
-
-impl Case {
-    fn new(tenant: &str, return_id: &str) -> Self {
-        Self {
-            tenant: tenant.into(),
-            return_id: return_id.into(),
-            step: 0,
-        }
-    }
-
-    fn header(&mut self) -> Option<pb::ReturnHeader> {
-        self.step += 1;
-        Some(pb::ReturnHeader {
-            key: rkey(&self.tenant, &self.return_id),
-            idempotency_key: format!("{}-{}", self.return_id, self.step),
-            expected_version: None,
+/// Approved, shipped, received, inspected (one unit unsellable: an
+/// exception for the warehouse), disposed and processed.
+async fn process(returns: &mut Returns, case: &mut Case) {
+    returns
+        .approve_return(pb::ApproveReturnRequest {
+            header: case.header(),
+            approved_by: "agent-7".into(),
         })
-    }
-
-    async fn open(&mut self, returns: &mut Returns) {
-        let now = skuld_cluster::now_ms();
-        returns
-            .request_return(pb::OpenReturnRequest {
-                header: self.header(),
-                order_ref: format!("O-{}", self.return_id),
-                customer_ref: "C1".into(),
-                channel: "web".into(),
-                order_lines: vec![pb::OrderLine {
+        .await
+        .unwrap();
+    returns
+        .attach_label(pb::AttachLabelRequest {
+            header: case.header(),
+            carrier: "ups".into(),
+            tracking_number: "1Z999".into(),
+            label_url: String::new(),
+        })
+        .await
+        .unwrap();
+    returns
+        .record_carrier_event(pb::RecordCarrierEventRequest {
+            header: case.header(),
+            milestone: pb::CarrierMilestone::Delivered.into(),
+            at_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+    returns
+        .receive_items(pb::ReceiveItemsRequest {
+            header: case.header(),
+            lines: vec![pb::ReceivedLine {
+                line_id: "L1".into(),
+                quantity: 3,
+                location: String::new(),
+            }],
+            accept_surplus: false,
+        })
+        .await
+        .unwrap();
+    returns
+        .inspect_items(pb::InspectItemsRequest {
+            header: case.header(),
+            lines: vec![
+                pb::InspectedLine {
                     line_id: "L1".into(),
-                    sku: "SHIRT".into(),
-                    quantity: 3,
-                    amount_paid_minor: 9_000,
-                    fulfilled_at_unix_ms: now,
-                    delivered_at_unix_ms: now,
-                    location: "DC1".into(),
-                }],
-                lines: vec![pb::RequestedLine {
-                    order_line_id: "L1".into(),
-                    quantity: 3,
-                    reason_code: "too_small".into(),
-                    resolution: pb::Resolution::RefundOriginal.into(),
-                    exchange_sku: String::new(),
-                }],
-                override_window: false,
-            })
-            .await
-            .unwrap();
-    }
-
-    /// Approved, shipped, received, inspected (one unit unsellable: an
-    /// exception for the warehouse), disposed and processed.
-    async fn process(&mut self, returns: &mut Returns) {
-        returns
-            .approve_return(pb::ApproveReturnRequest {
-                header: self.header(),
-                approved_by: "agent-7".into(),
-            })
-            .await
-            .unwrap();
-        returns
-            .attach_label(pb::AttachLabelRequest {
-                header: self.header(),
-                carrier: "ups".into(),
-                tracking_number: "1Z999".into(),
-                label_url: String::new(),
-            })
-            .await
-            .unwrap();
-        returns
-            .record_carrier_event(pb::RecordCarrierEventRequest {
-                header: self.header(),
-                milestone: pb::CarrierMilestone::Delivered.into(),
-                at_unix_ms: 0,
-            })
-            .await
-            .unwrap();
-        returns
-            .receive_items(pb::ReceiveItemsRequest {
-                header: self.header(),
-                lines: vec![pb::ReceivedLine {
+                    quantity: 2,
+                    grade: pb::Grade::A.into(),
+                },
+                pb::InspectedLine {
                     line_id: "L1".into(),
-                    quantity: 3,
-                    location: String::new(),
-                }],
-                accept_surplus: false,
-            })
-            .await
-            .unwrap();
+                    quantity: 1,
+                    grade: pb::Grade::Unsellable.into(),
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    for (quantity, disposition) in [
+        (2, pb::Disposition::Restock),
+        (1, pb::Disposition::DamagedHold),
+    ] {
         returns
-            .inspect_items(pb::InspectItemsRequest {
-                header: self.header(),
-                lines: vec![
-                    pb::InspectedLine {
-                        line_id: "L1".into(),
-                        quantity: 2,
-                        grade: pb::Grade::A.into(),
-                    },
-                    pb::InspectedLine {
-                        line_id: "L1".into(),
-                        quantity: 1,
-                        grade: pb::Grade::Unsellable.into(),
-                    },
-                ],
-            })
-            .await
-            .unwrap();
-        for (quantity, disposition) in [
-            (2, pb::Disposition::Restock),
-            (1, pb::Disposition::DamagedHold),
-        ] {
-            returns
-                .dispose_items(pb::DisposeItemsRequest {
-                    header: self.header(),
-                    line_id: "L1".into(),
-                    quantity,
-                    disposition: disposition.into(),
-                })
-                .await
-                .unwrap();
-        }
-        returns
-            .process_return(pb::ProcessReturnRequest {
-                header: self.header(),
-                method: pb::RefundMethod::OriginalPayment.into(),
+            .dispose_items(pb::DisposeItemsRequest {
+                header: case.header(),
+                line_id: "L1".into(),
+                quantity,
+                disposition: disposition.into(),
             })
             .await
             .unwrap();
     }
+    returns
+        .process_return(pb::ProcessReturnRequest {
+            header: case.header(),
+            method: pb::RefundMethod::OriginalPayment.into(),
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,12 +222,12 @@ async fn every_business_metric_exists_and_moves_after_a_workload() {
     // only requested.
     let mut returns = node.returns().await.unwrap();
     let mut refunded = Case::new("immediate", "R-1");
-    refunded.open(&mut returns).await;
-    refunded.process(&mut returns).await;
+    open(&mut returns, &mut refunded).await;
+    process(&mut returns, &mut refunded).await;
     let mut waiting = Case::new("erp", "R-2");
-    waiting.open(&mut returns).await;
-    waiting.process(&mut returns).await;
-    Case::new("erp", "R-3").open(&mut returns).await;
+    open(&mut returns, &mut waiting).await;
+    process(&mut returns, &mut waiting).await;
+    open(&mut returns, &mut Case::new("erp", "R-3")).await;
 
     let after = scrape_until(&node, "the census and the expiry", |scrape| {
         scrape.or_zero("skuld_refunds_pending", &[]) >= 1.0
@@ -449,9 +391,7 @@ async fn in_a_cluster_each_case_is_counted_once_and_handoffs_are_measured() {
     const CASES: usize = 12;
     for index in 0..CASES {
         let mut returns = cluster.returns(index % 2).await.unwrap();
-        Case::new("shop", &format!("R-{index}"))
-            .open(&mut returns)
-            .await;
+        open(&mut returns, &mut Case::new("shop", &format!("R-{index}"))).await;
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let (requested, scrapes) = loop {
