@@ -80,3 +80,83 @@ impl Case {
         }
     }
 }
+
+/// The requests of the lifecycle's steps, each with a fresh header.
+impl Case {
+    pub fn approve(&mut self) -> pb::ApproveReturnRequest {
+        pb::ApproveReturnRequest {
+            header: self.header(),
+            approved_by: "agent-7".into(),
+        }
+    }
+
+    pub fn label(&mut self) -> pb::AttachLabelRequest {
+        pb::AttachLabelRequest {
+            header: self.header(),
+            carrier: "ups".into(),
+            tracking_number: "1Z999".into(),
+            label_url: String::new(),
+        }
+    }
+
+    pub fn milestone(&mut self, milestone: pb::CarrierMilestone) -> pb::RecordCarrierEventRequest {
+        pb::RecordCarrierEventRequest {
+            header: self.header(),
+            milestone: milestone.into(),
+            at_unix_ms: 0,
+        }
+    }
+
+    /// `quantity` units of line L1 arrive at the line's location.
+    pub fn receive(&mut self, quantity: i64) -> pb::ReceiveItemsRequest {
+        pb::ReceiveItemsRequest {
+            header: self.header(),
+            lines: vec![pb::ReceivedLine {
+                line_id: "L1".into(),
+                quantity,
+                location: String::new(),
+            }],
+            accept_surplus: false,
+        }
+    }
+
+    /// Line L1 inspected: `sellable` units grade A, `unsellable` units
+    /// unsellable (an exception for the warehouse).
+    pub fn inspect(&mut self, sellable: i64, unsellable: i64) -> pb::InspectItemsRequest {
+        pb::InspectItemsRequest {
+            header: self.header(),
+            lines: vec![
+                pb::InspectedLine {
+                    line_id: "L1".into(),
+                    quantity: sellable,
+                    grade: pb::Grade::A.into(),
+                },
+                pb::InspectedLine {
+                    line_id: "L1".into(),
+                    quantity: unsellable,
+                    grade: pb::Grade::Unsellable.into(),
+                },
+            ],
+        }
+    }
+
+    pub fn dispose(
+        &mut self,
+        quantity: i64,
+        disposition: pb::Disposition,
+    ) -> pb::DisposeItemsRequest {
+        pb::DisposeItemsRequest {
+            header: self.header(),
+            line_id: "L1".into(),
+            quantity,
+            disposition: disposition.into(),
+        }
+    }
+
+    pub fn process(&mut self) -> pb::ProcessReturnRequest {
+        pb::ProcessReturnRequest {
+            header: self.header(),
+            method: pb::RefundMethod::OriginalPayment.into(),
+        }
+    }
+}

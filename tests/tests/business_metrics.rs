@@ -61,81 +61,23 @@ async fn open(returns: &mut Returns, case: &mut Case) {
 /// Approved, shipped, received, inspected (one unit unsellable: an
 /// exception for the warehouse), disposed and processed.
 async fn process(returns: &mut Returns, case: &mut Case) {
+    returns.approve_return(case.approve()).await.unwrap();
+    returns.attach_label(case.label()).await.unwrap();
     returns
-        .approve_return(pb::ApproveReturnRequest {
-            header: case.header(),
-            approved_by: "agent-7".into(),
-        })
+        .record_carrier_event(case.milestone(pb::CarrierMilestone::Delivered))
+        .await
+        .unwrap();
+    returns.receive_items(case.receive(3)).await.unwrap();
+    returns.inspect_items(case.inspect(2, 1)).await.unwrap();
+    returns
+        .dispose_items(case.dispose(2, pb::Disposition::Restock))
         .await
         .unwrap();
     returns
-        .attach_label(pb::AttachLabelRequest {
-            header: case.header(),
-            carrier: "ups".into(),
-            tracking_number: "1Z999".into(),
-            label_url: String::new(),
-        })
+        .dispose_items(case.dispose(1, pb::Disposition::DamagedHold))
         .await
         .unwrap();
-    returns
-        .record_carrier_event(pb::RecordCarrierEventRequest {
-            header: case.header(),
-            milestone: pb::CarrierMilestone::Delivered.into(),
-            at_unix_ms: 0,
-        })
-        .await
-        .unwrap();
-    returns
-        .receive_items(pb::ReceiveItemsRequest {
-            header: case.header(),
-            lines: vec![pb::ReceivedLine {
-                line_id: "L1".into(),
-                quantity: 3,
-                location: String::new(),
-            }],
-            accept_surplus: false,
-        })
-        .await
-        .unwrap();
-    returns
-        .inspect_items(pb::InspectItemsRequest {
-            header: case.header(),
-            lines: vec![
-                pb::InspectedLine {
-                    line_id: "L1".into(),
-                    quantity: 2,
-                    grade: pb::Grade::A.into(),
-                },
-                pb::InspectedLine {
-                    line_id: "L1".into(),
-                    quantity: 1,
-                    grade: pb::Grade::Unsellable.into(),
-                },
-            ],
-        })
-        .await
-        .unwrap();
-    for (quantity, disposition) in [
-        (2, pb::Disposition::Restock),
-        (1, pb::Disposition::DamagedHold),
-    ] {
-        returns
-            .dispose_items(pb::DisposeItemsRequest {
-                header: case.header(),
-                line_id: "L1".into(),
-                quantity,
-                disposition: disposition.into(),
-            })
-            .await
-            .unwrap();
-    }
-    returns
-        .process_return(pb::ProcessReturnRequest {
-            header: case.header(),
-            method: pb::RefundMethod::OriginalPayment.into(),
-        })
-        .await
-        .unwrap();
+    returns.process_return(case.process()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

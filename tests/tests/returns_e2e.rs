@@ -94,13 +94,7 @@ async fn lifecycle(returns: &mut Returns, inventory: &mut Inventory, gate: &str)
         .r#case
         .unwrap();
     assert_eq!(state(&opened), pb::ReturnState::Requested);
-    returns
-        .approve_return(pb::ApproveReturnRequest {
-            header: case.header(),
-            approved_by: "agent-7".into(),
-        })
-        .await
-        .unwrap();
+    returns.approve_return(case.approve()).await.unwrap();
     settled(returns, &tenant, &case.return_id).await;
     let red = buckets(inventory, &tenant, "SHOE-RED").await;
     assert_eq!(
@@ -109,40 +103,19 @@ async fn lifecycle(returns: &mut Returns, inventory: &mut Inventory, gate: &str)
         "{gate}: exchange hold"
     );
 
-    returns
-        .attach_label(pb::AttachLabelRequest {
-            header: case.header(),
-            carrier: "ups".into(),
-            tracking_number: "1Z999".into(),
-            label_url: String::new(),
-        })
-        .await
-        .unwrap();
+    returns.attach_label(case.label()).await.unwrap();
     for milestone in [
         pb::CarrierMilestone::InTransit,
         pb::CarrierMilestone::OutForDelivery,
         pb::CarrierMilestone::Delivered,
     ] {
         returns
-            .record_carrier_event(pb::RecordCarrierEventRequest {
-                header: case.header(),
-                milestone: milestone.into(),
-                at_unix_ms: 0,
-            })
+            .record_carrier_event(case.milestone(milestone))
             .await
             .unwrap();
     }
-    let receive_items = |case: &mut Case, quantity| pb::ReceiveItemsRequest {
-        header: case.header(),
-        lines: vec![pb::ReceivedLine {
-            line_id: "L1".into(),
-            quantity,
-            location: String::new(),
-        }],
-        accept_surplus: false,
-    };
     let received = returns
-        .receive_items(receive_items(&mut case, 1))
+        .receive_items(case.receive(1))
         .await
         .unwrap()
         .into_inner()
@@ -156,48 +129,18 @@ async fn lifecycle(returns: &mut Returns, inventory: &mut Inventory, gate: &str)
         (1, 1, 0),
         "{gate}: partial receipt"
     );
-    returns
-        .receive_items(receive_items(&mut case, 2))
-        .await
-        .unwrap();
+    returns.receive_items(case.receive(2)).await.unwrap();
     settled(returns, &tenant, &case.return_id).await;
     let shirt = buckets(inventory, &tenant, "SHIRT").await;
     assert_eq!(shirt.quality_control, 3, "{gate}: full receipt");
 
+    returns.inspect_items(case.inspect(2, 1)).await.unwrap();
     returns
-        .inspect_items(pb::InspectItemsRequest {
-            header: case.header(),
-            lines: vec![
-                pb::InspectedLine {
-                    line_id: "L1".into(),
-                    quantity: 2,
-                    grade: pb::Grade::A.into(),
-                },
-                pb::InspectedLine {
-                    line_id: "L1".into(),
-                    quantity: 1,
-                    grade: pb::Grade::Unsellable.into(),
-                },
-            ],
-        })
+        .dispose_items(case.dispose(2, pb::Disposition::Restock))
         .await
         .unwrap();
     returns
-        .dispose_items(pb::DisposeItemsRequest {
-            header: case.header(),
-            line_id: "L1".into(),
-            quantity: 2,
-            disposition: pb::Disposition::Restock.into(),
-        })
-        .await
-        .unwrap();
-    returns
-        .dispose_items(pb::DisposeItemsRequest {
-            header: case.header(),
-            line_id: "L1".into(),
-            quantity: 1,
-            disposition: pb::Disposition::DamagedHold.into(),
-        })
+        .dispose_items(case.dispose(1, pb::Disposition::DamagedHold))
         .await
         .unwrap();
     settled(returns, &tenant, &case.return_id).await;
@@ -214,10 +157,7 @@ async fn lifecycle(returns: &mut Returns, inventory: &mut Inventory, gate: &str)
     );
 
     let processed = returns
-        .process_return(pb::ProcessReturnRequest {
-            header: case.header(),
-            method: pb::RefundMethod::OriginalPayment.into(),
-        })
+        .process_return(case.process())
         .await
         .unwrap()
         .into_inner()
