@@ -155,6 +155,9 @@ pub struct Membership {
     lease_id: AtomicI64,
     lease: watch::Sender<LeaseStatus>,
     view: watch::Sender<Arc<ClusterView>>,
+    /// Set when another process took this node id while this one had lost
+    /// its lease (it was paused or cut off): this process must stop.
+    displaced: watch::Sender<Option<String>>,
     shard_count: u32,
 }
 
@@ -219,24 +222,17 @@ impl Membership {
             lease_id: AtomicI64::new(0),
             lease,
             view,
+            displaced: watch::channel(None).0,
             shard_count,
             config,
         });
-        // A fresh start takes shards again, whatever an operator asked of
-        // the previous run.
-        let mut client = membership.client.clone();
-        bounded(
-            limit,
-            client.delete(membership.drain_key(&membership.config.node_id), None),
-        )
-        .await?;
         // A node id is one process at a time. Another one under this id
         // (two pods given one name, a zombie still holding its lease) keeps
         // this one waiting until its lease ends, at most the TTL after it
         // stopped; joining is raced against the stop, so this can be left.
         loop {
             match membership.register().await {
-                Ok(()) => return Ok(membership),
+                Ok(()) => break,
                 Err(error @ ClusterError::NodeIdInUse { .. }) => {
                     tracing::warn!(%error, "waiting for the other process's lease to end");
                     tokio::time::sleep(NODE_ID_IN_USE_RETRY).await;
@@ -244,6 +240,23 @@ impl Membership {
                 Err(error) => return Err(error),
             }
         }
+        // A fresh start takes shards again, whatever an operator asked of
+        // the previous run (only once registered: a second process that
+        // waited above must not cancel a drain of the first).
+        let mut client = membership.client.clone();
+        bounded(
+            limit,
+            client.delete(membership.drain_key(&membership.config.node_id), None),
+        )
+        .await?;
+        Ok(membership)
+    }
+
+    /// `Some(why)` once another process has taken this node id: this
+    /// process serves nothing from then on and must stop without handing
+    /// shards over (the claims under its id are the other's now).
+    pub fn displaced(&self) -> watch::Receiver<Option<String>> {
+        self.displaced.subscribe()
     }
 
     pub fn node_id(&self) -> &str {
@@ -313,52 +326,57 @@ impl Membership {
     async fn put_member_first(&self, lease_id: i64) -> Result<(), ClusterError> {
         let _one_at_a_time = self.member_puts.lock().await;
         let key = self.member_key(&self.config.node_id);
-        loop {
-            let value = serde_json::to_vec(&*self.member.lock())
-                .map_err(|error| ClusterError::Etcd(error.to_string()))?;
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then(vec![TxnOp::put(
-                    key.clone(),
-                    value,
-                    Some(PutOptions::new().with_lease(lease_id)),
-                )])
-                .or_else(vec![TxnOp::get(key.clone(), None)]);
-            let mut client = self.client.clone();
-            let response = bounded(self.limit(), client.txn(txn)).await?;
-            if response.succeeded() {
-                return Ok(());
-            }
-            let existing = response.op_responses().into_iter().find_map(|op| match op {
-                etcd_client::TxnOpResponse::Get(got) => {
-                    got.kvs().first().map(|kv| kv.value().to_vec())
-                }
-                _ => None,
-            });
-            let Some(bytes) = existing else {
-                // Gone between the comparison and the read: try again.
-                continue;
-            };
-            let holder = serde_json::from_slice::<Member>(&bytes).map_err(|error| {
-                ClusterError::Malformed {
-                    key: key.clone(),
-                    reason: error.to_string(),
-                }
-            })?;
-            if holder.incarnation != self.incarnation {
-                return Err(ClusterError::NodeIdInUse {
-                    node_id: self.config.node_id.clone(),
-                    incarnation: holder.incarnation,
-                    endpoint: holder.endpoint,
-                });
-            }
-            // An earlier lease of this process, not expired yet.
-            return self.put_member_locked(lease_id).await;
+        let value = serde_json::to_vec(&*self.member.lock())
+            .map_err(|error| ClusterError::Etcd(error.to_string()))?;
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )])
+            .or_else(vec![TxnOp::get(key.clone(), None)]);
+        let mut client = self.client.clone();
+        let response = bounded(self.limit(), client.txn(txn)).await?;
+        if response.succeeded() {
+            return Ok(());
         }
+        let existing = response.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        // The transaction compares and reads atomically: the key is there.
+        let Some(bytes) = existing else {
+            return Err(ClusterError::Etcd(
+                "member record neither absent nor readable".into(),
+            ));
+        };
+        // Only who holds it is read, so a record a newer version wrote
+        // (a state this one does not know) does not stop the node.
+        #[derive(Deserialize)]
+        struct Holder {
+            incarnation: String,
+            #[serde(default)]
+            endpoint: String,
+        }
+        let holder =
+            serde_json::from_slice::<Holder>(&bytes).map_err(|error| ClusterError::Malformed {
+                key: key.clone(),
+                reason: error.to_string(),
+            })?;
+        if holder.incarnation != self.incarnation {
+            return Err(ClusterError::NodeIdInUse {
+                node_id: self.config.node_id.clone(),
+                incarnation: holder.incarnation,
+                endpoint: holder.endpoint,
+            });
+        }
+        // An earlier lease of this process, not expired yet.
+        self.put_member_locked(lease_id).await
     }
 
     async fn put_member(&self, lease_id: i64) -> Result<(), ClusterError> {
@@ -590,10 +608,17 @@ impl Membership {
     /// id and stops serving what it held under the old one before it serves
     /// anything under the new one. Retried by the caller's loop on failure.
     async fn register_again(&self, lost: i64) {
+        if self.displaced.borrow().is_some() {
+            return;
+        }
         tracing::error!(lease_id = lost, "lease expired: registering again");
         metrics::counter!("skuld_lease_lost_total").increment(1);
         match self.register().await {
             Ok(()) => tracing::info!("registered again under a new lease"),
+            Err(error @ ClusterError::NodeIdInUse { .. }) => {
+                tracing::error!(%error, "another process took this node id while this one had no lease: stopping");
+                self.displaced.send_replace(Some(error.to_string()));
+            }
             Err(error) => tracing::warn!(%error, "cannot register again yet"),
         }
     }

@@ -296,7 +296,36 @@ pub async fn run(
         tracing::info!(%grpc_addr, %http_addr, data_dir = %config.server.data_dir.display(), "skuld node ready");
     }
 
-    shutdown.await;
+    // Another process taking this node id (this one was paused or cut off
+    // past its lease) ends the process at once, without a handoff: the
+    // claims under this id are the other process's now.
+    let displaced = async {
+        match &joined {
+            Some(joined) => {
+                let mut displaced = joined.membership.displaced();
+                // The watch's read guard ends with this statement: it must
+                // not be held across an await (the future must be Send).
+                let reason = displaced
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .map(|reason| reason.clone().unwrap_or_default());
+                match reason {
+                    Some(reason) => reason,
+                    // The membership outlives this task: never in practice.
+                    None => std::future::pending().await,
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        reason = displaced => {
+            tracing::error!(%reason, "this node id is another process's now: stopping without a handoff");
+            anyhow::bail!("stopped: {reason}");
+        }
+    }
     // One deadline for the whole drain: each step gets what is left.
     let deadline = Instant::now() + Duration::from_secs(config.server.drain_timeout_secs);
     let left = || deadline.saturating_duration_since(Instant::now());

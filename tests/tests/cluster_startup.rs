@@ -173,3 +173,52 @@ async fn a_second_process_under_a_node_id_in_use_waits_for_the_first() {
         "{members:?}"
     );
 }
+
+/// A node paused past its lease finds, when it wakes, that another process
+/// took its node id meanwhile: it stops at once with an error, without a
+/// handoff (the claims under the id are the other's), and the other keeps
+/// its member record and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_wakes_to_find_its_id_taken_stops_and_leaves_the_other_serving() {
+    let mut cluster = TestCluster::start(1).await.unwrap();
+    let ttl = std::time::Duration::from_secs(skuld_tests::cluster::TEST_LEASE_TTL_SECS);
+    cluster.signal(0, true).unwrap();
+    // The paused node's lease expires; a second node-0 takes the id.
+    let options = cluster.node_options(0, &NodeOptions::default());
+    let dir = cluster.dir.node_dir("node-0-again");
+    let second = tokio::time::timeout(
+        ttl + skuld_tests::START_TIMEOUT,
+        TestNode::start(&dir, options),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    cluster.signal(0, false).unwrap();
+    let status = cluster
+        .node_mut(0)
+        .wait_exit(std::time::Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(!status.success(), "the displaced node exited with {status}");
+    let said = cluster.node(0).log();
+    assert!(
+        said.contains("another process's now: stopping without a handoff"),
+        "{said}"
+    );
+    let mut admin = skuld_proto::v1::admin_service_client::AdminServiceClient::new(
+        second.channel().await.unwrap(),
+    );
+    let members = admin
+        .list_members(skuld_proto::v1::ListMembersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(
+        members[0].endpoint,
+        format!("http://{}", second.grpc_addr())
+    );
+    let (status, body) = second.http_get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
