@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use options::{
-    described, markdown_table, Cluster, Events, OptionDoc, Postgres, Runtime, ServeArgs, Server,
-    Telemetry, Writer,
+    described, markdown_table, Auth, Cluster, Events, OptionDoc, Postgres, Runtime, ServeArgs,
+    Server, Telemetry, Writer,
 };
 pub use secret::SecretUrl;
 
@@ -32,7 +32,22 @@ pub struct Config {
     pub cluster: Cluster,
     pub postgres: Postgres,
     pub telemetry: Telemetry,
+    pub auth: Auth,
     pub returns: Returns,
+    /// Client certificate identities (file only): `[identities."svc-oms"]`
+    /// with `tenants` and `roles`, keyed by a DNS name (or the common name)
+    /// of the certificate a service presents on the client API.
+    pub identities: BTreeMap<String, Identity>,
+}
+
+/// What a service that authenticates with a client certificate may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Identity {
+    /// Tenants it acts for; `"*"` is every tenant.
+    pub tenants: Vec<String>,
+    /// `reader`, `writer` (implies reader) and `admin`.
+    pub roles: Vec<String>,
 }
 
 /// Return policies (file only).

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 pub mod browser;
+pub mod certs;
 pub mod cluster;
 pub mod events;
 pub mod metrics;

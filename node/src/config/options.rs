@@ -98,6 +98,22 @@ options! {
         ports_file: PathBuf = PathBuf::new(), env "SKULD_PORTS_FILE";
         /// Largest gRPC request accepted, in bytes.
         max_message_bytes: usize = 1024 * 1024, env "SKULD_MAX_MESSAGE_BYTES";
+        /// PEM certificate chain of the client API (grpc_addr); empty: plaintext. Re-read when it changes on disk.
+        tls_cert_file: PathBuf = PathBuf::new(), env "SKULD_TLS_CERT_FILE";
+        /// PEM private key of tls_cert_file (never printed).
+        tls_key_file: PathBuf = PathBuf::new(), env "SKULD_TLS_KEY_FILE";
+        /// PEM CA bundle that signs client certificates (service identities, see [identities]); empty: none asked for.
+        tls_client_ca_file: PathBuf = PathBuf::new(), env "SKULD_TLS_CLIENT_CA_FILE";
+        /// Refuse a client API connection without a certificate of tls_client_ca_file.
+        tls_require_client_cert: bool = false, env "SKULD_TLS_REQUIRE_CLIENT_CERT";
+        /// How often certificate, key, CA and JWKS files are checked for changes, in seconds.
+        tls_reload_interval_secs: u64 = 10, env "SKULD_TLS_RELOAD_INTERVAL_SECS";
+        /// A TLS handshake not finished within this is dropped, in milliseconds.
+        tls_handshake_timeout_ms: u64 = 5_000, env "SKULD_TLS_HANDSHAKE_TIMEOUT_MS";
+        /// Connections one client address may hold open on the client API at once.
+        max_connections_per_client: usize = 256, env "SKULD_MAX_CONNECTIONS_PER_CLIENT";
+        /// Concurrent HTTP/2 streams (calls) on one connection at most.
+        max_concurrent_streams: u32 = 256, env "SKULD_MAX_CONCURRENT_STREAMS";
         /// Time SIGTERM gives the whole drain (handing shards over, finishing admitted requests, flushing), in seconds.
         drain_timeout_secs: u64 = 20, env "SKULD_DRAIN_TIMEOUT_SECS";
         /// Log format: text or json (stderr).
@@ -172,8 +188,22 @@ options! {
         cluster_name: String = "skuld".into(), env "SKULD_CLUSTER_NAME";
         /// This node's member id; the host name when empty.
         node_id: String = String::new(), env "SKULD_NODE_ID";
-        /// Where other nodes reach this one (e.g. http://skuld-0.skuld-peers:7070); http://<grpc_addr> when empty.
+        /// Listen address of the peer API (node-to-node forwarding, mTLS only; never on grpc_addr).
+        peer_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7071)), env "SKULD_PEER_ADDR";
+        /// Where other nodes reach this one's peer API (e.g. https://skuld-0.skuld-peer:7071); https://<peer_addr> when empty. Its host must be a name in peer_tls_cert_file.
         advertise_endpoint: String = String::new(), env "SKULD_ADVERTISE_ENDPOINT";
+        /// PEM certificate chain this node presents to other nodes, as server and as client (required in cluster mode).
+        peer_tls_cert_file: PathBuf = PathBuf::new(), env "SKULD_PEER_TLS_CERT_FILE";
+        /// PEM private key of peer_tls_cert_file (never printed).
+        peer_tls_key_file: PathBuf = PathBuf::new(), env "SKULD_PEER_TLS_KEY_FILE";
+        /// PEM CA bundle of the cluster's own CA: the only issuer of peer certificates accepted.
+        peer_tls_ca_file: PathBuf = PathBuf::new(), env "SKULD_PEER_TLS_CA_FILE";
+        /// PEM CA bundle that signs etcd's server certificate (https:// endpoints); empty: the endpoints are plaintext.
+        etcd_tls_ca_file: PathBuf = PathBuf::new(), env "SKULD_ETCD_TLS_CA_FILE";
+        /// PEM client certificate for etcd's --client-cert-auth.
+        etcd_tls_cert_file: PathBuf = PathBuf::new(), env "SKULD_ETCD_TLS_CERT_FILE";
+        /// PEM private key of etcd_tls_cert_file (never printed).
+        etcd_tls_key_file: PathBuf = PathBuf::new(), env "SKULD_ETCD_TLS_KEY_FILE";
         /// Shards of a new cluster (fixed for its life).
         shard_count: u32 = 1_024, env "SKULD_SHARD_COUNT";
         /// etcd lease TTL, in seconds: how long a dead node's keys stay unavailable.
@@ -192,10 +222,34 @@ options! {
     [postgres] Postgres {
         /// Connection URL (its password is never printed); its own options come after the safety timeouts.
         postgres_url: SecretUrl = SecretUrl::default(), env "SKULD_POSTGRES_URL", arg(hide_env_values = true);
+        /// File holding the connection URL (a mounted secret); read at start instead of postgres_url.
+        postgres_url_file: PathBuf = PathBuf::new(), env "SKULD_POSTGRES_URL_FILE";
+        /// PEM CA bundle that signs PostgreSQL's server certificate; set: TLS with the host name checked (sslmode=verify-full).
+        postgres_tls_ca_file: PathBuf = PathBuf::new(), env "SKULD_POSTGRES_TLS_CA_FILE";
+        /// PEM client certificate for PostgreSQL's cert authentication (its CN is the role).
+        postgres_tls_cert_file: PathBuf = PathBuf::new(), env "SKULD_POSTGRES_TLS_CERT_FILE";
+        /// PEM private key of postgres_tls_cert_file (never printed).
+        postgres_tls_key_file: PathBuf = PathBuf::new(), env "SKULD_POSTGRES_TLS_KEY_FILE";
         /// Connections per node at most.
         postgres_pool_size: usize = 16, env "SKULD_POSTGRES_POOL_SIZE";
         /// Group commits in flight at once.
         postgres_concurrent_commits: usize = 4, env "SKULD_POSTGRES_CONCURRENT_COMMITS";
+    }
+
+    /// Who may call the client API: bearer tokens, roles and per-tenant quotas.
+    [auth] Auth {
+        /// JWKS file (JSON Web Key Set) whose keys sign callers' tokens; set: every client API call needs a bearer token or a mapped client certificate. Re-read when it changes.
+        jwks_file: PathBuf = PathBuf::new(), env "SKULD_JWKS_FILE";
+        /// Accepted token issuers (iss), comma-separated; empty: any issuer of a key in jwks_file.
+        jwt_issuers: Vec<String> = Vec::new(), env "SKULD_JWT_ISSUERS", arg(value_delimiter = ',');
+        /// Audience (aud) a token must name.
+        jwt_audience: String = "skuld".into(), env "SKULD_JWT_AUDIENCE";
+        /// Clock skew allowed on exp and nbf, in seconds.
+        jwt_leeway_secs: u64 = 30, env "SKULD_JWT_LEEWAY_SECS";
+        /// Requests per second one tenant may make on this node (0: no quota); beyond it RESOURCE_EXHAUSTED with a retry hint.
+        tenant_requests_per_sec: u32 = 0, env "SKULD_TENANT_REQUESTS_PER_SEC";
+        /// Requests one tenant may make in a burst above its rate (0: one second's worth).
+        tenant_burst: u32 = 0, env "SKULD_TENANT_BURST";
     }
 
     /// Traces: OpenTelemetry export over OTLP/gRPC.
