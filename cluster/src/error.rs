@@ -13,6 +13,10 @@ pub enum ClusterError {
         incarnation: String,
         endpoint: String,
     },
+    /// A certificate, key or CA file could not be read or used. The text
+    /// names the file and what is wrong with it, never its contents.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A stored cluster record could not be read.
     #[error("malformed cluster record {key}: {reason}")]
     Malformed { key: String, reason: String },

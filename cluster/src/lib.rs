@@ -8,6 +8,7 @@ pub mod ownership;
 pub mod placement;
 pub mod shards;
 pub mod store;
+pub mod tls;
 
 pub use error::ClusterError;
 pub use store::embedded::EmbeddedStore;
