@@ -278,7 +278,9 @@ impl Entity for ReturnEntity {
             ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => {
                 Err(Error::invalid("command", "reserved for the node"))
             }
-            _ => Ok(()),
+            // Before it is queued or forwarded: an oversized command holds
+            // no mailbox slot (decide checks the same bounds again).
+            _ => Ok(super::check_bounds(command)?),
         }
     }
 

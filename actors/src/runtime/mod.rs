@@ -40,6 +40,7 @@ use admission::Priority;
 pub use admission::{Admission, READ_FAN_OUT};
 pub use background::{Background, BackgroundTiming};
 pub use entity::{Entity, Mutation};
+pub use forwarded::{decode_forwarded, Forwarded};
 use mailbox::{Mailbox, Push};
 use routing::{Destination, Operation, Routing, ServedBy};
 

@@ -16,7 +16,7 @@ mod decide;
 mod published;
 mod state;
 
-pub use command::{Command, Context, MAX_QUANTITY};
+pub use command::{Command, Context, MAX_QUANTITY, MAX_REFERENCE_BYTES};
 pub use decide::{apply, apply_entry, decide, Decision};
 pub use published::stock_status_crossing;
 pub use state::{

@@ -6,7 +6,7 @@ use super::effects::{complete_effect, tick};
 use super::lifecycle::require_state;
 use super::open::open;
 use super::state::*;
-use super::validation::{free_text, refuse};
+use super::validation::{check_bounds, free_text, refuse};
 use super::{closing, receiving, refund, review};
 use crate::key::validate_token;
 use crate::Refusal;
@@ -25,6 +25,7 @@ pub fn decide(
     command: &ReturnCommand,
     context: &ReturnContext,
 ) -> Result<Vec<ReturnEvent>, Refusal> {
+    check_bounds(command)?;
     if let Some(expected) = expected_version {
         if expected != case.version {
             return Err(Refusal::VersionMismatch {

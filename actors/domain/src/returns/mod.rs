@@ -46,7 +46,7 @@ pub use effects::EFFECT_ATTEMPTS_BEFORE_EXCEPTION;
 pub use inventory::{PositionCommand, EXCHANGE_HOLD_TTL_MS};
 pub use lifecycle::{allowed_commands, refundable_quantity};
 pub use state::*;
-pub use validation::{MAX_AMOUNT_MINOR, MAX_RETURN_LINES};
+pub use validation::{check_bounds, MAX_AMOUNT_MINOR, MAX_RETURN_LINES, MAX_TEXT_BYTES};
 
 #[cfg(test)]
 mod tests;
