@@ -82,6 +82,10 @@ fn parse() -> (Option<ClientOptions>, Command) {
 /// of it.
 pub fn main() -> ExitCode {
     let (client, command) = parse();
+    // ring is the only provider compiled in; a library that asks rustls
+    // for the process default (tonic's acceptor, tokio-postgres-rustls)
+    // gets it rather than a panic. Fails only when already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::peer::GrpcForwarder;
+use crate::tls::PeerClientTls;
 
 /// The parts of cluster mode that exist before the runtimes do.
 pub struct Joined {
@@ -37,10 +38,14 @@ pub struct Joined {
 
 /// Joins the cluster: registers in etcd (which fixes the shard count) and
 /// opens the PostgreSQL store, applying its migrations.
-pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Joined> {
+pub async fn join(
+    config: &Config,
+    peer_addr: SocketAddr,
+    peer_tls: Arc<PeerClientTls>,
+) -> anyhow::Result<Joined> {
     let node_id = config.effective_node_id();
     let endpoint = if config.cluster.advertise_endpoint.is_empty() {
-        format!("http://{grpc_addr}")
+        format!("https://{peer_addr}")
     } else {
         config.cluster.advertise_endpoint.clone()
     };
@@ -82,7 +87,10 @@ pub async fn join(config: &Config, grpc_addr: SocketAddr) -> anyhow::Result<Join
     let table = ShardTable::new(membership.shard_count());
     let routing = Routing {
         table: Arc::clone(&table),
-        forwarder: Arc::new(GrpcForwarder::new(config.server.max_message_bytes)),
+        forwarder: Arc::new(GrpcForwarder::new(
+            config.server.max_message_bytes,
+            peer_tls,
+        )),
         node_id: Arc::from(node_id.as_str()),
         handoff_wait: Duration::from_millis(config.cluster.handoff_wait_ms),
     };

@@ -108,6 +108,9 @@ impl Config {
         self.cluster.validate()?;
         self.postgres.validate()?;
         self.telemetry.validate()?;
+        if self.is_clustered() {
+            self.cluster.validate_peer_tls()?;
+        }
         if self.is_clustered() && self.postgres.postgres_url.is_empty() {
             return Err(ConfigError::Invalid(
                 "cluster mode (etcd_endpoints set) needs postgres_url: shards move between nodes, so their data must live in the shared store".into(),
@@ -233,7 +236,33 @@ fn positive(options: &[(&str, u64)]) -> Result<(), ConfigError> {
 
 impl Server {
     fn validate(&self) -> Result<(), ConfigError> {
-        positive(&[("max_message_bytes", self.max_message_bytes as u64)])
+        positive(&[
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("tls_reload_interval_secs", self.tls_reload_interval_secs),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client as u64,
+            ),
+            ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
+        ])?;
+        let set = |path: &Path| !path.as_os_str().is_empty();
+        if set(&self.tls_cert_file) != set(&self.tls_key_file) {
+            return Err(ConfigError::Invalid(
+                "tls_cert_file and tls_key_file go together: the client API's certificate needs its key".into(),
+            ));
+        }
+        if set(&self.tls_client_ca_file) && !set(&self.tls_cert_file) {
+            return Err(ConfigError::Invalid(
+                "tls_client_ca_file needs tls_cert_file: client certificates are asked for in a TLS handshake".into(),
+            ));
+        }
+        if self.tls_require_client_cert && !set(&self.tls_client_ca_file) {
+            return Err(ConfigError::Invalid(
+                "tls_require_client_cert needs tls_client_ca_file, the CA client certificates must chain to".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -330,6 +359,38 @@ impl Cluster {
             ("max_concurrent_moves", self.max_concurrent_moves as u64),
             ("store_failover_secs", self.store_failover_secs),
         ])?;
+        self.validate_lease()?;
+        Ok(())
+    }
+
+    /// Cluster mode's peer API is mTLS only: a node without its certificate
+    /// cannot join (a forwarded payload is a whole domain command).
+    fn validate_peer_tls(&self) -> Result<(), ConfigError> {
+        let missing: Vec<&str> = [
+            ("peer_tls_cert_file", &self.peer_tls_cert_file),
+            ("peer_tls_key_file", &self.peer_tls_key_file),
+            ("peer_tls_ca_file", &self.peer_tls_ca_file),
+        ]
+        .into_iter()
+        .filter(|(_, path)| path.as_os_str().is_empty())
+        .map(|(name, _)| name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "cluster mode needs {}: the peer API between nodes is mTLS only (docs/security.md)",
+                missing.join(", ")
+            )));
+        }
+        if !self.advertise_endpoint.is_empty() && !self.advertise_endpoint.starts_with("https://") {
+            return Err(ConfigError::Invalid(
+                "advertise_endpoint must be an https:// URL of this node's peer port (peer_addr)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_lease(&self) -> Result<(), ConfigError> {
         if self.lease_ttl_secs < 2 {
             return Err(ConfigError::Invalid(
                 "lease_ttl_secs must be at least 2 (the node stops serving a third of the TTL before its lease can expire)".into(),

@@ -1,6 +1,12 @@
 //! Node-to-node forwarding (cluster mode): the `skuld.internal.v1`
 //! PeerService that owners serve, and the client side that sends a request
 //! to the owner of its key.
+//!
+//! The peer API has its own listener, mTLS only: the TLS layer accepts only
+//! certificates of the cluster's CA, and [`PeerApi`] then asks that the
+//! certificate name the host of a current member. A forwarded payload is a
+//! whole domain command that skips the client API's checks, so nobody but
+//! a node may send one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,27 +16,59 @@ use dashmap::DashMap;
 use skuld_actors::runtime::routing::{ForwardError, ForwardTarget, Forwarder, Operation};
 use skuld_actors::runtime::{codec, RequestMeta};
 use skuld_actors::{Error, Refusal};
+use skuld_cluster::membership::ClusterView;
 use skuld_cluster::shards::Peer;
 use skuld_proto::internal::v1 as wire;
 use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
 use skuld_proto::internal::v1::peer_service_server::PeerService;
 use tonic::metadata::MetadataValue;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::rpc::{self, CORRELATION_ID};
 use crate::status::{retry_after_ms, to_status};
+use crate::tls::{endpoint_host, names_host, PeerClientTls};
 
 /// Serves requests forwarded by other nodes.
 pub struct PeerApi {
     node_id: String,
     targets: Vec<Arc<dyn ForwardTarget>>,
+    members: watch::Receiver<Arc<ClusterView>>,
 }
 
 impl PeerApi {
-    pub fn new(node_id: String, targets: Vec<Arc<dyn ForwardTarget>>) -> Self {
-        Self { node_id, targets }
+    pub fn new(
+        node_id: String,
+        targets: Vec<Arc<dyn ForwardTarget>>,
+        members: watch::Receiver<Arc<ClusterView>>,
+    ) -> Self {
+        Self {
+            node_id,
+            targets,
+            members,
+        }
+    }
+
+    /// The caller's certificate (verified by the listener to chain to the
+    /// cluster CA) must name the host a current member advertises.
+    fn check_caller(&self, certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>) -> Result<(), Status> {
+        let Some(leaf) = certs.as_ref().and_then(|certs| certs.first().cloned()) else {
+            metrics::counter!("skuld_peer_refused_total", "reason" => "no_certificate").increment(1);
+            return Err(Status::unauthenticated("the peer API needs a node certificate"));
+        };
+        let view = Arc::clone(&self.members.borrow());
+        let member = view.members.values().any(|member| {
+            endpoint_host(&member.endpoint).is_some_and(|host| names_host(&leaf, host))
+        });
+        if !member {
+            metrics::counter!("skuld_peer_refused_total", "reason" => "not_a_member").increment(1);
+            return Err(Status::permission_denied(
+                "the certificate names no current member of this cluster",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +135,7 @@ impl PeerService for PeerApi {
         request: Request<wire::ForwardRequest>,
     ) -> Result<Response<wire::ForwardReply>, Status> {
         let started = Instant::now();
+        self.check_caller(request.peer_certs())?;
         let meta = RequestMeta {
             correlation_id: rpc::correlation_id(request.metadata()),
             deadline: rpc::deadline(request.metadata(), started),
@@ -142,32 +181,46 @@ impl PeerService for PeerApi {
     }
 }
 
-/// Sends requests to their owners over one lazily connected channel per peer.
+/// Sends requests to their owners over one lazily connected mTLS channel
+/// per peer, opened again once the peer TLS files changed.
 pub struct GrpcForwarder {
-    channels: DashMap<String, Channel>,
+    /// By endpoint: the channel and the TLS generation it was opened with.
+    channels: DashMap<String, (u64, Channel)>,
+    tls: Arc<PeerClientTls>,
     max_message_bytes: usize,
 }
 
 impl GrpcForwarder {
-    pub fn new(max_message_bytes: usize) -> Self {
+    pub fn new(max_message_bytes: usize, tls: Arc<PeerClientTls>) -> Self {
         Self {
             channels: DashMap::new(),
+            tls,
             max_message_bytes,
         }
     }
 
     fn channel(&self, endpoint: &str) -> Result<Channel, Error> {
-        if let Some(channel) = self.channels.get(endpoint) {
-            return Ok(channel.clone());
+        let generation = self.tls.generation();
+        if let Some(entry) = self.channels.get(endpoint) {
+            if entry.0 == generation {
+                return Ok(entry.1.clone());
+            }
         }
+        let host = endpoint_host(endpoint)
+            .ok_or_else(|| Error::Unavailable(format!("bad peer endpoint {endpoint}: no host")))?;
+        // Calls in flight on a replaced channel finish on it: they hold
+        // clones of it.
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|error| Error::Unavailable(format!("bad peer endpoint {endpoint}: {error}")))?
+            .tls_config(self.tls.config_for(host))
+            .map_err(|error| Error::Unavailable(format!("peer endpoint {endpoint}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        self.channels.insert(endpoint.to_owned(), channel.clone());
+        self.channels
+            .insert(endpoint.to_owned(), (generation, channel.clone()));
         Ok(channel)
     }
 }

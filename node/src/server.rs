@@ -27,6 +27,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
 use skuld_actors::runtime::{Background, Entity, EntityRuntime, TimerTarget};
+use skuld_cluster::tls::TlsFiles;
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
@@ -44,11 +45,13 @@ use crate::census::Census;
 use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
+use crate::listen::{self, AcceptPolicy};
 use crate::ops_page;
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
 use crate::sinks::{SinkContext, Sinks};
+use crate::tls::{ClientAuth, PeerClientTls, Reloadable, ServerTls};
 use crate::webhooks_api::WebhooksApi;
 
 /// What the last shutdown steps (leaving the cluster, closing the servers,
@@ -56,9 +59,12 @@ use crate::webhooks_api::WebhooksApi;
 /// `terminationGracePeriodSeconds` should exceed the drain by at least this.
 pub const LAST_STEPS_GRACE: Duration = Duration::from_secs(1);
 
-/// The sockets the node serves on, bound by the caller (tests bind port 0).
+/// The sockets the node serves on, bound by the caller (tests bind port 0):
+/// one per audience. Clients call `grpc`; other nodes call `peer` (cluster
+/// mode only, mTLS only); probes and Prometheus read `http`.
 pub struct Listeners {
     pub grpc: TcpListener,
+    pub peer: Option<TcpListener>,
     pub http: TcpListener,
 }
 
@@ -67,10 +73,21 @@ impl Listeners {
         let grpc = TcpListener::bind(config.server.grpc_addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", config.server.grpc_addr))?;
+        let peer = if config.is_clustered() {
+            Some(
+                TcpListener::bind(config.cluster.peer_addr)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen for peers on {}", config.cluster.peer_addr)
+                    })?,
+            )
+        } else {
+            None
+        };
         let http = TcpListener::bind(config.server.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.server.http_addr))?;
-        Ok(Self { grpc, http })
+        Ok(Self { grpc, peer, http })
     }
 }
 
@@ -89,14 +106,23 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
+    let peer_addr = match &listeners.peer {
+        Some(peer) => Some(peer.local_addr()?),
+        None => None,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
+    let security = Security::load(&config)?;
 
     // Joining can wait long (an etcd that does not answer, migrations): a
     // stop asked for meanwhile ends it. Nothing is served yet, so there is
     // nothing to drain; a lease already taken expires with its TTL.
     let joined = if config.is_clustered() {
         tokio::select! {
-            joined = cluster::join(&config, grpc_addr) => Some(joined?),
+            joined = cluster::join(
+                &config,
+                peer_addr.context("cluster mode without a peer listener")?,
+                security.peer.as_ref().map(|peer| Arc::clone(&peer.client)).context("cluster mode without peer TLS")?,
+            ) => Some(joined?),
             () = &mut shutdown => {
                 tracing::info!("shutdown requested while joining the cluster: stopping");
                 return Ok(());
@@ -164,8 +190,10 @@ pub async fn run(
     // NOT_SERVING until ready (tonic-health starts the overall status at
     // SERVING).
     set_health(&health, false).await;
+    // Reflection describes the client API only: the internal peer API is
+    // neither listed nor resolvable on the client port.
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(skuld_proto::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(client_descriptors()?)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
@@ -191,12 +219,15 @@ pub async fn run(
     let admin = AdminServiceServer::from_arc(Arc::clone(&admin_api));
     // Forwarded messages carry whole commands; allow the largest a client
     // may send plus framing.
-    let peer = PeerServiceServer::new(PeerApi::new(
-        node_id.clone(),
-        vec![Arc::clone(&runtime) as _, Arc::clone(&returns) as _],
-    ))
-    .max_decoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
-    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
+    let peer = joined.as_ref().map(|joined| {
+        PeerServiceServer::new(PeerApi::new(
+            node_id.clone(),
+            vec![Arc::clone(&runtime) as _, Arc::clone(&returns) as _],
+            joined.membership.view(),
+        ))
+        .max_decoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
+        .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
+    });
 
     // Servers stop last: they keep forwarding and answering while the node
     // drains. The readiness follower stops first.
@@ -239,23 +270,61 @@ pub async fn run(
         .run(stop_census.clone()),
     );
     let servers = TaskTracker::new();
-    let grpc_stop = stop_servers.clone().cancelled_owned();
-    let grpc = servers.spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(inventory)
-            .add_service(returns_service)
-            .add_service(admin)
-            .add_service(events)
-            .add_service(webhooks)
-            .add_service(peer)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                    .with_nodelay(Some(true)),
-                grpc_stop,
-            ),
-    );
+    let client_router = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(inventory)
+        .add_service(returns_service)
+        .add_service(admin)
+        .add_service(events)
+        .add_service(webhooks);
+    let client_policy = AcceptPolicy {
+        listener: "client",
+        max_per_client: config.server.max_connections_per_client,
+        handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
+    };
+    let grpc_stop = stop_servers.clone();
+    let grpc = match &security.client {
+        Some(tls) => servers.spawn(client_router.serve_with_incoming_shutdown(
+            listen::tls(listeners.grpc, client_policy, Arc::clone(tls), grpc_stop.clone()),
+            grpc_stop.cancelled_owned(),
+        )),
+        None => servers.spawn(client_router.serve_with_incoming_shutdown(
+            listen::plain(listeners.grpc, client_policy, grpc_stop.clone()),
+            grpc_stop.cancelled_owned(),
+        )),
+    };
+    // Node-to-node: its own port, mTLS only. Every node of the cluster
+    // forwards over it, so a client address (a node) may hold many.
+    let peer_server = match (peer, listeners.peer, &security.peer) {
+        (Some(peer), Some(listener), Some(tls)) => {
+            let policy = AcceptPolicy {
+                listener: "peer",
+                max_per_client: config.server.max_connections_per_client.max(1_024),
+                handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
+            };
+            let stop = stop_servers.clone();
+            Some(
+                servers.spawn(
+                    tonic::transport::Server::builder()
+                        .max_concurrent_streams(Some(config.server.max_concurrent_streams.max(1_024)))
+                        .add_service(peer)
+                        .serve_with_incoming_shutdown(
+                            listen::tls(listener, policy, Arc::clone(&tls.server), stop.clone()),
+                            stop.cancelled_owned(),
+                        ),
+                ),
+            )
+        }
+        _ => None,
+    };
+    let stop_reload = CancellationToken::new();
+    let reload = tokio::spawn(crate::tls::watch(
+        security.reloadables(),
+        Duration::from_secs(config.server.tls_reload_interval_secs),
+        stop_reload.clone(),
+    ));
 
     let http_state = HttpState {
         readiness: readiness.clone(),
@@ -287,7 +356,7 @@ pub async fn run(
         stop_readiness.clone(),
     ));
     if !config.server.ports_file.as_os_str().is_empty() {
-        write_ports_file(&config.server.ports_file, grpc_addr, http_addr)?;
+        write_ports_file(&config.server.ports_file, grpc_addr, peer_addr, http_addr)?;
     }
     metrics::gauge!("skuld_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     if config.is_clustered() {
@@ -382,9 +451,18 @@ pub async fn run(
     if tokio::time::timeout(left(), servers.wait()).await.is_err() {
         tracing::warn!("servers still open at the drain deadline");
     }
+    stop_reload.cancel();
+    let _ = reload.await;
     if grpc.is_finished() {
         if let Ok(Err(error)) = grpc.await {
             tracing::warn!(%error, "gRPC server stopped with an error");
+        }
+    }
+    if let Some(peer_server) = peer_server {
+        if peer_server.is_finished() {
+            if let Ok(Err(error)) = peer_server.await {
+                tracing::warn!(%error, "peer gRPC server stopped with an error");
+            }
         }
     }
     if http.is_finished() {
@@ -427,12 +505,98 @@ async fn render_metrics(State(state): State<HttpState>) -> (StatusCode, String) 
     }
 }
 
-/// Writes `{"grpc": ..., "http": ...}` atomically, for harnesses that bind
-/// port 0 and need to learn the ports.
-fn write_ports_file(path: &Path, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "grpc": grpc.to_string(), "http": http.to_string() });
+/// Writes `{"grpc": ..., "peer": ..., "http": ...}` atomically, for
+/// harnesses that bind port 0 and need to learn the ports (`peer` is null
+/// outside cluster mode).
+fn write_ports_file(
+    path: &Path,
+    grpc: SocketAddr,
+    peer: Option<SocketAddr>,
+    http: SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "grpc": grpc.to_string(),
+        "peer": peer.map(|peer| peer.to_string()),
+        "http": http.to_string(),
+    });
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, body.to_string())
         .with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The TLS of the node's listeners and peer client, read at start.
+struct Security {
+    /// The client API's, when it has TLS.
+    client: Option<Arc<ServerTls>>,
+    /// Cluster mode's: the peer listener's and the peer client's.
+    peer: Option<PeerTls>,
+}
+
+struct PeerTls {
+    server: Arc<ServerTls>,
+    client: Arc<PeerClientTls>,
+}
+
+impl Security {
+    fn load(config: &Config) -> anyhow::Result<Self> {
+        let server = &config.server;
+        let client = if server.tls_cert_file.as_os_str().is_empty() {
+            None
+        } else {
+            let client_auth = match (
+                server.tls_client_ca_file.as_os_str().is_empty(),
+                server.tls_require_client_cert,
+            ) {
+                (true, _) => ClientAuth::None,
+                (false, false) => ClientAuth::Optional,
+                (false, true) => ClientAuth::Required,
+            };
+            let files = TlsFiles::new(
+                &server.tls_cert_file,
+                &server.tls_key_file,
+                &server.tls_client_ca_file,
+            );
+            Some(ServerTls::load("client", files, client_auth).context("client API TLS")?)
+        };
+        let peer = if config.is_clustered() {
+            let cluster = &config.cluster;
+            let files = TlsFiles::new(
+                &cluster.peer_tls_cert_file,
+                &cluster.peer_tls_key_file,
+                &cluster.peer_tls_ca_file,
+            );
+            Some(PeerTls {
+                server: ServerTls::load("peer", files.clone(), ClientAuth::Required)
+                    .context("peer TLS")?,
+                client: PeerClientTls::load(files).context("peer TLS")?,
+            })
+        } else {
+            None
+        };
+        Ok(Self { client, peer })
+    }
+
+    fn reloadables(&self) -> Vec<Arc<dyn Reloadable>> {
+        let mut reloadables: Vec<Arc<dyn Reloadable>> = Vec::new();
+        if let Some(client) = &self.client {
+            reloadables.push(Arc::clone(client) as _);
+        }
+        if let Some(peer) = &self.peer {
+            reloadables.push(Arc::clone(&peer.server) as _);
+            reloadables.push(Arc::clone(&peer.client) as _);
+        }
+        reloadables
+    }
+}
+
+/// The descriptors of the client API (skuld.v1), without the internal
+/// peer API's.
+fn client_descriptors() -> anyhow::Result<prost_types::FileDescriptorSet> {
+    use prost::Message as _;
+    let mut set = prost_types::FileDescriptorSet::decode(skuld_proto::FILE_DESCRIPTOR_SET)
+        .context("cannot read the API's descriptors")?;
+    set.file
+        .retain(|file| !file.package().starts_with("skuld.internal"));
+    Ok(set)
 }

@@ -19,6 +19,7 @@ async fn a_node_serves_in_process_and_stops_when_told() {
     config.server.drain_timeout_secs = 2;
     let listeners = Listeners {
         grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        peer: None,
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let grpc: SocketAddr = listeners.grpc.local_addr().unwrap();

@@ -15,6 +15,7 @@ use skuld_proto::v1::admin_service_client::AdminServiceClient;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
 use tonic::transport::Channel;
 
+use crate::certs::{Leaf, TestCa};
 use crate::proxy::FaultProxy;
 use crate::services::{Etcd, Postgres};
 use crate::workload::channel;
@@ -53,6 +54,8 @@ pub struct TestCluster {
     /// By index, when proxied.
     pub links: Vec<Option<NodeLinks>>,
     pub options: ClusterOptions,
+    /// The cluster's own CA: it signs every node's peer certificate.
+    pub peer_ca: TestCa,
 }
 
 pub fn node_id(index: usize) -> String {
@@ -75,6 +78,25 @@ pub fn owner_in<T>(result: &Result<tonic::Response<T>, tonic::Status>) -> Option
     }
     .and_then(|value| value.to_str().ok())
     .map(str::to_owned)
+}
+
+/// The peer listener flags of a cluster node: a free loopback port and a
+/// certificate of `ca` for the loopback address it advertises.
+pub fn peer_tls_options(
+    ca: &TestCa,
+    dir: &std::path::Path,
+    node: &str,
+) -> anyhow::Result<NodeOptions> {
+    let files = ca.issue(
+        &Leaf::new(node, &["127.0.0.1", "localhost"]),
+        &dir.join("certs"),
+        node,
+    )?;
+    Ok(NodeOptions::default()
+        .arg("--peer-addr", "127.0.0.1:0")
+        .arg("--peer-tls-cert-file", files.cert.display())
+        .arg("--peer-tls-key-file", files.key.display())
+        .arg("--peer-tls-ca-file", files.ca.display()))
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -101,6 +123,7 @@ impl TestCluster {
             nodes: Vec::new(),
             links: Vec::new(),
             options,
+            peer_ca: TestCa::new("skuld test cluster CA")?,
         };
         for _ in 0..nodes {
             cluster.add_node(NodeOptions::default()).await?;
@@ -129,7 +152,8 @@ impl TestCluster {
             ),
             _ => (self.etcd.endpoint(), self.postgres_url.clone()),
         };
-        let mut options = NodeOptions::default()
+        let mut options = peer_tls_options(&self.peer_ca, self.dir.path(), &node_id(index))
+            .unwrap_or_else(|error| panic!("cannot issue node {index}'s peer certificate: {error:#}"))
             .arg("--etcd-endpoints", etcd)
             .arg("--postgres-url", postgres_url)
             .arg("--node-id", node_id(index))

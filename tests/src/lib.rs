@@ -167,6 +167,8 @@ pub struct TestNode {
     options: NodeOptions,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// `127.0.0.1:PORT` of the peer listener (cluster mode), else empty.
+    pub peer_addr: String,
     starts: u32,
 }
 
@@ -181,6 +183,7 @@ impl TestNode {
             options,
             grpc_addr: String::new(),
             http_addr: String::new(),
+            peer_addr: String::new(),
             starts: 0,
         };
         node.spawn().await?;
@@ -251,6 +254,7 @@ impl TestNode {
                     }
                     self.grpc_addr = grpc.to_owned();
                     self.http_addr = http.to_owned();
+                    self.peer_addr = ports["peer"].as_str().unwrap_or_default().to_owned();
                 }
             }
             if !self.http_addr.is_empty() {

@@ -517,13 +517,24 @@ async fn sigterm_drains_exits_zero_and_keeps_the_data() {
 #[test]
 fn skuld_config_never_prints_a_password() {
     let binary = skuld_tests::skuld_binary().unwrap();
+    // Cluster mode needs its peer certificate files named (not read here).
+    let peer_tls = [
+        "--peer-tls-cert-file",
+        "/tls/tls.crt",
+        "--peer-tls-key-file",
+        "/tls/tls.key",
+        "--peer-tls-ca-file",
+        "/tls/ca.crt",
+    ];
     let shown = std::process::Command::new(&binary)
         .args(["config", "--etcd-endpoints", "http://etcd:2379"])
+        .args(peer_tls)
         .args(["--postgres-url", "postgres://skuld:s3cret@pg/skuld"])
         .output()
         .unwrap();
     let from_env = std::process::Command::new(&binary)
         .args(["config", "--etcd-endpoints", "http://etcd:2379"])
+        .args(peer_tls)
         .env(
             "SKULD_POSTGRES_URL",
             "host=pg user=skuld password=s3cret dbname=skuld",

@@ -84,8 +84,11 @@ async fn a_node_still_joining_stops_cleanly_on_sigterm() {
     let silent_etcd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let etcd = format!("http://{}", silent_etcd.local_addr().unwrap());
     let dir = tempfile::tempdir().unwrap();
+    let ca = skuld_tests::certs::TestCa::new("test CA").unwrap();
+    let peer = skuld_tests::cluster::peer_tls_options(&ca, dir.path(), "node-0").unwrap();
     let mut node = std::process::Command::new(skuld_tests::skuld_binary().unwrap())
         .args(["serve", "--etcd-endpoints", &etcd])
+        .args(&peer.args)
         .args(["--postgres-url", "postgres://skuld@127.0.0.1:1/skuld"])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .arg("--data-dir")

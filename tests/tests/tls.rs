@@ -1,0 +1,337 @@
+//! TLS on the client API, certificate rotation without a restart, and the
+//! peer API: its own port, mTLS with the cluster's CA only, and only for a
+//! certificate that names a current member. Real nodes, real handshakes.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skuld_proto::internal::v1 as wire;
+use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
+use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
+use skuld_tests::certs::{write_replacing, CertFiles, Leaf, TestCa};
+use skuld_tests::cluster::TestCluster;
+use skuld_tests::requests::{get, key, receive};
+use skuld_tests::{NodeOptions, TestDir, TestNode};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A new TLS connection to `addr` that trusts `ca_pem` and presents
+/// `identity` when given.
+async fn connect(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&CertFiles>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("127.0.0.1");
+    if let Some(files) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&files.cert)?,
+            std::fs::read(&files.key)?,
+        ));
+    }
+    Ok(Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+/// A plaintext connection, which a TLS port must refuse.
+async fn connect_plain(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+/// Receives one unit on `sku` over `channel`.
+async fn receive_one(channel: Channel, sku: &str, idempotency_key: &str) -> Result<(), String> {
+    let mut client = InventoryServiceClient::new(channel);
+    client
+        .adjust(receive(&key("acme", sku, "store-1"), idempotency_key, 1))
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// The version of position `sku` as a trusted client sees it (0: never
+/// written).
+async fn version_of(channel: Channel, sku: &str) -> u64 {
+    let mut client = InventoryServiceClient::new(channel);
+    client
+        .get_position(get(&key("acme", sku, "store-1")))
+        .await
+        .ok()
+        .and_then(|reply| reply.into_inner().position)
+        .map_or(0, |position| position.version)
+}
+
+fn tls_node_options(server: &CertFiles) -> NodeOptions {
+    NodeOptions::default()
+        .arg("--tls-cert-file", server.cert.display())
+        .arg("--tls-key-file", server.key.display())
+}
+
+fn server_leaf() -> Leaf {
+    Leaf::new("skuld", &["127.0.0.1", "localhost"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_over_tls_refuses_plaintext_and_an_untrusted_server() {
+    let dir = TestDir::new().unwrap();
+    let ca = TestCa::new("client API CA").unwrap();
+    let other_ca = TestCa::new("another CA").unwrap();
+    let server = ca.issue(&server_leaf(), dir.path(), "server").unwrap();
+    let node = TestNode::start(&dir.node_dir("node"), tls_node_options(&server))
+        .await
+        .unwrap();
+    let addr = node.grpc_addr();
+
+    let trusted = connect(addr, ca.pem(), None).await.unwrap();
+    receive_one(trusted.clone(), "sku-1", "ok-1").await.unwrap();
+
+    // Plaintext never reaches a handler: the connection or the call fails.
+    let plain = match connect_plain(addr).await {
+        Ok(channel) => receive_one(channel, "sku-2", "plain-1").await.err(),
+        Err(error) => Some(error.to_string()),
+    };
+    assert!(plain.is_some(), "a plaintext call went through");
+    // A client that trusts another CA does not talk to this server.
+    assert!(
+        connect(addr, other_ca.pem(), None).await.is_err(),
+        "a client trusting another CA connected"
+    );
+    assert_eq!(
+        version_of(trusted.clone(), "sku-2").await,
+        0,
+        "something was stored"
+    );
+    assert_eq!(version_of(trusted, "sku-1").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_client_certificate_must_be_current_and_of_the_clients_ca() {
+    let dir = TestDir::new().unwrap();
+    let server_ca = TestCa::new("server CA").unwrap();
+    let client_ca = TestCa::new("client CA").unwrap();
+    let rogue_ca = TestCa::new("rogue CA").unwrap();
+    let server = server_ca
+        .issue(&server_leaf(), dir.path(), "server")
+        .unwrap();
+    let good = client_ca
+        .issue(&Leaf::new("svc-oms", &["svc-oms"]), dir.path(), "good")
+        .unwrap();
+    let expired = client_ca
+        .issue(
+            &Leaf::new("svc-oms", &["svc-oms"]).expired(),
+            dir.path(),
+            "expired",
+        )
+        .unwrap();
+    let rogue = rogue_ca
+        .issue(&Leaf::new("svc-oms", &["svc-oms"]), dir.path(), "rogue")
+        .unwrap();
+    let options = tls_node_options(&server)
+        .arg("--tls-client-ca-file", good.ca.display())
+        .arg("--tls-require-client-cert", "true");
+    let node = TestNode::start(&dir.node_dir("node"), options)
+        .await
+        .unwrap();
+    let addr = node.grpc_addr();
+
+    for (case, identity) in [
+        ("no client certificate", None),
+        ("a certificate of another CA", Some(&rogue)),
+        ("an expired certificate", Some(&expired)),
+    ] {
+        // rustls may finish the client's side of the handshake before the
+        // server's verdict arrives: the refusal shows at connect or at the
+        // first call.
+        let refused = match connect(addr, server_ca.pem(), identity).await {
+            Ok(channel) => receive_one(channel, "sku-1", case).await.err(),
+            Err(error) => Some(format!("{error:#}")),
+        };
+        assert!(refused.is_some(), "{case}: the call went through");
+    }
+    let trusted = connect(addr, server_ca.pem(), Some(&good)).await.unwrap();
+    assert_eq!(
+        version_of(trusted.clone(), "sku-1").await,
+        0,
+        "a refused connection stored something"
+    );
+    receive_one(trusted.clone(), "sku-1", "good-1")
+        .await
+        .unwrap();
+    assert_eq!(version_of(trusted, "sku-1").await, 1);
+}
+
+/// cert-manager rewrites the mounted secret in place: a new connection gets
+/// the new certificate, calls on connections already open go on, and a
+/// rotation seen half-way (the new key beside the old certificate) keeps
+/// the old pair rather than breaking the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_on_disk_is_served_without_a_restart_or_a_failed_call() {
+    let dir = TestDir::new().unwrap();
+    let old_ca = TestCa::new("old CA").unwrap();
+    let new_ca = TestCa::new("new CA").unwrap();
+    let served = old_ca.issue(&server_leaf(), dir.path(), "server").unwrap();
+    let options = tls_node_options(&served).arg("--tls-reload-interval-secs", 1);
+    let node = TestNode::start(&dir.node_dir("node"), options)
+        .await
+        .unwrap();
+    let addr = node.grpc_addr().to_owned();
+
+    // A client on a connection of the old certificate, calling all along.
+    let open = connect(&addr, old_ca.pem(), None).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let caller = tokio::spawn({
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match receive_one(open.clone(), "sku-open", &format!("open-{n}")).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        eprintln!("call in flight failed: {error}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+
+    // Half a rotation: a new key, the old certificate. Not usable: the
+    // port keeps serving the old pair.
+    let next = new_ca
+        .issue(&server_leaf(), &dir.path().join("next"), "server")
+        .unwrap();
+    let next_key = std::fs::read_to_string(&next.key).unwrap();
+    write_replacing(&served.key, &next_key).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    connect(&addr, old_ca.pem(), None)
+        .await
+        .expect("after half a rotation the old certificate should still be served");
+    assert!(
+        node.log()
+            .contains("cannot be used; keeping the previous ones"),
+        "the half rotation was not reported"
+    );
+
+    // The other half: now the new certificate is served to new connections.
+    let next_cert = std::fs::read_to_string(&next.cert).unwrap();
+    write_replacing(&served.cert, &next_cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if connect(&addr, new_ca.pem(), None).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        connect(&addr, old_ca.pem(), None).await.is_err(),
+        "a new connection still got the old certificate"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    caller.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "calls in flight failed across the rotation"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "the open connection made too few calls"
+    );
+}
+
+/// Sends one forwarded command to `addr`'s peer API over `channel`.
+async fn forward(channel: Channel) -> Result<(), tonic::Status> {
+    PeerServiceClient::new(channel)
+        .forward(wire::ForwardRequest {
+            kind: "position".into(),
+            operation: wire::Operation::Mutate.into(),
+            // Not a command: what a caller that passed the checks gets back
+            // is INVALID_ARGUMENT, which tells the checks apart.
+            payload: vec![0xff; 16],
+        })
+        .await
+        .map(|_| ())
+}
+
+fn issue(ca: &TestCa, dir: &Path, name: &str, names: &[&str]) -> CertFiles {
+    ca.issue(&Leaf::new(name, names), dir, name).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_api_is_on_its_own_port_and_only_for_certificates_of_members() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let node = cluster.node(0);
+    let peer_addr = node.peer_addr.clone();
+    assert!(
+        !peer_addr.is_empty(),
+        "the ports file names no peer listener"
+    );
+    let certs = cluster.dir.path().join("callers");
+
+    // The client port does not serve it at all.
+    let client_port = connect_plain(node.grpc_addr()).await.unwrap();
+    let status = forward(client_port).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // Plaintext, no certificate, a certificate of another CA: no call.
+    let plain = match connect_plain(&peer_addr).await {
+        Ok(channel) => forward(channel).await.err().map(|status| status.code()),
+        Err(_) => Some(tonic::Code::Unavailable),
+    };
+    assert!(plain.is_some(), "a plaintext peer call went through");
+    let cluster_ca = cluster.peer_ca.pem();
+    let no_cert = match connect(&peer_addr, cluster_ca, None).await {
+        Ok(channel) => forward(channel).await.err().map(|status| status.code()),
+        Err(_) => Some(tonic::Code::Unavailable),
+    };
+    assert!(
+        matches!(no_cert, Some(code) if code != tonic::Code::InvalidArgument),
+        "a peer call without a certificate reached the handler: {no_cert:?}"
+    );
+    let rogue_ca = TestCa::new("rogue CA").unwrap();
+    let rogue = issue(&rogue_ca, &certs, "rogue", &["127.0.0.1"]);
+    let from_rogue = match connect(&peer_addr, cluster_ca, Some(&rogue)).await {
+        Ok(channel) => forward(channel).await.err().map(|status| status.code()),
+        Err(_) => Some(tonic::Code::Unavailable),
+    };
+    assert!(
+        matches!(from_rogue, Some(code) if code != tonic::Code::InvalidArgument),
+        "a certificate of another CA reached the handler: {from_rogue:?}"
+    );
+
+    // The cluster's CA also signed a service's certificate: it is not a
+    // node, so it may not forward.
+    let service = issue(&cluster.peer_ca, &certs, "svc-oms", &["svc-oms.example"]);
+    let channel = connect(&peer_addr, cluster_ca, Some(&service))
+        .await
+        .unwrap();
+    let status = forward(channel).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // A certificate naming the host a member advertises passes the checks
+    // (and its garbage payload is refused as such, nothing applied).
+    let member = issue(&cluster.peer_ca, &certs, "node-x", &["127.0.0.1"]);
+    let channel = connect(&peer_addr, cluster_ca, Some(&member))
+        .await
+        .unwrap();
+    let status = forward(channel).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}
