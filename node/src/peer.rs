@@ -21,8 +21,8 @@ use skuld_cluster::shards::Peer;
 use skuld_proto::internal::v1 as wire;
 use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
 use skuld_proto::internal::v1::peer_service_server::PeerService;
-use tonic::metadata::MetadataValue;
 use tokio::sync::watch;
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -53,10 +53,16 @@ impl PeerApi {
 
     /// The caller's certificate (verified by the listener to chain to the
     /// cluster CA) must name the host a current member advertises.
-    fn check_caller(&self, certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>) -> Result<(), Status> {
+    fn check_caller(
+        &self,
+        certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    ) -> Result<(), Status> {
         let Some(leaf) = certs.as_ref().and_then(|certs| certs.first().cloned()) else {
-            metrics::counter!("skuld_peer_refused_total", "reason" => "no_certificate").increment(1);
-            return Err(Status::unauthenticated("the peer API needs a node certificate"));
+            metrics::counter!("skuld_peer_refused_total", "reason" => "no_certificate")
+                .increment(1);
+            return Err(Status::unauthenticated(
+                "the peer API needs a node certificate",
+            ));
         };
         let view = Arc::clone(&self.members.borrow());
         let member = view.members.values().any(|member| {
