@@ -386,7 +386,10 @@ pub(super) async fn drive(
     // load is after their `now`.
     let opened = match args.subscribers {
         0 => None,
-        count => Some(subscribers::open_subscribers(&args.endpoint, count).await?),
+        count => Some(
+            subscribers::open_subscribers(&args.endpoint, args.tls_ca_file.as_deref(), count)
+                .await?,
+        ),
     };
     // The loops below take their own start within microseconds of this one
     // (as measure_cpu does): close enough for a window of seconds.

@@ -94,6 +94,11 @@ struct Args {
     /// spread the connections over them.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     endpoint: String,
+    /// PEM CA bundle the node's client API certificate chains to: the
+    /// endpoints are https:// (with --spawn-node: pass the node its
+    /// --tls-cert-file and --tls-key-file after `--`).
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
     /// Start `target/release/skuld serve` in a temp data dir, wait for
     /// /readyz, run, then SIGTERM it (reports its peak RSS).
     #[arg(long)]
@@ -176,6 +181,31 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+/// One HTTP/2 connection to `endpoint`, over TLS when `tls_ca_file` is
+/// given (the server's name is the endpoint's host).
+pub(crate) async fn open_channel(
+    endpoint: &str,
+    tls_ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let mut builder = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("bad endpoint {endpoint}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if let Some(ca) = tls_ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        builder = builder
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .context("bad TLS settings")?;
+    }
+    builder
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach skuld at {endpoint}"))
+}
+
 async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
     let mut inventory = Vec::new();
     let mut returns = Vec::new();
@@ -190,13 +220,7 @@ async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
             .get(index % endpoints.len().max(1))
             .with_context(|| format!("no endpoint in {:?}", args.endpoint))?;
         // One HTTP/2 connection per channel.
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .with_context(|| format!("bad endpoint {endpoint}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach skuld at {endpoint}"))?;
+        let channel = open_channel(endpoint, args.tls_ca_file.as_deref()).await?;
         inventory.push(InventoryServiceClient::new(channel.clone()));
         returns.push(ReturnsServiceClient::new(channel));
     }
@@ -219,7 +243,12 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
             .clone()
             .unwrap_or_else(skuld_benches::node::default_binary);
         let node = SpawnedNode::start(&binary, &args.node_args).await?;
-        args.endpoint = format!("http://{}", node.grpc);
+        let scheme = if args.tls_ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        args.endpoint = format!("{scheme}://{}", node.grpc);
         args.node_pid = Some(node.pid());
         Some(node)
     } else {

@@ -32,7 +32,7 @@ use serde::Serialize;
 use skuld_benches::stats::{histogram, Percentiles};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::event_service_client::EventServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::drive::record_micros;
@@ -126,6 +126,7 @@ fn wall_unix_us() -> i64 {
 /// starting position: events of load sent after this are all delivered.
 pub(super) async fn open_subscribers(
     endpoints: &str,
+    tls_ca_file: Option<&std::path::Path>,
     count: usize,
 ) -> anyhow::Result<OpenedSubscribers> {
     let endpoints: Vec<&str> = endpoints
@@ -138,13 +139,9 @@ pub(super) async fn open_subscribers(
         let endpoint = endpoints
             .get(index % endpoints.len().max(1))
             .context("no endpoint to subscribe to")?;
-        let channel: Channel = Endpoint::from_shared(endpoint.to_string())
-            .with_context(|| format!("bad endpoint {endpoint}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
+        let channel: Channel = super::open_channel(endpoint, tls_ca_file)
             .await
-            .with_context(|| format!("subscriber {index}: cannot reach skuld at {endpoint}"))?;
+            .with_context(|| format!("subscriber {index}"))?;
         let request = pb::SubscribeRequest {
             from: Some(pb::subscribe_request::From::Now(true)),
             filter: None,
