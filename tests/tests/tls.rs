@@ -271,6 +271,52 @@ async fn forward(channel: Channel) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+/// The services reflection lists, and whether it describes the peer
+/// service when asked by name.
+async fn reflect(channel: Channel) -> (Vec<String>, bool) {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("skuld.internal.v1.PeerService".into()),
+    ]
+    .map(|request| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    });
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut services = Vec::new();
+    let mut described = false;
+    // tonic's reflection ends the stream with NOT_FOUND for an unknown
+    // symbol (rather than an error message in it).
+    loop {
+        let reply = match replies.message().await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => break,
+            Err(status) if status.code() == tonic::Code::NotFound => break,
+            Err(status) => panic!("reflection failed: {status:?}"),
+        };
+        match reply.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                services = list
+                    .service
+                    .into_iter()
+                    .map(|service| service.name)
+                    .collect();
+            }
+            Some(MessageResponse::FileDescriptorResponse(_)) => described = true,
+            _ => {}
+        }
+    }
+    (services, described)
+}
+
 fn issue(ca: &TestCa, dir: &Path, name: &str, names: &[&str]) -> CertFiles {
     ca.issue(&Leaf::new(name, names), dir, name).unwrap()
 }
@@ -286,10 +332,28 @@ async fn the_peer_api_is_on_its_own_port_and_only_for_certificates_of_members() 
     );
     let certs = cluster.dir.path().join("callers");
 
-    // The client port does not serve it at all.
+    // The client port does not serve it at all, and its reflection neither
+    // lists nor describes it.
     let client_port = connect_plain(node.grpc_addr()).await.unwrap();
-    let status = forward(client_port).await.unwrap_err();
+    let status = forward(client_port.clone()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    let (services, internal) = reflect(client_port).await;
+    assert!(
+        services
+            .iter()
+            .any(|name| name == "skuld.v1.InventoryService"),
+        "{services:?}"
+    );
+    assert!(
+        !services
+            .iter()
+            .any(|name| name.starts_with("skuld.internal")),
+        "reflection lists the peer API: {services:?}"
+    );
+    assert!(
+        !internal,
+        "reflection describes skuld.internal.v1.PeerService"
+    );
 
     // Plaintext, no certificate, a certificate of another CA: no call.
     let plain = match connect_plain(&peer_addr).await {

@@ -96,7 +96,7 @@ struct Args {
     endpoint: String,
     /// PEM CA bundle the node's client API certificate chains to: the
     /// endpoints are https:// (with --spawn-node: pass the node its
-    /// --tls-cert-file and --tls-key-file after `--`).
+    /// --tls-cert-file and --tls-key-file with --node-arg).
     #[arg(long)]
     tls_ca_file: Option<PathBuf>,
     /// Start `target/release/skuld serve` in a temp data dir, wait for
