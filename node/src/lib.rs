@@ -6,6 +6,7 @@
 pub mod admin_api;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod census;
 pub mod cli;
 pub mod cluster;

@@ -12,6 +12,14 @@
 //! | ShardMoving | UNAVAILABLE (RetryInfo and `retry-after-ms`: a handoff is under way) |
 //! | EventsExpired | OUT_OF_RANGE (google.rpc.ErrorInfo EVENTS_EXPIRED, metadata `oldest_resume_token`) |
 //! | Remote | the code the owning node answered with |
+//!
+//! and, from authentication and authorization (`crate::auth`):
+//!
+//! | failure | status |
+//! |---|---|
+//! | no credential, or one that does not verify | UNAUTHENTICATED, one message for every cause |
+//! | a role or tenant the credential does not grant | PERMISSION_DENIED, one message |
+//! | the tenant's request quota | RESOURCE_EXHAUSTED (google.rpc.RetryInfo and `retry-after-ms`) |
 
 use std::time::Duration;
 
@@ -113,6 +121,34 @@ pub fn retry_after_ms(error: &Error) -> Option<u64> {
         Error::Remote { retry_after_ms, .. } => *retry_after_ms,
         _ => None,
     }
+}
+
+/// What every authentication failure answers: the same text whatever the
+/// cause (missing, malformed, expired, unknown key, bad signature), so a
+/// caller cannot probe which part of a forged token was wrong.
+pub const UNAUTHENTICATED: &str =
+    "unauthenticated: a valid bearer token or a known client certificate is required";
+/// What every authorization failure answers. It names neither the check
+/// that failed nor the entity, so it cannot tell whether the entity exists.
+pub const PERMISSION_DENIED: &str =
+    "permission denied: the credential does not grant this request for this tenant";
+
+pub fn unauthenticated() -> Status {
+    Status::unauthenticated(UNAUTHENTICATED)
+}
+
+pub fn permission_denied() -> Status {
+    Status::permission_denied(PERMISSION_DENIED)
+}
+
+/// A tenant over its request quota: RESOURCE_EXHAUSTED with the same retry
+/// hint (RetryInfo and `retry-after-ms`) as an overloaded node.
+pub fn tenant_quota_exhausted(retry_after_ms: u64) -> Status {
+    with_retry_hint(
+        Code::ResourceExhausted,
+        "tenant request quota exceeded on this node".into(),
+        retry_after_ms,
+    )
 }
 
 fn with_retry_hint(code: Code, message: String, retry_after_ms: u64) -> Status {

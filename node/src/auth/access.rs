@@ -1,0 +1,215 @@
+//! What each client RPC needs: a role, and the tenant it acts on, read
+//! from the request message. Every request type `rpc::serve` takes must say
+//! so here, so a new RPC cannot be added without deciding who may call it.
+
+use skuld_proto::v1 as pb;
+
+use super::principal::Role;
+
+/// What a request needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access<'a> {
+    /// `None`: any authenticated caller.
+    pub role: Option<Role>,
+    pub target: Target<'a>,
+}
+
+/// Which tenant a request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// One tenant, named in the message (empty when the message names none;
+    /// validation refuses it later, for callers allowed every tenant).
+    Tenant(&'a str),
+    /// Every tenant at once (an empty tenant filter): needs `"*"`.
+    EveryTenant,
+    /// No tenant: the node or the cluster.
+    Node,
+    /// A tenant known only once the thing the request names is looked up
+    /// (a webhook by id); the handler checks it ([`super::Caller::admit_tenant`]).
+    Looked,
+}
+
+/// A request message that declares the access it needs.
+pub trait Scoped {
+    fn access(&self) -> Access<'_>;
+}
+
+fn tenant(role: Role, tenant: &str) -> Access<'_> {
+    Access {
+        role: Some(role),
+        target: Target::Tenant(tenant),
+    }
+}
+
+fn position_tenant(key: Option<&pb::PositionKey>) -> &str {
+    key.map_or("", |key| key.tenant.as_str())
+}
+
+fn mutation_tenant(header: Option<&pb::MutationHeader>) -> &str {
+    position_tenant(header.and_then(|header| header.key.as_ref()))
+}
+
+fn return_tenant(key: Option<&pb::ReturnKey>) -> &str {
+    key.map_or("", |key| key.tenant.as_str())
+}
+
+fn return_header_tenant(header: Option<&pb::ReturnHeader>) -> &str {
+    return_tenant(header.and_then(|header| header.key.as_ref()))
+}
+
+/// An empty tenant filter means every tenant.
+fn filter(role: Role, tenant: &str) -> Access<'_> {
+    Access {
+        role: Some(role),
+        target: if tenant.is_empty() {
+            Target::EveryTenant
+        } else {
+            Target::Tenant(tenant)
+        },
+    }
+}
+
+const fn node(role: Option<Role>) -> Access<'static> {
+    Access {
+        role,
+        target: Target::Node,
+    }
+}
+
+const fn looked(role: Role) -> Access<'static> {
+    Access {
+        role: Some(role),
+        target: Target::Looked,
+    }
+}
+
+macro_rules! scoped {
+    ($($message:ident),+ => |$request:ident| $access:expr) => {
+        $(
+            impl Scoped for pb::$message {
+                fn access(&self) -> Access<'_> {
+                    let $request = self;
+                    $access
+                }
+            }
+        )+
+    };
+}
+
+// Inventory.
+scoped!(
+    AdjustRequest, SetOnHandRequest, MoveRequest, ReserveRequest, ExtendReservationRequest,
+    ReleaseReservationRequest, CommitReservationRequest, FulfillRequest, CancelCommitmentRequest
+    => |request| tenant(Role::Writer, mutation_tenant(request.header.as_ref()))
+);
+scoped!(GetPositionRequest => |request| tenant(Role::Reader, position_tenant(request.key.as_ref())));
+scoped!(GetAvailabilityRequest => |request| tenant(Role::Reader, &request.tenant));
+
+// Returns.
+scoped!(
+    OpenReturnRequest, FlagForReviewRequest, ApproveReturnRequest, DeclineReturnRequest,
+    AttachLabelRequest, RecordCarrierEventRequest, ReceiveItemsRequest, InspectItemsRequest,
+    DisposeItemsRequest, ProcessReturnRequest, ApproveRefundRequest, ConfirmErpRequest,
+    CloseReturnRequest, ReopenReturnRequest, CancelReturnRequest, ResolveExceptionRequest
+    => |request| tenant(Role::Writer, return_header_tenant(request.header.as_ref()))
+);
+scoped!(GetReturnRequest => |request| tenant(Role::Reader, return_tenant(request.key.as_ref())));
+scoped!(ListReturnsRequest => |request| tenant(Role::Reader, &request.tenant));
+
+// Events.
+scoped!(SubscribeRequest => |request| filter(
+    Role::Reader,
+    request.filter.as_ref().map_or("", |filter| filter.tenant.as_str()),
+));
+scoped!(GetHistoryRequest => |request| {
+    use pb::get_history_request::Aggregate;
+    tenant(Role::Reader, match &request.aggregate {
+        Some(Aggregate::Position(key)) => key.tenant.as_str(),
+        Some(Aggregate::ReturnCase(key)) => key.tenant.as_str(),
+        None => "",
+    })
+});
+
+// Webhooks: managing where a tenant's events go is an admin's job.
+scoped!(AddWebhookRequest => |request| tenant(Role::Admin, &request.tenant));
+scoped!(ListWebhooksRequest => |request| filter(Role::Admin, &request.tenant));
+scoped!(
+    RemoveWebhookRequest, RotateWebhookSecretRequest, ListDeadLettersRequest,
+    ReplayDeadLettersRequest
+    => |_request| looked(Role::Admin)
+);
+
+// The node and the cluster.
+scoped!(NodeStatusRequest => |_request| node(None));
+scoped!(
+    ListMembersRequest, ListShardsRequest, DrainNodeRequest, UndrainNodeRequest
+    => |_request| node(Some(Role::Admin))
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant: &str) -> Option<pb::PositionKey> {
+        Some(pb::PositionKey {
+            tenant: tenant.into(),
+            sku: "SKU-1".into(),
+            location: "DC1".into(),
+        })
+    }
+
+    #[test]
+    fn the_tenant_comes_from_the_message() {
+        let adjust = pb::AdjustRequest {
+            header: Some(pb::MutationHeader {
+                key: key("acme"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(adjust.access(), tenant(Role::Writer, "acme"));
+        assert_eq!(
+            pb::AdjustRequest::default().access(),
+            tenant(Role::Writer, "")
+        );
+        let get = pb::GetPositionRequest {
+            key: key("globex"),
+            ..Default::default()
+        };
+        assert_eq!(get.access(), tenant(Role::Reader, "globex"));
+    }
+
+    #[test]
+    fn an_empty_filter_is_every_tenant() {
+        let every = pb::SubscribeRequest::default();
+        assert_eq!(every.access().target, Target::EveryTenant);
+        let one = pb::SubscribeRequest {
+            filter: Some(pb::EventFilter {
+                tenant: "acme".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(one.access(), tenant(Role::Reader, "acme"));
+        assert_eq!(
+            pb::ListWebhooksRequest::default().access(),
+            Access {
+                role: Some(Role::Admin),
+                target: Target::EveryTenant
+            }
+        );
+    }
+
+    #[test]
+    fn node_operations_need_admin_except_the_status() {
+        assert_eq!(pb::NodeStatusRequest::default().access().role, None);
+        assert_eq!(
+            pb::DrainNodeRequest::default().access(),
+            node(Some(Role::Admin))
+        );
+        assert_eq!(
+            pb::RemoveWebhookRequest::default().access(),
+            looked(Role::Admin)
+        );
+    }
+}
