@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::auth::{self, Caller, Scoped};
 use crate::status::to_status;
 
 /// Metadata key of the correlation id, accepted and echoed back.
@@ -19,16 +20,63 @@ pub const CORRELATION_ID: &str = "x-correlation-id";
 /// so a smart client can go to the owner directly next time.
 pub const OWNER: &str = "skuld-owner";
 
+/// What a handler fails with: mostly the runtime's [`Error`]; a handler
+/// that authorizes once it has looked something up (a webhook by id) may
+/// fail with the status of that check.
+pub enum Failure {
+    Error(Error),
+    Status(Status),
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self::Error(error)
+    }
+}
+
+impl From<skuld_actors::Refusal> for Failure {
+    fn from(refusal: skuld_actors::Refusal) -> Self {
+        Self::Error(Error::Refused(refusal))
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
+}
+
 /// Wraps a handler with what every RPC needs: correlation id, deadline,
-/// a tracing span, metrics and the error-to-status mapping.
+/// a tracing span, the caller's authorization for the message (before the
+/// handler looks anything up), metrics and the error-to-status mapping.
 pub async fn serve<Req, Resp, F, Fut>(
     method: &'static str,
     request: Request<Req>,
     handler: F,
 ) -> Result<Response<Resp>, Status>
 where
+    Req: Scoped,
     F: FnOnce(Req, RequestMeta) -> Fut,
     Fut: Future<Output = Result<Resp, Error>>,
+{
+    serve_checked(method, request, |message, meta| async move {
+        handler(message, meta).await.map_err(Failure::Error)
+    })
+    .await
+}
+
+/// [`serve`] for a handler that checks the caller itself once it has
+/// looked up what the request names by id (its tenant unknown before),
+/// and so may fail with that check's status.
+pub async fn serve_checked<Req, Resp, F, Fut>(
+    method: &'static str,
+    request: Request<Req>,
+    handler: F,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Scoped,
+    F: FnOnce(Req, RequestMeta) -> Fut,
+    Fut: Future<Output = Result<Resp, Failure>>,
 {
     let started = Instant::now();
     let correlation_id = correlation_id(request.metadata());
@@ -49,12 +97,31 @@ where
         skuld.correlation_id = %correlation_id,
     );
     crate::trace_context::adopt_parent(&span, request.metadata());
-    let result = handler(request.into_inner(), meta)
-        .instrument(span.clone())
-        .await;
+    let admitted = span.in_scope(|| {
+        auth::admit(
+            request.extensions().get::<Caller>(),
+            request.get_ref().access(),
+        )
+    });
+    let result = match admitted {
+        Ok(()) => handler(request.into_inner(), meta)
+            .instrument(span.clone())
+            .await
+            .map_err(|failure| match failure {
+                Failure::Error(error) => {
+                    span.in_scope(|| match &error {
+                        Error::Unavailable(_) => tracing::warn!(%error, "request failed"),
+                        _ => tracing::debug!(%error, "request refused"),
+                    });
+                    to_status(&error)
+                }
+                Failure::Status(status) => status,
+            }),
+        Err(status) => Err(status),
+    };
     let status_code = match &result {
         Ok(_) => tonic::Code::Ok,
-        Err(error) => to_status(error).code(),
+        Err(status) => status.code(),
     };
     // A no-op unless OTLP export is on.
     span.set_attribute("rpc.grpc.status_code", status_code as i64);
@@ -77,12 +144,7 @@ where
             }
             Ok(response)
         }
-        Err(error) => {
-            span.in_scope(|| match &error {
-                Error::Unavailable(_) => tracing::warn!(%error, "request failed"),
-                _ => tracing::debug!(%error, "request refused"),
-            });
-            let mut status = to_status(&error);
+        Err(mut status) => {
             if let Some(value) = echo {
                 status.metadata_mut().insert(CORRELATION_ID, value);
             }

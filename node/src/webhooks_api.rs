@@ -10,12 +10,14 @@ use skuld_proto::v1 as pb;
 use skuld_proto::v1::webhook_service_server::WebhookService;
 use tonic::{Request, Response, Status};
 
-use crate::rpc;
+use crate::auth::Caller;
+use crate::rpc::{self, Failure};
 use crate::sinks::webhook::{
     self, new_secret, secret_key, DeadLetter, Endpoint, Secret, WebhookSettings, WebhookSink,
     DEAD_LETTER_KIND, ENDPOINT_KIND, ROTATION_OVERLAP,
 };
 use crate::sinks::{self, CURSOR_KIND};
+use crate::status;
 
 const DEFAULT_RATE: u32 = 10;
 const MAX_RATE: u32 = 1_000;
@@ -36,20 +38,41 @@ impl WebhooksApi {
         }
     }
 
-    async fn endpoint(&self, id: &str) -> Result<Endpoint, Error> {
-        let not_found =
-            || Error::Refused(Refusal::FailedPrecondition(format!("no webhook {id:?}")));
+    async fn find_endpoint(&self, id: &str) -> Result<Option<Endpoint>, Error> {
         if id.is_empty() || id.len() > 64 {
             return Err(Error::invalid("id", "a webhook id (wh_...)"));
         }
-        let raw = self
+        let Some(raw) = self
             .store
             .get_record(ENDPOINT_KIND, id)
             .await
             .map_err(store_error)?
-            .ok_or_else(not_found)?;
+        else {
+            return Ok(None);
+        };
         serde_json::from_slice(&raw)
+            .map(Some)
             .map_err(|error| Error::Unavailable(format!("webhook {id} is unreadable: {error}")))
+    }
+
+    /// The endpoint `id`, if `caller` may manage its tenant. A caller held
+    /// to some tenants gets the same PERMISSION_DENIED for an id that does
+    /// not exist as for another tenant's, so it cannot probe ids; only a
+    /// caller of every tenant learns that an id does not exist.
+    async fn endpoint(&self, caller: Option<&Caller>, id: &str) -> Result<Endpoint, Failure> {
+        // Never without one: rpc::serve refused the call already.
+        let caller = caller.ok_or_else(status::unauthenticated)?;
+        match self.find_endpoint(id).await? {
+            Some(endpoint) => {
+                caller.admit_tenant(&endpoint.tenant)?;
+                Ok(endpoint)
+            }
+            None if caller.sees_every_tenant() => Err(Error::Refused(Refusal::FailedPrecondition(
+                format!("no webhook {id:?}"),
+            ))
+            .into()),
+            None => Err(caller.forbidden().into()),
+        }
     }
 
     async fn save(&self, endpoint: &Endpoint) -> Result<(), Error> {
@@ -187,8 +210,9 @@ impl WebhookService for WebhooksApi {
         &self,
         request: Request<pb::RemoveWebhookRequest>,
     ) -> Result<Response<pb::RemoveWebhookResponse>, Status> {
-        rpc::serve("RemoveWebhook", request, |request, _| async move {
-            let endpoint = self.endpoint(&request.id).await?;
+        let caller = Caller::of(&request);
+        rpc::serve_checked("RemoveWebhook", request, |request, _| async move {
+            let endpoint = self.endpoint(caller.as_ref(), &request.id).await?;
             self.store
                 .delete_record(ENDPOINT_KIND, &endpoint.id)
                 .await
@@ -215,8 +239,9 @@ impl WebhookService for WebhooksApi {
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
-        rpc::serve("RotateWebhookSecret", request, |request, _| async move {
-            let mut endpoint = self.endpoint(&request.id).await?;
+        let caller = Caller::of(&request);
+        rpc::serve_checked("RotateWebhookSecret", request, |request, _| async move {
+            let mut endpoint = self.endpoint(caller.as_ref(), &request.id).await?;
             let now = skuld_cluster::now_ms();
             let retires = now + i64::try_from(ROTATION_OVERLAP.as_millis()).unwrap_or(i64::MAX);
             endpoint
@@ -243,15 +268,22 @@ impl WebhookService for WebhooksApi {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        rpc::serve("ListDeadLetters", request, |request, _| async move {
+        let caller = Caller::of(&request);
+        rpc::serve_checked("ListDeadLetters", request, |request, _| async move {
             if request.webhook_id.is_empty() || request.webhook_id.contains('/') {
-                return Err(Error::invalid("webhook_id", "a webhook id (wh_...)"));
+                return Err(Error::invalid("webhook_id", "a webhook id (wh_...)").into());
             }
             let page_size = match request.page_size {
                 0 => 100,
                 n if n <= 1_000 => n as usize,
-                _ => return Err(Error::invalid("page_size", "1 to 1000")),
+                _ => return Err(Error::invalid("page_size", "1 to 1000").into()),
             };
+            // A caller of every tenant may list the dead letters of an
+            // endpoint already removed; others only those of an endpoint of
+            // theirs.
+            if !caller.as_ref().is_some_and(Caller::sees_every_tenant) {
+                self.endpoint(caller.as_ref(), &request.webhook_id).await?;
+            }
             let prefix = format!("{}/", request.webhook_id);
             let after = (!request.page_token.is_empty()).then(|| request.page_token.clone());
             let page = self
@@ -288,8 +320,9 @@ impl WebhookService for WebhooksApi {
         &self,
         request: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
-        rpc::serve("ReplayDeadLetters", request, |request, _| async move {
-            let endpoint = self.endpoint(&request.webhook_id).await?;
+        let caller = Caller::of(&request);
+        rpc::serve_checked("ReplayDeadLetters", request, |request, _| async move {
+            let endpoint = self.endpoint(caller.as_ref(), &request.webhook_id).await?;
             let sink = WebhookSink::new(
                 endpoint,
                 self.client.clone(),
