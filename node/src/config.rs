@@ -108,6 +108,8 @@ impl Config {
         self.cluster.validate()?;
         self.postgres.validate()?;
         self.telemetry.validate()?;
+        self.auth.validate()?;
+        self.validate_identities()?;
         if self.is_clustered() {
             self.cluster.validate_peer_tls()?;
         }
@@ -450,6 +452,71 @@ impl Telemetry {
     }
 }
 
+impl Auth {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.jwks_file.as_os_str().is_empty() && self.jwt_audience.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "jwt_audience must not be empty: tokens must name the audience they are for".into(),
+            ));
+        }
+        if self
+            .jwt_issuers
+            .iter()
+            .any(|issuer| issuer.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "jwt_issuers must not hold an empty issuer".into(),
+            ));
+        }
+        if self.tenant_burst > 0 && self.tenant_requests_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "tenant_burst needs tenant_requests_per_sec (0 there means no quota)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `[identities]`: known roles, no empty tenant, names that differ
+    /// other than by case (certificate names are matched ignoring it), and
+    /// a CA to verify the certificates they are read from.
+    fn validate_identities(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for (name, identity) in &self.identities {
+            if name.trim().is_empty() || !names.insert(name.to_ascii_lowercase()) {
+                return Err(ConfigError::Invalid(format!(
+                    "identities: {name:?} is empty or named twice (names are matched ignoring case)"
+                )));
+            }
+            if let Some(role) = identity
+                .roles
+                .iter()
+                .find(|role| crate::auth::Role::parse(role).is_none())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "identities.{name}: unknown role {role:?} (reader, writer, admin)"
+                )));
+            }
+            if identity
+                .tenants
+                .iter()
+                .any(|tenant| tenant.trim().is_empty())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "identities.{name}: an empty tenant (\"*\" is every tenant)"
+                )));
+            }
+        }
+        if !self.identities.is_empty() && self.server.tls_client_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "[identities] need tls_client_ca_file: they are read from client certificates it verifies".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -530,6 +597,38 @@ mod tests {
                 }
                 other => panic!("{refused} accepted: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn auth_settings_and_identities_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skuld.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            })
+        };
+        let tls = "[server]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\ntls_client_ca_file = \"ca.pem\"\n";
+        let good =
+            format!("{tls}[identities.\"svc-oms\"]\ntenants = [\"acme\"]\nroles = [\"writer\"]\n");
+        let config = load(&good).unwrap();
+        assert_eq!(config.identities["svc-oms"].roles, ["writer"]);
+        for bad in [
+            format!("{tls}[identities.x]\ntenants = [\"acme\"]\nroles = [\"writter\"]\n"),
+            format!("{tls}[identities.x]\ntenants = [\"\"]\n"),
+            format!("{tls}[identities.x]\n[identities.X]\n"),
+            "[identities.x]\ntenants = [\"acme\"]\n".to_owned(),
+            "[auth]\ntenant_burst = 5\n".to_owned(),
+            "[auth]\njwks_file = \"j.json\"\njwt_audience = \"\"\n".to_owned(),
+            "[auth]\njwt_issuers = [\"\"]\n".to_owned(),
+        ] {
+            assert!(
+                matches!(load(&bad), Err(ConfigError::Invalid(_))),
+                "accepted: {bad}"
+            );
         }
     }
 
