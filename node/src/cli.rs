@@ -5,6 +5,7 @@
 mod admin;
 mod args;
 mod call;
+mod credentials;
 mod events;
 mod format;
 mod returns;
@@ -13,6 +14,7 @@ mod webhooks;
 pub use args::*;
 pub use call::CommandFailed;
 use call::*;
+pub use credentials::{CredentialArgs, Token};
 use format::*;
 
 use std::time::Duration;
@@ -39,10 +41,13 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
     let correlation_id = AsciiMetadataValue::try_from(correlation_id.as_str())
         .map_err(|_| fail(format!("invalid correlation id {correlation_id:?}")))?;
     let timeout = Duration::from_millis(options.timeout_ms);
-    let channel = connect(&options.endpoint, timeout).await?;
+    let authorization = credentials::authorization(&options.credentials)?;
+    let tls = credentials::tls(&options.endpoint, &options.credentials)?;
+    let channel = connect(&options.endpoint, tls, timeout).await?;
     let mut client = InventoryServiceClient::new(channel.clone());
     let ctx = CallContext {
         correlation_id,
+        authorization,
         timeout,
         json: options.json,
     };

@@ -25,6 +25,8 @@ pub struct ClientOptions {
     /// Per-call deadline in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub credentials: credentials::CredentialArgs,
 }
 
 /// One subcommand per `InventoryService` RPC.

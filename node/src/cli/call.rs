@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use skuld_proto::v1::MutationResponse;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
@@ -67,15 +67,28 @@ impl IdempotencyKey {
     }
 }
 
-/// Opens a channel to `endpoint`, reporting failure as one line on stderr.
-pub(super) async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| {
+/// Opens a channel to `endpoint` (with `tls` for https://), reporting
+/// failure as one line on stderr.
+pub(super) async fn connect(
+    endpoint: &str,
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let mut builder = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
+        fail(format!(
+            "invalid endpoint {endpoint:?}: {}",
+            error_chain(&e)
+        ))
+    })?;
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| {
             fail(format!(
-                "invalid endpoint {endpoint:?}: {}",
+                "cannot use the TLS files for {endpoint}: {}",
                 error_chain(&e)
             ))
-        })?
+        })?;
+    }
+    let channel = builder
         .connect_timeout(timeout)
         .connect()
         .await
@@ -91,11 +104,27 @@ pub(super) async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result
 /// What every call of one invocation shares.
 pub(super) struct CallContext {
     pub(super) correlation_id: AsciiMetadataValue,
+    /// `Bearer <token>`, marked sensitive; `None` without a token.
+    pub(super) authorization: Option<AsciiMetadataValue>,
     pub(super) timeout: Duration,
     pub(super) json: bool,
 }
 
 impl CallContext {
+    /// `message` with the correlation id and the token attached.
+    pub(super) fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(CORRELATION_ID_HEADER, self.correlation_id.clone());
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
+    }
+
     /// Sends one request with the correlation id and deadline attached and
     /// turns a failed call into a printed one-line error.
     pub(super) async fn call<T, R, F, Fut>(
@@ -108,10 +137,7 @@ impl CallContext {
         F: FnOnce(Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert(CORRELATION_ID_HEADER, self.correlation_id.clone());
+        let mut request = self.request(message);
         // Sent as `grpc-timeout` so the server drops the request once it is
         // too late; the local timer below covers a server that never answers.
         request.set_timeout(self.timeout);

@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::event_service_client::EventServiceClient;
 use tonic::transport::Channel;
-use tonic::Request;
 
 use super::{
     emit, fail, format_status, format_table, format_unix_ms, print_json, Align, CallContext,
@@ -152,12 +151,7 @@ async fn tail(
         max_batch: u32::from(args.count.is_some()),
     };
     // No deadline: a tail runs until stopped.
-    let mut request = Request::new(request);
-    if let Ok(value) = ctx.correlation_id.to_str().map(str::to_owned) {
-        if let Ok(value) = value.parse() {
-            request.metadata_mut().insert("x-correlation-id", value);
-        }
-    }
+    let request = ctx.request(request);
     let mut stream = client
         .subscribe(request)
         .await
