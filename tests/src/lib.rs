@@ -28,6 +28,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod returns;
 pub mod services;
+pub mod tokens;
 pub mod workload;
 
 /// How long a node may take to write its ports file and answer /readyz 200.
