@@ -49,6 +49,19 @@ pub async fn join(
     } else {
         config.cluster.advertise_endpoint.clone()
     };
+    // Other nodes accept this one's calls only from a certificate that
+    // names the host it advertises: better not to start than to be refused
+    // by every peer.
+    let host = crate::tls::endpoint_host(&endpoint)
+        .with_context(|| format!("the advertised endpoint {endpoint} has no host"))?;
+    if !crate::tls::own_certificate_names(peer_tls.files(), &host)
+        .context("cannot read the peer certificate")?
+    {
+        anyhow::bail!(
+            "the peer certificate {} does not name {host}, the host this node advertises ({endpoint}): other nodes would refuse its calls; add it to the certificate's names or set advertise_endpoint",
+            peer_tls.files().cert.display()
+        );
+    }
     let membership = Membership::join(
         MembershipConfig {
             etcd_endpoints: config.cluster.etcd_endpoints.clone(),

@@ -246,6 +246,7 @@ impl Server {
                 "max_connections_per_client",
                 self.max_connections_per_client as u64,
             ),
+            ("max_connections", self.max_connections as u64),
             ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
         ])?;
         let set = |path: &Path| !path.as_os_str().is_empty();
@@ -360,7 +361,11 @@ impl Cluster {
             ("lease_ttl_secs", self.lease_ttl_secs),
             ("max_concurrent_moves", self.max_concurrent_moves as u64),
             ("store_failover_secs", self.store_failover_secs),
-        ])?;
+            (
+                "peer_max_connections_per_client",
+                self.peer_max_connections_per_client as u64,
+            ),
+                ])?;
         self.validate_lease()?;
         Ok(())
     }
@@ -383,11 +388,20 @@ impl Cluster {
                 missing.join(", ")
             )));
         }
-        if !self.advertise_endpoint.is_empty() && !self.advertise_endpoint.starts_with("https://") {
-            return Err(ConfigError::Invalid(
-                "advertise_endpoint must be an https:// URL of this node's peer port (peer_addr)"
-                    .into(),
-            ));
+        if !self.advertise_endpoint.is_empty() {
+            let host = crate::tls::endpoint_host(&self.advertise_endpoint);
+            if !self.advertise_endpoint.starts_with("https://") || host.is_none() {
+                return Err(ConfigError::Invalid(
+                    "advertise_endpoint must be an https:// URL with the host of this node's peer port (peer_addr)"
+                        .into(),
+                ));
+            }
+        } else if self.peer_addr.ip().is_unspecified() {
+            return Err(ConfigError::Invalid(format!(
+                "peer_addr {} listens on every address, which no other node can dial: set advertise_endpoint (https://<this node's name>:{})",
+                self.peer_addr,
+                self.peer_addr.port()
+            )));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The accept loops of the gRPC listeners: TCP accepted here, a client
-//! address over its connection budget closed at once, the TLS handshake
+//! address (an IPv6 /64 counts as one) over its connection budget, or a
+//! listener at its total, closed at once, the TLS handshake
 //! (when the listener has TLS) run in a task of its own under a timeout,
 //! and the finished connections handed to tonic as a stream.
 //!
@@ -34,6 +35,10 @@ pub struct AcceptPolicy {
     pub listener: &'static str,
     /// Open connections one remote address may hold at once.
     pub max_per_client: usize,
+    /// Open connections of the listener at once, whoever holds them: many
+    /// addresses together must not use up the process's file descriptors
+    /// (the store's, etcd's and the peers' connections need them too).
+    pub max_total: usize,
     pub handshake_timeout: Duration,
 }
 
@@ -47,6 +52,7 @@ pub struct Counted<T> {
 struct Slot {
     ip: IpAddr,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    _total: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Slot {
@@ -118,18 +124,49 @@ struct Budget {
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// Why a connection was closed unserved.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    PerClient,
+    Total,
+}
+
 impl Budget {
-    fn take(&self, ip: IpAddr, max: usize) -> Option<Slot> {
+    fn take(
+        &self,
+        ip: IpAddr,
+        max: usize,
+        total: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<Slot, Refused> {
+        let ip = client_of(ip);
         let mut open = self.open.lock();
-        let count = open.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
+        if open.get(&ip).copied().unwrap_or(0) >= max {
+            return Err(Refused::PerClient);
         }
-        *count += 1;
-        Some(Slot {
+        let permit = Arc::clone(total)
+            .try_acquire_owned()
+            .map_err(|_| Refused::Total)?;
+        *open.entry(ip).or_insert(0) += 1;
+        Ok(Slot {
             ip,
             open: Arc::clone(&self.open),
+            _total: permit,
         })
+    }
+}
+
+/// The address a budget is kept for: an IPv6 client is its /64 (one host
+/// commonly has the whole prefix), an IPv4 client its address.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -203,6 +240,8 @@ async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let budget = Budget::default();
+    let total = Arc::new(tokio::sync::Semaphore::new(policy.max_total));
+    let mut last_accept_warning: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -212,18 +251,29 @@ async fn accept_loop<F, Fut>(
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: the next accept may
-                // work once connections close; spinning would not help.
-                tracing::warn!(listener = policy.listener, %error, "accept failed");
+                // work once connections close; spinning would not help, and
+                // neither would a warning every 50 ms.
+                if last_accept_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(listener = policy.listener, %error, "accept failed");
+                    last_accept_warning = Some(std::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Some(slot) = budget.take(remote.ip(), policy.max_per_client) else {
-            metrics::counter!("skuld_connections_refused_total", "listener" => policy.listener, "reason" => "per_client")
-                .increment(1);
-            tracing::debug!(listener = policy.listener, %remote, "connection over the client's budget: closed");
-            drop(stream);
-            continue;
+        let slot = match budget.take(remote.ip(), policy.max_per_client, &total) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                let reason = match refused {
+                    Refused::PerClient => "per_client",
+                    Refused::Total => "total",
+                };
+                metrics::counter!("skuld_connections_refused_total", "listener" => policy.listener, "reason" => reason)
+                    .increment(1);
+                tracing::debug!(listener = policy.listener, %remote, reason, "connection over budget: closed");
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve(
@@ -243,12 +293,43 @@ mod tests {
     #[test]
     fn a_client_gets_its_budget_back_as_connections_close() {
         let budget = Budget::default();
+        let total = Arc::new(tokio::sync::Semaphore::new(100));
         let ip: IpAddr = [10, 0, 0, 1].into();
-        let first = budget.take(ip, 2).unwrap();
-        let _second = budget.take(ip, 2).unwrap();
-        assert!(budget.take(ip, 2).is_none());
-        assert!(budget.take([10, 0, 0, 2].into(), 2).is_some());
+        let first = budget.take(ip, 2, &total).unwrap();
+        let _second = budget.take(ip, 2, &total).unwrap();
+        assert_eq!(budget.take(ip, 2, &total).err(), Some(Refused::PerClient));
+        assert!(budget.take([10, 0, 0, 2].into(), 2, &total).is_ok());
         drop(first);
-        assert!(budget.take(ip, 2).is_some());
+        assert!(budget.take(ip, 2, &total).is_ok());
+    }
+
+    #[test]
+    fn the_listener_total_holds_across_addresses() {
+        let budget = Budget::default();
+        let total = Arc::new(tokio::sync::Semaphore::new(2));
+        let a = budget.take([10, 0, 0, 1].into(), 10, &total).unwrap();
+        let _b = budget.take([10, 0, 0, 2].into(), 10, &total).unwrap();
+        assert_eq!(
+            budget.take([10, 0, 0, 3].into(), 10, &total).err(),
+            Some(Refused::Total)
+        );
+        // A refusal by the total leaves the address's own count alone.
+        drop(a);
+        assert!(budget.take([10, 0, 0, 3].into(), 1, &total).is_ok());
+    }
+
+    #[test]
+    fn one_ipv6_prefix_is_one_client() {
+        let budget = Budget::default();
+        let total = Arc::new(tokio::sync::Semaphore::new(100));
+        let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_prefix: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_prefix: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _held = budget.take(first, 1, &total).unwrap();
+        assert_eq!(
+            budget.take(same_prefix, 1, &total).err(),
+            Some(Refused::PerClient)
+        );
+        assert!(budget.take(other_prefix, 1, &total).is_ok());
     }
 }

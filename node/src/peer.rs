@@ -53,30 +53,53 @@ impl PeerApi {
 
     /// The caller's certificate (verified by the listener to chain to the
     /// cluster CA) must name the host a current member advertises.
-    fn check_caller(
+    async fn check_caller(
         &self,
         certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
     ) -> Result<(), Status> {
-        let Some(leaf) = certs.as_ref().and_then(|certs| certs.first().cloned()) else {
+        let leaf = certs.as_ref().and_then(|certs| certs.first());
+        let Some(leaf) = leaf.and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok()) else {
             metrics::counter!("skuld_peer_refused_total", "reason" => "no_certificate")
                 .increment(1);
             return Err(Status::unauthenticated(
                 "the peer API needs a node certificate",
             ));
         };
+        let names_a_member = |view: &ClusterView| {
+            view.members.values().any(|member| {
+                endpoint_host(&member.endpoint).is_some_and(|host| names_host(&leaf, &host))
+            })
+        };
         let view = Arc::clone(&self.members.borrow());
-        let member = view.members.values().any(|member| {
-            endpoint_host(&member.endpoint).is_some_and(|host| names_host(&leaf, host))
-        });
-        if !member {
-            metrics::counter!("skuld_peer_refused_total", "reason" => "not_a_member").increment(1);
-            return Err(Status::permission_denied(
-                "the certificate names no current member of this cluster",
-            ));
+        if names_a_member(&view) {
+            return Ok(());
         }
-        Ok(())
+        // A node that just joined may call before this node's view shows
+        // its record: give the watch a moment to catch up once.
+        let mut members = self.members.clone();
+        let seen = view.revision;
+        let newer = tokio::time::timeout(
+            MEMBERSHIP_CATCH_UP,
+            members.wait_for(|view| view.revision > seen),
+        )
+        .await;
+        let caught_up = match newer {
+            Ok(Ok(view)) => names_a_member(&view),
+            _ => false,
+        };
+        if caught_up {
+            return Ok(());
+        }
+        metrics::counter!("skuld_peer_refused_total", "reason" => "not_a_member").increment(1);
+        Err(Status::permission_denied(
+            "the certificate names no current member of this cluster",
+        ))
     }
 }
+
+/// How long a peer call from a certificate that names no member waits for
+/// a newer membership view before it is refused.
+const MEMBERSHIP_CATCH_UP: Duration = Duration::from_secs(1);
 
 fn operation_from_wire(value: i32) -> Option<Operation> {
     match wire::Operation::try_from(value).ok()? {
@@ -141,7 +164,7 @@ impl PeerService for PeerApi {
         request: Request<wire::ForwardRequest>,
     ) -> Result<Response<wire::ForwardReply>, Status> {
         let started = Instant::now();
-        self.check_caller(request.peer_certs())?;
+        self.check_caller(request.peer_certs()).await?;
         let meta = RequestMeta {
             correlation_id: rpc::correlation_id(request.metadata()),
             deadline: rpc::deadline(request.metadata(), started),
@@ -218,7 +241,7 @@ impl GrpcForwarder {
         // clones of it.
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|error| Error::Unavailable(format!("bad peer endpoint {endpoint}: {error}")))?
-            .tls_config(self.tls.config_for(host))
+            .tls_config(self.tls.config_for(&host))
             .map_err(|error| Error::Unavailable(format!("peer endpoint {endpoint}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
@@ -283,6 +306,26 @@ impl Forwarder for GrpcForwarder {
                     peer.node_id
                 ))),
             },
+            // The owner refused this node itself (its certificate names no
+            // member the owner knows): a configuration fault, not a route
+            // that may change, so no waiting for one. Nothing was applied.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                metrics::counter!("skuld_forward_failures_total", "kind" => kind).increment(1);
+                tracing::warn!(owner = %peer.node_id, message = status.message(), "the owner refused this node's peer certificate");
+                Err(Error::Remote {
+                    code: tonic::Code::Unavailable as i32,
+                    message: format!(
+                        "owner {} refused this node's peer certificate",
+                        peer.node_id
+                    ),
+                    retry_after_ms: Some(1_000),
+                })
+            }
             // The owner refused the request as malformed: nothing was
             // applied, and sending it again cannot help.
             Err(status) if status.code() == tonic::Code::InvalidArgument => Err(Error::Remote {

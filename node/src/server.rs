@@ -59,6 +59,14 @@ use crate::webhooks_api::WebhooksApi;
 /// `terminationGracePeriodSeconds` should exceed the drain by at least this.
 pub const LAST_STEPS_GRACE: Duration = Duration::from_secs(1);
 
+/// Open connections of the peer listener at most, all addresses together.
+const PEER_MAX_CONNECTIONS: usize = 1_024;
+
+/// HTTP/2 pings on idle connections: a peer that vanished (a pulled cable,
+/// a paused VM) frees its connection and its budget slot within a minute.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The sockets the node serves on, bound by the caller (tests bind port 0):
 /// one per audience. Clients call `grpc`; other nodes call `peer` (cluster
 /// mode only, mTLS only); probes and Prometheus read `http`.
@@ -112,6 +120,7 @@ pub async fn run(
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let security = Security::load(&config)?;
+    let auth = crate::auth::start(&config)?;
 
     // Joining can wait long (an etcd that does not answer, migrations): a
     // stop asked for meanwhile ends it. Nothing is served yet, so there is
@@ -272,22 +281,30 @@ pub async fn run(
     let servers = TaskTracker::new();
     let client_router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(inventory)
-        .add_service(returns_service)
-        .add_service(admin)
-        .add_service(events)
-        .add_service(webhooks);
+        .add_service(auth.guard(inventory))
+        .add_service(auth.guard(returns_service))
+        .add_service(auth.guard(admin))
+        .add_service(auth.guard(events))
+        .add_service(auth.guard(webhooks));
     let client_policy = AcceptPolicy {
         listener: "client",
         max_per_client: config.server.max_connections_per_client,
+        max_total: config.server.max_connections,
         handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
     };
     let grpc_stop = stop_servers.clone();
     let grpc = match &security.client {
         Some(tls) => servers.spawn(client_router.serve_with_incoming_shutdown(
-            listen::tls(listeners.grpc, client_policy, Arc::clone(tls), grpc_stop.clone()),
+            listen::tls(
+                listeners.grpc,
+                client_policy,
+                Arc::clone(tls),
+                grpc_stop.clone(),
+            ),
             grpc_stop.cancelled_owned(),
         )),
         None => servers.spawn(client_router.serve_with_incoming_shutdown(
@@ -295,20 +312,26 @@ pub async fn run(
             grpc_stop.cancelled_owned(),
         )),
     };
-    // Node-to-node: its own port, mTLS only. Every node of the cluster
-    // forwards over it, so a client address (a node) may hold many.
+    // Node-to-node: its own port, mTLS only. A node keeps one channel per
+    // peer (two while its certificate rotates), so the budget before the
+    // handshake stays small: anyone who reaches the port gets it.
     let peer_server = match (peer, listeners.peer, &security.peer) {
         (Some(peer), Some(listener), Some(tls)) => {
             let policy = AcceptPolicy {
                 listener: "peer",
-                max_per_client: config.server.max_connections_per_client.max(1_024),
+                max_per_client: config.cluster.peer_max_connections_per_client,
+                max_total: PEER_MAX_CONNECTIONS,
                 handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
             };
             let stop = stop_servers.clone();
             Some(
                 servers.spawn(
                     tonic::transport::Server::builder()
-                        .max_concurrent_streams(Some(config.server.max_concurrent_streams.max(1_024)))
+                        .max_concurrent_streams(Some(
+                            config.server.max_concurrent_streams.max(1_024),
+                        ))
+                        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                         .add_service(peer)
                         .serve_with_incoming_shutdown(
                             listen::tls(listener, policy, Arc::clone(&tls.server), stop.clone()),

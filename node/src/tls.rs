@@ -117,8 +117,10 @@ impl Reloadable for ServerTls {
                 );
             }
             Err(error) => {
-                // The stamp is not taken: the next check tries again (the
-                // other half of a rotation may not be written yet).
+                // The stamp is taken all the same: it was read before the
+                // files, so the other half of a rotation changes it again
+                // and is tried then; files that stay broken warn once.
+                *last = stamp;
                 metrics::counter!("skuld_tls_reloads_total", "listener" => self.listener, "outcome" => "failed")
                     .increment(1);
                 tracing::warn!(listener = self.listener, %error, "TLS files changed but cannot be used; keeping the previous ones");
@@ -204,6 +206,10 @@ impl PeerClientTls {
         config.clone().domain_name(host)
     }
 
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// Changes each time the files were read again: channels opened before
     /// are replaced.
     pub fn generation(&self) -> u64 {
@@ -229,6 +235,7 @@ impl Reloadable for PeerClientTls {
                 tracing::info!("peer TLS files changed: new peer connections use them");
             }
             Err(error) => {
+                *last = stamp;
                 metrics::counter!("skuld_tls_reloads_total", "listener" => "peer_client", "outcome" => "failed")
                     .increment(1);
                 tracing::warn!(%error, "peer TLS files changed but cannot be used; keeping the previous ones");
@@ -237,12 +244,13 @@ impl Reloadable for PeerClientTls {
     }
 }
 
+/// How long the peer client's TLS handshake may take (the connect timeout
+/// covers TCP only).
+const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn build_client_config(
     files: &TlsFiles,
 ) -> Result<tonic::transport::ClientTlsConfig, ClusterError> {
-    // Checked as rustls material first, so that a bad file fails here (at
-    // start, or keeping the old one at a reload), not at the next dial.
-    files.client_config()?;
     let read = |path: &std::path::Path| {
         std::fs::read(path)
             .map_err(|error| ClusterError::Tls(format!("{}: {error}", path.display())))
@@ -250,42 +258,96 @@ fn build_client_config(
     let ca = read(&files.ca)?;
     let cert = read(&files.cert)?;
     let key = read(&files.key)?;
+    // The very bytes the channels will use are checked, so that a bad file
+    // fails here (at start, or keeping the old ones at a reload), not at
+    // the next dial, and a rotation between two reads cannot slip by.
+    check_identity_pem(&cert, &key, files)?;
+    check_roots_pem(&ca, files)?;
     Ok(tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .identity(tonic::transport::Identity::from_pem(cert, key)))
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .timeout(PEER_HANDSHAKE_TIMEOUT))
 }
 
-/// Whether a peer's certificate (already verified to chain to the cluster
-/// CA) names `host`, the host a current member advertises: a certificate
-/// the cluster's CA issued for anything else (a client service, a node
-/// that left) does not make its holder a node.
-pub fn names_host(cert: &CertificateDer<'_>, host: &str) -> bool {
-    let Ok(name) = ServerName::try_from(host) else {
-        return false;
+fn check_identity_pem(cert: &[u8], key: &[u8], files: &TlsFiles) -> Result<(), ClusterError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let malformed = |path: &std::path::Path, what: &str| {
+        ClusterError::Tls(format!("{}: {what}", path.display()))
     };
-    match webpki::EndEntityCert::try_from(cert) {
-        Ok(cert) => cert.verify_is_valid_for_subject_name(&name).is_ok(),
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| malformed(&files.cert, "malformed PEM"))?;
+    if chain.is_empty() {
+        return Err(malformed(&files.cert, "no certificate in the file"));
+    }
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key)
+        .map_err(|_| malformed(&files.key, "no usable private key"))?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider()).map_err(|error| {
+        ClusterError::Tls(format!(
+            "{} and {}: {error}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })?;
+    Ok(())
+}
+
+fn check_roots_pem(ca: &[u8], files: &TlsFiles) -> Result<(), ClusterError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        let cert =
+            cert.map_err(|_| ClusterError::Tls(format!("{}: malformed PEM", files.ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|error| ClusterError::Tls(format!("{}: {error}", files.ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(ClusterError::Tls(format!(
+            "{}: no certificate in the file",
+            files.ca.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a certificate (a peer's, already verified to chain to the
+/// cluster CA, or this node's own) is valid for `host` by the rules a
+/// server certificate is checked by (wildcards included; an IP host only
+/// against IP names): a certificate the cluster's CA issued for anything
+/// else (a client service, a host no member advertises) does not make its
+/// holder a node.
+pub fn names_host(cert: &webpki::EndEntityCert<'_>, host: &str) -> bool {
+    match ServerName::try_from(host) {
+        Ok(name) => cert.verify_is_valid_for_subject_name(&name).is_ok(),
         Err(_) => false,
     }
 }
 
-/// The host of an endpoint URL (`https://skuld-0.skuld-peer:7071` ->
-/// `skuld-0.skuld-peer`; IPv6 brackets removed).
-pub fn endpoint_host(endpoint: &str) -> Option<&str> {
-    let rest = endpoint
-        .split_once("://")
-        .map_or(endpoint, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next()?;
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if let Some(bracketed) = authority.strip_prefix('[') {
-        return bracketed.split_once(']').map(|(host, _)| host);
-    }
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, _)| host);
-    (!host.is_empty()).then_some(host)
+/// The host of an endpoint URL as the dialer resolves it
+/// (`https://skuld-0.skuld-peer:7071` -> `skuld-0.skuld-peer`; IPv6
+/// brackets removed): parsed as tonic parses it, so the name checked is
+/// the name dialled.
+pub fn endpoint_host(endpoint: &str) -> Option<String> {
+    let uri: http::Uri = endpoint.parse().ok()?;
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// Whether this node's own peer certificate names `host`, the host it
+/// advertises: otherwise every other node would refuse its calls.
+pub fn own_certificate_names(files: &TlsFiles, host: &str) -> Result<bool, ClusterError> {
+    let chain = skuld_cluster::tls::read_chain(&files.cert)?;
+    let Some(leaf) = chain.first() else {
+        return Ok(false);
+    };
+    let leaf = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|error| ClusterError::Tls(format!("{}: {error}", files.cert.display())))?;
+    Ok(names_host(&leaf, host))
 }
 
 #[cfg(test)]
@@ -294,13 +356,21 @@ mod tests {
 
     #[test]
     fn the_host_of_an_endpoint() {
+        let host = |endpoint| endpoint_host(endpoint);
         assert_eq!(
-            endpoint_host("https://skuld-0.skuld-peer:7071"),
+            host("https://skuld-0.skuld-peer:7071").as_deref(),
             Some("skuld-0.skuld-peer")
         );
-        assert_eq!(endpoint_host("https://127.0.0.1:7071/"), Some("127.0.0.1"));
-        assert_eq!(endpoint_host("https://[::1]:7071"), Some("::1"));
-        assert_eq!(endpoint_host("skuld-0:7071"), Some("skuld-0"));
-        assert_eq!(endpoint_host("https://:7071"), None);
+        assert_eq!(
+            host("https://127.0.0.1:7071/").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(host("https://[::1]:7071").as_deref(), Some("::1"));
+        assert_eq!(
+            host("https://user@skuld-0:7071").as_deref(),
+            Some("skuld-0")
+        );
+        assert_eq!(host("https://:7071"), None);
+        assert_eq!(host("https://"), None);
     }
 }

@@ -4,13 +4,15 @@
 //! independent [`TestCa`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration as StdDuration;
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A certificate authority that signs test leaves.
 pub struct TestCa {
@@ -103,8 +105,7 @@ impl TestCa {
         params.not_after = now + leaf.valid_for;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let files = CertFiles {
             cert: dir.join(format!("{file_stem}.crt")),
             key: dir.join(format!("{file_stem}.key")),
@@ -124,4 +125,28 @@ pub fn write_replacing(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(&temporary, text)
         .with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A new TLS connection to `addr` (`127.0.0.1:PORT`) that trusts `ca_pem`
+/// and presents `identity` when given.
+pub async fn tls_channel(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&CertFiles>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("127.0.0.1");
+    if let Some(files) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&files.cert)?,
+            std::fs::read(&files.key)?,
+        ));
+    }
+    Ok(Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(StdDuration::from_secs(5))
+        .timeout(StdDuration::from_secs(5))
+        .connect()
+        .await?)
 }

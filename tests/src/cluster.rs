@@ -153,7 +153,23 @@ impl TestCluster {
             _ => (self.etcd.endpoint(), self.postgres_url.clone()),
         };
         let mut options = peer_tls_options(&self.peer_ca, self.dir.path(), &node_id(index))
-            .unwrap_or_else(|error| panic!("cannot issue node {index}'s peer certificate: {error:#}"))
+            .unwrap_or_else(|error| {
+                panic!("cannot issue node {index}'s peer certificate: {error:#}")
+            });
+        // A node that brings its own peer address keeps it.
+        if self
+            .options
+            .node
+            .args
+            .iter()
+            .chain(&extra.args)
+            .any(|arg| arg == "--peer-addr")
+        {
+            if let Some(at) = options.args.iter().position(|arg| arg == "--peer-addr") {
+                options.args.drain(at..at + 2);
+            }
+        }
+        let mut options = options
             .arg("--etcd-endpoints", etcd)
             .arg("--postgres-url", postgres_url)
             .arg("--node-id", node_id(index))
@@ -211,6 +227,23 @@ impl TestCluster {
         let node = TestNode::start(&self.dir.node_dir(&node_id(index)), options).await?;
         self.nodes.push(Some(node));
         Ok(index)
+    }
+
+    /// An mTLS connection to node `index`'s peer API with a certificate of
+    /// the cluster CA that names the loopback host the nodes advertise: what
+    /// another node would open.
+    pub async fn peer_channel(&self, index: usize) -> anyhow::Result<Channel> {
+        let files = self.peer_ca.issue(
+            &Leaf::new("test-peer", &["127.0.0.1"]),
+            &self.dir.path().join("certs"),
+            "test-peer",
+        )?;
+        crate::certs::tls_channel(
+            &self.node(index).peer_addr,
+            self.peer_ca.pem(),
+            Some(&files),
+        )
+        .await
     }
 
     pub fn node(&self, index: usize) -> &TestNode {

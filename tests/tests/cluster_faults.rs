@@ -468,7 +468,7 @@ async fn a_malformed_forwarded_request_is_refused_and_the_node_keeps_serving() {
     let mut payload = vec![0xfd];
     payload.extend_from_slice(&(1u64 << 62).to_le_bytes());
     payload.extend_from_slice(&[0; 8]);
-    let mut peer = PeerServiceClient::new(channel(&cluster.node(0).grpc_addr).await.unwrap());
+    let mut peer = PeerServiceClient::new(cluster.peer_channel(0).await.unwrap());
     for (kind, operation) in [
         ("position", wire::Operation::Read),
         ("position", wire::Operation::Mutate),

@@ -11,10 +11,10 @@ use skuld_proto::internal::v1 as wire;
 use skuld_proto::internal::v1::peer_service_client::PeerServiceClient;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
 use skuld_tests::certs::{write_replacing, CertFiles, Leaf, TestCa};
-use skuld_tests::cluster::TestCluster;
+use skuld_tests::cluster::{ClusterOptions, TestCluster};
 use skuld_tests::requests::{get, key, receive};
 use skuld_tests::{NodeOptions, TestDir, TestNode};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 /// A new TLS connection to `addr` that trusts `ca_pem` and presents
 /// `identity` when given.
@@ -23,21 +23,7 @@ async fn connect(
     ca_pem: &str,
     identity: Option<&CertFiles>,
 ) -> anyhow::Result<Channel> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("127.0.0.1");
-    if let Some(files) = identity {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(&files.cert)?,
-            std::fs::read(&files.key)?,
-        ));
-    }
-    Ok(Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await?)
+    skuld_tests::certs::tls_channel(addr, ca_pem, identity).await
 }
 
 /// A plaintext connection, which a TLS port must refuse.
@@ -321,9 +307,54 @@ fn issue(ca: &TestCa, dir: &Path, name: &str, names: &[&str]) -> CertFiles {
     ca.issue(&Leaf::new(name, names), dir, name).unwrap()
 }
 
+/// Whether a peer call failed before any handler saw it (a refused
+/// connection or handshake), as opposed to a handler's refusal.
+fn refused_before_any_handler(outcome: &Result<(), tonic::Status>) -> bool {
+    match outcome {
+        Ok(()) => false,
+        Err(status) => !matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unimplemented
+        ),
+    }
+}
+
+/// Connects (TLS when `ca` is given) and forwards; a failed connection is a
+/// refusal before any handler.
+async fn try_forward(
+    addr: &str,
+    ca: Option<&str>,
+    identity: Option<&CertFiles>,
+) -> Result<(), tonic::Status> {
+    let channel = match ca {
+        Some(ca) => connect(addr, ca, identity).await,
+        None => connect_plain(addr).await,
+    };
+    match channel {
+        Ok(channel) => forward(channel).await,
+        Err(error) => Err(tonic::Status::unavailable(format!("{error:#}"))),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_api_is_on_its_own_port_and_only_for_certificates_of_members() {
-    let cluster = TestCluster::start(1).await.unwrap();
+    // The node advertises the name `localhost` (its certificate names both
+    // `localhost` and 127.0.0.1), so a caller's certificate that names only
+    // the address is a certificate for a host no member advertises.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let options = ClusterOptions {
+        node: NodeOptions::default()
+            .arg("--peer-addr", format!("127.0.0.1:{port}"))
+            .arg("--advertise-endpoint", format!("https://localhost:{port}")),
+        ..ClusterOptions::default()
+    };
+    let cluster = TestCluster::start_with(1, options).await.unwrap();
     let node = cluster.node(0);
     let peer_addr = node.peer_addr.clone();
     assert!(
@@ -355,47 +386,51 @@ async fn the_peer_api_is_on_its_own_port_and_only_for_certificates_of_members() 
         "reflection describes skuld.internal.v1.PeerService"
     );
 
-    // Plaintext, no certificate, a certificate of another CA: no call.
-    let plain = match connect_plain(&peer_addr).await {
-        Ok(channel) => forward(channel).await.err().map(|status| status.code()),
-        Err(_) => Some(tonic::Code::Unavailable),
-    };
-    assert!(plain.is_some(), "a plaintext peer call went through");
+    // Plaintext, no certificate, a certificate of another CA: no TLS
+    // session, so no handler ever sees the call.
     let cluster_ca = cluster.peer_ca.pem();
-    let no_cert = match connect(&peer_addr, cluster_ca, None).await {
-        Ok(channel) => forward(channel).await.err().map(|status| status.code()),
-        Err(_) => Some(tonic::Code::Unavailable),
-    };
-    assert!(
-        matches!(no_cert, Some(code) if code != tonic::Code::InvalidArgument),
-        "a peer call without a certificate reached the handler: {no_cert:?}"
-    );
     let rogue_ca = TestCa::new("rogue CA").unwrap();
-    let rogue = issue(&rogue_ca, &certs, "rogue", &["127.0.0.1"]);
-    let from_rogue = match connect(&peer_addr, cluster_ca, Some(&rogue)).await {
-        Ok(channel) => forward(channel).await.err().map(|status| status.code()),
-        Err(_) => Some(tonic::Code::Unavailable),
-    };
-    assert!(
-        matches!(from_rogue, Some(code) if code != tonic::Code::InvalidArgument),
-        "a certificate of another CA reached the handler: {from_rogue:?}"
-    );
+    let rogue = issue(&rogue_ca, &certs, "rogue", &["localhost", "127.0.0.1"]);
+    for (case, outcome) in [
+        ("plaintext", try_forward(&peer_addr, None, None).await),
+        (
+            "no certificate",
+            try_forward(&peer_addr, Some(cluster_ca), None).await,
+        ),
+        (
+            "a certificate of another CA",
+            try_forward(&peer_addr, Some(cluster_ca), Some(&rogue)).await,
+        ),
+    ] {
+        assert!(
+            refused_before_any_handler(&outcome),
+            "{case}: not refused at the connection: {outcome:?}"
+        );
+    }
 
-    // The cluster's CA also signed a service's certificate: it is not a
-    // node, so it may not forward.
-    let service = issue(&cluster.peer_ca, &certs, "svc-oms", &["svc-oms.example"]);
-    let channel = connect(&peer_addr, cluster_ca, Some(&service))
-        .await
-        .unwrap();
-    let status = forward(channel).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // The cluster's CA also signed these, but they name no host a member
+    // advertises: a service's certificate, and one for the bare address
+    // while the member advertises `localhost`.
+    for (name, names) in [
+        ("svc-oms", &["svc-oms.example"][..]),
+        ("by-address", &["127.0.0.1"][..]),
+    ] {
+        let files = issue(&cluster.peer_ca, &certs, name, names);
+        let status = try_forward(&peer_addr, Some(cluster_ca), Some(&files))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{name}: {status:?}"
+        );
+    }
 
-    // A certificate naming the host a member advertises passes the checks
+    // A certificate naming the host the member advertises passes the checks
     // (and its garbage payload is refused as such, nothing applied).
-    let member = issue(&cluster.peer_ca, &certs, "node-x", &["127.0.0.1"]);
-    let channel = connect(&peer_addr, cluster_ca, Some(&member))
+    let member = issue(&cluster.peer_ca, &certs, "node-x", &["localhost"]);
+    let status = try_forward(&peer_addr, Some(cluster_ca), Some(&member))
         .await
-        .unwrap();
-    let status = forward(channel).await.unwrap_err();
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 }

@@ -110,8 +110,10 @@ options! {
         tls_reload_interval_secs: u64 = 10, env "SKULD_TLS_RELOAD_INTERVAL_SECS";
         /// A TLS handshake not finished within this is dropped, in milliseconds.
         tls_handshake_timeout_ms: u64 = 5_000, env "SKULD_TLS_HANDSHAKE_TIMEOUT_MS";
-        /// Connections one client address may hold open on the client API at once.
+        /// Connections one client address (an IPv6 /64 counts as one) may hold open on the client API at once.
         max_connections_per_client: usize = 256, env "SKULD_MAX_CONNECTIONS_PER_CLIENT";
+        /// Connections the client API holds open at once, all clients together.
+        max_connections: usize = 4_096, env "SKULD_MAX_CONNECTIONS";
         /// Concurrent HTTP/2 streams (calls) on one connection at most.
         max_concurrent_streams: u32 = 256, env "SKULD_MAX_CONCURRENT_STREAMS";
         /// Time SIGTERM gives the whole drain (handing shards over, finishing admitted requests, flushing), in seconds.
@@ -190,6 +192,8 @@ options! {
         node_id: String = String::new(), env "SKULD_NODE_ID";
         /// Listen address of the peer API (node-to-node forwarding, mTLS only; never on grpc_addr).
         peer_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7071)), env "SKULD_PEER_ADDR";
+        /// Connections one address may hold open on the peer API at once (a node needs one or two per peer).
+        peer_max_connections_per_client: usize = 16, env "SKULD_PEER_MAX_CONNECTIONS_PER_CLIENT";
         /// Where other nodes reach this one's peer API (e.g. https://skuld-0.skuld-peer:7071); https://<peer_addr> when empty. Its host must be a name in peer_tls_cert_file.
         advertise_endpoint: String = String::new(), env "SKULD_ADVERTISE_ENDPOINT";
         /// PEM certificate chain this node presents to other nodes, as server and as client (required in cluster mode).
