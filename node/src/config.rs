@@ -247,7 +247,10 @@ impl Server {
                 self.max_connections_per_client as u64,
             ),
             ("max_connections", self.max_connections as u64),
-            ("max_concurrent_streams", u64::from(self.max_concurrent_streams)),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
         ])?;
         let set = |path: &Path| !path.as_os_str().is_empty();
         if set(&self.tls_cert_file) != set(&self.tls_key_file) {
@@ -677,6 +680,9 @@ mod tests {
         let args = ServeArgs {
             etcd_endpoints: Some(vec!["http://etcd:2379".into()]),
             postgres_url: Some("postgres://skuld:s3cret@pg/skuld".parse().unwrap()),
+            peer_tls_cert_file: Some("/tls/tls.crt".into()),
+            peer_tls_key_file: Some("/tls/tls.key".into()),
+            peer_tls_ca_file: Some("/tls/ca.crt".into()),
             ..ServeArgs::default()
         };
         let config = Config::load(&args).unwrap();
@@ -685,6 +691,40 @@ mod tests {
         assert!(dumped.contains("postgres://skuld:***@pg/skuld"), "{dumped}");
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{args:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn cluster_mode_needs_its_peer_certificate_and_a_dialable_advertised_endpoint() {
+        let clustered = |extra: fn(&mut ServeArgs)| {
+            let mut args = ServeArgs {
+                etcd_endpoints: Some(vec!["http://etcd:2379".into()]),
+                postgres_url: Some("postgres://skuld@pg/skuld".parse().unwrap()),
+                peer_tls_cert_file: Some("/tls/tls.crt".into()),
+                peer_tls_key_file: Some("/tls/tls.key".into()),
+                peer_tls_ca_file: Some("/tls/ca.crt".into()),
+                ..ServeArgs::default()
+            };
+            extra(&mut args);
+            Config::load(&args)
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        };
+        assert_eq!(clustered(|_| {}), Ok(()));
+        let missing = clustered(|args| args.peer_tls_key_file = None).unwrap_err();
+        assert!(missing.contains("peer_tls_key_file"), "{missing}");
+        let plaintext = clustered(|args| {
+            args.advertise_endpoint = Some("http://skuld-0.skuld-peers:7071".into());
+        });
+        assert!(plaintext.unwrap_err().contains("https://"));
+        let everywhere = clustered(|args| args.peer_addr = Some("0.0.0.0:7071".parse().unwrap()));
+        assert!(everywhere.unwrap_err().contains("advertise_endpoint"));
+        assert_eq!(
+            clustered(|args| {
+                args.peer_addr = Some("0.0.0.0:7071".parse().unwrap());
+                args.advertise_endpoint = Some("https://skuld-0.skuld-peers:7071".into());
+            }),
+            Ok(())
+        );
     }
 
     #[test]

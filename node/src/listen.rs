@@ -287,6 +287,7 @@ async fn accept_loop<F, Fut>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

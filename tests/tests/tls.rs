@@ -2,6 +2,8 @@
 //! peer API: its own port, mTLS with the cluster's CA only, and only for a
 //! certificate that names a current member. Real nodes, real handshakes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
