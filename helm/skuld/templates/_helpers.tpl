@@ -146,7 +146,7 @@ group: {{ .group }}
 
 {{/* The client CA bundle's Secret and key. */}}
 {{- define "skuld.clientCaSecretName" -}}
-{{- default (include "skuld.clientSecretName" .) .Values.tls.client.clientCA.secretName -}}
+{{- .Values.tls.client.clientCA.secretName -}}
 {{- end -}}
 
 {{/* Checks across values that a schema cannot express; each fails with
@@ -158,6 +158,9 @@ group: {{ .group }}
 {{- end -}}
 {{- if and .Values.tls.client.clientCA.enabled (not .Values.tls.client.enabled) -}}
 {{- fail "tls.client.clientCA.enabled needs tls.client.enabled: client certificates are asked for in the client API's TLS handshake" -}}
+{{- end -}}
+{{- if and .Values.tls.client.clientCA.enabled (not .Values.tls.client.clientCA.secretName) -}}
+{{- fail "tls.client.clientCA.secretName is required: service certificates need a CA of their own, never the cluster's peer CA (a certificate that CA signs for a member's host is a node's credential)" -}}
 {{- end -}}
 {{- if and .Values.tls.client.requireClientCert (not .Values.tls.client.clientCA.enabled) -}}
 {{- fail "tls.client.requireClientCert needs tls.client.clientCA.enabled (the CA client certificates must chain to)" -}}
