@@ -326,6 +326,13 @@ pub fn position(
         }
         size => size,
     };
+    // A token is the last reservation id of the page before: a token.
+    if page_token.len() > skuld_actors::key::MAX_TOKEN_BYTES {
+        return Err(Error::invalid(
+            "reservations_page_token",
+            "is not a token this service gave out",
+        ));
+    }
     let after = if page_token.is_empty() {
         std::ops::Bound::Unbounded
     } else {

@@ -682,6 +682,9 @@ impl ReturnsService for ReturnsApi {
     ) -> Result<Response<pb::ListReturnsResponse>, Status> {
         rpc::serve("ListReturns", request, |m, _meta| async move {
             skuld_actors::key::validate_token("tenant", &m.tenant)?;
+            if !m.order_ref.is_empty() {
+                skuld_actors::key::validate_token("order_ref", &m.order_ref)?;
+            }
             let page_size = match usize::try_from(m.page_size).unwrap_or(MAX_PAGE_SIZE) {
                 0 => DEFAULT_PAGE_SIZE,
                 n if n > MAX_PAGE_SIZE => {

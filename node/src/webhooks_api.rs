@@ -22,6 +22,13 @@ use crate::status;
 const DEFAULT_RATE: u32 = 10;
 const MAX_RATE: u32 = 1_000;
 const MAX_PREFIXES: usize = 32;
+/// Event ids one replay names at most (a page of dead letters).
+const MAX_REPLAY_EVENT_IDS: usize = 1_000;
+/// Longest webhook id accepted (`wh_` and a simple UUID).
+const MAX_WEBHOOK_ID_BYTES: usize = 64;
+/// Longest dead-letter page token: `<webhook id>/<event id>`.
+const MAX_DEAD_LETTER_TOKEN_BYTES: usize =
+    MAX_WEBHOOK_ID_BYTES + 1 + skuld_actors::key::MAX_TOKEN_BYTES;
 
 pub struct WebhooksApi {
     store: Arc<dyn Store>,
@@ -39,7 +46,7 @@ impl WebhooksApi {
     }
 
     async fn find_endpoint(&self, id: &str) -> Result<Option<Endpoint>, Error> {
-        if id.is_empty() || id.len() > 64 {
+        if id.is_empty() || id.len() > MAX_WEBHOOK_ID_BYTES {
             return Err(Error::invalid("id", "a webhook id (wh_...)"));
         }
         let Some(raw) = self
@@ -100,6 +107,10 @@ fn to_proto(endpoint: &Endpoint) -> pb::Webhook {
 
 /// An http:// URL with a host; https needs the TLS work still to come.
 fn validate_url(url: &str) -> Result<(), Error> {
+    // Measured before it is parsed: parsing costs with the length.
+    if url.len() > 2_048 {
+        return Err(Error::invalid("url", "at most 2048 characters"));
+    }
     let parsed = reqwest::Url::parse(url)
         .map_err(|error| Error::invalid("url", format!("not a URL: {error}")))?;
     if parsed.scheme() != "http" {
@@ -108,11 +119,8 @@ fn validate_url(url: &str) -> Result<(), Error> {
             "only http:// endpoints in this version (TLS is not built in yet)",
         ));
     }
-    if parsed.host_str().is_none_or(str::is_empty) || url.len() > 2_048 {
-        return Err(Error::invalid(
-            "url",
-            "needs a host, at most 2048 characters",
-        ));
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::invalid("url", "needs a host"));
     }
     Ok(())
 }
@@ -189,6 +197,9 @@ impl WebhookService for WebhooksApi {
         request: Request<pb::ListWebhooksRequest>,
     ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
         rpc::serve("ListWebhooks", request, |request, _| async move {
+            if !request.tenant.is_empty() {
+                skuld_actors::key::validate_token("tenant", &request.tenant)?;
+            }
             let endpoints = webhook::load_endpoints(self.store.as_ref())
                 .await
                 .map_err(store_error)?;
@@ -270,8 +281,16 @@ impl WebhookService for WebhooksApi {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let caller = Caller::of(&request);
         rpc::serve_checked("ListDeadLetters", request, |request, _| async move {
-            if request.webhook_id.is_empty() || request.webhook_id.contains('/') {
+            if request.webhook_id.is_empty()
+                || request.webhook_id.len() > MAX_WEBHOOK_ID_BYTES
+                || request.webhook_id.contains('/')
+            {
                 return Err(Error::invalid("webhook_id", "a webhook id (wh_...)").into());
+            }
+            if request.page_token.len() > MAX_DEAD_LETTER_TOKEN_BYTES {
+                return Err(
+                    Error::invalid("page_token", "is not a token this service gave out").into(),
+                );
             }
             let page_size = match request.page_size {
                 0 => 100,
@@ -322,6 +341,21 @@ impl WebhookService for WebhooksApi {
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         let caller = Caller::of(&request);
         rpc::serve_checked("ReplayDeadLetters", request, |request, _| async move {
+            // Each dead letter is looked up among the ids: bounded, so one
+            // request cannot cost letters x ids comparisons without end.
+            if request.event_ids.len() > MAX_REPLAY_EVENT_IDS {
+                return Err(Error::invalid(
+                    "event_ids",
+                    format!(
+                        "at most {MAX_REPLAY_EVENT_IDS} per request, got {}",
+                        request.event_ids.len()
+                    ),
+                )
+                .into());
+            }
+            for event_id in &request.event_ids {
+                skuld_actors::key::validate_token("event_ids", event_id)?;
+            }
             let endpoint = self.endpoint(caller.as_ref(), &request.webhook_id).await?;
             let sink = WebhookSink::new(
                 endpoint,
