@@ -484,6 +484,101 @@ async fn roles_decide_who_reads_writes_and_administers() {
     assert_eq!(gone.code(), Code::FailedPrecondition, "{gone:?}");
 }
 
+/// The node and the cluster are every tenant's: an admin of one tenant
+/// (what managing its webhooks needs) cannot drain a node, list the members
+/// or the shards; an admin of `"*"` can. A cluster of one open node and one
+/// that verifies tokens: the open one shows the drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_admin_cannot_drain_nodes_and_an_admin_of_every_tenant_can() {
+    let mut cluster = skuld_tests::cluster::TestCluster::start(1).await.unwrap();
+    let jwks = cluster.dir.path().join("jwks.json");
+    let signer = SigningKey::new("k1").unwrap();
+    write_jwks(&jwks, &[&signer]).unwrap();
+    let guarded = cluster
+        .add_node(
+            NodeOptions::default()
+                .arg("--jwks-file", jwks.display())
+                .arg("--jwt-issuers", ISSUER),
+        )
+        .await
+        .unwrap();
+    let mut admin = cluster.admin(guarded).await.unwrap();
+    let acme_admin = signer.token("acme-ops", &["acme"], &["admin"]).unwrap();
+    let sre = signer.token("sre", &["*"], &["admin"]).unwrap();
+    let target = skuld_tests::cluster::node_id(0);
+    let drain = |token: &str| {
+        bearer(
+            pb::DrainNodeRequest {
+                node_id: target.clone(),
+            },
+            token,
+        )
+        .unwrap()
+    };
+    let undrain = |token: &str| {
+        bearer(
+            pb::UndrainNodeRequest {
+                node_id: target.clone(),
+            },
+            token,
+        )
+        .unwrap()
+    };
+
+    let refused = admin.drain_node(drain(&acme_admin)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = admin.undrain_node(undrain(&acme_admin)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = admin
+        .list_members(bearer(pb::ListMembersRequest {}, &acme_admin).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = admin
+        .list_shards(bearer(pb::ListShardsRequest {}, &acme_admin).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // Its own tenant's webhooks, and the status, it still may.
+    WebhookServiceClient::new(cluster.node(guarded).channel().await.unwrap())
+        .list_webhooks(
+            bearer(
+                pb::ListWebhooksRequest {
+                    tenant: "acme".into(),
+                    ..Default::default()
+                },
+                &acme_admin,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    admin
+        .node_status(bearer(pb::NodeStatusRequest {}, &acme_admin).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !cluster.member(0, 0).await.unwrap().drain_requested,
+        "a tenant's admin drained a node"
+    );
+
+    admin.drain_node(drain(&sre)).await.unwrap();
+    assert!(cluster.member(0, 0).await.unwrap().drain_requested);
+    let members = admin
+        .list_members(bearer(pb::ListMembersRequest {}, &sre).unwrap())
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 2, "{members:?}");
+    let undrained = admin
+        .undrain_node(undrain(&sre))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(undrained.was_drained);
+}
+
 /// How long a change of the JWKS file may take to be seen (the node looks
 /// every second).
 const RELOAD_WITHIN: Duration = Duration::from_secs(15);

@@ -22,8 +22,14 @@ pub enum Target<'a> {
     Tenant(&'a str),
     /// Every tenant at once (an empty tenant filter): needs `"*"`.
     EveryTenant,
-    /// No tenant: the node or the cluster.
+    /// No tenant and nothing shared: the status of the node. Any caller
+    /// with the role.
     Node,
+    /// The node or the cluster, which every tenant shares (draining a
+    /// node, listing members and shards): needs `"*"`, so a tenant's admin
+    /// (who manages that tenant's webhooks) is not a cluster admin. Not
+    /// charged to a quota.
+    Cluster,
     /// A tenant known only once the thing the request names is looked up
     /// (a webhook by id); the handler checks it ([`super::Caller::admit_tenant`]).
     Looked,
@@ -73,6 +79,13 @@ const fn node(role: Option<Role>) -> Access<'static> {
     Access {
         role,
         target: Target::Node,
+    }
+}
+
+const fn cluster() -> Access<'static> {
+    Access {
+        role: Some(Role::Admin),
+        target: Target::Cluster,
     }
 }
 
@@ -143,7 +156,7 @@ scoped!(
 scoped!(NodeStatusRequest => |_request| node(None));
 scoped!(
     ListMembersRequest, ListShardsRequest, DrainNodeRequest, UndrainNodeRequest
-    => |_request| node(Some(Role::Admin))
+    => |_request| cluster()
 );
 
 #[cfg(test)]
@@ -201,12 +214,12 @@ mod tests {
     }
 
     #[test]
-    fn node_operations_need_admin_except_the_status() {
-        assert_eq!(pb::NodeStatusRequest::default().access().role, None);
-        assert_eq!(
-            pb::DrainNodeRequest::default().access(),
-            node(Some(Role::Admin))
-        );
+    fn node_operations_need_admin_of_every_tenant_except_the_status() {
+        assert_eq!(pb::NodeStatusRequest::default().access(), node(None));
+        assert_eq!(pb::DrainNodeRequest::default().access(), cluster());
+        assert_eq!(pb::UndrainNodeRequest::default().access(), cluster());
+        assert_eq!(pb::ListMembersRequest::default().access(), cluster());
+        assert_eq!(pb::ListShardsRequest::default().access(), cluster());
         assert_eq!(
             pb::RemoveWebhookRequest::default().access(),
             looked(Role::Admin)

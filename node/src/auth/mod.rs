@@ -131,7 +131,8 @@ impl Caller {
     /// The role and tenant `access` needs, then the tenant's quota. Calls
     /// over every tenant are charged to the bucket `"*"`; calls on the node
     /// itself name no tenant and are not charged (the node-wide admission
-    /// bound covers them).
+    /// bound covers them); those on the node or the cluster, which every
+    /// tenant shares, need every tenant.
     pub fn admit(&self, access: Access<'_>) -> Result<(), Status> {
         if let Some(role) = access.role {
             if !self.principal.has_role(role) {
@@ -141,7 +142,8 @@ impl Caller {
         match access.target {
             Target::Tenant(tenant) => self.admit_tenant(tenant),
             Target::EveryTenant if self.sees_every_tenant() => self.charge(EVERY_TENANT),
-            Target::EveryTenant => Err(self.forbidden()),
+            Target::Cluster if self.sees_every_tenant() => Ok(()),
+            Target::EveryTenant | Target::Cluster => Err(self.forbidden()),
             Target::Node | Target::Looked => Ok(()),
         }
     }
@@ -234,6 +236,7 @@ mod tests {
             access(Some(Role::Writer), Target::Tenant("")),
             access(Some(Role::Reader), Target::EveryTenant),
             access(Some(Role::Admin), Target::Node),
+            access(Some(Role::Admin), Target::Cluster),
         ];
         for access in denied {
             let status = writer.admit(access).unwrap_err();
@@ -246,12 +249,42 @@ mod tests {
         let sre = caller(Principal::new("sre", ["*"], [Role::Admin]), None);
         assert!(sre.admit(access(Some(Role::Admin), Target::Node)).is_ok());
         assert!(sre
+            .admit(access(Some(Role::Admin), Target::Cluster))
+            .is_ok());
+        assert!(sre
             .admit(access(Some(Role::Admin), Target::EveryTenant))
             .is_ok());
         assert!(sre
             .admit(access(Some(Role::Reader), Target::Tenant("acme")))
             .is_err());
         assert!(admit(None, access(None, Target::Node)).is_err());
+    }
+
+    #[test]
+    fn a_tenants_admin_is_no_cluster_admin_and_the_cluster_is_not_charged() {
+        let acme_admin = caller(Principal::new("acme-ops", ["acme"], [Role::Admin]), None);
+        assert!(acme_admin
+            .admit(access(Some(Role::Admin), Target::Tenant("acme")))
+            .is_ok());
+        let refused = acme_admin
+            .admit(access(Some(Role::Admin), Target::Cluster))
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // NodeStatus stays open to any authenticated caller.
+        assert!(acme_admin.admit(access(None, Target::Node)).is_ok());
+
+        let sre = caller(
+            Principal::new("sre", ["*"], [Role::Admin]),
+            TenantQuota::new(1, 1),
+        );
+        for _ in 0..3 {
+            sre.admit(access(Some(Role::Admin), Target::Cluster))
+                .unwrap();
+        }
+        let reader = caller(Principal::new("r", ["*"], [Role::Reader]), None);
+        assert!(reader
+            .admit(access(Some(Role::Admin), Target::Cluster))
+            .is_err());
     }
 
     #[test]
