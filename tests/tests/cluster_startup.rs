@@ -218,10 +218,8 @@ async fn a_node_that_wakes_to_find_its_id_taken_stops_and_leaves_the_other_servi
         .into_inner()
         .members;
     assert_eq!(members.len(), 1, "{members:?}");
-    assert_eq!(
-        members[0].endpoint,
-        format!("http://{}", second.grpc_addr())
-    );
+    // Members advertise their peer port (mTLS), not the client port.
+    assert_eq!(members[0].endpoint, format!("https://{}", second.peer_addr));
     let (status, body) = second.http_get("/readyz").await.unwrap();
     assert_eq!(status, 200, "{body}");
 }
