@@ -154,6 +154,13 @@ impl Caller {
         if !self.principal.tenants.holds(tenant) {
             return Err(self.forbidden());
         }
+        if self.quota.is_some() {
+            // Before the name is copied into the quota's map: a caller of
+            // every tenant may send any string. The handler would refuse it
+            // the same way.
+            skuld_actors::key::validate_token("tenant", tenant)
+                .map_err(|refusal| status::to_status(&skuld_actors::Error::Refused(refusal)))?;
+        }
         self.charge(tenant)
     }
 
@@ -168,18 +175,19 @@ impl Caller {
         let Some(quota) = &self.quota else {
             return Ok(());
         };
-        quota.charge(tenant).map_err(|wait| {
+        let any_name = self.sees_every_tenant();
+        quota.charge(tenant, any_name).map_err(|refused| {
             // Label values come only from credentials (the tenants a token
             // or an identity lists), which the issuer and the configuration
             // bound. A caller allowed every tenant may name any tenant, so
             // its throttles are counted under "*".
-            let label = if self.sees_every_tenant() {
+            let label = if any_name {
                 EVERY_TENANT.to_owned()
             } else {
                 tenant.to_owned()
             };
             metrics::counter!(TENANT_THROTTLED, "tenant" => label).increment(1);
-            status::tenant_quota_exhausted(quota::retry_after_ms(wait))
+            status::tenant_quota_exhausted(quota::retry_after_ms(refused.wait()))
         })
     }
 }
@@ -305,5 +313,32 @@ mod tests {
         assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
         assert!(throttled.metadata().get(status::RETRY_AFTER_MS).is_some());
         assert!(reader.admit(read("globex")).is_ok());
+    }
+
+    #[test]
+    fn a_tenant_is_validated_before_it_is_charged() {
+        let quota = Arc::new(TenantQuota::new(1, 1).unwrap());
+        let sre = Caller::new(
+            Arc::new(Principal::new("sre", ["*"], [Role::Writer])),
+            Some(quota.clone()),
+        );
+        let huge = "x".repeat(1 << 20);
+        for bad in [huge.as_str(), "", " acme", "ac\nme"] {
+            let status = sre
+                .admit(access(Some(Role::Writer), Target::Tenant(bad)))
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(status.message().contains("tenant"), "{status:?}");
+        }
+        assert_eq!(quota.tracked(), 0);
+        let longest = "x".repeat(skuld_actors::key::MAX_TOKEN_BYTES);
+        sre.admit(access(Some(Role::Writer), Target::Tenant(&longest)))
+            .unwrap();
+        assert_eq!(quota.tracked(), 1);
+        // Without a quota, the handler validates it.
+        let open = caller(Principal::open(), None);
+        assert!(open
+            .admit(access(Some(Role::Writer), Target::Tenant(&huge)))
+            .is_ok());
     }
 }
