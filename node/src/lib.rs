@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod events_api;
+pub mod http;
 pub mod listen;
 pub mod ops_page;
 pub mod otlp;

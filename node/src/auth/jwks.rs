@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,6 +24,12 @@ use skuld_cluster::tls::FileStamp;
 
 use super::principal::Claims;
 use super::Rejection;
+
+/// Counter of the JWKS file's reloads, by `outcome`: `loaded` (a set with
+/// keys), `empty` (a well-formed set with no usable key: every token is
+/// refused), `unusable` (not a key set; the last good one is kept),
+/// `unreadable` (the file cannot be read; the last good one is kept).
+pub const JWKS_RELOADS: &str = "skuld_jwks_reloads_total";
 
 /// A token longer than this is refused before it is parsed: real ones are
 /// well under 2 KiB, and parsing costs in proportion.
@@ -67,9 +74,10 @@ pub struct KeySet {
 impl KeySet {
     /// Parses a JWKS document. A key that cannot be used (no `kid`, an
     /// encryption key, an unsupported or symmetric algorithm) is skipped,
-    /// and said so in the returned notes; a document with no usable key or
-    /// two keys of one `kid` is refused whole. Error texts never quote the
-    /// document, so they hold no key material.
+    /// and said so in the returned notes; a document with two keys of one
+    /// `kid` is refused whole. A well-formed document with no usable key is
+    /// an empty set (every key revoked), which refuses every token. Error
+    /// texts never quote the document, so they hold no key material.
     pub fn parse(bytes: &[u8], rules: &TokenRules) -> anyhow::Result<(Self, Vec<String>)> {
         #[derive(serde::Deserialize)]
         struct Document {
@@ -103,14 +111,15 @@ impl KeySet {
                 Err(why) => notes.push(format!("key {kid:?} skipped: {why}")),
             }
         }
-        if keys.is_empty() {
-            bail!("no usable key ({})", notes.join("; "));
-        }
         Ok((Self { keys }, notes))
     }
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     pub fn kids(&self) -> Vec<&str> {
@@ -238,17 +247,27 @@ pub struct Jwks {
     path: PathBuf,
     rules: TokenRules,
     current: ArcSwap<KeySet>,
+    /// Reloads tried since the start, whatever their outcome.
+    reloads: AtomicU64,
 }
 
 impl Jwks {
     /// Reads and parses `path`, then re-reads it every `every` for as long
-    /// as the returned handle lives.
+    /// as the returned handle lives. A node does not start with a set of no
+    /// usable key; one running takes such a set (its keys revoked).
     pub fn start(path: &Path, rules: TokenRules, every: Duration) -> anyhow::Result<Arc<Self>> {
         let stamp = FileStamp::of(&[path]);
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let (keys, notes) = KeySet::parse(&bytes, &rules)
             .with_context(|| format!("{} is unusable", path.display()))?;
+        if keys.is_empty() {
+            bail!(
+                "{} has no usable key ({})",
+                path.display(),
+                notes.join("; ")
+            );
+        }
         for note in &notes {
             tracing::warn!(path = %path.display(), "JWKS: {note}");
         }
@@ -257,6 +276,7 @@ impl Jwks {
             path: path.to_owned(),
             rules,
             current: ArcSwap::from_pointee(keys),
+            reloads: AtomicU64::new(0),
         });
         tokio::spawn(watch(Arc::downgrade(&jwks), stamp, every));
         Ok(jwks)
@@ -266,24 +286,50 @@ impl Jwks {
         self.current.load().verify(token)
     }
 
-    /// Takes `bytes` as the new key set, or keeps the one in force.
+    /// Reloads tried since the start.
+    #[cfg(test)]
+    fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` as the new key set, even one of no usable key (every
+    /// key revoked), or keeps the one in force when they are no key set.
     fn replace(&self, bytes: &[u8]) {
         let path = self.path.display();
-        match KeySet::parse(bytes, &self.rules) {
+        let outcome = match KeySet::parse(bytes, &self.rules) {
             Ok((keys, notes)) => {
                 for note in &notes {
                     tracing::warn!(%path, "JWKS: {note}");
                 }
-                tracing::info!(%path, kids = ?keys.kids(), "JWKS reloaded");
+                let outcome = if keys.is_empty() {
+                    tracing::error!(
+                        %path,
+                        "JWKS file has no usable key: every token is refused until it has one"
+                    );
+                    "empty"
+                } else {
+                    tracing::info!(%path, kids = ?keys.kids(), "JWKS reloaded");
+                    "loaded"
+                };
                 self.current.store(Arc::new(keys));
+                outcome
             }
-            Err(error) => tracing::warn!(
-                %path,
-                error = %format!("{error:#}"),
-                kept = self.current.load().len(),
-                "JWKS file changed but is unusable: keeping the last good key set"
-            ),
-        }
+            Err(error) => {
+                tracing::warn!(
+                    %path,
+                    error = %format!("{error:#}"),
+                    kept = self.current.load().len(),
+                    "JWKS file changed but is unusable: keeping the last good key set"
+                );
+                "unusable"
+            }
+        };
+        self.reloaded(outcome);
+    }
+
+    fn reloaded(&self, outcome: &'static str) {
+        metrics::counter!(JWKS_RELOADS, "outcome" => outcome).increment(1);
+        self.reloads.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -308,11 +354,14 @@ async fn watch(jwks: Weak<Jwks>, mut stamp: FileStamp, every: Duration) {
         stamp = now;
         match std::fs::read(&jwks.path) {
             Ok(bytes) => jwks.replace(&bytes),
-            Err(error) => tracing::warn!(
-                path = %jwks.path.display(),
-                %error,
-                "cannot read the JWKS file: keeping the last good key set"
-            ),
+            Err(error) => {
+                tracing::warn!(
+                    path = %jwks.path.display(),
+                    %error,
+                    "cannot read the JWKS file: keeping the last good key set"
+                );
+                jwks.reloaded("unreadable");
+            }
         }
     }
 }
@@ -467,11 +516,19 @@ mod tests {
         for broken in [
             b"{\"keys\": \"c2VjcmV0\"}".to_vec(),
             b"not json".to_vec(),
-            b"{\"keys\": []}".to_vec(),
             serde_json::to_vec(&serde_json::json!({"keys": [k1.jwk, k1.jwk]})).unwrap(),
         ] {
             let error = KeySet::parse(&broken, &rules()).err().unwrap();
             assert!(!format!("{error:#}").contains("c2VjcmV0"), "{error:#}");
+        }
+        // Well-formed with no usable key: an empty set, not an error.
+        for empty in [
+            serde_json::json!({"keys": []}),
+            serde_json::json!({"keys": [{"kty": "weird"}]}),
+        ] {
+            let (keys, _) = KeySet::parse(&serde_json::to_vec(&empty).unwrap(), &rules()).unwrap();
+            assert_eq!(keys.len(), 0);
+            assert!(keys.verify(&token(&k1, good_claims())).is_err());
         }
     }
 
@@ -496,8 +553,50 @@ mod tests {
         }
         assert!(jwks.verify(&old_token).is_err());
 
+        // A broken file: the reload is tried, and the last good set kept.
+        let tried = jwks.reloads();
         std::fs::write(&path, b"{ broken").unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for_reload(&jwks, tried).await;
         assert!(jwks.verify(&new_token).is_ok());
+
+        // So is a file that cannot be read (gone).
+        let tried = jwks.reloads();
+        std::fs::remove_file(&path).unwrap();
+        wait_for_reload(&jwks, tried).await;
+        assert!(jwks.verify(&new_token).is_ok());
+    }
+
+    async fn wait_for_reload(jwks: &Jwks, since: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while jwks.reloads() == since {
+            assert!(std::time::Instant::now() < deadline, "no reload tried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn every_key_can_be_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let k1 = signer("k1");
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&serde_json::json!({ "keys": [k1.jwk] })).unwrap(),
+        )
+        .unwrap();
+        let jwks = Jwks::start(&path, rules(), Duration::from_millis(20)).unwrap();
+        let token = token(&k1, good_claims());
+        assert!(jwks.verify(&token).is_ok());
+
+        let tried = jwks.reloads();
+        std::fs::write(&path, b"{\"keys\": []}").unwrap();
+        wait_for_reload(&jwks, tried).await;
+        assert_eq!(
+            jwks.verify(&token).unwrap_err(),
+            Rejection::Invalid("unknown kid")
+        );
+
+        // A node does not start on such a set.
+        assert!(Jwks::start(&path, rules(), Duration::from_secs(60)).is_err());
     }
 }

@@ -212,6 +212,10 @@ fn describe_metrics() {
         "Client API calls refused by authentication or authorization, by reason (missing, invalid, expired, forbidden)"
     );
     metrics::describe_counter!(
+        jwks::JWKS_RELOADS,
+        "Reloads of the JWKS file, by outcome (loaded; empty: no usable key, every token refused; unusable or unreadable: the last good key set kept)"
+    );
+    metrics::describe_counter!(
         TENANT_THROTTLED,
         "Client API calls refused by a tenant's request quota, by tenant (\"*\" for callers allowed every tenant)"
     );
