@@ -489,7 +489,7 @@ mod tests {
     #[test]
     fn http_requests() {
         fuzz("http_requests", |rng| {
-            let mut short = |rng: &mut StdRng| {
+            let short = |rng: &mut StdRng| {
                 let mut text = bytes(rng);
                 text.truncate(rng.random_range(0..64));
                 text
