@@ -43,13 +43,16 @@ pub struct Leaf {
 }
 
 impl Leaf {
-    /// A leaf valid for an hour, for `names`, as server and as client.
+    /// A leaf for `names`, as server and as client, valid from three days
+    /// ago for thirty days: like a real certificate, it stays valid for a
+    /// node whose clock is days off (the clock-skew tests), which a
+    /// certificate of an hour would not.
     pub fn new(common_name: &str, names: &[&str]) -> Self {
         Self {
             common_name: common_name.to_owned(),
             names: names.iter().map(|name| (*name).to_owned()).collect(),
-            valid_since: Duration::minutes(5),
-            valid_for: Duration::hours(1),
+            valid_since: Duration::days(3),
+            valid_for: Duration::days(30),
         }
     }
 
@@ -72,8 +75,8 @@ impl TestCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(2);
+        params.not_before = now - Duration::days(7);
+        params.not_after = now + Duration::days(60);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
