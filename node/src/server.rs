@@ -257,7 +257,8 @@ pub async fn run(
     let webhooks = WebhookServiceServer::new(WebhooksApi::new(
         Arc::clone(&store),
         config.events.webhooks(),
-    ));
+    ))
+    .max_decoding_message_size(config.server.max_message_bytes);
     let sinks = Sinks::start(SinkContext {
         store: Arc::clone(&store),
         shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
