@@ -20,9 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
@@ -46,7 +43,6 @@ use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
 use crate::listen::{self, AcceptPolicy};
-use crate::ops_page;
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
@@ -97,12 +93,6 @@ impl Listeners {
             .with_context(|| format!("cannot listen for HTTP on {}", config.server.http_addr))?;
         Ok(Self { grpc, peer, http })
     }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    readiness: Readiness,
-    metrics: Option<PrometheusHandle>,
 }
 
 /// Runs a node until `shutdown` resolves, then drains and stops in order.
@@ -225,7 +215,8 @@ pub async fn run(
         returns: Arc::clone(&returns),
         readiness: readiness.clone(),
     });
-    let admin = AdminServiceServer::from_arc(Arc::clone(&admin_api));
+    let admin = AdminServiceServer::from_arc(Arc::clone(&admin_api))
+        .max_decoding_message_size(config.server.max_message_bytes);
     // Forwarded messages carry whole commands; allow the largest a client
     // may send plus framing.
     let peer = joined.as_ref().map(|joined| {
@@ -350,16 +341,7 @@ pub async fn run(
         stop_reload.clone(),
     ));
 
-    let http_state = HttpState {
-        readiness: readiness.clone(),
-        metrics,
-    };
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .merge(ops_page::routes(admin_api))
-        .with_state(http_state);
+    let app = crate::http::router(readiness.clone(), metrics, admin_api);
     let http_stop = stop_servers.clone().cancelled_owned();
     let http = servers.spawn(async move {
         axum::serve(listeners.http, app)
@@ -512,20 +494,6 @@ fn routed<E: Entity>(runtime: EntityRuntime<E>, routing: Option<Routing>) -> Ent
     match routing {
         Some(routing) => runtime.with_routing(routing),
         None => runtime,
-    }
-}
-
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    match state.readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-    }
-}
-
-async fn render_metrics(State(state): State<HttpState>) -> (StatusCode, String) {
-    match &state.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
-        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n".into()),
     }
 }
 
