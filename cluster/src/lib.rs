@@ -3,6 +3,7 @@
 //! ownership with epochs, and the routing table requests consult.
 
 pub mod error;
+mod etcd_tls;
 pub mod membership;
 pub mod ownership;
 pub mod placement;

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ClusterError;
+use crate::tls::ReloadingClientConfig;
 
 /// How often a node whose id another process holds tries to register.
 const NODE_ID_IN_USE_RETRY: Duration = Duration::from_secs(1);
@@ -42,6 +43,10 @@ pub struct MembershipConfig {
     /// Shard count used only when this node creates the cluster.
     pub shard_count: u32,
     pub lease_ttl: Duration,
+    /// TLS to etcd (https endpoints): the CA of etcd's server certificate
+    /// and the client certificate for `--client-cert-auth`, read again at
+    /// each reconnect when they changed. `None`: plaintext.
+    pub etcd_tls: Option<Arc<ReloadingClientConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,13 +194,33 @@ impl Membership {
             // etcd member cannot freeze this node's view of the cluster.
             .with_require_leader(true);
         let limit = etcd_timeout(config.lease_ttl).max(Duration::from_secs(5));
-        let mut client = bounded(
-            limit,
-            Client::connect(config.etcd_endpoints.clone(), Some(options)),
-        )
-        .await?;
+        let (mut client, tls_failure) = match &config.etcd_tls {
+            // The node's own channel: its connector reads the certificate
+            // files again at each reconnect (etcd-client's `with_tls` would
+            // keep the ones read here for the life of the process).
+            Some(tls) => {
+                let (channel, failure) =
+                    crate::etcd_tls::channel(&config.etcd_endpoints, Arc::clone(tls))?;
+                let client = bounded(limit, Client::from_channel(channel, Some(options))).await?;
+                (client, Some(failure))
+            }
+            None => {
+                let client = bounded(
+                    limit,
+                    Client::connect(config.etcd_endpoints.clone(), Some(options)),
+                )
+                .await?;
+                (client, None)
+            }
+        };
         let prefix = format!("/skuld/{}", config.cluster_name);
-        let shard_count = ensure_settings(&mut client, &prefix, config.shard_count, limit).await?;
+        // The first call: where a certificate etcd refuses shows up.
+        let shard_count = ensure_settings(&mut client, &prefix, config.shard_count, limit)
+            .await
+            .map_err(|error| match &tls_failure {
+                Some(failure) => failure.explain(error),
+                None => error,
+            })?;
         let incarnation = uuid::Uuid::new_v4().to_string();
         let member = Member {
             node_id: config.node_id.clone(),

@@ -97,6 +97,164 @@ impl TlsFiles {
     }
 }
 
+/// A client configuration that follows its files on disk: each new
+/// connection asks for [`ReloadingClientConfig::current`], which reads the
+/// files again when their [`FileStamp`] changed since the last look, so a
+/// certificate Kubernetes rotated in place is presented (and a rotated CA
+/// trusted) from the next connection on, without a restart. Connections
+/// already open keep the configuration they were made with.
+///
+/// Checked before each connection, so that none goes out with files older
+/// than the ones on disk (the clients that use it, the PostgreSQL pool and
+/// the etcd channel, connect rarely, and a check is three `stat` calls),
+/// and by the node's reload timer through
+/// [`ReloadingClientConfig::reload_if_changed`], so that a rotation that
+/// cannot be used is reported when it happens, not at the next reconnect.
+/// Such a set of files (a rotation seen half-way, a key that does not match
+/// its certificate) is warned about once per change, naming the file, and
+/// the last good configuration stays in use.
+pub struct ReloadingClientConfig {
+    /// Who connects ("etcd_client", "postgres_client"), for logs and the
+    /// `skuld_tls_reloads_total` counter.
+    what: &'static str,
+    files: TlsFiles,
+    alpn: Vec<Vec<u8>>,
+    state: parking_lot::Mutex<Loaded>,
+}
+
+struct Loaded {
+    /// The stamp of the files last tried, good or not.
+    stamp: FileStamp,
+    config: Arc<ClientConfig>,
+}
+
+impl ReloadingClientConfig {
+    /// Reads the files; fails (at start, naming the file) when they cannot
+    /// be used. `alpn` is offered on every connection.
+    pub fn load(
+        what: &'static str,
+        files: TlsFiles,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        files.check_pairing(what)?;
+        if !files.has_ca() {
+            return Err(ClusterError::Tls(format!(
+                "{what}: TLS needs the CA file that signs the server's certificate"
+            )));
+        }
+        let stamp = files.stamp();
+        let config = build_client_config(&files, &alpn)?;
+        Ok(Arc::new(Self {
+            what,
+            files,
+            alpn,
+            state: parking_lot::Mutex::new(Loaded {
+                stamp,
+                config: Arc::new(config),
+            }),
+        }))
+    }
+
+    /// The files this configuration is read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The configuration for the next connection: read again first when
+    /// the files changed.
+    pub fn current(&self) -> Arc<ClientConfig> {
+        self.reload_if_changed();
+        Arc::clone(&self.state.lock().config)
+    }
+
+    /// Reads the files again when they changed since the last look; keeps
+    /// the configuration in use (and says why) when they cannot be used.
+    pub fn reload_if_changed(&self) {
+        let stamp = self.files.stamp();
+        let mut state = self.state.lock();
+        if state.stamp == stamp {
+            return;
+        }
+        // Taken even when the files turn out unusable: the same broken set
+        // is not parsed and warned about again at every connection; the
+        // next write to any of them changes the stamp and is tried.
+        state.stamp = stamp;
+        match build_client_config(&self.files, &self.alpn) {
+            Ok(config) => {
+                state.config = Arc::new(config);
+                metrics::counter!("skuld_tls_reloads_total", "listener" => self.what, "outcome" => "ok")
+                    .increment(1);
+                tracing::info!(
+                    client = self.what,
+                    "TLS files changed: new connections use them"
+                );
+            }
+            Err(error) => {
+                metrics::counter!("skuld_tls_reloads_total", "listener" => self.what, "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(
+                    client = self.what,
+                    %error,
+                    "TLS files changed but cannot be used; new connections keep the previous ones"
+                );
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ReloadingClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingClientConfig")
+            .field("what", &self.what)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_client_config(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ClientConfig, ClusterError> {
+    let mut config = files.client_config()?;
+    config.alpn_protocols = alpn.to_vec();
+    Ok(config)
+}
+
+/// A TLS failure of a connection to `server` in the words of the option to
+/// look at (rustls names the alert received or the check that failed, not
+/// whose certificate it was); `None` for any other error. With TLS 1.3 a
+/// server's refusal of the client certificate arrives as an alert after
+/// the handshake looked done.
+pub fn explain_failure(
+    error: &std::io::Error,
+    server: &str,
+    cert_option: &str,
+    server_trusts: &str,
+    ca_option: &str,
+) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateRequired
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
+        )) => Some(format!(
+            "{server} refused this node's client certificate ({cert_option}: none, expired, or \
+             not of a CA in {server_trusts}): {error}"
+        )),
+        Some(rustls::Error::InvalidCertificate(_)) => Some(format!(
+            "{server}'s certificate does not verify against {ca_option} or does not name the \
+             host connected to: {error}"
+        )),
+        _ => None,
+    }
+}
+
 /// The crypto provider of every TLS context skuld builds: ring, the only
 /// one compiled in (no process-wide default needs to be guessed).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -141,11 +299,7 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Clust
     let chain = read_chain(cert)?;
     let private = read_key(key)?;
     let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|error| {
-        ClusterError::Tls(format!(
-            "{} and {}: {error}",
-            cert.display(),
-            key.display()
-        ))
+        ClusterError::Tls(format!("{} and {}: {error}", cert.display(), key.display()))
     })?;
     Ok(Arc::new(certified))
 }
@@ -200,6 +354,62 @@ mod tests {
         let text = read_key(&path).unwrap_err().to_string();
         assert!(!text.contains("SECRET"), "{text}");
         assert!(text.contains("tls.key"), "{text}");
+    }
+
+    /// A CA and a leaf it signs, written as `dir/ca.crt`, `tls.crt`, `tls.key`.
+    fn issue(dir: &Path, ca: &rcgen::Issuer<'static, rcgen::KeyPair>, ca_pem: &str) -> TlsFiles {
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
+        let files = TlsFiles::new(
+            &dir.join("tls.crt"),
+            &dir.join("tls.key"),
+            &dir.join("ca.crt"),
+        );
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.ca, ca_pem).unwrap();
+        files
+    }
+
+    fn test_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        (rcgen::Issuer::new(params, key), pem)
+    }
+
+    #[test]
+    fn a_client_config_follows_its_files_and_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, ca_pem) = test_ca();
+        let files = issue(dir.path(), &ca, &ca_pem);
+        let tls = ReloadingClientConfig::load("test_client", files.clone(), Vec::new()).unwrap();
+        let first = tls.current();
+        assert!(
+            Arc::ptr_eq(&first, &tls.current()),
+            "rebuilt without a change"
+        );
+        // Rotated in place; the pause keeps the new modification times
+        // apart from the old ones on a file system with coarse timestamps.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        issue(dir.path(), &ca, &ca_pem);
+        let second = tls.current();
+        assert!(!Arc::ptr_eq(&first, &second), "the rotation was not read");
+        // Half a rotation: a key that is not the certificate's.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(
+            &files.key,
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        let kept = tls.current();
+        assert!(Arc::ptr_eq(&second, &kept), "an unusable key was taken");
+        // A missing file at start is named.
+        let missing = TlsFiles::new(Path::new(""), Path::new(""), &dir.path().join("none.crt"));
+        let error = ReloadingClientConfig::load("test_client", missing, Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("none.crt"), "{error}");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use skuld_cluster::membership::{Membership, MembershipConfig};
 use skuld_cluster::ownership::{follow_routes, OwnershipConfig, ShardHost, ShardManager};
 use skuld_cluster::shards::ShardTable;
 use skuld_cluster::store::health::{HealthPolicy, MonitoredStore, StoreHealth, Verdict};
-use skuld_cluster::{PostgresStore, Store};
+use skuld_cluster::tls::{ReloadingClientConfig, TlsFiles};
+use skuld_cluster::{ClusterError, PostgresStore, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::peer::GrpcForwarder;
-use crate::tls::PeerClientTls;
+use crate::tls::{PeerClientTls, Reloadable};
 
 /// The parts of cluster mode that exist before the runtimes do.
 pub struct Joined {
@@ -34,6 +35,8 @@ pub struct Joined {
     /// Whether the store answers this node (ownership follows it).
     pub store_health: Arc<StoreHealth>,
     pub routing: Routing,
+    /// The etcd and PostgreSQL clients' TLS files, when configured.
+    pub client_tls: Vec<Arc<ReloadingClientConfig>>,
 }
 
 /// Joins the cluster: registers in etcd (which fixes the shard count) and
@@ -62,6 +65,20 @@ pub async fn join(
             peer_tls.files().cert.display()
         );
     }
+    // Every file is read before the node registers anywhere: a missing or
+    // broken one stops it here, named, with nothing left behind in etcd.
+    let url = config
+        .postgres
+        .resolved_url()
+        .context("cannot read the PostgreSQL URL")?;
+    let etcd_tls = client_tls("etcd_client", config.cluster.etcd_tls(), b"h2")
+        .context("cannot use the etcd TLS files")?;
+    let postgres_tls = client_tls(
+        "postgres_client",
+        config.postgres.postgres_tls(),
+        b"postgresql",
+    )
+    .context("cannot use the PostgreSQL TLS files")?;
     let membership = Membership::join(
         MembershipConfig {
             etcd_endpoints: config.cluster.etcd_endpoints.clone(),
@@ -70,6 +87,7 @@ pub async fn join(
             endpoint,
             shard_count: config.cluster.shard_count,
             lease_ttl: Duration::from_secs(config.cluster.lease_ttl_secs),
+            etcd_tls: etcd_tls.clone(),
         },
         env!("CARGO_PKG_VERSION"),
     )
@@ -80,11 +98,8 @@ pub async fn join(
             config.cluster.etcd_endpoints
         )
     })?;
-    if config.postgres.postgres_url.is_empty() {
-        anyhow::bail!("cluster mode needs postgres_url");
-    }
-    let url = config.postgres.postgres_url.expose();
-    let store = match open_store(config, url, &membership).await {
+    let client_tls: Vec<_> = etcd_tls.iter().chain(&postgres_tls).cloned().collect();
+    let store = match open_store(config, url.expose(), postgres_tls, &membership).await {
         Ok(store) => store,
         Err(error) => {
             // Placement must not count on a member that will never serve.
@@ -113,6 +128,7 @@ pub async fn join(
         store,
         store_health,
         routing,
+        client_tls,
     })
 }
 
@@ -123,12 +139,14 @@ pub async fn join(
 async fn open_store(
     config: &Config,
     url: &str,
+    tls: Option<Arc<ReloadingClientConfig>>,
     membership: &Membership,
 ) -> anyhow::Result<PostgresStore> {
-    let store = PostgresStore::connect(
+    let store = PostgresStore::connect_with_tls(
         url,
         membership.shard_count(),
         config.postgres.postgres_pool_size,
+        tls,
     )
     .await
     .context("cannot open the PostgreSQL store")?
@@ -153,6 +171,26 @@ async fn open_store(
         }
     }
     Ok(store)
+}
+
+/// The TLS client configuration of `files` offering `alpn`, or `None`
+/// (plaintext) when no CA file is configured (the configuration's checks
+/// refused a certificate without one).
+fn client_tls(
+    what: &'static str,
+    files: TlsFiles,
+    alpn: &[u8],
+) -> Result<Option<Arc<ReloadingClientConfig>>, ClusterError> {
+    if !files.has_ca() {
+        return Ok(None);
+    }
+    ReloadingClientConfig::load(what, files, vec![alpn.to_vec()]).map(Some)
+}
+
+impl Reloadable for ReloadingClientConfig {
+    fn reload_if_changed(&self) {
+        ReloadingClientConfig::reload_if_changed(self);
+    }
 }
 
 /// Stops the actors of a shard this node no longer serves.
@@ -192,6 +230,21 @@ pub fn start(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(Arc::clone(&joined.membership).run(stop.clone()));
+    // Each new etcd or PostgreSQL connection reads changed files anyway;
+    // looking on a timer as well says at once (log, skuld_tls_reloads_total)
+    // when a rotation cannot be used, not at the next reconnect.
+    if !joined.client_tls.is_empty() {
+        let reloadables = joined
+            .client_tls
+            .iter()
+            .map(|tls| Arc::clone(tls) as Arc<dyn Reloadable>)
+            .collect();
+        tasks.spawn(crate::tls::watch(
+            reloadables,
+            Duration::from_secs(config.server.tls_reload_interval_secs),
+            stop.clone(),
+        ));
+    }
     let failover = Duration::from_secs(config.cluster.store_failover_secs);
     let policy = HealthPolicy {
         failover,

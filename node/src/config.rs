@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use skuld_cluster::tls::TlsFiles;
 
 pub use options::{
     described, markdown_table, Auth, Cluster, Events, OptionDoc, Postgres, Runtime, ServeArgs,
@@ -113,9 +114,12 @@ impl Config {
         if self.is_clustered() {
             self.cluster.validate_peer_tls()?;
         }
-        if self.is_clustered() && self.postgres.postgres_url.is_empty() {
+        if self.is_clustered()
+            && self.postgres.postgres_url.is_empty()
+            && self.postgres.postgres_url_file.as_os_str().is_empty()
+        {
             return Err(ConfigError::Invalid(
-                "cluster mode (etcd_endpoints set) needs postgres_url: shards move between nodes, so their data must live in the shared store".into(),
+                "cluster mode (etcd_endpoints set) needs postgres_url or postgres_url_file: shards move between nodes, so their data must live in the shared store".into(),
             ));
         }
         Ok(())
@@ -357,8 +361,52 @@ impl Writer {
     }
 }
 
+/// The checks of one client's TLS files, named by their options
+/// (`<prefix>_ca_file`, `_cert_file`, `_key_file`): a certificate needs its
+/// key and the reverse, and presenting one without checking the server
+/// against a CA would be TLS that trusts any server.
+fn check_client_tls(prefix: &str, files: &TlsFiles) -> Result<(), ConfigError> {
+    if files.cert.as_os_str().is_empty() != files.key.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{prefix}_cert_file and {prefix}_key_file go together: set both or neither"
+        )));
+    }
+    if files.has_identity() && !files.has_ca() {
+        return Err(ConfigError::Invalid(format!(
+            "{prefix}_cert_file needs {prefix}_ca_file (the CA that signs the server's certificate)"
+        )));
+    }
+    Ok(())
+}
+
 impl Cluster {
+    /// The TLS files of the etcd client; no CA file: plaintext.
+    pub fn etcd_tls(&self) -> TlsFiles {
+        TlsFiles::new(
+            &self.etcd_tls_cert_file,
+            &self.etcd_tls_key_file,
+            &self.etcd_tls_ca_file,
+        )
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        let tls = self.etcd_tls();
+        check_client_tls("etcd_tls", &tls)?;
+        // The scheme says what etcd speaks; a mismatch would fail at the
+        // first call, as a timeout.
+        for endpoint in &self.etcd_endpoints {
+            let https = endpoint.starts_with("https://");
+            if https && !tls.has_ca() {
+                return Err(ConfigError::Invalid(format!(
+                    "etcd endpoint {endpoint} is https:// but etcd_tls_ca_file is not set"
+                )));
+            }
+            if endpoint.starts_with("http://") && tls.has_ca() {
+                return Err(ConfigError::Invalid(format!(
+                    "etcd endpoint {endpoint} is http:// but etcd_tls_ca_file is set (use https://)"
+                )));
+            }
+        }
         positive(&[
             ("shard_count", u64::from(self.shard_count)),
             ("lease_ttl_secs", self.lease_ttl_secs),
@@ -420,7 +468,46 @@ impl Cluster {
 }
 
 impl Postgres {
+    /// The TLS files of the PostgreSQL client; no CA file: plaintext.
+    pub fn postgres_tls(&self) -> TlsFiles {
+        TlsFiles::new(
+            &self.postgres_tls_cert_file,
+            &self.postgres_tls_key_file,
+            &self.postgres_tls_ca_file,
+        )
+    }
+
+    /// The connection URL: postgres_url, or the contents of
+    /// postgres_url_file (trimmed), read once, here. An error names the
+    /// file and never says what is in it.
+    pub fn resolved_url(&self) -> Result<SecretUrl, ConfigError> {
+        if self.postgres_url_file.as_os_str().is_empty() {
+            return Ok(self.postgres_url.clone());
+        }
+        let path = &self.postgres_url_file;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::Invalid(format!(
+                "cannot read postgres_url_file {}: {error}",
+                path.display()
+            ))
+        })?;
+        let url = text.trim();
+        if url.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "postgres_url_file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(url.parse().unwrap_or_default())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if !self.postgres_url.is_empty() && !self.postgres_url_file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "postgres_url and postgres_url_file are both set: give the URL one way".into(),
+            ));
+        }
+        check_client_tls("postgres_tls", &self.postgres_tls())?;
         positive(&[
             ("postgres_pool_size", self.postgres_pool_size as u64),
             (
@@ -725,6 +812,112 @@ mod tests {
             }),
             Ok(())
         );
+    }
+
+    #[test]
+    fn etcd_and_postgres_tls_files_are_checked_together() {
+        let etcd = |endpoint: &str, ca: &str, cert: &str, key: &str| Cluster {
+            etcd_endpoints: vec![endpoint.into()],
+            etcd_tls_ca_file: ca.into(),
+            etcd_tls_cert_file: cert.into(),
+            etcd_tls_key_file: key.into(),
+            ..Cluster::default()
+        };
+        assert!(etcd("https://etcd:2379", "ca.crt", "tls.crt", "tls.key")
+            .validate()
+            .is_ok());
+        assert!(etcd("http://etcd:2379", "", "", "").validate().is_ok());
+        for (cluster, expected) in [
+            (
+                etcd("https://etcd:2379", "", "", ""),
+                "etcd endpoint https://etcd:2379 is https:// but etcd_tls_ca_file is not set",
+            ),
+            (
+                etcd("http://etcd:2379", "ca.crt", "", ""),
+                "etcd endpoint http://etcd:2379 is http:// but etcd_tls_ca_file is set",
+            ),
+            (
+                etcd("https://etcd:2379", "ca.crt", "tls.crt", ""),
+                "etcd_tls_cert_file and etcd_tls_key_file go together",
+            ),
+            (
+                etcd("etcd:2379", "", "tls.crt", "tls.key"),
+                "etcd_tls_cert_file needs etcd_tls_ca_file",
+            ),
+        ] {
+            match cluster.validate() {
+                Err(ConfigError::Invalid(reason)) => {
+                    assert!(reason.contains(expected), "{reason}")
+                }
+                other => panic!("{cluster:?} accepted: {other:?}"),
+            }
+        }
+        let postgres = |url: &str, url_file: &str, ca: &str, cert: &str, key: &str| Postgres {
+            postgres_url: url.parse().unwrap(),
+            postgres_url_file: url_file.into(),
+            postgres_tls_ca_file: ca.into(),
+            postgres_tls_cert_file: cert.into(),
+            postgres_tls_key_file: key.into(),
+            ..Postgres::default()
+        };
+        assert!(
+            postgres("postgres://pg/skuld", "", "ca.crt", "tls.crt", "tls.key")
+                .validate()
+                .is_ok()
+        );
+        for (section, expected) in [
+            (
+                postgres("postgres://pg/skuld", "/run/url", "", "", ""),
+                "postgres_url and postgres_url_file are both set",
+            ),
+            (
+                postgres("postgres://pg/skuld", "", "ca.crt", "", "tls.key"),
+                "postgres_tls_cert_file and postgres_tls_key_file go together",
+            ),
+            (
+                postgres("postgres://pg/skuld", "", "", "tls.crt", "tls.key"),
+                "postgres_tls_cert_file needs postgres_tls_ca_file",
+            ),
+        ] {
+            match section.validate() {
+                Err(ConfigError::Invalid(reason)) => {
+                    assert!(reason.contains(expected), "{reason}")
+                }
+                other => panic!("{section:?} accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_postgres_url_file_is_read_trimmed_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postgres-url");
+        std::fs::write(&path, "  postgres://skuld:s3cret@pg:5432/skuld\n").unwrap();
+        let section = Postgres {
+            postgres_url_file: path.clone(),
+            ..Postgres::default()
+        };
+        section.validate().unwrap();
+        let url = section.resolved_url().unwrap();
+        assert_eq!(url.expose(), "postgres://skuld:s3cret@pg:5432/skuld");
+        assert!(!format!("{url:?} {url}").contains("s3cret"));
+        // `skuld config` shows the file, not what is in it.
+        let config = Config {
+            postgres: section.clone(),
+            ..Config::default()
+        };
+        let shown = config.to_commented_toml().unwrap();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains(&path.display().to_string()), "{shown}");
+        std::fs::write(&path, " \n").unwrap();
+        let empty = section.resolved_url().unwrap_err().to_string();
+        assert!(
+            empty.contains("is empty") && empty.contains("postgres-url"),
+            "{empty}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let missing = section.resolved_url().unwrap_err().to_string();
+        assert!(missing.contains(&path.display().to_string()), "{missing}");
     }
 
     #[test]

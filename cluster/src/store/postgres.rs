@@ -17,19 +17,30 @@
 //! missing when it connects.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Committed, EntityWrite, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError,
     StoredEvent, SummaryRow, WriteBatch,
 };
+
+use crate::tls::ReloadingClientConfig;
 
 mod outbox;
 mod records;
@@ -173,7 +184,26 @@ impl PostgresStore {
         shard_count: u32,
         pool_size: usize,
     ) -> Result<Self, StoreError> {
+        Self::connect_with_tls(url, shard_count, pool_size, None).await
+    }
+
+    /// [`PostgresStore::connect`], over TLS when `tls` is given: every
+    /// connection then requires TLS (a server that offers none is refused,
+    /// never fallen back from), the server's chain and host name are
+    /// verified against the CA (libpq's `verify-full`), and the client
+    /// certificate, when configured, is presented for `cert`
+    /// authentication. Each new pooled connection reads the files again if
+    /// they changed (see [`ReloadingClientConfig`]); open ones stay up.
+    pub async fn connect_with_tls(
+        url: &str,
+        shard_count: u32,
+        pool_size: usize,
+        tls: Option<Arc<ReloadingClientConfig>>,
+    ) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::backend)?;
+        if tls.is_some() {
+            require_tls(&mut config)?;
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -195,13 +225,13 @@ impl PostgresStore {
         // Fast recycling still drops a connection whose socket closed (a
         // restarted or failed-over server) before handing it out; checking
         // each one with a query would add a round trip to every call.
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, PostgresTls(tls), manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -347,6 +377,139 @@ impl PostgresStore {
         .await
         .map_err(StoreError::backend)?;
         tx.commit().await.map_err(StoreError::backend)
+    }
+}
+
+/// TLS on every connection, whatever the URL says: `sslmode=prefer` (the
+/// default) would fall back to plaintext when the server offers no TLS, and
+/// `disable` contradicts the CA file the operator configured. A Unix socket
+/// carries no TLS, so it cannot be what was meant either.
+fn require_tls(config: &mut tokio_postgres::Config) -> Result<(), StoreError> {
+    if config.get_ssl_mode() == SslMode::Disable {
+        return Err(StoreError::Incompatible(
+            "the PostgreSQL URL says sslmode=disable but postgres_tls_ca_file is set".into(),
+        ));
+    }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|host| !matches!(host, Host::Tcp(_)))
+    {
+        return Err(StoreError::Incompatible(
+            "the PostgreSQL URL names a Unix socket, which carries no TLS, but \
+             postgres_tls_ca_file is set"
+                .into(),
+        ));
+    }
+    config.ssl_mode(SslMode::Require);
+    Ok(())
+}
+
+/// The pool's TLS connector: each connection is made with the newest
+/// configuration the files give (rustls verifies the server's chain to the
+/// CA and that its certificate names the URL's host). Channel binding
+/// (SCRAM-SHA-256-PLUS) comes with tokio-postgres-rustls.
+#[derive(Clone)]
+struct PostgresTls(Arc<ReloadingClientConfig>);
+
+impl<S> MakeTlsConnect<S> for PostgresTls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PostgresStream<<MakeRustlsConnect as MakeTlsConnect<S>>::Stream>;
+    type TlsConnect = PostgresConnect<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let config = ClientConfig::clone(&self.0.current());
+        MakeTlsConnect::<S>::make_tls_connect(&mut MakeRustlsConnect::new(config), domain)
+            .map(PostgresConnect)
+    }
+}
+
+/// One handshake, its failure explained (see [`PostgresStream`]).
+struct PostgresConnect<C>(C);
+
+impl<S, C> TlsConnect<S> for PostgresConnect<C>
+where
+    C: TlsConnect<S, Error = io::Error>,
+    C::Future: Send + 'static,
+{
+    type Stream = PostgresStream<C::Stream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Stream>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let handshake = self.0.connect(stream);
+        Box::pin(async move { handshake.await.map(PostgresStream).map_err(explained) })
+    }
+}
+
+/// A TLS connection to PostgreSQL whose read errors say which option to
+/// look at: with TLS 1.3 the server refuses a client certificate (another
+/// CA, an expired one) with an alert after the handshake, at the first read
+/// of the startup exchange, which would otherwise read only "received
+/// fatal alert: UnknownCA".
+struct PostgresStream<T>(T);
+
+fn explained(error: io::Error) -> io::Error {
+    match crate::tls::explain_failure(
+        &error,
+        "PostgreSQL",
+        "postgres_tls_cert_file",
+        "the server's ssl_ca_file",
+        "postgres_tls_ca_file",
+    ) {
+        Some(text) => io::Error::new(error.kind(), text),
+        None => error,
+    }
+}
+
+impl<T: tokio_postgres::tls::TlsStream + Unpin> tokio_postgres::tls::TlsStream
+    for PostgresStream<T>
+{
+    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
+        self.0.channel_binding()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for PostgresStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf).map_err(explained)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PostgresStream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 
