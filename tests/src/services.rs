@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
+use crate::certs::CertFiles;
+
 /// How long etcd may take to answer `GET /health` with `"health":"true"`.
 pub const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long PostgreSQL may take to accept connections (crash recovery
@@ -216,6 +218,14 @@ pub fn etcd_binary() -> anyhow::Result<PathBuf> {
         .context("etcd not found: run scripts/setup (installs the etcd-server package)")
 }
 
+/// TLS of a test etcd's client listener: the certificate it serves, and
+/// the CA every client must present a certificate of (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub server: CertFiles,
+    pub client_ca: PathBuf,
+}
+
 /// A single-member etcd on loopback ports, with its data and log in the
 /// directory given to [`Etcd::start`].
 pub struct Etcd {
@@ -225,19 +235,33 @@ pub struct Etcd {
     log_path: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// With TLS on the client port, a plaintext listener for `/health`
+    /// (what a probe without a certificate reads).
+    metrics_port: u16,
+    tls: Option<EtcdTls>,
 }
 
 impl Etcd {
     /// Starts etcd with its data in `dir/etcd-data` and its log in
     /// `dir/etcd.log`, and waits until it reports itself healthy.
     pub fn start(dir: &Path) -> anyhow::Result<Etcd> {
+        Self::start_with(dir, None)
+    }
+
+    /// [`Etcd::start`] with the client port on TLS and client certificates
+    /// required (`https://` endpoint), health on a plaintext metrics port.
+    pub fn start_tls(dir: &Path, tls: EtcdTls) -> anyhow::Result<Etcd> {
+        Self::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<EtcdTls>) -> anyhow::Result<Etcd> {
         let binary = etcd_binary()?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let data_dir = dir.join("etcd-data");
         let fresh = !data_dir.exists();
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let [client_port, peer_port] = free_ports::<2>()?;
+            let [client_port, peer_port, metrics_port] = free_ports::<3>()?;
             let mut etcd = Etcd {
                 child: None,
                 binary: binary.clone(),
@@ -245,6 +269,8 @@ impl Etcd {
                 log_path: dir.join("etcd.log"),
                 client_port,
                 peer_port,
+                metrics_port,
+                tls: tls.clone(),
             };
             match etcd.spawn()? {
                 Started::Ready => return Ok(etcd),
@@ -263,9 +289,10 @@ impl Etcd {
             .context(format!("etcd did not start in {START_ATTEMPTS} attempts")))
     }
 
-    /// `http://127.0.0.1:PORT`, the client URL.
+    /// `http://127.0.0.1:PORT`, the client URL (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn log_path(&self) -> &Path {
@@ -306,7 +333,8 @@ impl Etcd {
         let name = "skuld-test";
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("--name")
             .arg(name)
             .arg("--data-dir")
@@ -319,14 +347,31 @@ impl Etcd {
             .arg(format!("{name}={peer_url}"))
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", name])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        let health_port = match &self.tls {
+            Some(tls) => {
+                command
+                    .arg("--cert-file")
+                    .arg(&tls.server.cert)
+                    .arg("--key-file")
+                    .arg(&tls.server.key)
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.client_ca)
+                    .arg("--client-cert-auth")
+                    .arg("--listen-metrics-urls")
+                    .arg(format!("http://127.0.0.1:{}", self.metrics_port));
+                self.metrics_port
+            }
+            None => self.client_port,
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
         self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.client_port);
+        let address = format!("127.0.0.1:{health_port}");
         let waited = await_start(
             &mut self.child,
             "etcd",
@@ -449,12 +494,47 @@ pub struct Postgres {
     port: u16,
     /// The `postgres` user's (uid, gid) when this process is root.
     run_as: Option<(u32, u32)>,
+    /// `ssl = on` with these files (copies the server owns), when started
+    /// with [`Postgres::start_tls`].
+    tls: Option<ServerTlsFiles>,
+}
+
+/// TLS of a test PostgreSQL: the certificate it serves, the CA client
+/// certificates must chain to, and the roles that may connect only over
+/// TLS with a client certificate whose CN is the role (`cert`
+/// authentication).
+#[derive(Debug, Clone)]
+pub struct PostgresTls {
+    pub server: CertFiles,
+    pub client_ca: PathBuf,
+    pub cert_roles: Vec<String>,
+}
+
+/// The server's copies of its TLS files, inside its own directory.
+#[derive(Debug, Clone)]
+struct ServerTlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 impl Postgres {
     /// Creates a cluster (`initdb`) and starts a server on a free port with
     /// fsync on, and waits until it accepts connections.
     pub fn start() -> anyhow::Result<Postgres> {
+        Self::start_with(None)
+    }
+
+    /// [`Postgres::start`] with `ssl = on`, and a `pg_hba.conf` that lets
+    /// each of `tls.cert_roles` in only over TLS with a client certificate
+    /// of `tls.client_ca` naming it (`hostssl ... cert`), rejects every
+    /// other role over TCP but the `postgres` superuser (plaintext trust on
+    /// loopback: the harness's own connections), and logs connections.
+    pub fn start_tls(tls: &PostgresTls) -> anyhow::Result<Postgres> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&PostgresTls>) -> anyhow::Result<Postgres> {
         let bin_dir = postgres_bin_dir()?;
         let run_as = if running_as_root() {
             Some((postgres_id("-u")?, postgres_id("-g")?))
@@ -486,8 +566,12 @@ impl Postgres {
             bin_dir,
             port: 0,
             run_as,
+            tls: None,
         };
         postgres.initdb()?;
+        if let Some(tls) = tls {
+            postgres.set_up_tls(tls)?;
+        }
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             postgres.port = free_port()?;
@@ -610,10 +694,67 @@ impl Postgres {
         Ok(())
     }
 
+    /// Copies the TLS files where the server (the `postgres` user) owns
+    /// them, the key readable by it alone (PostgreSQL refuses a key others
+    /// can read), and writes `pg_hba.conf`.
+    fn set_up_tls(&mut self, tls: &PostgresTls) -> anyhow::Result<()> {
+        let dir = self
+            .data_dir
+            .parent()
+            .context("the data dir has no parent")?
+            .join("tls");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let files = ServerTlsFiles {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("client-ca.crt"),
+        };
+        for (from, to) in [
+            (&tls.server.cert, &files.cert),
+            (&tls.server.key, &files.key),
+            (&tls.client_ca, &files.ca),
+        ] {
+            std::fs::copy(from, to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod {}", files.key.display()))?;
+        if let Some((uid, gid)) = self.run_as {
+            for path in [&dir, &files.cert, &files.key, &files.ca] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .with_context(|| format!("cannot chown {}", path.display()))?;
+            }
+        }
+        let mut hba = String::from("local all all trust\n");
+        for role in &tls.cert_roles {
+            hba.push_str(&format!("hostssl all {role} 127.0.0.1/32 cert\n"));
+        }
+        hba.push_str("host all postgres 127.0.0.1/32 trust\n");
+        hba.push_str("host all all 127.0.0.1/32 reject\n");
+        let hba_path = self.data_dir.join("pg_hba.conf");
+        std::fs::write(&hba_path, hba)
+            .with_context(|| format!("cannot write {}", hba_path.display()))?;
+        self.tls = Some(files);
+        Ok(())
+    }
+
+    /// A connection of the `postgres` superuser to `database` (plaintext,
+    /// loopback), for a test's own queries.
+    pub async fn admin(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(database), tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("cannot connect to PostgreSQL on port {}", self.port))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
     fn spawn(&mut self) -> anyhow::Result<Started> {
         let offset = open_log(&self.log_path)?.1;
-        let child = self
-            .command("postgres")?
+        let mut command = self.command("postgres")?;
+        command
             .arg("-D")
             .arg(&self.data_dir)
             .arg("-p")
@@ -622,7 +763,20 @@ impl Postgres {
             .arg(&self.data_dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "max_connections=200"])
-            .args(["-c", "shared_buffers=64MB"])
+            .args(["-c", "shared_buffers=64MB"]);
+        if let Some(tls) = &self.tls {
+            command.args(["-c", "ssl=on", "-c", "log_connections=on"]);
+            for (setting, path) in [
+                ("ssl_cert_file", &tls.cert),
+                ("ssl_key_file", &tls.key),
+                ("ssl_ca_file", &tls.ca),
+            ] {
+                command
+                    .arg("-c")
+                    .arg(format!("{setting}={}", path.display()));
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin_dir.join("postgres").display()))?;
         self.child = Some(child);
