@@ -314,20 +314,39 @@ fn pem_error(path: &Path, error: &rustls_pki_types::pem::Error) -> ClusterError 
     ClusterError::Tls(format!("{}: {reason}", path.display()))
 }
 
-/// When a set of files last changed: their modification times and sizes,
-/// through symlinks (Kubernetes updates a mounted secret by swapping a
-/// `..data` symlink, which changes what the path resolves to, and so this).
+/// When a set of files last changed: for each, its device and inode, its
+/// status-change and modification times and its size, through symlinks.
+/// Kubernetes updates a mounted secret by swapping a `..data` symlink, so
+/// the path resolves to another inode; a copy that keeps the old
+/// modification time (`cp -p`, `rsync -a`) of a same-sized certificate
+/// still changes the inode or the status-change time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileStamp(Vec<Option<(SystemTime, u64)>>);
+pub struct FileStamp(Vec<Option<FileIdentity>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    changed: (i64, i64),
+    modified: Option<SystemTime>,
+    len: u64,
+}
 
 impl FileStamp {
     pub fn of(paths: &[&Path]) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
         Self(
             paths
                 .iter()
                 .map(|path| {
                     let metadata = std::fs::metadata(path).ok()?;
-                    Some((metadata.modified().ok()?, metadata.len()))
+                    Some(FileIdentity {
+                        device: metadata.dev(),
+                        inode: metadata.ino(),
+                        changed: (metadata.ctime(), metadata.ctime_nsec()),
+                        modified: metadata.modified().ok(),
+                        len: metadata.len(),
+                    })
                 })
                 .collect(),
         )
@@ -338,6 +357,31 @@ impl FileStamp {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_that_keeps_the_modification_time_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls.crt");
+        std::fs::write(&path, "first").unwrap();
+        let before = FileStamp::of(&[&path]);
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        // Same size, same modification time, a new file in its place.
+        let next = dir.path().join("next");
+        std::fs::write(&next, "secnd").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&next)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            modified
+        );
+        assert_ne!(FileStamp::of(&[&path]), before);
+        assert_eq!(FileStamp::of(&[&path]), FileStamp::of(&[&path]));
+    }
 
     #[test]
     fn a_missing_file_is_named_and_nothing_else_is_said() {
