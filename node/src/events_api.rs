@@ -223,16 +223,18 @@ impl Filter {
                 ));
             }
         }
-        for (field, value, longest) in [
-            ("filter.tenant", &filter.tenant, 64),
-            ("filter.aggregate_key", &filter.aggregate_key, 512),
-        ] {
-            if value.len() > longest || value.chars().any(char::is_control) {
-                return Err(Error::invalid(
-                    field,
-                    format!("at most {longest} printable characters"),
-                ));
-            }
+        // Empty: every tenant.
+        if !filter.tenant.is_empty() {
+            skuld_actors::key::validate_tenant("filter.tenant", &filter.tenant)?;
+        }
+        let longest = 512;
+        if filter.aggregate_key.len() > longest
+            || filter.aggregate_key.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                "filter.aggregate_key",
+                format!("at most {longest} printable characters"),
+            ));
         }
         Ok(Self {
             type_prefixes: filter.type_prefixes,
@@ -542,6 +544,31 @@ mod tests {
                 check_retained(&ahead, &bounds),
                 Err(Error::Refused(Refusal::FailedPrecondition(_)))
             ));
+        }
+    }
+
+    #[test]
+    fn a_filter_tenant_is_any_tenant_name_but_the_reserved_one() {
+        let filter = |tenant: String| {
+            Filter::new(pb::EventFilter {
+                tenant,
+                ..Default::default()
+            })
+        };
+        let longest = "x".repeat(skuld_actors::key::MAX_TOKEN_BYTES);
+        assert_eq!(filter(longest.clone()).unwrap().tenant, longest);
+        assert!(filter(String::new()).is_ok());
+        for bad in [
+            "x".repeat(skuld_actors::key::MAX_TOKEN_BYTES + 1),
+            "*".into(),
+            "a\nb".into(),
+        ] {
+            match filter(bad.clone()) {
+                Err(Error::Refused(Refusal::InvalidArgument { field, .. })) => {
+                    assert_eq!(field, "filter.tenant", "{bad:?}");
+                }
+                other => panic!("{bad:?}: {:?}", other.err()),
+            }
         }
     }
 }

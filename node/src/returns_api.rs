@@ -681,7 +681,7 @@ impl ReturnsService for ReturnsApi {
         request: Request<pb::ListReturnsRequest>,
     ) -> Result<Response<pb::ListReturnsResponse>, Status> {
         rpc::serve("ListReturns", request, |m, _meta| async move {
-            skuld_actors::key::validate_token("tenant", &m.tenant)?;
+            skuld_actors::key::validate_tenant("tenant", &m.tenant)?;
             if !m.order_ref.is_empty() {
                 skuld_actors::key::validate_token("order_ref", &m.order_ref)?;
             }

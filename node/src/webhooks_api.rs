@@ -146,7 +146,7 @@ impl WebhookService for WebhooksApi {
         request: Request<pb::AddWebhookRequest>,
     ) -> Result<Response<pb::AddWebhookResponse>, Status> {
         rpc::serve("AddWebhook", request, |request, _| async move {
-            skuld_actors::key::validate_token("tenant", &request.tenant)?;
+            skuld_actors::key::validate_tenant("tenant", &request.tenant)?;
             validate_url(&request.url)?;
             validate_prefixes(&request.type_prefixes)?;
             let rate_per_second = match request.rate_per_second {
@@ -198,7 +198,7 @@ impl WebhookService for WebhooksApi {
     ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
         rpc::serve("ListWebhooks", request, |request, _| async move {
             if !request.tenant.is_empty() {
-                skuld_actors::key::validate_token("tenant", &request.tenant)?;
+                skuld_actors::key::validate_tenant("tenant", &request.tenant)?;
             }
             let endpoints = webhook::load_endpoints(self.store.as_ref())
                 .await

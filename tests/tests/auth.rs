@@ -545,7 +545,6 @@ async fn a_tenants_admin_cannot_drain_nodes_and_an_admin_of_every_tenant_can() {
             bearer(
                 pb::ListWebhooksRequest {
                     tenant: "acme".into(),
-                    ..Default::default()
                 },
                 &acme_admin,
             )
@@ -577,6 +576,51 @@ async fn a_tenants_admin_cannot_drain_nodes_and_an_admin_of_every_tenant_can() {
         .unwrap()
         .into_inner();
     assert!(undrained.was_drained);
+}
+
+/// `"*"` grants every tenant in a credential and names none in a request;
+/// the webhook service is held to `max_message_bytes` like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_every_tenant_name_is_no_tenant_and_webhook_messages_are_bounded() {
+    let Setup {
+        dir: _dir,
+        signer,
+        node,
+        ..
+    } = setup(NodeOptions::default().arg("--max-message-bytes", 16 * 1024)).await;
+    let sre = signer.token("sre", &["*"], &["admin", "writer"]).unwrap();
+    let mut webhooks = WebhookServiceClient::new(node.channel().await.unwrap());
+    let add = |tenant: &str, url: String| {
+        bearer(
+            pb::AddWebhookRequest {
+                tenant: tenant.into(),
+                url,
+                ..Default::default()
+            },
+            &sre,
+        )
+        .unwrap()
+    };
+    let reserved = webhooks
+        .add_webhook(add("*", "http://hooks.example.com/x".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(reserved.code(), Code::InvalidArgument, "{reserved:?}");
+    assert!(reserved.message().contains("reserved"), "{reserved:?}");
+    let stock = adjust(
+        &mut inventory(&node).await,
+        &sre,
+        &key("*", "SKU-1", "DC1"),
+        "star-1",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(stock.code(), Code::InvalidArgument, "{stock:?}");
+
+    // Past max_message_bytes, refused by the decoder before any handler.
+    let long = format!("https://hooks.example.com/{}", "x".repeat(32 * 1024));
+    let oversized = webhooks.add_webhook(add("acme", long)).await.unwrap_err();
+    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
 }
 
 /// How long a change of the JWKS file may take to be seen (the node looks

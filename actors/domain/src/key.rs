@@ -38,6 +38,23 @@ pub fn validate_token(field: &'static str, value: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The tenant name that credentials use to grant every tenant; no tenant
+/// may be called so, or a request for it would be one over all tenants.
+pub const RESERVED_TENANT: &str = "*";
+
+/// Checks a tenant: a token ([`validate_token`]) and not
+/// [`RESERVED_TENANT`].
+pub fn validate_tenant(field: &'static str, value: &str) -> Result<(), Refusal> {
+    validate_token(field, value)?;
+    if value == RESERVED_TENANT {
+        return Err(Refusal::invalid(
+            field,
+            "must not be \"*\": it is reserved (in credentials it grants every tenant)",
+        ));
+    }
+    Ok(())
+}
+
 /// A tag byte, then each part length-prefixed (`u16` big-endian), so no two
 /// keys share an encoding whatever characters they contain. Parts are
 /// validated to at most [`MAX_TOKEN_BYTES`], so their length fits a `u16`.
@@ -100,7 +117,7 @@ impl PositionKey {
 
     /// Checks each part (a key decoded from bytes was not built by `new`).
     pub fn validate(&self) -> Result<(), Refusal> {
-        validate_token("tenant", &self.tenant)?;
+        validate_tenant("tenant", &self.tenant)?;
         validate_token("sku", &self.sku)?;
         validate_token("location", &self.location)
     }
@@ -151,7 +168,7 @@ impl ReturnKey {
     }
 
     pub fn validate(&self) -> Result<(), Refusal> {
-        validate_token("tenant", &self.tenant)?;
+        validate_tenant("tenant", &self.tenant)?;
         validate_token("return_id", &self.return_id)?;
         if self.return_id.len() > MAX_RETURN_ID_BYTES {
             return Err(Refusal::invalid(
@@ -198,6 +215,20 @@ mod tests {
         assert!(validate_token("sku", " a").is_err());
         assert!(validate_token("sku", &"x".repeat(128)).is_ok());
         assert!(validate_token("sku", "SKU-1 blue/XL").is_ok());
+    }
+
+    #[test]
+    fn the_tenant_that_grants_every_tenant_is_no_tenant() {
+        let refused = validate_tenant("tenant", "*").unwrap_err();
+        assert!(refused.to_string().contains("reserved"), "{refused}");
+        assert!(PositionKey::new("*", "SKU-1", "DC1").is_err());
+        assert!(ReturnKey::new("*", "R-1").is_err());
+        assert!(validate_tenant("tenant", "").is_err());
+        assert!(validate_tenant("tenant", "acme*").is_ok());
+        assert!(validate_tenant("tenant", &"x".repeat(MAX_TOKEN_BYTES)).is_ok());
+        // Other identifiers may be "*".
+        assert!(PositionKey::new("acme", "*", "*").is_ok());
+        assert!(validate_token("idempotency_key", "*").is_ok());
     }
 
     proptest! {

@@ -158,7 +158,7 @@ impl Caller {
             // Before the name is copied into the quota's map: a caller of
             // every tenant may send any string. The handler would refuse it
             // the same way.
-            skuld_actors::key::validate_token("tenant", tenant)
+            skuld_actors::key::validate_tenant("tenant", tenant)
                 .map_err(|refusal| status::to_status(&skuld_actors::Error::Refused(refusal)))?;
         }
         self.charge(tenant)
