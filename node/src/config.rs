@@ -416,7 +416,7 @@ impl Cluster {
                 "peer_max_connections_per_client",
                 self.peer_max_connections_per_client as u64,
             ),
-                ])?;
+        ])?;
         self.validate_lease()?;
         Ok(())
     }
