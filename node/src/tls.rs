@@ -76,8 +76,8 @@ impl ServerTls {
         client_auth: ClientAuth,
     ) -> Result<Arc<Self>, ClusterError> {
         let stamp = files.stamp();
-        let config = build_server_config(&files, client_auth)?;
-        record_expiry(listener, &files);
+        let (config, expiry) = build_server_config(&files, client_auth)?;
+        record_expiry(listener, expiry);
         Ok(Arc::new(Self {
             listener,
             files,
@@ -105,10 +105,10 @@ impl Reloadable for ServerTls {
             return;
         }
         match build_server_config(&self.files, self.client_auth) {
-            Ok(config) => {
+            Ok((config, expiry)) => {
                 self.current.store(Arc::new(config));
                 *last = stamp;
-                record_expiry(self.listener, &self.files);
+                record_expiry(self.listener, expiry);
                 metrics::counter!("skuld_tls_reloads_total", "listener" => self.listener, "outcome" => "ok")
                     .increment(1);
                 tracing::info!(
@@ -129,10 +129,12 @@ impl Reloadable for ServerTls {
     }
 }
 
+/// The listener's configuration and when its certificate expires (taken
+/// from the certificate it was built with, not read again).
 fn build_server_config(
     files: &TlsFiles,
     client_auth: ClientAuth,
-) -> Result<ServerConfig, ClusterError> {
+) -> Result<(ServerConfig, Option<i64>), ClusterError> {
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -154,19 +156,17 @@ fn build_server_config(
         }
     };
     let key = files.certified_key()?;
+    let expiry = key.end_entity_cert().ok().and_then(not_after);
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok((config, expiry))
 }
 
 /// `skuld_tls_certificate_expiry_timestamp_seconds{listener}`: when the
 /// certificate in use expires, for an alert well before it does.
-fn record_expiry(listener: &'static str, files: &TlsFiles) {
-    let Ok(chain) = skuld_cluster::tls::read_chain(&files.cert) else {
-        return;
-    };
-    if let Some(not_after) = chain.first().and_then(not_after) {
+fn record_expiry(listener: &'static str, expiry: Option<i64>) {
+    if let Some(not_after) = expiry {
         metrics::gauge!("skuld_tls_certificate_expiry_timestamp_seconds", "listener" => listener)
             .set(not_after as f64);
     }
