@@ -383,6 +383,56 @@ async fn a_fence_waits_for_the_commit_in_flight() {
     assert_eq!(store.journal(b"held").await.unwrap().len(), 1);
 }
 
+/// The same through the store's own commit statement: held open after its
+/// epoch check by the failpoint, it keeps the fence row locked, so the new
+/// owner's fence waits for it; the write it checked lands, the next one of
+/// the old owner is refused and leaves nothing behind, not even an event
+/// number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_waits_for_the_stores_own_commit_in_flight() {
+    let postgres = Postgres::start().unwrap();
+    let (store, url) = store(&postgres, "fence_waits_commit").await;
+    let old_owner = PostgresStore::connect(&url, SHARDS, 2)
+        .await
+        .unwrap()
+        .pause_commits_after_lock(Some(Duration::from_millis(1_500)));
+
+    let committing = tokio::spawn(async move {
+        old_owner
+            .commit(batch(vec![full_write(b"held", 0, 0, 1)]))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fencing = tokio::spawn({
+        let store = store.clone();
+        async move { store.fence(0, 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !fencing.is_finished(),
+        "the fence slipped past the store's commit in flight"
+    );
+    let committed = committing.await.unwrap().unwrap();
+    assert!(committed.fenced.is_empty(), "{committed:?}");
+    let fenced = tokio::time::timeout(Duration::from_secs(5), fencing)
+        .await
+        .expect("the fence did not finish after the commit")
+        .unwrap()
+        .unwrap();
+    assert!(fenced);
+
+    assert_eq!(store.journal(b"held").await.unwrap(), vec![(1, vec![1])]);
+    let stale = store
+        .commit(batch(vec![full_write(b"held", 0, 0, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(stale.fenced, vec![(0, 1)]);
+    assert_eq!(store.journal(b"held").await.unwrap().len(), 1);
+    let bounds = store.event_bounds().await.unwrap();
+    let shard0 = bounds.iter().find(|b| b.shard == 0).unwrap();
+    assert_eq!(shard0.head, 1, "the refused write took an event number");
+}
+
 /// A URL with its own `options` keeps them, after the store's safety
 /// timeouts: here its own `lock_timeout` of 1 s ends a fence stuck behind a
 /// lock another session holds (the store's default is 15 s).
@@ -569,7 +619,7 @@ async fn migrations_apply_once_even_when_nodes_connect_together() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     // Every shard has its event bounds from the start.
     let bounds: i64 = client
         .query_one("SELECT count(*) FROM event_bounds WHERE head = 0", &[])
