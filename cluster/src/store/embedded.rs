@@ -40,7 +40,14 @@ struct Inner {
     snapshots: Keyspace,
     /// lp(entity) ++ idempotency key -> fingerprint(be 16) ++ recorded_at(be 8) ++ reply.
     idempotency: Keyspace,
-    /// recorded_at(be) ++ lp(entity) ++ idempotency key -> (); the purge index.
+    /// The purge index, one row per commit that recorded answers:
+    /// recorded_at(be 8) ++ commit number(be 8) -> the record keys, each
+    /// `u32` length-prefixed. One insert per commit instead of one per
+    /// record (each a skiplist insert on the serial commit chain).
+    idempotency_by_commit: Keyspace,
+    /// The purge index as stores before `idempotency_by_commit` wrote it,
+    /// one row per record: recorded_at(be) ++ lp(entity) ++ idempotency key
+    /// -> (). Only read and drained by purges now; empty on a new store.
     idempotency_by_time: Keyspace,
     /// entity -> due_at(be).
     timers: Keyspace,
@@ -50,9 +57,10 @@ struct Inner {
     summaries: Keyspace,
     /// lp(kind) ++ id -> value; records of no shard.
     records: Keyspace,
-    /// Serializes the writers that read before they write (commits and
-    /// purges): a purge must not delete a record a concurrent commit rewrites.
-    write_lock: Mutex<()>,
+    /// Held by the writers that read before they write (commits and
+    /// purges): a purge must not delete a record a concurrent commit
+    /// rewrites. Holds the number of the next commit's purge index row.
+    write_lock: Mutex<u64>,
     /// Stamps idempotency records and events, and decides which are old
     /// enough to go.
     clock: RetentionClock,
@@ -168,21 +176,35 @@ impl EmbeddedStore {
                 .map_err(StoreError::backend)
         };
         let idempotency_by_time = keyspace("idempotency_by_time")?;
-        let newest_stamp = match idempotency_by_time.last_key_value() {
-            Some(newest) => be_u64(&newest.key().map_err(StoreError::backend)?)?,
-            None => 0,
+        let idempotency_by_commit = keyspace("idempotency_by_commit")?;
+        let newest_key = |index: &Keyspace| match index.last_key_value() {
+            Some(newest) => newest
+                .key()
+                .map(|key| key.to_vec())
+                .map_err(StoreError::backend),
+            None => Ok(Vec::new()),
+        };
+        let newest_commit = newest_key(&idempotency_by_commit)?;
+        let newest_legacy = newest_key(&idempotency_by_time)?;
+        let stamp_of = |key: &[u8]| if key.is_empty() { Ok(0) } else { be_u64(key) };
+        let newest_stamp = stamp_of(&newest_commit)?.max(stamp_of(&newest_legacy)?);
+        let next_commit = if newest_commit.is_empty() {
+            0
+        } else {
+            be_u64(newest_commit.get(8..).unwrap_or_default())?.wrapping_add(1)
         };
         let inner = Inner {
             journal: keyspace("journal")?,
             snapshots: keyspace("snapshots")?,
             idempotency: keyspace("idempotency")?,
+            idempotency_by_commit,
             idempotency_by_time,
             clock: RetentionClock::new(newest_stamp, wall_ms()),
             timers: keyspace("timers")?,
             timers_by_due: keyspace("timers_by_due")?,
             summaries: keyspace("summaries")?,
             records: keyspace("records")?,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(next_commit),
             outbox: outbox::Outbox::open(&db)?,
             db,
         };
@@ -207,13 +229,21 @@ impl EmbeddedStore {
 
 impl Inner {
     fn commit_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let _serialized = self.write_lock.lock();
-        let mut write = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut next_commit = self.write_lock.lock();
+        // Taken even if this commit fails: it may have reached fjall's
+        // journal, so its number is never given to another.
+        let commit_number = *next_commit;
+        *next_commit = commit_number.wrapping_add(1);
+        // Sized once: a batch of a few hundred entities otherwise grows
+        // its item list a dozen times on the commit chain.
+        let mut write = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch_items(&batch))
+            .durability(Some(PersistMode::SyncAll));
         // Timers changed earlier in this batch are not readable from the
         // database yet; remember them here.
         let mut timers_in_batch: HashMap<&[u8], Option<u64>> = HashMap::new();
         let stamp = self.clock.stamp();
         let recorded_at = stamp.to_be_bytes();
+        let mut purge_index = Vec::new();
         let mut staged = outbox::Staged::new();
         for entity in &batch.entities {
             let key = entity.key.as_slice();
@@ -238,12 +268,8 @@ impl Inner {
                 value.extend_from_slice(&recorded_at);
                 value.extend_from_slice(&record.reply);
                 let record_key = with_suffix(&prefixed, record.key.as_bytes());
-                write.insert(&self.idempotency, record_key.clone(), value);
-                write.insert(
-                    &self.idempotency_by_time,
-                    with_suffix(&recorded_at, &record_key),
-                    [],
-                );
+                push_length_prefixed(&mut purge_index, &record_key);
+                write.insert(&self.idempotency, record_key, value);
             }
             if let Some(timer) = entity.timer {
                 let previous = match timers_in_batch.get(key) {
@@ -288,46 +314,139 @@ impl Inner {
                 stamp,
             );
         }
+        if !purge_index.is_empty() {
+            write.insert(
+                &self.idempotency_by_commit,
+                with_suffix(&recorded_at, &commit_number.to_be_bytes()),
+                purge_index,
+            );
+        }
         write.commit().map_err(StoreError::backend)?;
         self.outbox.publish(staged);
         Ok(())
     }
 
+    /// Deletes up to `limit` records stamped before the retention's
+    /// cut-off, oldest first: those of the per-record index an earlier
+    /// version wrote, then those of the per-commit index. Returns how many
+    /// index entries it consumed (a record rewritten since under the same
+    /// key counts, but stays).
     fn purge_idempotency(&self, retention: Duration, limit: usize) -> Result<usize, StoreError> {
         let _serialized = self.write_lock.lock();
         let before_ms = self.clock.purge_before(retention);
-        let mut expired = Vec::new();
+        let cut_off = before_ms.to_be_bytes().to_vec();
+        let mut write = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut purged = 0;
         for item in self
             .idempotency_by_time
-            .range(..before_ms.to_be_bytes().to_vec())
+            .range(..cut_off.clone())
             .take(limit)
         {
             let (index_key, _) = item.into_inner().map_err(StoreError::backend)?;
-            expired.push(index_key);
-        }
-        if expired.is_empty() {
-            return Ok(0);
-        }
-        let mut write = self.db.batch().durability(Some(PersistMode::SyncAll));
-        for index_key in &expired {
-            let recorded_at = be_u64(index_key)?;
             let record_key = index_key.get(8..).unwrap_or_default();
+            self.remove_if_stamped(&mut write, record_key, be_u64(&index_key)?)?;
             write.remove(&self.idempotency_by_time, index_key.to_vec());
-            // A record rewritten later under the same key has a newer time;
-            // only delete the one this index entry points at.
-            if let Some(value) = self
-                .idempotency
-                .get(record_key)
-                .map_err(StoreError::backend)?
-            {
-                if be_u64(value.get(16..).unwrap_or_default())? == recorded_at {
-                    write.remove(&self.idempotency, record_key.to_vec());
-                }
+            purged += 1;
+        }
+        for item in self.idempotency_by_commit.range(..cut_off) {
+            if purged == limit {
+                break;
+            }
+            let (index_key, record_keys) = item.into_inner().map_err(StoreError::backend)?;
+            let recorded_at = be_u64(&index_key)?;
+            let mut rest = &record_keys[..];
+            while purged < limit {
+                let Some((record_key, after)) = split_length_prefixed_u32(rest)? else {
+                    break;
+                };
+                self.remove_if_stamped(&mut write, record_key, recorded_at)?;
+                rest = after;
+                purged += 1;
+            }
+            if rest.is_empty() {
+                write.remove(&self.idempotency_by_commit, index_key.to_vec());
+            } else {
+                // The limit fell inside this commit: keep the rest for the
+                // next purge.
+                write.insert(
+                    &self.idempotency_by_commit,
+                    index_key.to_vec(),
+                    rest.to_vec(),
+                );
             }
         }
-        write.commit().map_err(StoreError::backend)?;
-        Ok(expired.len())
+        if purged > 0 {
+            write.commit().map_err(StoreError::backend)?;
+        }
+        Ok(purged)
     }
+
+    /// Deletes the record at `record_key` if it is the one stamped
+    /// `recorded_at`: a record rewritten later under the same key has a
+    /// newer stamp and an index entry of its own.
+    fn remove_if_stamped(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        record_key: &[u8],
+        recorded_at: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(value) = self
+            .idempotency
+            .get(record_key)
+            .map_err(StoreError::backend)?
+        {
+            if be_u64(value.get(16..).unwrap_or_default())? == recorded_at {
+                write.remove(&self.idempotency, record_key.to_vec());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many items a commit of `batch` adds to fjall's write batch, at most
+/// (a timer change is up to three, the outbox two per event and a bounds
+/// row per shard, one purge index row).
+fn batch_items(batch: &WriteBatch) -> usize {
+    let per_entity: usize = batch
+        .entities
+        .iter()
+        .map(|entity| {
+            entity.journal.len()
+                + usize::from(entity.snapshot.is_some())
+                + entity.idempotency.len()
+                + if entity.timer.is_some() { 3 } else { 0 }
+                + usize::from(entity.summary.is_some())
+                + 2 * entity.events.len()
+                + usize::from(!entity.events.is_empty())
+        })
+        .sum();
+    per_entity + 1
+}
+
+/// Appends `bytes` with a `u32` big-endian length before it.
+fn push_length_prefixed(list: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    list.extend_from_slice(&len.to_be_bytes());
+    list.extend_from_slice(bytes);
+}
+
+/// The first entry of a list [`push_length_prefixed`] wrote, and the rest;
+/// `None` at the end.
+fn split_length_prefixed_u32(list: &[u8]) -> Result<Option<(&[u8], &[u8])>, StoreError> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let truncated = || StoreError::Backend("idempotency purge index is truncated".into());
+    let len: [u8; 4] = list
+        .get(..4)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(truncated)?;
+    let len = usize::try_from(u32::from_be_bytes(len)).map_err(|_| truncated())?;
+    let rest = list.get(4..).ok_or_else(truncated)?;
+    if rest.len() < len {
+        return Err(truncated());
+    }
+    Ok(Some(rest.split_at(len)))
 }
 
 #[async_trait]
@@ -832,6 +951,117 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// One commit of `keys` answers for entity `a`.
+    async fn commit_answers(store: &EmbeddedStore, keys: &[&str]) {
+        let mut batch = WriteBatch::default();
+        for key in keys {
+            batch.entities.push(EntityWrite {
+                key: b"a".to_vec(),
+                idempotency: vec![IdempotencyRecord {
+                    key: (*key).to_owned(),
+                    fingerprint: 7,
+                    reply: vec![1],
+                    recorded_at_ms: 0,
+                }],
+                ..EntityWrite::default()
+            });
+        }
+        store.commit(batch).await.unwrap();
+    }
+
+    async fn stored_keys(store: &EmbeddedStore) -> Vec<String> {
+        store.idempotency_keys(b"a", 100).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn purge_stops_at_its_limit_inside_a_commit_and_goes_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        commit_answers(&store, &["k1", "k2", "k3"]).await;
+        commit_answers(&store, &["k4", "k5"]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let purge = |limit| store.purge_idempotency(Duration::ZERO, None, limit);
+        assert_eq!(purge(2).await.unwrap(), 2);
+        assert_eq!(stored_keys(&store).await, ["k3", "k4", "k5"]);
+        assert_eq!(purge(2).await.unwrap(), 2);
+        assert_eq!(stored_keys(&store).await, ["k5"]);
+        assert_eq!(purge(10).await.unwrap(), 1);
+        assert!(stored_keys(&store).await.is_empty());
+        assert_eq!(purge(10).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_a_record_rewritten_after_the_one_it_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        commit_answers(&store, &["k1"]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        commit_answers(&store, &["k1"]).await;
+        // Only the first commit is older than the retention.
+        let purged = store
+            .purge_idempotency(Duration::from_millis(25), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(stored_keys(&store).await, ["k1"]);
+    }
+
+    #[tokio::test]
+    async fn purge_drains_the_per_record_index_of_earlier_versions_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            commit_answers(&store, &["new"]).await;
+            // A record and its index entry as the per-record index wrote
+            // them, older than the commit above.
+            let inner = &store.inner;
+            let record_key = with_suffix(&length_prefixed(b"a"), b"old");
+            let mut value = 7u128.to_be_bytes().to_vec();
+            value.extend_from_slice(&1_000u64.to_be_bytes());
+            value.push(1);
+            let mut write = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            write.insert(&inner.idempotency, record_key.clone(), value);
+            write.insert(
+                &inner.idempotency_by_time,
+                with_suffix(&1_000u64.to_be_bytes(), &record_key),
+                [],
+            );
+            write.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(stored_keys(&store).await, ["new", "old"]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let purge = |limit| store.purge_idempotency(Duration::ZERO, None, limit);
+        assert_eq!(purge(1).await.unwrap(), 1);
+        assert_eq!(stored_keys(&store).await, ["new"]);
+        assert_eq!(purge(10).await.unwrap(), 1);
+        assert!(stored_keys(&store).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_numbers_go_on_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            commit_answers(&store, &["k1"]).await;
+        }
+        // A reused number under the same stamp (the first commit after
+        // opening may share the newest stored stamp) would overwrite the
+        // first commit's index row and leave k1 unpurgeable.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(*store.inner.write_lock.lock(), 1);
+        commit_answers(&store, &["k2"]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            store
+                .purge_idempotency(Duration::ZERO, None, 10)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(stored_keys(&store).await.is_empty());
     }
 
     #[tokio::test]
