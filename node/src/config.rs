@@ -185,6 +185,14 @@ impl Config {
         )
     }
 
+    pub fn shed(&self) -> crate::shed::ShedSettings {
+        crate::shed::ShedSettings {
+            max_in_flight: self.runtime.max_in_flight,
+            target: Duration::from_millis(self.runtime.shed_target_ms),
+            interval: Duration::from_millis(self.runtime.shed_interval_ms),
+        }
+    }
+
     pub fn positions(&self) -> skuld_actors::position::PositionEntity {
         let ms = |secs: u64| i64::try_from(secs.saturating_mul(1_000)).unwrap_or(i64::MAX);
         skuld_actors::position::PositionEntity {
@@ -332,6 +340,7 @@ impl Runtime {
             ),
             ("max_reservation_ttl_secs", self.max_reservation_ttl_secs),
             ("timer_scan_interval_ms", self.timer_scan_interval_ms),
+            ("shed_interval_ms", self.shed_interval_ms),
             ("census_interval_secs", self.census_interval_secs),
             (
                 "idempotency_purge_interval_secs",

@@ -22,6 +22,7 @@ pub mod readiness;
 pub mod returns_api;
 pub mod rpc;
 pub mod server;
+pub mod shed;
 pub mod sinks;
 pub mod status;
 pub mod telemetry;

@@ -46,7 +46,9 @@ use crate::listen::{self, AcceptPolicy};
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
+use crate::shed::{ShedLayer, Shedder};
 use crate::sinks::{SinkContext, Sinks};
+use crate::status::to_status;
 use crate::tls::{ClientAuth, PeerClientTls, Reloadable, ServerTls};
 use crate::webhooks_api::WebhooksApi;
 
@@ -271,7 +273,18 @@ pub async fn run(
         .run(stop_census.clone()),
     );
     let servers = TaskTracker::new();
+    // Calls of the APIs the node admits are shed before they are decoded
+    // when the node is at its limit, with admission's own refusal.
+    let shedder = Shedder::new(
+        config.shed(),
+        to_status(&admission.refusal("node")),
+        &[
+            <InventoryServiceServer<InventoryApi> as tonic::server::NamedService>::NAME,
+            <ReturnsServiceServer<ReturnsApi> as tonic::server::NamedService>::NAME,
+        ],
+    );
     let client_router = tonic::transport::Server::builder()
+        .layer(ShedLayer::new(shedder))
         .max_concurrent_streams(Some(config.server.max_concurrent_streams))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

@@ -55,10 +55,23 @@ impl Admission {
 
     pub(crate) fn overloaded(&self, queue: &'static str) -> Error {
         metrics::counter!("skuld_rejections_total", "queue" => queue).increment(1);
+        self.refusal(queue)
+    }
+
+    /// What an overloaded node answers (RESOURCE_EXHAUSTED with this
+    /// node's retry hint at the API edge), not counted: for the load
+    /// shedding in front of the API, which builds its answer once and
+    /// counts each refusal itself.
+    pub fn refusal(&self, queue: &'static str) -> Error {
         Error::Overloaded {
             queue: queue.into(),
             retry_after_ms: u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// Requests admitted at once at most (writes; reads fewer).
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 
     pub(crate) fn admit(&self, priority: Priority) -> Result<Admitted<'_>, Error> {

@@ -134,6 +134,10 @@ options! {
         read_admission_percent: usize = 80, env "SKULD_READ_ADMISSION_PERCENT";
         /// Retry hint sent with RESOURCE_EXHAUSTED, in milliseconds.
         retry_after_ms: u64 = 100, env "SKULD_RETRY_AFTER_MS";
+        /// Queue-time target of load shedding, in milliseconds: while even the fastest inventory or returns call of each shed_interval_ms takes this much longer than the node's unqueued pace, fewer calls are let in at once and the rest are refused RESOURCE_EXHAUSTED before they are decoded; 0: shed only at max_in_flight.
+        shed_target_ms: u64 = 20, env "SKULD_SHED_TARGET_MS";
+        /// The window of shed_target_ms, in milliseconds.
+        shed_interval_ms: u64 = 100, env "SKULD_SHED_INTERVAL_MS";
         /// An idle entity actor stops after this, in seconds.
         idle_timeout_secs: u64 = 60, env "SKULD_IDLE_TIMEOUT_SECS";
         /// Journal entries between snapshots of an entity.
