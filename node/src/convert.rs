@@ -333,16 +333,11 @@ pub fn position(
             "is not a token this service gave out",
         ));
     }
-    let after = if page_token.is_empty() {
-        std::ops::Bound::Unbounded
-    } else {
-        std::ops::Bound::Excluded(page_token.to_owned())
-    };
+    // An empty token (the first page) is before every id.
     let mut page: Vec<pb::Reservation> = state
-        .reservations
-        .range((after, std::ops::Bound::Unbounded))
+        .active_reservations_after(page_token)
         .take(page_size + 1)
-        .map(|(_, reservation)| proto_reservation(reservation))
+        .map(|reservation| proto_reservation(&reservation.to_reservation()))
         .collect();
     let next_reservations_page_token = if page.len() > page_size {
         page.truncate(page_size);
@@ -367,7 +362,7 @@ pub fn position(
             })
             .collect(),
         last_counted_at_unix_ms: state.last_counted_at_ms,
-        active_reservations: state.reservations.len() as u64,
+        active_reservations: state.active_reservation_count() as u64,
         next_reservations_page_token,
     })
 }

@@ -82,7 +82,9 @@ impl Entity for PositionEntity {
     }
 
     fn size_hint(state: &PositionState) -> u64 {
-        (state.reservations.len() + state.ended.len() + state.commitments.len()) as u64
+        (state.active_reservation_count()
+            + state.ended_reservation_count()
+            + state.commitments.len()) as u64
     }
 
     fn next_timer_ms(state: &PositionState) -> Option<i64> {
@@ -158,7 +160,7 @@ impl Entity for PositionEntity {
             buckets: state.buckets,
             reservation: decision
                 .reservation_id
-                .and_then(|id| state.reservation(&id).cloned()),
+                .and_then(|id| state.reservation(&id).map(|held| held.to_reservation())),
             granted_quantity: decision.granted_quantity,
         }
     }

@@ -49,7 +49,7 @@ struct Holds {
 
 fn oldest_by_owner(state: &PositionState) -> Vec<OldestOf> {
     let mut by_owner: Vec<OldestOf> = Vec::new();
-    for reservation in state.reservations.values() {
+    for reservation in state.active_reservations() {
         let owner = reservation.owner.kind;
         match by_owner.iter_mut().find(|oldest| oldest.owner == owner) {
             Some(oldest) => {
@@ -83,13 +83,13 @@ impl OldestHolds {
     /// Takes note of a position's state after a durable write (or a read:
     /// an unchanged version costs one map lookup).
     pub fn observe(&self, key: &PositionKey, state: &PositionState) {
-        if state.reservations.is_empty() {
+        if state.active_reservation_count() == 0 {
             if self.by_position.contains_key(key) {
                 self.by_position.remove(key);
             }
             return;
         }
-        let hot = state.reservations.len() > SCAN_AT_ONCE_UP_TO;
+        let hot = state.active_reservation_count() > SCAN_AT_ONCE_UP_TO;
         // Copied out, so that no lock of the map is held while scanning.
         let known = self.by_position.get(key).map(|known| {
             (
@@ -162,7 +162,8 @@ impl OldestHolds {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::position::{Owner, OwnerType, Reservation, ReservationState};
+    use crate::journal::JournalEntry;
+    use crate::position::{Event, Owner, OwnerType, Reservation, ReservationState};
 
     fn key(sku: &str) -> PositionKey {
         PositionKey {
@@ -174,35 +175,44 @@ mod tests {
 
     /// Adds an active hold, as a write would (a new version).
     fn hold(state: &mut PositionState, id: &str, owner: OwnerType, created_at_ms: i64) {
-        state.version += 1;
-        let expires_at_ms = created_at_ms + 60_000;
-        state.expiries.insert((expires_at_ms, id.into()));
-        state.reservations.insert(
-            id.into(),
-            Reservation {
-                id: id.into(),
-                owner: Owner {
-                    kind: owner,
-                    id: "owner".into(),
-                    line_id: String::new(),
-                },
-                channel: String::new(),
-                quantity: 1,
-                requested_quantity: 1,
-                committed_quantity: 0,
-                state: ReservationState::Active,
-                created_at_ms,
-                expires_at_ms,
+        let reservation = Reservation {
+            id: id.into(),
+            owner: Owner {
+                kind: owner,
+                id: "owner".into(),
+                line_id: String::new(),
             },
-        );
+            channel: String::new(),
+            quantity: 1,
+            requested_quantity: 1,
+            committed_quantity: 0,
+            state: ReservationState::Active,
+            created_at_ms,
+            expires_at_ms: created_at_ms + 60_000,
+        };
+        apply_event(state, Event::ReservationCreated { reservation });
     }
 
     /// Ends a hold, as a write would.
     fn end(state: &mut PositionState, id: &str) {
-        state.version += 1;
-        if let Some(ended) = state.reservations.remove(id) {
-            state.expiries.remove(&(ended.expires_at_ms, id.to_owned()));
-        }
+        apply_event(
+            state,
+            Event::ReservationReleased {
+                reservation_id: id.into(),
+                quantity: 1,
+            },
+        );
+    }
+
+    fn apply_event(state: &mut PositionState, event: Event) {
+        let entry = JournalEntry {
+            version: state.version + 1,
+            recorded_at_ms: 0,
+            idempotency_key: None,
+            correlation_id: String::new(),
+            events: vec![event],
+        };
+        crate::position::apply_entry(state, &entry);
     }
 
     fn oldest_of(holds: &OldestHolds, owner: OwnerType) -> Option<i64> {
@@ -276,11 +286,9 @@ mod tests {
         assert_eq!(holds.census(|_| true).earliest_expiry_ms, Some(60_500));
         // The same version (a read after the write) changes nothing, even
         // if the state handed in differs.
-        let mut read = a.clone();
-        read.reservations.clear();
-        read.expiries.clear();
-        read.reservations
-            .insert("other".into(), a.reservations.get("a1").cloned().unwrap());
+        let mut read = PositionState::default();
+        hold(&mut read, "other", OwnerType::Cart, 1);
+        read.version = a.version;
         holds.observe(&key("a"), &read);
         assert_eq!(holds.census(|_| true).earliest_expiry_ms, Some(60_500));
         end(&mut a, "a2");

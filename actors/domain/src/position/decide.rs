@@ -1,6 +1,7 @@
 //! `decide` (command -> events or refusal) and `apply` (event -> new state).
 
 use super::command::{Command, Context};
+use super::reservations::ReservationRef;
 use super::state::{
     AdjustmentReason, Bucket, Buckets, Event, LedgerEntry, PositionState, Reservation,
     ReservationState, ENDED_RESERVATIONS_KEPT,
@@ -187,7 +188,7 @@ pub fn decide(
             state
                 .expired_at(context.now_ms)
                 .map(|r| Event::ReservationExpired {
-                    reservation_id: r.id.clone(),
+                    reservation_id: r.id.to_owned(),
                     quantity: r.quantity,
                 })
                 .collect(),
@@ -346,7 +347,7 @@ fn active_reservation<'s>(
     state: &'s PositionState,
     reservation_id: &str,
     context: &Context,
-) -> Result<&'s Reservation, Refusal> {
+) -> Result<ReservationRef<'s>, Refusal> {
     let reservation = state
         .reservation(reservation_id)
         .ok_or_else(|| Refusal::ReservationNotFound(reservation_id.to_owned()))?;
@@ -475,22 +476,6 @@ fn apply_to_buckets(buckets: &mut Buckets, event: &Event) {
     }
 }
 
-fn end_reservation(state: &mut PositionState, reservation_id: &str, end: ReservationState) {
-    if let Some(mut reservation) = state.reservations.remove(reservation_id) {
-        state
-            .expiries
-            .remove(&(reservation.expires_at_ms, reservation.id.clone()));
-        reservation.state = end;
-        state.ended.insert(reservation.id.clone(), reservation);
-        state.ended_order.push_back(reservation_id.to_owned());
-        while state.ended_order.len() > ENDED_RESERVATIONS_KEPT {
-            if let Some(oldest) = state.ended_order.pop_front() {
-                state.ended.remove(&oldest);
-            }
-        }
-    }
-}
-
 /// Folds one event into the state. Events were checked by `decide`, so
 /// applying never fails.
 pub fn apply(state: &mut PositionState, event: &Event) {
@@ -498,33 +483,24 @@ pub fn apply(state: &mut PositionState, event: &Event) {
     match event {
         Event::Adjusted { .. } | Event::Moved { .. } => {}
         Event::OnHandCounted { counted_at_ms, .. } => state.last_counted_at_ms = *counted_at_ms,
-        Event::ReservationCreated { reservation } => {
-            state
-                .expiries
-                .insert((reservation.expires_at_ms, reservation.id.clone()));
-            state
-                .reservations
-                .insert(reservation.id.clone(), reservation.clone());
-        }
+        Event::ReservationCreated { reservation } => state.reservations.create(reservation),
         Event::ReservationExtended {
             reservation_id,
             expires_at_ms,
-        } => {
-            if let Some(reservation) = state.reservations.get_mut(reservation_id) {
-                state
-                    .expiries
-                    .remove(&(reservation.expires_at_ms, reservation.id.clone()));
-                reservation.expires_at_ms = *expires_at_ms;
-                state
-                    .expiries
-                    .insert((*expires_at_ms, reservation.id.clone()));
-            }
-        }
+        } => state.reservations.extend(reservation_id, *expires_at_ms),
         Event::ReservationReleased { reservation_id, .. } => {
-            end_reservation(state, reservation_id, ReservationState::Released);
+            state.reservations.end(
+                reservation_id,
+                ReservationState::Released,
+                ENDED_RESERVATIONS_KEPT,
+            );
         }
         Event::ReservationExpired { reservation_id, .. } => {
-            end_reservation(state, reservation_id, ReservationState::Expired);
+            state.reservations.end(
+                reservation_id,
+                ReservationState::Expired,
+                ENDED_RESERVATIONS_KEPT,
+            );
         }
         Event::ReservationCommitted {
             reservation_id,
@@ -532,17 +508,9 @@ pub fn apply(state: &mut PositionState, event: &Event) {
             quantity,
         } => {
             *state.commitments.entry(order_ref.clone()).or_insert(0) += quantity;
-            let fully_committed = match state.reservations.get_mut(reservation_id) {
-                Some(reservation) => {
-                    reservation.quantity -= quantity;
-                    reservation.committed_quantity += quantity;
-                    reservation.quantity == 0
-                }
-                None => false,
-            };
-            if fully_committed {
-                end_reservation(state, reservation_id, ReservationState::Committed);
-            }
+            state
+                .reservations
+                .commit(reservation_id, *quantity, ENDED_RESERVATIONS_KEPT);
         }
         Event::CommitmentFulfilled {
             order_ref,

@@ -14,11 +14,13 @@
 mod command;
 mod decide;
 mod published;
+mod reservations;
 mod state;
 
 pub use command::{Command, Context, MAX_QUANTITY, MAX_REFERENCE_BYTES};
 pub use decide::{apply, apply_entry, decide, Decision};
 pub use published::stock_status_crossing;
+pub use reservations::{OwnerRef, ReservationRef};
 pub use state::{
     AdjustmentReason, Bucket, Buckets, Event, LedgerEntry, MutationReply, Owner, OwnerType,
     PositionState, Reservation, ReservationState, ENDED_RESERVATIONS_KEPT,

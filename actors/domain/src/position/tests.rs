@@ -321,22 +321,28 @@ fn check_invariants(state: &PositionState) -> Result<(), TestCaseError> {
     ] {
         prop_assert!(value >= 0, "negative bucket in {:?}", b);
     }
-    let held: i64 = state.reservations.values().map(|r| r.quantity).sum();
+    let held: i64 = state.active_reservations().map(|r| r.quantity).sum();
     prop_assert_eq!(held, b.reserved);
     let committed: i64 = state.commitments.values().sum();
     prop_assert_eq!(committed, b.committed);
     prop_assert!(state
-        .reservations
-        .values()
+        .active_reservations()
         .all(|r| r.quantity > 0 && r.state == ReservationState::Active));
     prop_assert!(state.commitments.values().all(|q| *q > 0));
-    prop_assert!(state.ended.len() == state.ended_order.len());
+    prop_assert!(state.ended_reservation_count() == state.ended_order().count());
+    prop_assert!(state.ended_order().all(|id| state
+        .ended_reservations()
+        .any(|ended| ended.id == id && ended.state != ReservationState::Active)));
+    prop_assert!(state.reservations.expiry_index_is_exact());
     let indexed: std::collections::BTreeSet<(i64, String)> = state
-        .reservations
-        .values()
-        .map(|r| (r.expires_at_ms, r.id.clone()))
+        .active_reservations()
+        .map(|r| (r.expires_at_ms, r.id.to_owned()))
         .collect();
-    prop_assert_eq!(&indexed, &state.expiries);
+    let expiries: std::collections::BTreeSet<(i64, String)> = state
+        .expiries()
+        .map(|(at, id)| (at, id.to_owned()))
+        .collect();
+    prop_assert_eq!(&indexed, &expiries);
     Ok(())
 }
 
