@@ -40,6 +40,9 @@ pub struct MembershipConfig {
     pub node_id: String,
     /// The gRPC endpoint other nodes forward to.
     pub endpoint: String,
+    /// Where clients reach this node's client API, for owner-aware
+    /// clients (the shard map).
+    pub client_endpoint: String,
     /// Shard count used only when this node creates the cluster.
     pub shard_count: u32,
     pub lease_ttl: Duration,
@@ -73,6 +76,10 @@ pub struct Member {
     /// reach it is given no shards while others can.
     #[serde(default = "healthy")]
     pub store_healthy: bool,
+    /// The node's client API endpoint; empty in a record of an older
+    /// version, whose node clients then reach through any other.
+    #[serde(default)]
+    pub client_endpoint: String,
 }
 
 fn healthy() -> bool {
@@ -225,6 +232,7 @@ impl Membership {
         let member = Member {
             node_id: config.node_id.clone(),
             endpoint: config.endpoint.clone(),
+            client_endpoint: config.client_endpoint.clone(),
             version: version.to_owned(),
             state: MemberState::Active,
             incarnation: incarnation.clone(),
@@ -837,4 +845,20 @@ async fn ensure_settings(
         );
     }
     Ok(settings.shard_count)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_record_of_an_older_version_still_decodes() {
+        // Written before store health and client endpoints were recorded.
+        let old = br#"{"node_id":"node-0","endpoint":"https://127.0.0.1:7071","version":"0.1.0",
+            "state":"active","incarnation":"i-1","started_at_ms":1}"#;
+        let member: Member = serde_json::from_slice(old).unwrap();
+        assert!(member.store_healthy);
+        assert_eq!(member.client_endpoint, "");
+    }
 }

@@ -638,6 +638,7 @@ mod tests {
             incarnation: format!("{node_id}-1"),
             started_at_ms: 0,
             store_healthy: true,
+            client_endpoint: String::new(),
         }
     }
 

@@ -8,12 +8,9 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// The shard a storage key belongs to. Fixed for the life of a cluster:
-/// the shard count never changes once the cluster is created.
-pub fn shard_of(key: &[u8], shard_count: u32) -> u32 {
-    let count = u64::from(shard_count.max(1));
-    u32::try_from(xxh3_64_with_seed(key, 0x0073_6b75_6c64) % count).unwrap_or(0)
-}
+/// The shard a storage key belongs to, defined with the API because
+/// owner-aware clients compute it too.
+pub use skuld_proto::shard::shard_of;
 
 fn score(shard: u32, node: &str) -> u64 {
     xxh3_64_with_seed(node.as_bytes(), u64::from(shard))

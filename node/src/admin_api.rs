@@ -86,6 +86,7 @@ impl AdminApi {
                 shards_owned: owned.get(member.node_id.as_str()).copied().unwrap_or(0),
                 drain_requested: view.drains.contains(&member.node_id),
                 store_healthy: member.store_healthy,
+                client_endpoint: member.client_endpoint.clone(),
             })
             .collect())
     }

@@ -43,6 +43,7 @@ pub struct Joined {
 /// opens the PostgreSQL store, applying its migrations.
 pub async fn join(
     config: &Config,
+    grpc_addr: SocketAddr,
     peer_addr: SocketAddr,
     peer_tls: Arc<PeerClientTls>,
 ) -> anyhow::Result<Joined> {
@@ -84,6 +85,7 @@ pub async fn join(
             etcd_endpoints: config.cluster.etcd_endpoints.clone(),
             cluster_name: config.cluster.cluster_name.clone(),
             node_id: node_id.clone(),
+            client_endpoint: client_endpoint(config, grpc_addr, &endpoint),
             endpoint,
             shard_count: config.cluster.shard_count,
             lease_ttl: Duration::from_secs(config.cluster.lease_ttl_secs),
@@ -130,6 +132,31 @@ pub async fn join(
         routing,
         client_tls,
     })
+}
+
+/// Where clients reach this node's client API, as the shard map tells
+/// owner-aware clients: `advertise_client_endpoint`, else the bound
+/// `grpc_addr` when it is one address, else the host other nodes reach
+/// this one by (`peer_endpoint`) with the client port: a node listening on
+/// every address is known by its peer name.
+fn client_endpoint(config: &Config, grpc_addr: SocketAddr, peer_endpoint: &str) -> String {
+    if !config.cluster.advertise_client_endpoint.is_empty() {
+        return config.cluster.advertise_client_endpoint.clone();
+    }
+    let scheme = if config.server.tls_cert_file.as_os_str().is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    if !grpc_addr.ip().is_unspecified() {
+        return format!("{scheme}://{grpc_addr}");
+    }
+    match crate::tls::endpoint_host(peer_endpoint) {
+        Some(host) if host.contains(':') => format!("{scheme}://[{host}]:{}", grpc_addr.port()),
+        Some(host) => format!("{scheme}://{host}:{}", grpc_addr.port()),
+        // Validated at start: the advertised peer endpoint has a host.
+        None => String::new(),
+    }
 }
 
 /// Opens the PostgreSQL store (applying its migrations and checking its
@@ -352,5 +379,35 @@ impl Running {
             }
             Err(_) => tracing::warn!("revoking the lease timed out; it expires on its own"),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_endpoint_is_the_advertised_one_else_one_address_else_the_peer_host() {
+        let mut config = Config::default();
+        let peer = "https://skuld-0.skuld-peers:7071";
+        let any = "0.0.0.0:7070".parse().unwrap();
+        let one = "10.1.2.3:7070".parse().unwrap();
+        assert_eq!(
+            client_endpoint(&config, any, peer),
+            "http://skuld-0.skuld-peers:7070"
+        );
+        assert_eq!(client_endpoint(&config, one, peer), "http://10.1.2.3:7070");
+        assert_eq!(
+            client_endpoint(&config, any, "https://[fd00::1]:7071"),
+            "http://[fd00::1]:7070"
+        );
+        config.server.tls_cert_file = "/tls/tls.crt".into();
+        assert_eq!(client_endpoint(&config, one, peer), "https://10.1.2.3:7070");
+        config.cluster.advertise_client_endpoint = "https://skuld-0.example:443".into();
+        assert_eq!(
+            client_endpoint(&config, one, peer),
+            "https://skuld-0.example:443"
+        );
     }
 }

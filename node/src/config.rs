@@ -463,6 +463,16 @@ impl Cluster {
                 self.peer_addr.port()
             )));
         }
+        if !self.advertise_client_endpoint.is_empty() {
+            let endpoint = &self.advertise_client_endpoint;
+            let scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+            if !scheme || crate::tls::endpoint_host(endpoint).is_none() {
+                return Err(ConfigError::Invalid(
+                    "advertise_client_endpoint must be an http:// or https:// URL with the host of this node's client API (grpc_addr)"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -818,6 +828,14 @@ mod tests {
             clustered(|args| {
                 args.peer_addr = Some("0.0.0.0:7071".parse().unwrap());
                 args.advertise_endpoint = Some("https://skuld-0.skuld-peers:7071".into());
+            }),
+            Ok(())
+        );
+        let client = clustered(|args| args.advertise_client_endpoint = Some("skuld-0:7070".into()));
+        assert!(client.unwrap_err().contains("advertise_client_endpoint"));
+        assert_eq!(
+            clustered(|args| {
+                args.advertise_client_endpoint = Some("https://skuld-0.skuld-peers:7070".into());
             }),
             Ok(())
         );

@@ -20,6 +20,7 @@ pub mod otlp;
 pub mod peer;
 pub mod readiness;
 pub mod returns_api;
+pub mod routing_api;
 pub mod rpc;
 pub mod server;
 pub mod shed;

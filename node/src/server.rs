@@ -28,6 +28,7 @@ use skuld_cluster::tls::TlsFiles;
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
+use skuld_proto::v1::routing_service_server::RoutingServiceServer;
 use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin_api::AdminApi;
+use crate::routing_api::RoutingApi;
 use crate::api::InventoryApi;
 use crate::census::Census;
 use crate::cluster;
@@ -121,6 +123,7 @@ pub async fn run(
         tokio::select! {
             joined = cluster::join(
                 &config,
+                grpc_addr,
                 peer_addr.context("cluster mode without a peer listener")?,
                 security.peer.as_ref().map(|peer| Arc::clone(&peer.client)).context("cluster mode without peer TLS")?,
             ) => Some(joined?),
@@ -219,6 +222,13 @@ pub async fn run(
     });
     let admin = AdminServiceServer::from_arc(Arc::clone(&admin_api))
         .max_decoding_message_size(config.server.max_message_bytes);
+    let routing = RoutingServiceServer::new(RoutingApi {
+        node_id: node_id.clone(),
+        membership: joined
+            .as_ref()
+            .map(|joined| Arc::clone(&joined.membership)),
+    })
+    .max_decoding_message_size(config.server.max_message_bytes);
     // Forwarded messages carry whole commands; allow the largest a client
     // may send plus framing.
     let peer = joined.as_ref().map(|joined| {
@@ -293,6 +303,7 @@ pub async fn run(
         .add_service(auth.guard(inventory))
         .add_service(auth.guard(returns_service))
         .add_service(auth.guard(admin))
+        .add_service(auth.guard(routing))
         .add_service(auth.guard(events))
         .add_service(auth.guard(webhooks));
     let client_policy = AcceptPolicy {

@@ -17,6 +17,27 @@ pub mod internal {
     }
 }
 
+/// Which shard a key belongs to: part of the API, since a shard map
+/// (`RoutingService.GetShardMap`) is of use only to a client that hashes
+/// keys exactly as the nodes do. The one definition; `skuld-cluster`'s
+/// placement re-exports it.
+pub mod shard {
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+    /// The name `GetShardMapResponse.shard_function` gives [`shard_of`].
+    pub const SHARD_FUNCTION: &str = "xxh3-64-v1";
+
+    const SEED: u64 = 0x0073_6b75_6c64;
+
+    /// The shard of an encoded entity key (`skuld_domain::PositionKey::encode`,
+    /// `ReturnKey::encode`). Fixed for the life of a cluster: the shard
+    /// count never changes once the cluster is created.
+    pub fn shard_of(key: &[u8], shard_count: u32) -> u32 {
+        let count = u64::from(shard_count.max(1));
+        u32::try_from(xxh3_64_with_seed(key, SEED) % count).unwrap_or(0)
+    }
+}
+
 /// The canonical name of a status code, as the API docs and metrics use it
 /// (`FAILED_PRECONDITION`).
 pub fn code_name(code: tonic::Code) -> &'static str {

@@ -22,8 +22,8 @@ pub enum Target<'a> {
     Tenant(&'a str),
     /// Every tenant at once (an empty tenant filter): needs `"*"`.
     EveryTenant,
-    /// No tenant and nothing shared: the status of the node. Any caller
-    /// with the role.
+    /// No tenant and nothing shared: the status of the node, the shard
+    /// map. Any caller with the role.
     Node,
     /// The node or the cluster, which every tenant shares (draining a
     /// node, listing members and shards): needs `"*"`, so a tenant's admin
@@ -152,8 +152,9 @@ scoped!(
     => |_request| looked(Role::Admin)
 );
 
-// The node and the cluster.
-scoped!(NodeStatusRequest => |_request| node(None));
+// The node and the cluster. The shard map tells the topology (node ids,
+// client endpoints), no tenant's data: every owner-aware client needs it.
+scoped!(NodeStatusRequest, GetShardMapRequest => |_request| node(None));
 scoped!(
     ListMembersRequest, ListShardsRequest, DrainNodeRequest, UndrainNodeRequest
     => |_request| cluster()
@@ -216,6 +217,7 @@ mod tests {
     #[test]
     fn node_operations_need_admin_of_every_tenant_except_the_status() {
         assert_eq!(pb::NodeStatusRequest::default().access(), node(None));
+        assert_eq!(pb::GetShardMapRequest::default().access(), node(None));
         assert_eq!(pb::DrainNodeRequest::default().access(), cluster());
         assert_eq!(pb::UndrainNodeRequest::default().access(), cluster());
         assert_eq!(pb::ListMembersRequest::default().access(), cluster());

@@ -200,6 +200,8 @@ options! {
         peer_max_connections_per_client: usize = 16, env "SKULD_PEER_MAX_CONNECTIONS_PER_CLIENT";
         /// Where other nodes reach this one's peer API (e.g. https://skuld-0.skuld-peer:7071); https://<peer_addr> when empty. Its host must be a name in peer_tls_cert_file.
         advertise_endpoint: String = String::new(), env "SKULD_ADVERTISE_ENDPOINT";
+        /// Where clients reach this node's client API (e.g. https://skuld-0.skuld-peers:7070), told to owner-aware clients in the shard map; when empty: grpc_addr if it is one address, else the host of advertise_endpoint with grpc_addr's port.
+        advertise_client_endpoint: String = String::new(), env "SKULD_ADVERTISE_CLIENT_ENDPOINT";
         /// PEM certificate chain this node presents to other nodes, as server and as client (required in cluster mode).
         peer_tls_cert_file: PathBuf = PathBuf::new(), env "SKULD_PEER_TLS_CERT_FILE";
         /// PEM private key of peer_tls_cert_file (never printed).
