@@ -9,6 +9,7 @@ mod credentials;
 mod events;
 mod format;
 mod returns;
+mod routing;
 mod webhooks;
 
 pub use args::*;
@@ -43,7 +44,15 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
     let timeout = Duration::from_millis(options.timeout_ms);
     let authorization = credentials::authorization(&options.credentials)?;
     let tls = credentials::tls(&options.endpoint, &options.credentials)?;
-    let channel = connect(&options.endpoint, tls, timeout).await?;
+    let channel = connect(&options.endpoint, tls.clone(), timeout).await?;
+    let channel = match (options.routing, routing::keyed(&command)) {
+        (RoutingMode::Owner, Some(key)) => {
+            routing::owner_channel(&options.endpoint, tls, authorization.clone(), &key, timeout)
+                .await
+                .unwrap_or(channel)
+        }
+        _ => channel,
+    };
     let mut client = InventoryServiceClient::new(channel.clone());
     let ctx = CallContext {
         correlation_id,

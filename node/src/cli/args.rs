@@ -25,8 +25,27 @@ pub struct ClientOptions {
     /// Per-call deadline in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// owner: send a position's or a return's command to the node that
+    /// owns it (asked with RoutingService.GetShardMap, --endpoint when that
+    /// fails); any: to --endpoint, which forwards.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "owner",
+        env = "SKULD_ROUTING"
+    )]
+    pub routing: RoutingMode,
     #[command(flatten)]
     pub credentials: credentials::CredentialArgs,
+}
+
+/// Where the CLI sends a keyed command.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingMode {
+    #[default]
+    Owner,
+    Any,
 }
 
 /// One subcommand per `InventoryService` RPC.

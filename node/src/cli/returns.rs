@@ -66,6 +66,37 @@ pub struct CaseArgs {
     pub expected_version: Option<u64>,
 }
 
+impl ReturnsCommand {
+    /// The return case a command acts on, to send it to the case's owner;
+    /// `None` for a list.
+    pub(super) fn key(&self) -> Option<pb::ReturnKey> {
+        use ReturnsCommand as C;
+        let case = match self {
+            C::Request(args) | C::Create(args) => &args.case,
+            C::Flag(args) | C::Reopen(args) | C::Cancel(args) => &args.case,
+            C::Approve(args) | C::ApproveRefund(args) => &args.case,
+            C::Decline(args) => &args.case,
+            C::Label(args) => &args.case,
+            C::Carrier(args) => &args.case,
+            C::Receive(args) => &args.case,
+            C::Inspect(args) => &args.case,
+            C::Dispose(args) => &args.case,
+            C::Process(args) => &args.case,
+            C::ConfirmErp(args) => &args.case,
+            C::Close(args) => args,
+            C::ResolveException(args) => &args.case,
+            C::Get(args) => {
+                return Some(pb::ReturnKey {
+                    tenant: args.tenant.clone(),
+                    return_id: args.return_id.clone(),
+                })
+            }
+            C::List(_) => return None,
+        };
+        Some(case.key())
+    }
+}
+
 impl CaseArgs {
     fn key(&self) -> pb::ReturnKey {
         pb::ReturnKey {

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use skuld_client::{RouteKey, Router};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
 use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
@@ -22,6 +23,10 @@ pub(super) struct Clients {
     pub(super) inventory: Vec<InventoryServiceClient<Channel>>,
     pub(super) returns: Vec<ReturnsServiceClient<Channel>>,
     pub(super) timeout: Duration,
+    /// `--routing owner` against a cluster with a shard map: reservations
+    /// go to their position's owner. `None`: every request to the
+    /// channels above, round robin (the nodes forward).
+    pub(super) router: Option<Router>,
 }
 
 impl Clients {
@@ -31,6 +36,30 @@ impl Clients {
 
     pub(super) fn returns(&self, caller: usize) -> ReturnsServiceClient<Channel> {
         self.returns[caller % self.returns.len()].clone()
+    }
+
+    /// Sends an inventory request of `key` with `send`: to the key's
+    /// owner with a router, else on caller's channel.
+    pub(super) async fn on_position<T, F, Fut>(
+        &self,
+        caller: usize,
+        key: &pb::PositionKey,
+        send: F,
+    ) -> Result<tonic::Response<T>, tonic::Status>
+    where
+        F: Fn(InventoryServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match &self.router {
+            Some(router) => {
+                router
+                    .call(RouteKey::Position(key), |channel| {
+                        send(InventoryServiceClient::new(channel))
+                    })
+                    .await
+            }
+            None => send(self.inventory(caller)).await,
+        }
     }
 
     pub(super) fn request<T>(&self, message: T) -> tonic::Request<T> {

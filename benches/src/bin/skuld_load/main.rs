@@ -131,6 +131,13 @@ struct Args {
     /// gRPC channels (HTTP/2 connections) the callers are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// owner: reservations (spread, hot, zipf, overload) go to the node
+    /// that owns their position (skuld-client, the shard map from
+    /// RoutingService), any node while it is not known; used only when
+    /// the cluster's map names client endpoints. any: round robin over
+    /// --endpoint, the nodes forward.
+    #[arg(long, value_enum, default_value = "owner")]
+    routing: RoutingArg,
     /// Per-request timeout (sent as the gRPC deadline).
     #[arg(long, default_value_t = 5_000)]
     timeout_ms: u64,
@@ -181,6 +188,46 @@ struct Args {
     out: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoutingArg {
+    Owner,
+    Any,
+}
+
+/// With `--routing owner`, a router whose map names where nodes take
+/// client calls; `None` otherwise (a single node, a cluster too old for
+/// GetShardMap): any-node routing, as before.
+async fn owner_router(
+    args: &Args,
+    endpoints: &[&str],
+) -> anyhow::Result<Option<skuld_client::Router>> {
+    if args.routing == RoutingArg::Any {
+        return Ok(None);
+    }
+    let mut options = skuld_client::RouterOptions::new(endpoints.iter().copied());
+    options.channels_per_endpoint = args.connections.div_ceil(endpoints.len().max(1)).max(1);
+    if let Some(ca) = &args.tls_ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        options.tls = Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        );
+    }
+    let router = skuld_client::Router::connect(options).await?;
+    let map = router.map();
+    if map.endpoints().next().is_none() {
+        eprintln!("routing: any node (no shard map naming client endpoints)");
+        return Ok(None);
+    }
+    eprintln!(
+        "routing: to the owner ({} shards, {} nodes, map version {})",
+        map.shard_count(),
+        map.endpoints().count(),
+        map.version()
+    );
+    Ok(Some(router))
+}
+
 /// One HTTP/2 connection to `endpoint`, over TLS when `tls_ca_file` is
 /// given (the server's name is the endpoint's host).
 pub(crate) async fn open_channel(
@@ -228,6 +275,7 @@ async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
         inventory,
         returns,
         timeout: Duration::from_millis(args.timeout_ms),
+        router: owner_router(args, &endpoints).await?,
     }))
 }
 
@@ -283,6 +331,13 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         Scenario::Overload => overload(&clients, &args, &run).await,
         Scenario::ReturnsSurge => returns_surge(&clients, &args, &run).await,
     };
+    if let Some(router) = &clients.router {
+        let stats = router.stats();
+        eprintln!(
+            "routing: {} to the owner, {} to any node, {} missed, {} sent again, {} map fetches",
+            stats.to_owner, stats.to_any, stats.misses, stats.retried, stats.refreshes
+        );
+    }
     if let Some(node) = node.as_mut() {
         if let Some(status) = node.exited() {
             eprintln!(

@@ -58,11 +58,14 @@ impl Workload for Reservations {
         Box::pin(async move {
             let index = self.picker.pick(&mut rand::rng());
             let number = self.next_key.fetch_add(1, Ordering::Relaxed);
-            let request = reserve_request(&self.positions[index], self.key(number));
+            let key = &self.positions[index];
+            let request = reserve_request(key, self.key(number));
             let result = self
                 .clients
-                .inventory(caller)
-                .reserve(self.clients.request(request))
+                .on_position(caller, key, |mut client| {
+                    let request = self.clients.request(request.clone());
+                    async move { client.reserve(request).await }
+                })
                 .await;
             match result {
                 Ok(reply) => {
