@@ -212,7 +212,7 @@ pub(crate) mod tests {
         let shard = map.shard_of(RouteKey::Position(&key)).unwrap();
         assert_eq!(shard, skuld_proto::shard::shard_of(&encoded, 64));
         let (owner, endpoint) = map.owner(shard).unwrap();
-        let expected = if shard % 2 == 0 { "a" } else { "b" };
+        let expected = if shard.is_multiple_of(2) { "a" } else { "b" };
         assert_eq!(&**owner, expected);
         assert_eq!(&**endpoint, format!("http://{expected}:7070"));
         assert_eq!(map.version(), 7);
