@@ -430,9 +430,12 @@ fn push_length_prefixed(list: &mut Vec<u8>, bytes: &[u8]) {
     list.extend_from_slice(bytes);
 }
 
+/// An entry of a length-prefixed list and the rest of the list after it.
+type EntryAndRest<'a> = (&'a [u8], &'a [u8]);
+
 /// The first entry of a list [`push_length_prefixed`] wrote, and the rest;
 /// `None` at the end.
-fn split_length_prefixed_u32(list: &[u8]) -> Result<Option<(&[u8], &[u8])>, StoreError> {
+fn split_length_prefixed_u32(list: &[u8]) -> Result<Option<EntryAndRest<'_>>, StoreError> {
     if list.is_empty() {
         return Ok(None);
     }
