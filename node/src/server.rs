@@ -28,17 +28,16 @@ use skuld_cluster::tls::TlsFiles;
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
-use skuld_proto::v1::routing_service_server::RoutingServiceServer;
 use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
+use skuld_proto::v1::routing_service_server::RoutingServiceServer;
 use skuld_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin_api::AdminApi;
-use crate::routing_api::RoutingApi;
 use crate::api::InventoryApi;
 use crate::census::Census;
 use crate::cluster;
@@ -48,6 +47,7 @@ use crate::listen::{self, AcceptPolicy};
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
+use crate::routing_api::RoutingApi;
 use crate::shed::{ShedLayer, Shedder};
 use crate::sinks::{SinkContext, Sinks};
 use crate::status::to_status;
@@ -224,9 +224,7 @@ pub async fn run(
         .max_decoding_message_size(config.server.max_message_bytes);
     let routing = RoutingServiceServer::new(RoutingApi {
         node_id: node_id.clone(),
-        membership: joined
-            .as_ref()
-            .map(|joined| Arc::clone(&joined.membership)),
+        membership: joined.as_ref().map(|joined| Arc::clone(&joined.membership)),
     })
     .max_decoding_message_size(config.server.max_message_bytes);
     // Forwarded messages carry whole commands; allow the largest a client
