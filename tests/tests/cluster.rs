@@ -335,6 +335,8 @@ async fn a_zombie_paused_inside_its_commit_cannot_write_behind_the_new_owner() {
     .unwrap();
     let zombie = cluster
         .add_node_with_postgres_query(
+            // The failpoint runs each commit statement in an explicit
+            // transaction (not production's autocommit path) held open.
             NodeOptions::default()
                 .env("SKULD_FAILPOINT_COMMIT_PAUSE_AFTER_LOCK_MS", 2_000)
                 .arg("--postgres-concurrent-commits", 1),

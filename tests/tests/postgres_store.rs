@@ -305,6 +305,48 @@ async fn stale_epochs_are_fenced_per_write() {
             .is_some());
     }
 
+    // Nor can a stale writer clear or overwrite what the owner wrote: its
+    // timer clear, snapshot and summary change nothing, while the clear of
+    // an accepted write in the same batch goes through.
+    let stale = store
+        .commit(batch(vec![
+            EntityWrite {
+                key: b"owner".to_vec(),
+                shard: 1,
+                epoch: 1,
+                journal: vec![(2, b"stale".to_vec())],
+                snapshot: Some((2, b"stale-state".to_vec())),
+                timer: Some(None),
+                summary: Some((b"scope".to_vec(), b"stale-summary".to_vec())),
+                ..EntityWrite::default()
+            },
+            EntityWrite {
+                key: b"other".to_vec(),
+                shard: 2,
+                timer: Some(None),
+                ..EntityWrite::default()
+            },
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(stale.fenced, vec![(0, 2)]);
+    assert_eq!(
+        store.due_timers(u64::MAX, 10, None).await.unwrap(),
+        vec![(b"owner".to_vec(), 5_000)]
+    );
+    assert_eq!(
+        store.load(b"owner").await.unwrap().snapshot,
+        Some((1, b"state".to_vec()))
+    );
+    assert_eq!(store.journal(b"owner").await.unwrap(), vec![(1, vec![1])]);
+    assert_eq!(
+        store.list_summaries(b"scope", None, 10).await.unwrap(),
+        vec![
+            (b"other".to_vec(), b"other".to_vec()),
+            (b"owner".to_vec(), b"owner".to_vec())
+        ]
+    );
+
     // A writer ahead of the stored epoch has not fenced yet: refused too.
     let ahead = store
         .commit(batch(vec![full_write(b"ahead", 2, 7, 1)]))
@@ -333,7 +375,9 @@ async fn a_fence_waits_for_the_commit_in_flight() {
     let (store, url) = store(&postgres, "fence_waits").await;
 
     // The old owner's commit, held open between its epoch check and its
-    // COMMIT, exactly as PostgresStore::commit does it.
+    // COMMIT: the lock the store's commit statement takes (the fence row FOR
+    // SHARE, held to the commit), here as separate statements of an
+    // explicit transaction; the store's own statement is the next test.
     let mut old_owner = raw(&url).await;
     let tx = old_owner.transaction().await.unwrap();
     let epoch: i64 = tx
@@ -392,6 +436,8 @@ async fn a_fence_waits_for_the_commit_in_flight() {
 async fn a_fence_waits_for_the_stores_own_commit_in_flight() {
     let postgres = Postgres::start().unwrap();
     let (store, url) = store(&postgres, "fence_waits_commit").await;
+    // The failpoint runs the statement in an explicit transaction (the
+    // explicit-transaction path, not the autocommit one of production).
     let old_owner = PostgresStore::connect(&url, SHARDS, 2)
         .await
         .unwrap()
@@ -431,6 +477,115 @@ async fn a_fence_waits_for_the_stores_own_commit_in_flight() {
     let bounds = store.event_bounds().await.unwrap();
     let shard0 = bounds.iter().find(|b| b.shard == 0).unwrap();
     assert_eq!(shard0.head, 1, "the refused write took an event number");
+}
+
+/// The subtlest case: the new owner's fence commits after the old owner's
+/// commit statement began (its snapshot still holds epoch 0) but before the
+/// statement locked the fence row. The statement waits for the row; under
+/// READ COMMITTED the lock returns the row's newest version, and every row
+/// is joined to the locked epoch, not the snapshot's: the stale write
+/// leaves nothing behind, not even an event number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_committed_while_the_commit_waits_for_the_row_refuses_it() {
+    let postgres = Postgres::start().unwrap();
+    let (store, url) = store(&postgres, "fence_before_lock").await;
+    store
+        .commit(batch(vec![events_write(b"earlier", 0, 0, 1, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(head_of(&store, 0).await, 2);
+
+    let mut new_owner = raw(&url).await;
+    let fence = new_owner.transaction().await.unwrap();
+    let raised = fence
+        .execute("UPDATE shard_fences SET epoch = 1 WHERE shard = 0", &[])
+        .await
+        .unwrap();
+    assert_eq!(raised, 1);
+
+    let committing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .commit(batch(vec![full_write(b"late", 0, 0, 1)]))
+                .await
+        }
+    });
+    // The statement has started and waits for the fence row.
+    let observer = raw(&url).await;
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND wait_event_type = 'Lock' AND query LIKE '%FROM shard_fences%FOR SHARE%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            !committing.is_finished(),
+            "the commit did not wait for the fence row"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the commit never waited for the fence row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !committing.is_finished(),
+        "the commit did not wait for the fence row"
+    );
+
+    fence.commit().await.unwrap();
+    let committed = tokio::time::timeout(Duration::from_secs(5), committing)
+        .await
+        .expect("the commit did not finish after the fence")
+        .unwrap()
+        .unwrap();
+    assert_eq!(committed.fenced, vec![(0, 1)]);
+
+    assert!(store.journal(b"late").await.unwrap().is_empty());
+    assert!(store.load(b"late").await.unwrap().snapshot.is_none());
+    assert_eq!(
+        store
+            .idempotency_lookup(b"late", vec!["k1".into()])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    assert!(store
+        .due_timers(u64::MAX, 10, None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_summaries(b"scope", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .entity_events(b"late", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        head_of(&store, 0).await,
+        2,
+        "the refused write took an event number"
+    );
+}
+
+async fn head_of(store: &PostgresStore, shard: u32) -> u64 {
+    let bounds = store.event_bounds().await.unwrap();
+    bounds.iter().find(|b| b.shard == shard).unwrap().head
 }
 
 /// A URL with its own `options` keeps them, after the store's safety
@@ -620,6 +775,22 @@ async fn migrations_apply_once_even_when_nodes_connect_together() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    // Migration 5 drops two indexes no query reads and keeps timers_due:
+    // the due-timer scan of a node's shards reads it under a backlog.
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() \
+             AND indexname IN ('idempotency_recorded_at', 'events_shard_recorded_at', \
+                 'timers_due', 'timers_shard_due') \
+             ORDER BY indexname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(indexes, vec!["timers_due", "timers_shard_due"]);
     // Every shard has its event bounds from the start.
     let bounds: i64 = client
         .query_one("SELECT count(*) FROM event_bounds WHERE head = 0", &[])

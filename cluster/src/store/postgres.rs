@@ -139,8 +139,10 @@ const SAFETY_OPTIONS: &str = "-c idle_in_transaction_session_timeout=10000 -c lo
 pub struct PostgresStore {
     pool: Pool,
     shard_count: u32,
-    /// Failpoint for the fencing tests: each commit waits this long after
-    /// locking its fence rows and before COMMIT, as a paused owner would.
+    /// Failpoint for the fencing tests: each commit runs its statement in
+    /// an explicit transaction and waits this long after the statement (its
+    /// fence rows locked, its writes done) and before COMMIT, as a paused
+    /// owner would. Without it a commit is one autocommit statement.
     pause_after_lock: Option<Duration>,
     /// Idempotency lookups, batched like the group commit batches writes:
     /// every actor's drain asks for its keys, and the lookups that queue up
@@ -234,8 +236,11 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Failpoint: every commit pauses for `pause` between locking its fence
-    /// rows and COMMIT (the window a zombie owner would sit in).
+    /// Failpoint: every commit runs its statement in an explicit
+    /// transaction and pauses for `pause` after it (fence rows locked,
+    /// writes done) and before COMMIT, the window a zombie owner would sit
+    /// in. This is not the production path, which commits in autocommit
+    /// at the end of the one statement.
     pub fn pause_commits_after_lock(mut self, pause: Option<Duration>) -> Self {
         self.pause_after_lock = pause;
         self
