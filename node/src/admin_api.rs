@@ -7,7 +7,7 @@ use skuld_actors::position::PositionEntity;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::{Admission, EntityRuntime};
 use skuld_actors::{Error, Refusal};
-use skuld_cluster::membership::{MemberState, Membership};
+use skuld_cluster::membership::{ClusterView, MemberState, Membership};
 use skuld_cluster::shards::ShardTable;
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::admin_service_server::AdminService;
@@ -96,17 +96,23 @@ impl AdminApi {
     pub fn shard_owners(&self) -> Result<Vec<pb::ShardOwner>, Error> {
         let (membership, table) = self.cluster()?;
         let view = Arc::clone(&membership.view().borrow());
-        Ok((0..table.shard_count())
-            .map(|shard| {
-                let claim = view.owners.get(&shard);
-                pb::ShardOwner {
-                    shard,
-                    owner: claim.map(|claim| claim.node_id.clone()).unwrap_or_default(),
-                    epoch: claim.map_or(0, |claim| claim.epoch),
-                }
-            })
-            .collect())
+        Ok(shard_owners_in(&view, table.shard_count()))
     }
+}
+
+/// Every shard's owner and epoch as `view` has them (empty and 0 while a
+/// shard moves): what `ListShards` and `GetShardMap` answer.
+pub(crate) fn shard_owners_in(view: &ClusterView, shard_count: u32) -> Vec<pb::ShardOwner> {
+    (0..shard_count)
+        .map(|shard| {
+            let claim = view.owners.get(&shard);
+            pb::ShardOwner {
+                shard,
+                owner: claim.map(|claim| claim.node_id.clone()).unwrap_or_default(),
+                epoch: claim.map_or(0, |claim| claim.epoch),
+            }
+        })
+        .collect()
 }
 
 fn state_name(state: MemberState) -> &'static str {

@@ -40,16 +40,7 @@ impl RoutingApi {
             };
         };
         let view = Arc::clone(&membership.view().borrow());
-        let shards = (0..membership.shard_count())
-            .map(|shard| {
-                let claim = view.owners.get(&shard);
-                pb::ShardOwner {
-                    shard,
-                    owner: claim.map(|claim| claim.node_id.clone()).unwrap_or_default(),
-                    epoch: claim.map_or(0, |claim| claim.epoch),
-                }
-            })
-            .collect();
+        let shards = crate::admin_api::shard_owners_in(&view, membership.shard_count());
         let nodes = view
             .members
             .values()
