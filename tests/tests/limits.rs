@@ -831,14 +831,30 @@ async fn check_refused(node: &Node, flood: Flood, tally: &Tally) {
                 total,
                 "{counts:?}"
             );
-            // Exactly the accepted writes were applied.
-            let noisy = inventory
-                .get_position(get(&key("noisy", "SKU", "DC1")))
-                .await
-                .unwrap()
-                .into_inner()
-                .position
-                .unwrap();
+            // Exactly the accepted writes were applied. The read counts
+            // against the same tenant's quota, which the flood has just
+            // emptied: wait as long as the refusal hints, as a client should.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let noisy = loop {
+                match inventory
+                    .get_position(get(&key("noisy", "SKU", "DC1")))
+                    .await
+                {
+                    Ok(reply) => break reply.into_inner().position.unwrap(),
+                    Err(status)
+                        if status.code() == Code::ResourceExhausted
+                            && Instant::now() < deadline =>
+                    {
+                        let hint_ms = status
+                            .metadata()
+                            .get("retry-after-ms")
+                            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                            .unwrap_or(50);
+                        tokio::time::sleep(Duration::from_millis(hint_ms.max(5))).await;
+                    }
+                    Err(status) => panic!("reading the noisy tenant back: {status:?}"),
+                }
+            };
             assert_eq!(noisy.version, ok, "{counts:?}");
         }
         Flood::TooManyConnections => {
