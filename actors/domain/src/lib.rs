@@ -5,6 +5,8 @@
 //!   events | refusal` and `apply(state, event)`.
 //! * [`returns`]: a return case, the same way; its inventory side effects are
 //!   scheduled as numbered steps for the runtime to perform.
+//! * [`channel`]: sales channels: allocation controls, available-to-sell,
+//!   and the coalescing rule for pushing it.
 //! * [`key`]: entity keys and their byte encoding; [`journal`]: the journal
 //!   entry every accepted change becomes; [`refusal`]: why a request is refused.
 //!
@@ -12,6 +14,7 @@
 //! decision replays the same. This crate depends on serde and thiserror only
 //! (`scripts/test` checks it); the actor runtime in `skuld-actors` wraps it.
 
+pub mod channel;
 pub mod journal;
 pub mod key;
 pub mod position;
