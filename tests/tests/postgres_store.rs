@@ -968,3 +968,58 @@ async fn the_outbox_numbers_each_shard_without_gaps_under_concurrent_commits_and
         Some(101)
     );
 }
+
+/// The records of no shard, in both stores: one at a time or many in one
+/// write (the last value of an id given twice counts), listed by prefix in
+/// id order and page by page, deleted.
+async fn records_contract(store: &dyn Store) {
+    store.put_record("k", "a/1", b"one".to_vec()).await.unwrap();
+    store
+        .put_records(
+            "k",
+            vec![
+                ("a/2".into(), b"two".to_vec()),
+                ("a/3".into(), b"first".to_vec()),
+                ("b/1".into(), b"other".to_vec()),
+                ("a/3".into(), b"three".to_vec()),
+            ],
+        )
+        .await
+        .unwrap();
+    store.put_records("k", Vec::new()).await.unwrap();
+    store
+        .put_record("other kind", "a/9", b"x".to_vec())
+        .await
+        .unwrap();
+    let listed = store.list_records("k", "a/", None, 10).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            ("a/1".to_owned(), b"one".to_vec()),
+            ("a/2".to_owned(), b"two".to_vec()),
+            ("a/3".to_owned(), b"three".to_vec()),
+        ]
+    );
+    let page = store
+        .list_records("k", "a/", Some("a/1".into()), 1)
+        .await
+        .unwrap();
+    assert_eq!(page, vec![("a/2".to_owned(), b"two".to_vec())]);
+    assert!(store.delete_record("k", "a/2").await.unwrap());
+    assert!(!store.delete_record("k", "a/2").await.unwrap());
+    assert_eq!(store.get_record("k", "a/2").await.unwrap(), None);
+    assert_eq!(
+        store.get_record("k", "b/1").await.unwrap(),
+        Some(b"other".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_put_one_or_many_listed_by_prefix_and_deleted() {
+    let postgres = Postgres::start().unwrap();
+    let (store, _) = store(&postgres, "records").await;
+    records_contract(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = skuld_cluster::EmbeddedStore::open(dir.path()).unwrap();
+    records_contract(&embedded).await;
+}

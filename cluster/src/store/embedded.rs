@@ -728,6 +728,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn put_records(
+        &self,
+        kind: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let prefix = length_prefixed(kind.as_bytes());
+        self.blocking(move |inner| {
+            let mut write = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            for (id, value) in records {
+                write.insert(&inner.records, with_suffix(&prefix, id.as_bytes()), value);
+            }
+            write.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = with_suffix(&length_prefixed(kind.as_bytes()), id.as_bytes());
         self.blocking(move |inner| {

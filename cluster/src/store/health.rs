@@ -394,6 +394,16 @@ impl Store for MonitoredStore {
         self.seen(result)
     }
 
+    async fn put_records(
+        &self,
+        kind: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let result = self.inner.put_records(kind, records).await;
+        self.health.record_write(&result);
+        self.seen(result)
+    }
+
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.seen(self.inner.get_record(kind, id).await)
     }

@@ -397,6 +397,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn put_records(
+        &self,
+        kind: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let mut data = self.data.lock();
+        for (id, value) in records {
+            data.records.insert((kind.to_owned(), id), value);
+        }
+        Ok(())
+    }
+
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .data

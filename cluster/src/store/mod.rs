@@ -295,6 +295,13 @@ pub trait Store: Send + Sync + 'static {
     /// Small records of no shard that every node reads (webhook endpoints,
     /// sink cursors, dead letters), by `(kind, id)`. Written alone, durably.
     async fn put_record(&self, kind: &str, id: &str, value: Vec<u8>) -> Result<(), StoreError>;
+    /// Several records of `kind` in one durable write (all or none); of
+    /// ids given twice the last value counts.
+    async fn put_records(
+        &self,
+        kind: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError>;
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// True when there was one to delete.
     async fn delete_record(&self, kind: &str, id: &str) -> Result<bool, StoreError>;

@@ -1007,6 +1007,14 @@ impl Store for PostgresStore {
         self.put(kind, id, value).await
     }
 
+    async fn put_records(
+        &self,
+        kind: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        self.put_many(kind, records).await
+    }
+
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(kind, id).await
     }
