@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skuld/v1/events.proto",
         "skuld/v1/webhooks.proto",
         "skuld/v1/routing.proto",
+        "skuld/v1/channels.proto",
         "skuld/internal/v1/peer.proto",
     ];
     tonic_prost_build::configure()

@@ -45,5 +45,5 @@ pub fn event_data_json(
         ))),
     }
 }
-pub use skuld_domain::{journal, key, refusal};
+pub use skuld_domain::{channel, journal, key, refusal};
 pub use skuld_domain::{PositionKey, Refusal, ReturnKey};

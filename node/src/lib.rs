@@ -8,6 +8,8 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod census;
+pub mod channels;
+pub mod channels_api;
 pub mod cli;
 pub mod cluster;
 pub mod config;

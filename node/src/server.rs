@@ -28,6 +28,7 @@ use skuld_cluster::tls::TlsFiles;
 use skuld_cluster::{EmbeddedStore, GroupCommitWriter, Store};
 use skuld_proto::internal::v1::peer_service_server::PeerServiceServer;
 use skuld_proto::v1::admin_service_server::AdminServiceServer;
+use skuld_proto::v1::channel_service_server::ChannelServiceServer;
 use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
@@ -40,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
 use crate::census::Census;
+use crate::channels_api::ChannelsApi;
 use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
@@ -260,6 +262,12 @@ pub async fn run(
         config.events.webhooks(),
     ))
     .max_decoding_message_size(config.server.max_message_bytes);
+    let channels = ChannelServiceServer::new(ChannelsApi::new(
+        Arc::clone(&store),
+        Arc::clone(&runtime),
+    ))
+    .max_decoding_message_size(config.server.max_message_bytes)
+    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
     let sinks = Sinks::start(SinkContext {
         store: Arc::clone(&store),
         shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
@@ -303,7 +311,8 @@ pub async fn run(
         .add_service(auth.guard(admin))
         .add_service(auth.guard(routing))
         .add_service(auth.guard(events))
-        .add_service(auth.guard(webhooks));
+        .add_service(auth.guard(webhooks))
+        .add_service(auth.guard(channels));
     let client_policy = AcceptPolicy {
         listener: "client",
         max_per_client: config.server.max_connections_per_client,

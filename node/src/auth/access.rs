@@ -152,6 +152,22 @@ scoped!(
     => |_request| looked(Role::Admin)
 );
 
+// Channels: defining where a tenant sells is an admin's job; what a
+// channel may sell is read like any availability.
+scoped!(CreateChannelRequest => |request| tenant(
+    Role::Admin,
+    request.channel.as_ref().map_or("", |channel| channel.tenant.as_str()),
+));
+scoped!(UpdateChannelRequest => |request| tenant(
+    Role::Admin,
+    request.channel.as_ref().map_or("", |channel| channel.tenant.as_str()),
+));
+scoped!(
+    GetChannelRequest, ListChannelsRequest, DeleteChannelRequest, SetControlsRequest
+    => |request| tenant(Role::Admin, &request.tenant)
+);
+scoped!(GetChannelAvailabilityRequest => |request| tenant(Role::Reader, &request.tenant));
+
 // The node and the cluster. The shard map tells the topology (node ids,
 // client endpoints), no tenant's data: every owner-aware client needs it.
 scoped!(NodeStatusRequest, GetShardMapRequest => |_request| node(None));
@@ -212,6 +228,31 @@ mod tests {
                 target: Target::EveryTenant
             }
         );
+    }
+
+    #[test]
+    fn channels_are_managed_by_an_admin_and_read_by_a_reader_of_their_tenant() {
+        let create = pb::CreateChannelRequest {
+            channel: Some(pb::Channel {
+                tenant: "acme".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(create.access(), tenant(Role::Admin, "acme"));
+        assert_eq!(
+            pb::UpdateChannelRequest::default().access(),
+            tenant(Role::Admin, "")
+        );
+        let controls = pb::SetControlsRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        };
+        assert_eq!(controls.access(), tenant(Role::Admin, "acme"));
+        let availability = pb::GetChannelAvailabilityRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        };
+        assert_eq!(availability.access(), tenant(Role::Reader, "acme"));
     }
 
     #[test]
