@@ -262,12 +262,10 @@ pub async fn run(
         config.events.webhooks(),
     ))
     .max_decoding_message_size(config.server.max_message_bytes);
-    let channels = ChannelServiceServer::new(ChannelsApi::new(
-        Arc::clone(&store),
-        Arc::clone(&runtime),
-    ))
-    .max_decoding_message_size(config.server.max_message_bytes)
-    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
+    let channels =
+        ChannelServiceServer::new(ChannelsApi::new(Arc::clone(&store), Arc::clone(&runtime)))
+            .max_decoding_message_size(config.server.max_message_bytes)
+            .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
     let sinks = Sinks::start(SinkContext {
         store: Arc::clone(&store),
         shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
