@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod limiter;
 pub mod outcome;
 
+pub mod amazon;
 pub mod shopify;
 
 use std::time::Duration;
@@ -130,6 +131,7 @@ pub trait Connector: Send + Sync {
 pub fn connect(config: ConnectorConfig) -> Result<Box<dyn Connector>, ConnectorError> {
     Ok(match config.kind {
         ConnectorKind::Shopify => Box::new(shopify::Shopify::new(config)?),
+        ConnectorKind::Amazon => Box::new(amazon::Amazon::new(config)?),
         other => {
             return Err(ConnectorError::Config(format!(
                 "no {} adapter yet",
