@@ -24,6 +24,7 @@ pub mod faults;
 pub mod recorder;
 mod server;
 pub mod shopify;
+pub mod walmart;
 
 pub use faults::{FaultPlan, Faults};
 pub use recorder::{Counters, RecordedRequest, Recorder};
@@ -37,6 +38,7 @@ use server::RunningServer;
 pub struct EmulatorsConfig {
     pub shopify: shopify::ShopifyConfig,
     pub amazon: amazon::AmazonConfig,
+    pub walmart: walmart::WalmartConfig,
 }
 
 /// The running emulators. Dropping the handle leaves them running until the
@@ -44,6 +46,7 @@ pub struct EmulatorsConfig {
 pub struct Emulators {
     shopify: shopify::ShopifyEmulator,
     amazon: amazon::AmazonEmulator,
+    walmart: walmart::WalmartEmulator,
     servers: Vec<RunningServer>,
 }
 
@@ -55,9 +58,12 @@ impl Emulators {
         servers.push(server);
         let (amazon, server) = amazon::start(config.amazon).await?;
         servers.push(server);
+        let (walmart, server) = walmart::start(config.walmart).await?;
+        servers.push(server);
         Ok(Self {
             shopify,
             amazon,
+            walmart,
             servers,
         })
     }
@@ -70,9 +76,15 @@ impl Emulators {
         &self.amazon
     }
 
+    pub fn walmart(&self) -> &walmart::WalmartEmulator {
+        &self.walmart
+    }
+
     /// Requests refused for a rate limit, summed over the emulators.
     pub fn budget_violations(&self) -> u64 {
-        self.shopify.budget_violations() + self.amazon.budget_violations()
+        self.shopify.budget_violations()
+            + self.amazon.budget_violations()
+            + self.walmart.budget_violations()
     }
 
     /// Stops every server and waits for them.
