@@ -21,6 +21,7 @@ pub mod outcome;
 
 pub mod amazon;
 pub mod shopify;
+pub mod walmart;
 
 use std::time::Duration;
 
@@ -132,6 +133,7 @@ pub fn connect(config: ConnectorConfig) -> Result<Box<dyn Connector>, ConnectorE
     Ok(match config.kind {
         ConnectorKind::Shopify => Box::new(shopify::Shopify::new(config)?),
         ConnectorKind::Amazon => Box::new(amazon::Amazon::new(config)?),
+        ConnectorKind::Walmart => Box::new(walmart::Walmart::new(config)?),
         other => {
             return Err(ConnectorError::Config(format!(
                 "no {} adapter yet",
