@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adobe;
 pub mod amazon;
 pub mod bucket;
 pub mod clock;
@@ -39,6 +40,7 @@ pub struct EmulatorsConfig {
     pub shopify: shopify::ShopifyConfig,
     pub amazon: amazon::AmazonConfig,
     pub walmart: walmart::WalmartConfig,
+    pub adobe: adobe::AdobeConfig,
 }
 
 /// The running emulators. Dropping the handle leaves them running until the
@@ -47,6 +49,7 @@ pub struct Emulators {
     shopify: shopify::ShopifyEmulator,
     amazon: amazon::AmazonEmulator,
     walmart: walmart::WalmartEmulator,
+    adobe: adobe::AdobeEmulator,
     servers: Vec<RunningServer>,
 }
 
@@ -60,10 +63,13 @@ impl Emulators {
         servers.push(server);
         let (walmart, server) = walmart::start(config.walmart).await?;
         servers.push(server);
+        let (adobe, server) = adobe::start(config.adobe).await?;
+        servers.push(server);
         Ok(Self {
             shopify,
             amazon,
             walmart,
+            adobe,
             servers,
         })
     }
@@ -80,11 +86,16 @@ impl Emulators {
         &self.walmart
     }
 
+    pub fn adobe(&self) -> &adobe::AdobeEmulator {
+        &self.adobe
+    }
+
     /// Requests refused for a rate limit, summed over the emulators.
     pub fn budget_violations(&self) -> u64 {
         self.shopify.budget_violations()
             + self.amazon.budget_violations()
             + self.walmart.budget_violations()
+            + self.adobe.budget_violations()
     }
 
     /// Stops every server and waits for them.
