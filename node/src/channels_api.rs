@@ -28,6 +28,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::channels::definitions::{self, validate_channel_id, StoredChannel};
+use crate::channels::operations;
 use crate::rpc::{self, Failure};
 
 /// SKUs one GetChannelAvailability names at most.
@@ -44,6 +45,9 @@ const MAX_PAGE_SIZE: u32 = 1_000;
 pub struct ChannelsApi {
     store: Arc<dyn Store>,
     positions: Arc<EntityRuntime<PositionEntity>>,
+    /// Shards of push keys (the cluster's, or the single node's): a replay
+    /// names the key's record in its shard.
+    shard_count: u32,
     /// Serializes this node's read-check-write of definitions, so two
     /// changes on one node cannot both pass one revision or one share
     /// check. Records have no conditional write: two nodes changing the
@@ -52,10 +56,15 @@ pub struct ChannelsApi {
 }
 
 impl ChannelsApi {
-    pub fn new(store: Arc<dyn Store>, positions: Arc<EntityRuntime<PositionEntity>>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        positions: Arc<EntityRuntime<PositionEntity>>,
+        shard_count: u32,
+    ) -> Self {
         Self {
             store,
             positions,
+            shard_count,
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -360,11 +369,15 @@ fn page_after(tenant: &str, token: &str) -> Result<Option<String>, Refusal> {
     if token.is_empty() {
         return Ok(None);
     }
-    let valid = token.len() <= tenant.len() + 1 + MAX_TOKEN_BYTES
+    // Not just a channel id after the tenant: a page may end on the record
+    // of a tenant whose name extends this one's (`<tenant>/eu/web`), which
+    // is at most a tenant, a '/' and a channel id long.
+    let valid = token.len() <= 2 * MAX_TOKEN_BYTES + 1
+        && !token.chars().any(char::is_control)
         && token
             .strip_prefix(tenant)
             .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|id| validate_channel_id("page_token", id).is_ok());
+            .is_some_and(|rest| !rest.is_empty());
     if valid {
         Ok(Some(token.to_owned()))
     } else {
@@ -623,6 +636,49 @@ impl ChannelService for ChannelsApi {
         )
         .await
     }
+
+    // The push worker's dead letters, drift and reconciliation: see
+    // `channels::operations`.
+
+    async fn list_channel_dead_letters(
+        &self,
+        request: Request<pb::ListChannelDeadLettersRequest>,
+    ) -> Result<Response<pb::ListChannelDeadLettersResponse>, Status> {
+        rpc::serve_checked("ListChannelDeadLetters", request, |request, _| {
+            operations::list_dead_letters(self.store.as_ref(), request)
+        })
+        .await
+    }
+
+    async fn replay_channel_dead_letters(
+        &self,
+        request: Request<pb::ReplayChannelDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayChannelDeadLettersResponse>, Status> {
+        rpc::serve_checked("ReplayChannelDeadLetters", request, |request, _| {
+            operations::replay_dead_letters(self.store.as_ref(), self.shard_count, request)
+        })
+        .await
+    }
+
+    async fn list_channel_drift(
+        &self,
+        request: Request<pb::ListChannelDriftRequest>,
+    ) -> Result<Response<pb::ListChannelDriftResponse>, Status> {
+        rpc::serve_checked("ListChannelDrift", request, |request, _| {
+            operations::list_drift(self.store.as_ref(), request)
+        })
+        .await
+    }
+
+    async fn reconcile_channel(
+        &self,
+        request: Request<pb::ReconcileChannelRequest>,
+    ) -> Result<Response<pb::ReconcileChannelResponse>, Status> {
+        rpc::serve_checked("ReconcileChannel", request, |request, _| {
+            operations::reconcile(self.store.as_ref(), request)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -828,7 +884,13 @@ mod tests {
         );
         assert!(page_after("acme", "globex/shop").is_err());
         assert!(page_after("acme", "acme/").is_err());
-        assert!(page_after("acme", &format!("acme/{}", "x".repeat(200))).is_err());
+        // A page of acme's may end on a record of the tenant "acme/eu".
+        assert_eq!(
+            page_after("acme", "acme/eu/web").unwrap(),
+            Some("acme/eu/web".into())
+        );
+        assert!(page_after("acme", &format!("acme/{}", "x".repeat(300))).is_err());
+        assert!(page_after("acme", "acme/we\u{0}b").is_err());
     }
 
     #[test]

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use skuld_cluster::tls::TlsFiles;
 
 pub use options::{
-    described, markdown_table, Auth, Cluster, Events, OptionDoc, Postgres, Runtime, ServeArgs,
-    Server, Telemetry, Writer,
+    described, markdown_table, Auth, Channels, Cluster, Events, OptionDoc, Postgres, Runtime,
+    ServeArgs, Server, Telemetry, Writer,
 };
 pub use secret::SecretUrl;
 
@@ -29,6 +29,7 @@ pub struct Config {
     pub server: Server,
     pub runtime: Runtime,
     pub events: Events,
+    pub channels: Channels,
     pub writer: Writer,
     pub cluster: Cluster,
     pub postgres: Postgres,
@@ -105,6 +106,7 @@ impl Config {
         self.server.validate()?;
         self.runtime.validate()?;
         self.events.validate()?;
+        self.channels.validate()?;
         self.writer.validate()?;
         self.cluster.validate()?;
         self.postgres.validate()?;
@@ -281,6 +283,32 @@ impl Server {
             ));
         }
         Ok(())
+    }
+}
+
+impl Channels {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("channel_poll_interval_ms", self.channel_poll_interval_ms),
+            (
+                "channel_reconcile_interval_secs",
+                self.channel_reconcile_interval_secs,
+            ),
+            ("channel_confirm_after_ms", self.channel_confirm_after_ms),
+            (
+                "channel_confirm_within_secs",
+                self.channel_confirm_within_secs,
+            ),
+        ])
+    }
+
+    pub fn worker(&self) -> crate::channels::worker::WorkerSettings {
+        crate::channels::worker::WorkerSettings {
+            poll_interval: Duration::from_millis(self.channel_poll_interval_ms),
+            reconcile_interval: Duration::from_secs(self.channel_reconcile_interval_secs),
+            confirm_after: Duration::from_millis(self.channel_confirm_after_ms),
+            confirm_within: Duration::from_secs(self.channel_confirm_within_secs),
+        }
     }
 }
 

@@ -41,6 +41,9 @@ use tokio_util::task::TaskTracker;
 use crate::admin_api::AdminApi;
 use crate::api::InventoryApi;
 use crate::census::Census;
+use crate::channels::catalog::Catalog;
+use crate::channels::worker::WorkerContext;
+use crate::channels::Channels;
 use crate::channels_api::ChannelsApi;
 use crate::cluster;
 use crate::config::Config;
@@ -262,11 +265,21 @@ pub async fn run(
         config.events.webhooks(),
     ))
     .max_decoding_message_size(config.server.max_message_bytes);
-    let channels =
-        ChannelServiceServer::new(ChannelsApi::new(Arc::clone(&store), Arc::clone(&runtime)))
-            .max_decoding_message_size(config.server.max_message_bytes)
-            .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
-    let sinks = Sinks::start(SinkContext {
+    // Push keys are sharded like entities: the cluster's shard count, or
+    // the configured one on a single node (which owns them all).
+    let push_shards = joined
+        .as_ref()
+        .map_or(config.cluster.shard_count, |joined| {
+            joined.table.shard_count()
+        });
+    let channels = ChannelServiceServer::new(ChannelsApi::new(
+        Arc::clone(&store),
+        Arc::clone(&runtime),
+        push_shards,
+    ))
+    .max_decoding_message_size(config.server.max_message_bytes)
+    .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
+    let sink_context = SinkContext {
         store: Arc::clone(&store),
         shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
         committed: writer.events_committed(),
@@ -274,7 +287,20 @@ pub async fn run(
         webhooks: config.events.webhooks(),
         nats: config.events.nats(),
         pause_before_cursor: Config::failpoint_ms("SINK_PAUSE_BEFORE_CURSOR_MS"),
-    });
+    };
+    let sinks = Sinks::start(sink_context.clone());
+    let channel_tasks = Channels::start(
+        sink_context,
+        WorkerContext {
+            store: Arc::clone(&store),
+            positions: Arc::clone(&runtime),
+            catalog: Arc::new(Catalog::new(Arc::clone(&store))),
+            shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
+            shard_count: push_shards,
+            marked: Arc::new(tokio::sync::Notify::new()),
+            settings: config.channels.worker(),
+        },
+    );
     crate::census::describe_business_metrics();
     let stop_census = CancellationToken::new();
     let census = tokio::spawn(
@@ -450,6 +476,14 @@ pub async fn run(
     // durable cursors (a window cut short is delivered again).
     if tokio::time::timeout(left(), sinks.stop()).await.is_err() {
         tracing::warn!("sinks still stopping at the drain deadline; going on");
+    }
+    // The channel worker too: the dirty records it leaves are the next
+    // owner's work.
+    if tokio::time::timeout(left(), channel_tasks.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("channel tasks still stopping at the drain deadline; going on");
     }
     if let Some(running) = running.as_mut() {
         running.hand_over(deadline).await;

@@ -167,6 +167,12 @@ scoped!(
     => |request| tenant(Role::Admin, &request.tenant)
 );
 scoped!(GetChannelAvailabilityRequest => |request| tenant(Role::Reader, &request.tenant));
+// What the push worker left (dead letters, drift) and telling it to act.
+scoped!(
+    ListChannelDeadLettersRequest, ReplayChannelDeadLettersRequest, ListChannelDriftRequest,
+    ReconcileChannelRequest
+    => |request| tenant(Role::Admin, &request.tenant)
+);
 
 // The node and the cluster. The shard map tells the topology (node ids,
 // client endpoints), no tenant's data: every owner-aware client needs it.

@@ -178,6 +178,18 @@ options! {
         nats_stream: String = "SKULD_EVENTS".into(), env "SKULD_NATS_STREAM";
     }
 
+    /// Channel connectivity: the push worker that keeps every channel showing what it may sell.
+    [channels] Channels {
+        /// How often the worker lists the keys other nodes marked, in milliseconds (this node's marks wake it at once).
+        channel_poll_interval_ms: u64 = 250, env "SKULD_CHANNEL_POLL_INTERVAL_MS";
+        /// How often every pushed value is read back from its channel to find drift, in seconds.
+        channel_reconcile_interval_secs: u64 = 15 * 60, env "SKULD_CHANNEL_RECONCILE_INTERVAL_SECS";
+        /// How long after a channel accepted (not applied) a push its first read-back is, in milliseconds.
+        channel_confirm_after_ms: u64 = 1_000, env "SKULD_CHANNEL_CONFIRM_AFTER_MS";
+        /// How long an accepted push may take to show on the channel before it is sent again, in seconds.
+        channel_confirm_within_secs: u64 = 60, env "SKULD_CHANNEL_CONFIRM_WITHIN_SECS";
+    }
+
     /// The group-commit writer.
     [writer] Writer {
         /// Writes waiting for the group commit at most.

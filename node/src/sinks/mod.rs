@@ -40,6 +40,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub event: PublishedEvent,
+    /// The encoded key of the entity the event belongs to.
+    pub entity: Vec<u8>,
     pub shard: u32,
     pub seq: u64,
     pub recorded_at_ms: u64,
@@ -75,6 +77,23 @@ pub trait Sink: Send + Sync + 'static {
     /// (dead-lettered) before the next.
     async fn deliver(&self, events: Vec<Delivery>, stop: &CancellationToken)
         -> Result<(), Stopped>;
+
+    /// Delivers a window: each key's events (in order, keys in order of
+    /// first appearance), [`KEYS_IN_FLIGHT`] keys at once by default. A
+    /// sink that does better with the whole window at once (one store
+    /// write for it) overrides this.
+    async fn deliver_window(
+        &self,
+        by_key: Vec<Vec<Delivery>>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        futures::stream::iter(by_key)
+            .map(|events| self.deliver(events, stop))
+            .buffer_unordered(KEYS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
 }
 
 /// The event as a CloudEvents 1.0 structured-mode JSON body; skuld's own
@@ -241,7 +260,7 @@ async fn supervise(context: SinkContext, stop: CancellationToken, tasks: TaskTra
 }
 
 /// One sink over the shards this node owns, until stopped.
-async fn run_sink(sink: Arc<dyn Sink>, context: SinkContext, stop: CancellationToken) {
+pub(crate) async fn run_sink(sink: Arc<dyn Sink>, context: SinkContext, stop: CancellationToken) {
     let name = sink.name();
     let mut committed = context.committed.clone();
     tracing::info!(sink = %name, "sink started");
@@ -354,16 +373,13 @@ async fn drain_window(
             });
         by_key[slot].push(Delivery {
             event,
+            entity: stored.entity,
             shard: stored.shard,
             seq: stored.seq,
             recorded_at_ms: stored.recorded_at_ms,
         });
     }
-    futures::stream::iter(by_key)
-        .map(|events| sink.deliver(events, stop))
-        .buffer_unordered(KEYS_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
+    sink.deliver_window(by_key, stop).await?;
     if let Some(pause) = context.pause_before_cursor {
         tokio::time::sleep(pause).await;
     }

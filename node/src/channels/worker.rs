@@ -1,0 +1,1178 @@
+//! The push worker: keeps every channel showing what it may sell.
+//!
+//! One task per node, over the push keys of the shards the node owns (all
+//! of them in single-node mode). For each key it computes the desired
+//! value of every target from the network's positions (read from their
+//! owners) and the channel's definition, keeps a `PushState` per target
+//! (the coalescing rule, skuld-domain `channel::push`), and sends what is
+//! due through the channel's connector: one call in flight per channel
+//! account, decreases first, the connector's own limiter pacing the calls.
+//!
+//! Durability: a key's dirty record (written by the projection before the
+//! event cursor moved) stays until every target is acknowledged, so a
+//! crash or a shard move leaves the work to whoever owns the shard next.
+//! The acknowledged figures are not stored: a worker that starts on a key
+//! reads the channel back first, then compares against what it read.
+//!
+//! Confirmation: an `Accepted` push (Amazon) stays in flight until a
+//! read-back shows the value. Reconciliation: every `reconcile_interval`,
+//! and when asked, each known target is read back; a difference is drift
+//! (recorded, counted) and makes the target due again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skuld_actors::channel::{available_to_sell, Publication, Push, PushPolicy, PushState, Urgency};
+use skuld_actors::position::PositionEntity;
+use skuld_actors::runtime::{EntityRuntime, RequestMeta};
+use skuld_actors::PositionKey;
+use skuld_cluster::shards::ShardTable;
+use skuld_cluster::Store;
+use skuld_connectors::{backoff, Connector, ConnectorError, ItemKey, PushItem, PushOutcome};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::Catalog;
+use super::credentials::{connector_for, LinkError};
+use super::definitions::StoredChannel;
+use super::keys::{
+    decode_key, decode_mark, encode_key, encode_mark, shard_of_record, DirtyMark, PushKey,
+    DIRTY_KIND, KNOWN_KIND, REPLAY_KIND,
+};
+use super::ledger::{self, DeadLetter, Drift};
+
+/// Record kind of reconciliation requests: id `<tenant>/<channel>`, value
+/// the request's time (unix ms, decimal). Every worker reconciles its own
+/// shards' keys of the channel once per newer request.
+pub const RECONCILE_KIND: &str = "channel_reconcile";
+/// Records read per store call.
+const PAGE: usize = 1_000;
+/// Keys computed per step at most, so pushes keep flowing during a flood of
+/// marks.
+const COMPUTES_PER_STEP: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// How often the store's dirty records are listed (marks made on this
+    /// node wake the worker at once).
+    pub poll_interval: Duration,
+    /// How often every known target is read back.
+    pub reconcile_interval: Duration,
+    /// How long after an `Accepted` push its first read-back is.
+    pub confirm_after: Duration,
+    /// How long an `Accepted` push may take to show before it is sent again.
+    pub confirm_within: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            poll_interval: Duration::from_millis(250),
+            reconcile_interval: Duration::from_secs(15 * 60),
+            confirm_after: Duration::from_secs(1),
+            confirm_within: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct WorkerContext {
+    pub store: Arc<dyn Store>,
+    pub positions: Arc<EntityRuntime<PositionEntity>>,
+    pub catalog: Arc<Catalog>,
+    /// Cluster mode: the shards this node owns; else every shard.
+    pub shards: Option<Arc<ShardTable>>,
+    pub shard_count: u32,
+    pub marked: Arc<Notify>,
+    pub settings: WorkerSettings,
+}
+
+/// `(tenant, channel id)`.
+type ChannelRef = (String, String);
+
+/// One value a channel is shown: a location's, or the SKU's (`None`).
+type Location = Option<String>;
+
+/// What a read-back is for.
+#[derive(Debug, Clone)]
+enum Purpose {
+    /// The worker does not know what the channel shows yet.
+    FirstLook,
+    /// An accepted push, to see whether it was applied.
+    Confirm(Push),
+    Reconcile,
+}
+
+/// A finished call of a channel's connector.
+enum Done {
+    Pushed {
+        channel: ChannelRef,
+        items: Vec<(String, Location, Push)>,
+        outcomes: Vec<PushOutcome>,
+    },
+    Read {
+        channel: ChannelRef,
+        items: Vec<(String, Location, Purpose)>,
+        result: Result<Vec<Option<i64>>, ConnectorError>,
+    },
+    Linked {
+        channel: ChannelRef,
+        revision: u64,
+        result: Result<Arc<dyn Connector>, LinkError>,
+    },
+}
+
+struct Confirm {
+    push: Push,
+    check_at_ms: u64,
+    until_ms: u64,
+}
+
+struct Target {
+    state: PushState,
+    /// The channel's figure was read back or acknowledged since this
+    /// worker took the key.
+    known: bool,
+    /// A read-back is in flight.
+    reading: bool,
+    confirm: Option<Confirm>,
+    reconcile: bool,
+}
+
+impl Target {
+    fn busy(&self) -> bool {
+        self.state.in_flight.is_some() || self.reading || self.confirm.is_some()
+    }
+
+    fn done(&self) -> bool {
+        !self.busy() && (self.state.settled() || self.state.parked)
+    }
+}
+
+struct KeyWork {
+    key: PushKey,
+    targets: BTreeMap<Location, Target>,
+    /// A dirty record of the key exists in the store.
+    dirty: bool,
+    /// The dirty record's content when last computed.
+    computed_mark: Option<Vec<u8>>,
+    /// The key's known record was written.
+    known_recorded: bool,
+}
+
+struct Link {
+    revision: u64,
+    connector: Option<Arc<dyn Connector>>,
+    building: bool,
+    busy: bool,
+    /// No call before this (the connector's limiter, a failed build).
+    paused_until_ms: u64,
+    /// Last reconciliation request seen, and when the last one ran.
+    reconcile_requested_ms: u64,
+    reconciled_at_ms: u64,
+}
+
+pub struct Worker {
+    context: WorkerContext,
+    keys: HashMap<String, KeyWork>,
+    links: HashMap<ChannelRef, Link>,
+    owned: HashSet<u32>,
+    to_compute: Vec<String>,
+    /// Keys whose computation failed (a position's owner unreachable):
+    /// tried again at the next scan, not in a loop.
+    compute_later: Vec<String>,
+    done_tx: mpsc::Sender<Done>,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(skuld_cluster::now_ms()).unwrap_or(0)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Worker {
+    /// Runs until `stop`. Calls in flight when it stops are abandoned: each
+    /// write is absolute and idempotent, and the dirty records stay.
+    pub async fn run(context: WorkerContext, stop: CancellationToken) {
+        let (done_tx, mut done_rx) = mpsc::channel(64);
+        let marked = Arc::clone(&context.marked);
+        let poll = context.settings.poll_interval;
+        let mut worker = Worker {
+            context,
+            keys: HashMap::new(),
+            links: HashMap::new(),
+            owned: HashSet::new(),
+            to_compute: Vec::new(),
+            compute_later: Vec::new(),
+            done_tx,
+        };
+        let mut next_scan_ms = 0;
+        loop {
+            let now = now_ms();
+            if now >= next_scan_ms {
+                worker.scan().await;
+                next_scan_ms = now + millis(poll);
+            }
+            worker.compute_some().await;
+            worker.settle().await;
+            worker.dispatch();
+            let wait = if worker.to_compute.is_empty() {
+                worker.next_due_in(now_ms()).min(poll)
+            } else {
+                Duration::ZERO
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = marked.notified() => next_scan_ms = 0,
+                done = done_rx.recv() => {
+                    if let Some(done) = done {
+                        worker.apply(done).await;
+                        // Whatever else finished meanwhile, at once.
+                        while let Ok(done) = done_rx.try_recv() {
+                            worker.apply(done).await;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn policy(stored: &StoredChannel) -> PushPolicy {
+        PushPolicy {
+            min_interval_ms: stored.channel.min_push_interval_ms,
+            reassert_interval_ms: stored.channel.reassert_interval_ms,
+        }
+    }
+
+    /// Looks at the store: owned shards, channels, dirty, replay, known and
+    /// reconcile records.
+    async fn scan(&mut self) {
+        for id in std::mem::take(&mut self.compute_later) {
+            self.queue_compute(&id);
+        }
+        if let Err(error) = self.context.catalog.refresh().await {
+            tracing::warn!(%error, "cannot read the channel definitions");
+        }
+        let owned: HashSet<u32> = match &self.context.shards {
+            Some(table) => table.local_shards().into_iter().collect(),
+            None => (0..self.context.shard_count).collect(),
+        };
+        let gained = owned.difference(&self.owned).next().is_some();
+        if owned != self.owned {
+            self.keys
+                .retain(|id, _| shard_of_record(id).is_some_and(|shard| owned.contains(&shard)));
+            self.owned = owned;
+        }
+        self.refresh_links();
+        if gained {
+            if let Err(error) = self.load_known().await {
+                tracing::warn!(%error, "cannot list the channels' known keys");
+            }
+        }
+        if let Err(error) = self.scan_dirty().await {
+            tracing::warn!(%error, "cannot list the channels' dirty keys");
+        }
+        if let Err(error) = self.scan_replays().await {
+            tracing::warn!(%error, "cannot list the channels' replays");
+        }
+        if let Err(error) = self.scan_reconcile_requests().await {
+            tracing::warn!(%error, "cannot list the channels' reconciliation requests");
+        }
+        self.start_due_reconciliations();
+    }
+
+    /// Builds a connector per channel (again when its definition changed),
+    /// off the async threads (it reads the credentials file).
+    fn refresh_links(&mut self) {
+        let channels = self.context.catalog.all();
+        let wanted: HashMap<ChannelRef, &StoredChannel> = channels
+            .iter()
+            .filter(|stored| stored.channel.kind != skuld_actors::channel::ChannelKind::Webhook)
+            .map(|stored| {
+                (
+                    (stored.channel.tenant.clone(), stored.channel.id.clone()),
+                    stored,
+                )
+            })
+            .collect();
+        self.links.retain(|channel, _| wanted.contains_key(channel));
+        self.keys.retain(|_, work| {
+            wanted.contains_key(&(work.key.tenant.clone(), work.key.channel.clone()))
+        });
+        let now = now_ms();
+        for (channel, stored) in wanted {
+            let link = self.links.entry(channel.clone()).or_insert_with(|| Link {
+                revision: 0,
+                connector: None,
+                building: false,
+                busy: false,
+                paused_until_ms: 0,
+                reconcile_requested_ms: 0,
+                reconciled_at_ms: now,
+            });
+            let stale = link.revision != stored.revision || link.connector.is_none();
+            if stale && !link.building && now >= link.paused_until_ms {
+                link.building = true;
+                let definition = stored.channel.clone();
+                let revision = stored.revision;
+                let done = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || {
+                        connector_for(&definition).map(Arc::<dyn Connector>::from)
+                    })
+                    .await
+                    .unwrap_or_else(|error| {
+                        Err(LinkError {
+                            channel: channel.1.clone(),
+                            reason: format!("building the connector failed: {error}"),
+                        })
+                    });
+                    let _ = done
+                        .send(Done::Linked {
+                            channel,
+                            revision,
+                            result,
+                        })
+                        .await;
+                });
+            }
+        }
+    }
+
+    fn owns(&self, id: &str) -> bool {
+        shard_of_record(id).is_some_and(|shard| self.owned.contains(&shard))
+    }
+
+    fn work_for(&mut self, id: &str, key: PushKey) -> &mut KeyWork {
+        self.keys.entry(id.to_owned()).or_insert_with(|| KeyWork {
+            key,
+            targets: BTreeMap::new(),
+            dirty: false,
+            computed_mark: None,
+            known_recorded: false,
+        })
+    }
+
+    fn queue_compute(&mut self, id: &str) {
+        if !self.to_compute.iter().any(|queued| queued == id) {
+            self.to_compute.push(id.to_owned());
+        }
+    }
+
+    /// Every record of `kind`, page by page.
+    async fn list_all(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, skuld_cluster::StoreError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .context
+                .store
+                .list_records(kind, "", after.clone(), PAGE)
+                .await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(all);
+            };
+            after = Some(last.clone());
+            all.extend(page);
+        }
+    }
+
+    async fn load_known(&mut self) -> Result<(), skuld_cluster::StoreError> {
+        for (id, raw) in self.list_all(KNOWN_KIND).await? {
+            if !self.owns(&id) || self.keys.contains_key(&id) {
+                continue;
+            }
+            let Some(key) = decode_key(&raw) else {
+                continue;
+            };
+            self.work_for(&id, key).known_recorded = true;
+            self.queue_compute(&id);
+        }
+        Ok(())
+    }
+
+    async fn scan_dirty(&mut self) -> Result<(), skuld_cluster::StoreError> {
+        for (id, raw) in self.list_all(DIRTY_KIND).await? {
+            if !self.owns(&id) {
+                continue;
+            }
+            let Some(mark) = decode_mark(&raw) else {
+                continue;
+            };
+            let work = self.work_for(&id, mark.key);
+            work.dirty = true;
+            if work.computed_mark.as_deref() != Some(raw.as_slice()) {
+                work.computed_mark = Some(raw);
+                self.queue_compute(&id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan_replays(&mut self) -> Result<(), skuld_cluster::StoreError> {
+        for (id, raw) in self.list_all(REPLAY_KIND).await? {
+            if !self.owns(&id) {
+                continue;
+            }
+            let Some(key) = decode_key(&raw) else {
+                continue;
+            };
+            let work = self.work_for(&id, key.clone());
+            for target in work.targets.values_mut() {
+                target.state.replay();
+            }
+            // Durable until the push is acknowledged, as any change is.
+            work.dirty = true;
+            let mark = DirtyMark {
+                key,
+                at: format!("replay:{}", now_ms()),
+            };
+            self.context
+                .store
+                .put_record(DIRTY_KIND, &id, encode_mark(&mark))
+                .await?;
+            self.context.store.delete_record(REPLAY_KIND, &id).await?;
+            self.queue_compute(&id);
+        }
+        Ok(())
+    }
+
+    async fn scan_reconcile_requests(&mut self) -> Result<(), skuld_cluster::StoreError> {
+        for (id, raw) in self.list_all(RECONCILE_KIND).await? {
+            let Some((tenant, channel)) = id.rsplit_once('/') else {
+                continue;
+            };
+            let requested: u64 = String::from_utf8_lossy(&raw).parse().unwrap_or(0);
+            if let Some(link) = self.links.get_mut(&(tenant.to_owned(), channel.to_owned())) {
+                if requested > link.reconcile_requested_ms {
+                    link.reconcile_requested_ms = requested;
+                    link.reconciled_at_ms = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks every known target of each channel due for reconciliation.
+    fn start_due_reconciliations(&mut self) {
+        let now = now_ms();
+        let every = millis(self.context.settings.reconcile_interval);
+        let due: HashSet<ChannelRef> = self
+            .links
+            .iter_mut()
+            .filter(|(_, link)| {
+                now >= link.reconciled_at_ms.saturating_add(every) || link.reconciled_at_ms == 0
+            })
+            .map(|(channel, link)| {
+                link.reconciled_at_ms = now;
+                channel.clone()
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for work in self.keys.values_mut() {
+            if due.contains(&(work.key.tenant.clone(), work.key.channel.clone())) {
+                for target in work.targets.values_mut() {
+                    if target.known {
+                        target.reconcile = true;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn compute_some(&mut self) {
+        let batch: Vec<String> = self
+            .to_compute
+            .drain(..self.to_compute.len().min(COMPUTES_PER_STEP))
+            .collect();
+        for id in batch {
+            if let Err(reason) = self.compute(&id).await {
+                tracing::debug!(key = %id, %reason, "channel key not computed; trying again");
+                self.compute_later.push(id);
+            }
+        }
+    }
+
+    /// What each target of key `id` should show now.
+    async fn compute(&mut self, id: &str) -> Result<(), String> {
+        let Some(key) = self.keys.get(id).map(|work| work.key.clone()) else {
+            return Ok(());
+        };
+        let Some(stored) = self.context.catalog.get(&key.tenant, &key.channel) else {
+            // The channel is gone: so is its work.
+            self.keys.remove(id);
+            let _ = self.context.store.delete_record(DIRTY_KIND, id).await;
+            let _ = self.context.store.delete_record(KNOWN_KIND, id).await;
+            return Ok(());
+        };
+        let channel = &stored.channel;
+        let positions: Vec<PositionKey> = channel
+            .network
+            .iter()
+            .map(|location| PositionKey {
+                tenant: key.tenant.clone(),
+                sku: key.sku.clone(),
+                location: location.clone(),
+            })
+            .collect();
+        let states = self
+            .context
+            .positions
+            .read_many(&positions, RequestMeta::default())
+            .await
+            .map_err(|error| error.to_string())?;
+        let stock: BTreeMap<String, i64> = positions
+            .iter()
+            .zip(&states)
+            .filter(|(_, state)| state.version > 0)
+            .map(|(position, state)| (position.location.clone(), state.buckets.available()))
+            .collect();
+        let versions: BTreeMap<&str, u64> = positions
+            .iter()
+            .zip(&states)
+            .map(|(position, state)| (position.location.as_str(), state.version))
+            .collect();
+        // Versions only grow: every position's and every definition's of
+        // the tenant (peers' shares shape this channel's figures too).
+        let peers = self.context.catalog.of_tenant(&key.tenant);
+        let revisions: u64 = self
+            .context
+            .catalog
+            .all()
+            .iter()
+            .filter(|peer| peer.channel.tenant == key.tenant)
+            .map(|peer| peer.revision)
+            .sum();
+        let network_version: u64 = versions.values().sum();
+        let availability = available_to_sell(channel, &peers, &key.sku, &stock);
+        let now = now_ms();
+        let published: Vec<(Location, i64, u64)> = availability
+            .published(channel.publication)
+            .into_iter()
+            .map(|(location, value)| {
+                let version = match (channel.publication, location) {
+                    (Publication::PerLocation, Some(location)) => {
+                        versions.get(location).copied().unwrap_or(0)
+                    }
+                    _ => network_version,
+                };
+                (location.map(str::to_owned), value, revisions + version)
+            })
+            .collect();
+        let record_known = {
+            let Some(work) = self.keys.get_mut(id) else {
+                return Ok(());
+            };
+            let live: HashSet<&Location> =
+                published.iter().map(|(location, ..)| location).collect();
+            work.targets.retain(|location, _| live.contains(location));
+            for (location, value, version) in &published {
+                match work.targets.get_mut(location) {
+                    Some(target) => {
+                        let desired = target.state.desired;
+                        // A figure can change with no version growing (a
+                        // peer channel deleted): the worker's own order.
+                        let version = if *value != desired.value && *version <= desired.version {
+                            desired.version + 1
+                        } else {
+                            *version
+                        };
+                        target.state.observe(*value, version, now);
+                    }
+                    None => {
+                        work.targets.insert(
+                            location.clone(),
+                            Target {
+                                state: PushState::new(*value, *version, now),
+                                known: false,
+                                reading: false,
+                                confirm: None,
+                                reconcile: false,
+                            },
+                        );
+                    }
+                }
+            }
+            !std::mem::replace(&mut work.known_recorded, true)
+        };
+        if record_known {
+            if let Err(error) = self
+                .context
+                .store
+                .put_record(KNOWN_KIND, id, encode_key(&key))
+                .await
+            {
+                tracing::warn!(%error, "cannot record a channel key");
+                if let Some(work) = self.keys.get_mut(id) {
+                    work.known_recorded = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the dirty record of every key whose targets all show what
+    /// is desired, then computes the key once more: a change that marked it
+    /// meanwhile is seen (and marked again) instead of lost.
+    async fn settle(&mut self) {
+        let settled: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(id, work)| {
+                work.dirty
+                    && !work.targets.is_empty()
+                    && work.targets.values().all(Target::done)
+                    && !self.to_compute.iter().any(|queued| queued == *id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in settled {
+            if let Err(error) = self.context.store.delete_record(DIRTY_KIND, &id).await {
+                tracing::warn!(%error, "cannot clear a channel key's dirty mark");
+                continue;
+            }
+            let Some(work) = self.keys.get_mut(&id) else {
+                continue;
+            };
+            work.dirty = false;
+            work.computed_mark = None;
+            if self.compute(&id).await.is_err() {
+                self.compute_later.push(id.clone());
+            }
+            let Some(work) = self.keys.get_mut(&id) else {
+                continue;
+            };
+            if !work.targets.values().all(Target::done) {
+                let mark = DirtyMark {
+                    key: work.key.clone(),
+                    at: format!("settle:{}", now_ms()),
+                };
+                let raw = encode_mark(&mark);
+                work.dirty = true;
+                work.computed_mark = Some(raw.clone());
+                if let Err(error) = self.context.store.put_record(DIRTY_KIND, &id, raw).await {
+                    tracing::warn!(%error, "cannot mark a channel key dirty again");
+                }
+            }
+        }
+        self.report_depths();
+    }
+
+    fn report_depths(&self) {
+        let mut pending: HashMap<&str, (u64, u64)> = HashMap::new();
+        for work in self.keys.values() {
+            let entry = pending.entry(work.key.channel.as_str()).or_default();
+            for target in work.targets.values() {
+                if target.state.parked {
+                    entry.1 += 1;
+                } else if !target.done() {
+                    entry.0 += 1;
+                }
+            }
+        }
+        for (channel, (unsettled, parked)) in pending {
+            metrics::gauge!("skuld_channel_pending_targets", "channel" => channel.to_owned())
+                .set(unsettled as f64);
+            metrics::gauge!("skuld_channel_dead_letter_targets", "channel" => channel.to_owned())
+                .set(parked as f64);
+        }
+    }
+
+    /// Starts one call per idle channel: read-backs first (a push compares
+    /// against what they find), then the due pushes, most urgent first.
+    fn dispatch(&mut self) {
+        let now = now_ms();
+        let channels: Vec<ChannelRef> = self
+            .links
+            .iter()
+            .filter(|(_, link)| {
+                link.connector.is_some() && !link.busy && now >= link.paused_until_ms
+            })
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in channels {
+            let Some(stored) = self.context.catalog.get(&channel.0, &channel.1) else {
+                continue;
+            };
+            let Some(link) = self.links.get_mut(&channel) else {
+                continue;
+            };
+            let Some(connector) = link.connector.clone() else {
+                continue;
+            };
+            let ready_in = millis(connector.ready_in());
+            if ready_in > 0 {
+                link.paused_until_ms = now + ready_in;
+                continue;
+            }
+            let batch = connector.max_batch().max(1);
+            if let Some(reads) = self.due_reads(&channel, batch, now) {
+                self.start_read(channel, connector, reads);
+            } else if let Some(pushes) = self.due_pushes(&channel, &stored, batch, now) {
+                self.start_push(channel, connector, pushes);
+            }
+        }
+    }
+
+    fn due_reads(
+        &mut self,
+        channel: &ChannelRef,
+        batch: usize,
+        now: u64,
+    ) -> Option<Vec<(String, Location, Purpose)>> {
+        let mut reads = Vec::new();
+        'keys: for (id, work) in self.keys.iter_mut() {
+            if work.key.tenant != channel.0 || work.key.channel != channel.1 {
+                continue;
+            }
+            for (location, target) in work.targets.iter_mut() {
+                if reads.len() >= batch {
+                    break 'keys;
+                }
+                if target.reading {
+                    continue;
+                }
+                let purpose = if let Some(confirm) = &target.confirm {
+                    if now < confirm.check_at_ms {
+                        continue;
+                    }
+                    Purpose::Confirm(confirm.push.clone())
+                } else if target.state.in_flight.is_some() {
+                    continue;
+                } else if !target.known {
+                    Purpose::FirstLook
+                } else if target.reconcile {
+                    Purpose::Reconcile
+                } else {
+                    continue;
+                };
+                target.reading = true;
+                reads.push((id.clone(), location.clone(), purpose));
+            }
+        }
+        (!reads.is_empty()).then_some(reads)
+    }
+
+    fn due_pushes(
+        &mut self,
+        channel: &ChannelRef,
+        stored: &StoredChannel,
+        batch: usize,
+        now: u64,
+    ) -> Option<Vec<(String, Location, Push)>> {
+        let policy = Self::policy(stored);
+        let mut due: Vec<(Urgency, u64, String, Location)> = Vec::new();
+        for (id, work) in &self.keys {
+            if work.key.tenant != channel.0 || work.key.channel != channel.1 {
+                continue;
+            }
+            for (location, target) in &work.targets {
+                if !target.known || target.busy() {
+                    continue;
+                }
+                if let Some((at, urgency)) = target.state.next_due(&policy) {
+                    if at <= now {
+                        due.push((
+                            urgency,
+                            target.state.desired.since_ms,
+                            id.clone(),
+                            location.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        if due.is_empty() {
+            return None;
+        }
+        due.sort();
+        due.truncate(batch);
+        let mut pushes = Vec::with_capacity(due.len());
+        for (urgency, _, id, location) in due {
+            let Some(target) = self
+                .keys
+                .get_mut(&id)
+                .and_then(|work| work.targets.get_mut(&location))
+            else {
+                continue;
+            };
+            let push = target.state.start(urgency, now);
+            pushes.push((id, location, push));
+        }
+        Some(pushes)
+    }
+
+    fn start_read(
+        &mut self,
+        channel: ChannelRef,
+        connector: Arc<dyn Connector>,
+        items: Vec<(String, Location, Purpose)>,
+    ) {
+        let keys: Vec<ItemKey> = items
+            .iter()
+            .filter_map(|(id, location, _)| {
+                let work = self.keys.get(id)?;
+                Some(ItemKey::new(work.key.sku.clone(), location.as_deref()))
+            })
+            .collect();
+        if let Some(link) = self.links.get_mut(&channel) {
+            link.busy = true;
+        }
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let result = connector.read(&keys).await;
+            let _ = done
+                .send(Done::Read {
+                    channel,
+                    items,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn start_push(
+        &mut self,
+        channel: ChannelRef,
+        connector: Arc<dyn Connector>,
+        pushes: Vec<(String, Location, Push)>,
+    ) {
+        let items: Vec<PushItem> = pushes
+            .iter()
+            .filter_map(|(id, location, push)| {
+                let work = self.keys.get(id)?;
+                Some(PushItem::new(
+                    &channel.1,
+                    work.key.sku.clone(),
+                    location.as_deref(),
+                    push.value,
+                    push.version,
+                    push.change_from,
+                ))
+            })
+            .collect();
+        if let Some(link) = self.links.get_mut(&channel) {
+            link.busy = true;
+        }
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let outcomes = connector.push(&items).await;
+            let _ = done
+                .send(Done::Pushed {
+                    channel,
+                    items: pushes,
+                    outcomes,
+                })
+                .await;
+        });
+    }
+
+    /// How long the worker may sleep: until the next push or confirmation
+    /// of an idle channel is due, or a paused channel may call again. A
+    /// channel with a call in flight wakes the worker when the call ends.
+    fn next_due_in(&self, now: u64) -> Duration {
+        let mut next = u64::MAX;
+        let channels = self.context.catalog.all();
+        let mut idle: HashMap<(&str, &str), PushPolicy> = HashMap::new();
+        for stored in channels.iter() {
+            let channel = (stored.channel.tenant.clone(), stored.channel.id.clone());
+            let Some(link) = self.links.get(&channel) else {
+                continue;
+            };
+            if link.busy || link.connector.is_none() {
+                continue;
+            }
+            if link.paused_until_ms > now {
+                next = next.min(link.paused_until_ms);
+                continue;
+            }
+            idle.insert(
+                (stored.channel.tenant.as_str(), stored.channel.id.as_str()),
+                Self::policy(stored),
+            );
+        }
+        for work in self.keys.values() {
+            let Some(policy) = idle.get(&(work.key.tenant.as_str(), work.key.channel.as_str()))
+            else {
+                continue;
+            };
+            for target in work.targets.values() {
+                if let Some(confirm) = &target.confirm {
+                    next = next.min(confirm.check_at_ms);
+                } else if target.known && !target.busy() {
+                    if let Some((at, _)) = target.state.next_due(policy) {
+                        next = next.min(at);
+                    }
+                }
+            }
+        }
+        Duration::from_millis(next.saturating_sub(now).max(1))
+    }
+
+    async fn apply(&mut self, done: Done) {
+        match done {
+            Done::Linked {
+                channel,
+                revision,
+                result,
+            } => {
+                let Some(link) = self.links.get_mut(&channel) else {
+                    return;
+                };
+                link.building = false;
+                match result {
+                    Ok(connector) => {
+                        link.connector = Some(connector);
+                        link.revision = revision;
+                    }
+                    Err(error) => {
+                        metrics::counter!("skuld_channel_link_failures_total", "channel" => channel.1.clone())
+                            .increment(1);
+                        tracing::warn!(%error, "channel connector not built; trying again in 30 s");
+                        link.paused_until_ms = now_ms() + 30_000;
+                    }
+                }
+            }
+            Done::Pushed {
+                channel,
+                items,
+                outcomes,
+            } => {
+                if let Some(link) = self.links.get_mut(&channel) {
+                    link.busy = false;
+                }
+                for ((id, location, push), outcome) in items.into_iter().zip(outcomes) {
+                    self.pushed(&channel, &id, &location, push, outcome).await;
+                }
+            }
+            Done::Read {
+                channel,
+                items,
+                result,
+            } => {
+                if let Some(link) = self.links.get_mut(&channel) {
+                    link.busy = false;
+                }
+                match result {
+                    Ok(values) => {
+                        for ((id, location, purpose), remote) in items.into_iter().zip(values) {
+                            self.read_back(&channel, &id, &location, purpose, remote)
+                                .await;
+                        }
+                    }
+                    Err(error) => {
+                        let pause = match &error {
+                            ConnectorError::Retry { after, .. } => millis(*after).max(1_000),
+                            _ => 30_000,
+                        };
+                        tracing::warn!(channel = %channel.1, %error, "channel read-back failed");
+                        if let Some(link) = self.links.get_mut(&channel) {
+                            link.paused_until_ms = now_ms() + pause;
+                        }
+                        for (id, location, _) in items {
+                            if let Some(target) = self.target(&id, &location) {
+                                target.reading = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn target(&mut self, id: &str, location: &Location) -> Option<&mut Target> {
+        self.keys.get_mut(id)?.targets.get_mut(location)
+    }
+
+    async fn pushed(
+        &mut self,
+        channel: &ChannelRef,
+        id: &str,
+        location: &Location,
+        push: Push,
+        outcome: PushOutcome,
+    ) {
+        let now = now_ms();
+        let settings = self.context.settings.clone();
+        let name = channel.1.clone();
+        let Some(key) = self.keys.get(id).map(|work| work.key.clone()) else {
+            return;
+        };
+        let Some(target) = self.target(id, location) else {
+            return;
+        };
+        let label = match &outcome {
+            PushOutcome::Applied => "applied",
+            PushOutcome::Accepted { .. } => "accepted",
+            PushOutcome::Conflict { .. } => "conflict",
+            PushOutcome::Retry { .. } => "retry",
+            PushOutcome::Invalid { .. } => "invalid",
+        };
+        metrics::counter!("skuld_channel_pushes_total", "channel" => name.clone(), "outcome" => label)
+            .increment(1);
+        match outcome {
+            PushOutcome::Applied => {
+                acknowledged(&name, target, &push, now);
+            }
+            PushOutcome::Accepted { .. } => {
+                target.confirm = Some(Confirm {
+                    push,
+                    check_at_ms: now + millis(settings.confirm_after),
+                    until_ms: now + millis(settings.confirm_within),
+                });
+            }
+            PushOutcome::Conflict { remote } => {
+                metrics::counter!("skuld_channel_conflicts_total", "channel" => name).increment(1);
+                target.state.conflicted(&push, remote, now);
+            }
+            PushOutcome::Retry { after, reason } => {
+                let wait = millis(after).max(millis(backoff::backoff(target.state.attempts)));
+                tracing::debug!(channel = %name, %reason, wait_ms = wait, "channel push to be retried");
+                target.state.failed(&push, now + wait);
+            }
+            PushOutcome::Invalid { code, message } => {
+                // This refusal is one more attempt of the value.
+                let attempts = target.state.attempts.saturating_add(1);
+                target.state.abandoned(&push);
+                let previous =
+                    ledger::dead_letter(self.context.store.as_ref(), &key, location.as_deref())
+                        .await
+                        .ok()
+                        .flatten();
+                let letter = DeadLetter {
+                    key,
+                    location: location.clone(),
+                    code,
+                    message,
+                    value: push.value,
+                    attempts: previous
+                        .as_ref()
+                        .map_or(1, |letter| letter.attempts + 1)
+                        .max(attempts),
+                    first_at_ms: previous.map_or(now, |letter| letter.first_at_ms),
+                    last_at_ms: now,
+                };
+                tracing::warn!(channel = %name, sku = %letter.key.sku, code = %letter.code, "channel refused a push: dead letter");
+                if let Err(error) =
+                    ledger::put_dead_letter(self.context.store.as_ref(), &letter).await
+                {
+                    tracing::warn!(%error, "cannot record a dead letter");
+                }
+            }
+        }
+    }
+
+    async fn read_back(
+        &mut self,
+        channel: &ChannelRef,
+        id: &str,
+        location: &Location,
+        purpose: Purpose,
+        remote: Option<i64>,
+    ) {
+        let now = now_ms();
+        let confirm_after = millis(self.context.settings.confirm_after);
+        let name = channel.1.clone();
+        let Some(key) = self.keys.get(id).map(|work| work.key.clone()) else {
+            return;
+        };
+        let Some(target) = self.target(id, location) else {
+            return;
+        };
+        target.reading = false;
+        match purpose {
+            Purpose::FirstLook => {
+                target.known = true;
+                if let Some(remote) = remote {
+                    target.state.reconciled(remote, now);
+                }
+            }
+            Purpose::Confirm(push) => {
+                let Some(confirm) = &mut target.confirm else {
+                    return;
+                };
+                if remote == Some(push.value) {
+                    target.confirm = None;
+                    acknowledged(&name, target, &push, now);
+                } else if now < confirm.until_ms {
+                    confirm.check_at_ms = now + confirm_after;
+                } else {
+                    // Accepted and never applied: send it again.
+                    metrics::counter!("skuld_channel_unapplied_total", "channel" => name)
+                        .increment(1);
+                    target.confirm = None;
+                    target.state.failed(&push, now);
+                }
+            }
+            Purpose::Reconcile => {
+                target.reconcile = false;
+                let believed = target.state.acked.map(|acked| acked.value);
+                let drifted = match remote {
+                    Some(remote) => target.state.reconciled(remote, now),
+                    None => true,
+                };
+                if !drifted {
+                    return;
+                }
+                let drift = Drift {
+                    key,
+                    location: location.clone(),
+                    remote,
+                    believed,
+                    desired: target.state.desired.value,
+                    found_at_ms: now,
+                };
+                metrics::counter!("skuld_channel_drift_total", "channel" => name).increment(1);
+                let unsettled = !target.state.settled();
+                tracing::info!(channel = %channel.1, sku = %drift.key.sku, remote = ?drift.remote, believed = ?drift.believed, desired = drift.desired, "channel drift");
+                if let Err(error) = ledger::put_drift(self.context.store.as_ref(), &drift).await {
+                    tracing::warn!(%error, "cannot record channel drift");
+                }
+                if unsettled {
+                    self.mark_dirty(id).await;
+                }
+            }
+        }
+    }
+
+    /// Makes a key's pending push durable (a dirty record) when the worker
+    /// itself found it due (drift).
+    async fn mark_dirty(&mut self, id: &str) {
+        let Some(work) = self.keys.get_mut(id) else {
+            return;
+        };
+        if work.dirty {
+            return;
+        }
+        let raw = encode_mark(&DirtyMark {
+            key: work.key.clone(),
+            at: format!("drift:{}", now_ms()),
+        });
+        work.dirty = true;
+        work.computed_mark = Some(raw.clone());
+        if let Err(error) = self.context.store.put_record(DIRTY_KIND, id, raw).await {
+            tracing::warn!(%error, "cannot mark a drifted channel key dirty");
+        }
+    }
+}
+
+/// The channel shows `push`'s value: acknowledge it and count the lag.
+fn acknowledged(channel: &str, target: &mut Target, push: &Push, now: u64) {
+    let desired = target.state.desired;
+    target.state.succeeded(push, now);
+    target.known = true;
+    if push.version == desired.version {
+        metrics::histogram!("skuld_channel_push_lag_seconds", "channel" => channel.to_owned())
+            .record(now.saturating_sub(desired.since_ms) as f64 / 1_000.0);
+    }
+    metrics::counter!("skuld_channel_coalesced_changes_total", "channel" => channel.to_owned())
+        .increment(push.coalesced.saturating_sub(1));
+}
