@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod limiter;
 pub mod outcome;
 
+pub mod adobe;
 pub mod amazon;
 pub mod shopify;
 pub mod walmart;
@@ -134,12 +135,7 @@ pub fn connect(config: ConnectorConfig) -> Result<Box<dyn Connector>, ConnectorE
         ConnectorKind::Shopify => Box::new(shopify::Shopify::new(config)?),
         ConnectorKind::Amazon => Box::new(amazon::Amazon::new(config)?),
         ConnectorKind::Walmart => Box::new(walmart::Walmart::new(config)?),
-        other => {
-            return Err(ConnectorError::Config(format!(
-                "no {} adapter yet",
-                other.name()
-            )))
-        }
+        ConnectorKind::AdobeCommerce => Box::new(adobe::Adobe::new(config)?),
     })
 }
 
