@@ -149,3 +149,52 @@ pub(crate) fn paced(wait: Duration, limiter: &str) -> PushOutcome {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_builds_each_kind_and_refuses_a_missing_credential() {
+        let base = "http://127.0.0.1:9";
+        let configs = [
+            ConnectorConfig::new("s", ConnectorKind::Shopify, base).credential("access_token", "t"),
+            ConnectorConfig::new("a", ConnectorKind::Amazon, base)
+                .setting("seller_id", "A1")
+                .setting("marketplace_id", "M1")
+                .credential("client_id", "i")
+                .credential("client_secret", "s")
+                .credential("refresh_token", "r"),
+            ConnectorConfig::new("w", ConnectorKind::Walmart, base)
+                .credential("client_id", "i")
+                .credential("client_secret", "s"),
+            ConnectorConfig::new("m", ConnectorKind::AdobeCommerce, base)
+                .credential("access_token", "t"),
+        ];
+        for config in configs {
+            let kind = config.kind;
+            let connector = connect(config).unwrap();
+            assert_eq!(connector.kind(), kind);
+            assert!(connector.max_batch() >= 1);
+        }
+        for kind in [
+            ConnectorKind::Shopify,
+            ConnectorKind::Amazon,
+            ConnectorKind::Walmart,
+            ConnectorKind::AdobeCommerce,
+        ] {
+            let error = connect(ConnectorConfig::new("x", kind, base)).err();
+            assert!(matches!(error, Some(ConnectorError::Config(_))), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn push_items_carry_their_key() {
+        let item = PushItem::new("c", "SKU", Some("l"), 5, 9, Some(4));
+        assert_eq!(
+            item.idempotency_key,
+            idempotency_key("c", "SKU", Some("l"), 9, Some(4))
+        );
+        assert_eq!(item.key(), ItemKey::new("SKU", Some("l")));
+    }
+}

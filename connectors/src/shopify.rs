@@ -24,7 +24,9 @@
 //! the channel definition needs the mapping).
 //!
 //! Other settings: `api_version` (`2026-04`: the first with mandatory
-//! compare and idempotency, A), `reason` (`correction`), `bucket_size` and
+//! compare and idempotency, A), `reason` (`correction`), `plan`
+//! (`standard`, `advanced`, `plus`, `commerce_components`: the restore rate
+//! of A.4's table, the bucket 20 times it) or `bucket_size` and
 //! `restore_rate` (2,000 / 100, the Standard plan, A.4; corrected from every
 //! response anyway), `max_wait_ms` (2,000: longer local waits go back to the
 //! worker as `Retry`), `timeout_ms` (10,000). Credential: `access_token`
@@ -112,6 +114,19 @@ pub(crate) fn error_index(field: &Value) -> Option<usize> {
     }
 }
 
+/// A.4's restore rates per plan. The bucket of 20 times the rate is what
+/// responses show for Standard (2,000 / 100); for the others it is
+/// unconfirmed, and the first response corrects it anyway.
+pub(crate) fn plan_restore_rate(plan: &str) -> Result<f64, ConnectorError> {
+    match plan {
+        "standard" => Ok(100.0),
+        "advanced" => Ok(200.0),
+        "plus" => Ok(1_000.0),
+        "commerce_components" | "enterprise" => Ok(2_000.0),
+        other => Err(ConnectorError::Config(format!("shopify plan {other:?}"))),
+    }
+}
+
 fn gid(kind: &str, raw: &str) -> Option<String> {
     let raw = raw.trim();
     let prefix = format!("gid://shopify/{kind}/");
@@ -145,8 +160,9 @@ impl Shopify {
         let version = config.get_or("api_version", "2026-04").to_owned();
         let base = config.base_url.trim_end_matches('/');
         let endpoint = format!("{base}/admin/api/{version}/graphql.json");
-        let bucket_size = config.parse_or("bucket_size", 2000.0)?;
-        let restore_rate = config.parse_or("restore_rate", 100.0)?;
+        let plan_rate = plan_restore_rate(config.get_or("plan", "standard"))?;
+        let restore_rate = config.parse_or("restore_rate", plan_rate)?;
+        let bucket_size = config.parse_or("bucket_size", 20.0 * restore_rate)?;
         Ok(Shopify {
             channel_id: config.channel_id.clone(),
             endpoint,
@@ -637,6 +653,18 @@ mod tests {
         assert_eq!(top_level_class("INTERNAL_SERVER_ERROR"), Class::Retryable);
         assert_eq!(top_level_class("INVALID_VARIABLE"), Class::Invalid);
         assert_eq!(top_level_class("MAX_COST_EXCEEDED"), Class::Invalid);
+    }
+
+    #[test]
+    fn plans_set_the_bucket() {
+        assert_eq!(plan_restore_rate("standard"), Ok(100.0));
+        assert_eq!(plan_restore_rate("plus"), Ok(1_000.0));
+        assert!(plan_restore_rate("gold").is_err());
+        let config = ConnectorConfig::new("shop", ConnectorKind::Shopify, "http://127.0.0.1:9")
+            .credential("access_token", "t")
+            .setting("plan", "advanced");
+        let (_, capacity, rate) = Shopify::new(config).unwrap().limiter().snapshot();
+        assert_eq!((capacity, rate), (4_000.0, 200.0));
     }
 
     #[test]

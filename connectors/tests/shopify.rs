@@ -322,3 +322,62 @@ async fn a_burst_of_200_pushes_through_the_limiter_never_trips_the_bucket() {
     );
     emulators.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_duplicate_in_flight_is_a_retry_then_the_replayed_result() {
+    let emulators = emulators(ShopifyConfig {
+        mutation_processing_time: Duration::from_millis(300),
+        ..ShopifyConfig::default()
+    })
+    .await;
+    emulators
+        .shopify()
+        .seed_level(ITEM, LOCATION, Levels::with_available(10));
+    let shopify = Arc::new(Shopify::new(config(&emulators)).unwrap());
+
+    // Two workers (a node and its successor after a shard move) send the
+    // same push at once: one runs, the other is told to try again.
+    let push = item("SKU-A", 6, 1, Some(10));
+    let first = {
+        let (shopify, push) = (shopify.clone(), push.clone());
+        tokio::spawn(async move { shopify.push(&[push]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = shopify.push(std::slice::from_ref(&push)).await;
+    assert!(
+        matches!(&second[0], PushOutcome::Retry { reason, .. } if reason.contains("IDEMPOTENCY_CONCURRENT_REQUEST")),
+        "{second:?}"
+    );
+    assert_eq!(first.await.unwrap(), vec![PushOutcome::Applied]);
+    assert_eq!(shopify.push(&[push]).await, vec![PushOutcome::Applied]);
+    assert_eq!(available(&emulators, ITEM), Some(6));
+    emulators.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_throttle_answered_429_honours_retry_after() {
+    // A.4: the HTTP status of a GraphQL throttle is unconfirmed: the
+    // emulator's switch answers 429 with Retry-After.
+    let emulators = emulators(ShopifyConfig {
+        throttled_http_status: 429,
+        ..ShopifyConfig::default()
+    })
+    .await;
+    emulators
+        .shopify()
+        .seed_level(ITEM, LOCATION, Levels::with_available(10));
+    let shopify = Shopify::new(config(&emulators)).unwrap();
+    emulators
+        .shopify()
+        .drain_bucket(emulators.shopify().access_token());
+
+    let outcomes = shopify.push(&[item("SKU-A", 9, 1, Some(10))]).await;
+    let PushOutcome::Retry { after, reason } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    assert_eq!(reason, "THROTTLED");
+    assert_eq!(*after, Duration::from_secs(1));
+    assert!(shopify.ready_in() >= Duration::from_millis(900));
+    assert_eq!(available(&emulators, ITEM), Some(10));
+    emulators.shutdown().await;
+}
