@@ -175,3 +175,33 @@ async fn a_5xx_is_a_retry() {
     assert_eq!(tokens, 1, "the admin token is kept");
     emulators.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_host_rate_limit_is_kept_by_the_local_bucket() {
+    // D.6: no limit is documented; a host in front of the store may set
+    // one. The emulator's switch: burst 5, 20 per second.
+    let emulators = Emulators::start(EmulatorsConfig {
+        adobe: AdobeConfig {
+            rate_limit: Some((5.0, 20.0)),
+            ..AdobeConfig::default()
+        },
+        ..EmulatorsConfig::default()
+    })
+    .await
+    .unwrap();
+    let adobe = Adobe::new(
+        config(&emulators)
+            .setting("quantity_rule", "as_is")
+            .setting("max_batch", "1")
+            .setting("burst", "5")
+            .setting("rate", "20")
+            .setting("max_wait_ms", "10000"),
+    )
+    .unwrap();
+    let items: Vec<PushItem> = (0..30).map(|n| item(&format!("SKU-{n}"), n, 1)).collect();
+    let outcomes = adobe.push(&items).await;
+    assert!(outcomes.iter().all(PushOutcome::is_applied), "{outcomes:?}");
+    assert_eq!(emulators.adobe().source_items().len(), 30);
+    assert_eq!(emulators.budget_violations(), 0);
+    emulators.shutdown().await;
+}
