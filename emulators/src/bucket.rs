@@ -82,10 +82,14 @@ impl TokenBucket {
         if missing == 0.0 {
             return Duration::ZERO;
         }
+        // A day stands for "not soon": also what a zero, tiny or broken rate gives.
+        let not_soon = Duration::from_secs(86_400);
         if self.refill_per_second <= 0.0 {
-            return Duration::from_secs(3600);
+            return not_soon;
         }
-        Duration::from_secs_f64(missing / self.refill_per_second)
+        Duration::try_from_secs_f64(missing / self.refill_per_second)
+            .map(|wait| wait.min(not_soon))
+            .unwrap_or(not_soon)
     }
 
     /// Empties the bucket (a fault: "the channel throttles now").

@@ -103,7 +103,7 @@ impl SearchCriteria {
                 let page = self.current_page.unwrap_or(1);
                 items
                     .iter()
-                    .skip((page - 1) * size)
+                    .skip((page - 1).saturating_mul(size))
                     .take(size)
                     .copied()
                     .collect()

@@ -13,6 +13,9 @@ use serde_json::{json, Map, Value};
 
 /// Fragments nested deeper than this are refused (a cycle would never end).
 const MAX_FRAGMENT_DEPTH: usize = 16;
+/// Fields after fragments are inlined; fragments that repeat each other could
+/// otherwise multiply a small document into an enormous one.
+const MAX_SELECTED_FIELDS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OperationKind {
@@ -169,6 +172,7 @@ pub(crate) fn parse_operation(
     let resolver = Resolver {
         variables: &bound,
         fragments: &fragments,
+        selected: std::cell::Cell::new(0),
     };
     Ok(Operation {
         kind,
@@ -192,9 +196,47 @@ fn is_non_null(var_type: &Type<'_, String>) -> bool {
 struct Resolver<'d, 'a> {
     variables: &'d Map<String, Value>,
     fragments: &'d HashMap<String, &'d FragmentDefinition<'a, String>>,
+    selected: std::cell::Cell<usize>,
 }
 
 impl Resolver<'_, '_> {
+    fn field(
+        &self,
+        field: &graphql_parser::query::Field<'_, String>,
+        depth: usize,
+    ) -> Result<SelectedField, GraphqlError> {
+        self.selected.set(self.selected.get() + 1);
+        if self.selected.get() > MAX_SELECTED_FIELDS {
+            return Err(GraphqlError::new(
+                "The document selects too many fields",
+                "MAX_FIELDS_EXCEEDED",
+            ));
+        }
+        Ok(SelectedField {
+            response_key: field.alias.clone().unwrap_or_else(|| field.name.clone()),
+            name: field.name.clone(),
+            arguments: field
+                .arguments
+                .iter()
+                .map(|(name, value)| (name.clone(), to_json(value, self.variables)))
+                .collect(),
+            directives: field
+                .directives
+                .iter()
+                .map(|directive| {
+                    let arguments = directive
+                        .arguments
+                        .iter()
+                        .map(|(name, value)| (name.clone(), to_json(value, self.variables)))
+                        .collect();
+                    (directive.name.clone(), arguments)
+                })
+                .collect(),
+            children: self.selection(&field.selection_set, depth)?,
+            line: field.position.line,
+            column: field.position.column,
+        })
+    }
     fn selection(
         &self,
         set: &SelectionSet<'_, String>,
@@ -209,30 +251,7 @@ impl Resolver<'_, '_> {
         let mut fields = Vec::new();
         for item in &set.items {
             match item {
-                Selection::Field(field) => fields.push(SelectedField {
-                    response_key: field.alias.clone().unwrap_or_else(|| field.name.clone()),
-                    name: field.name.clone(),
-                    arguments: field
-                        .arguments
-                        .iter()
-                        .map(|(name, value)| (name.clone(), to_json(value, self.variables)))
-                        .collect(),
-                    directives: field
-                        .directives
-                        .iter()
-                        .map(|directive| {
-                            let arguments = directive
-                                .arguments
-                                .iter()
-                                .map(|(name, value)| (name.clone(), to_json(value, self.variables)))
-                                .collect();
-                            (directive.name.clone(), arguments)
-                        })
-                        .collect(),
-                    children: self.selection(&field.selection_set, depth)?,
-                    line: field.position.line,
-                    column: field.position.column,
-                }),
+                Selection::Field(field) => fields.push(self.field(field, depth)?),
                 Selection::InlineFragment(fragment) => {
                     fields.extend(self.selection(&fragment.selection_set, depth + 1)?)
                 }
@@ -362,6 +381,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(missing.0["extensions"]["code"], "INVALID_VARIABLE");
         assert!(parse_operation("mutation {", &Map::new(), None).is_err());
+    }
+
+    #[test]
+    fn fragments_that_multiply_are_refused() {
+        let mut document = String::from("{ ...F5 }\nfragment F0 on QueryRoot { a }\n");
+        for level in 1..=5 {
+            let spreads = format!(" ...F{}", level - 1).repeat(10);
+            document.push_str(&format!("fragment F{level} on QueryRoot {{{spreads} }}\n"));
+        }
+        let error = parse_operation(&document, &Map::new(), None).unwrap_err();
+        assert_eq!(error.0["extensions"]["code"], "MAX_FIELDS_EXCEEDED");
     }
 
     #[test]
