@@ -5,6 +5,7 @@
 mod admin;
 mod args;
 mod call;
+mod channels;
 mod credentials;
 mod events;
 mod format;
@@ -218,6 +219,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
         ClientCommand::Returns(command) => returns::run(&ctx, channel, command).await,
         ClientCommand::Events(command) => events::run(&ctx, channel, command).await,
         ClientCommand::Webhooks(command) => webhooks::run(&ctx, channel, command).await,
+        ClientCommand::Channels(command) => channels::run(&ctx, channel, command).await,
         ClientCommand::Status => admin::status(&ctx, channel).await,
         ClientCommand::Members => admin::members(&ctx, channel).await,
         ClientCommand::Shards(args) => admin::shards(&ctx, channel, args).await,
@@ -254,6 +256,63 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_channel_commands() {
+        let cli = parse(&[
+            "skuld",
+            "channels",
+            "availability",
+            "web",
+            "SKU-1",
+            "SKU-2",
+            "--per-location",
+        ]);
+        let ClientCommand::Channels(channels::ChannelsCommand::Availability(args)) = cli.command
+        else {
+            panic!("expected channels availability, got {:?}", cli.command);
+        };
+        assert_eq!((args.channel.as_str(), args.skus.len()), ("web", 2));
+        assert!(args.per_location);
+        assert_eq!(args.tenant.tenant, "default");
+        let cli = parse(&[
+            "skuld",
+            "channels",
+            "create",
+            "web",
+            "--tenant",
+            "acme",
+            "--kind",
+            "adobe-commerce",
+            "--network",
+            "DC1,DC2",
+            "--account",
+            "store=default",
+            "--control",
+            "id=a,exclusion",
+        ]);
+        let ClientCommand::Channels(channels::ChannelsCommand::Create(args)) = cli.command else {
+            panic!("expected channels create, got {:?}", cli.command);
+        };
+        assert_eq!(args.kind, channels::KindArg::AdobeCommerce);
+        assert_eq!(
+            args.definition.network,
+            Some(vec!["DC1".into(), "DC2".into()])
+        );
+        assert_eq!(
+            args.definition.account,
+            [("store".into(), "default".into())]
+        );
+        assert_eq!(args.controls.len(), 1);
+        // Controls come from flags, a file or --clear: one of them.
+        let none = TestCli::try_parse_from(["skuld", "channels", "controls", "web"]);
+        assert!(none.is_err());
+        let cleared = parse(&["skuld", "channels", "controls", "web", "--clear"]);
+        assert!(matches!(
+            cleared.command,
+            ClientCommand::Channels(channels::ChannelsCommand::Controls(_))
+        ));
     }
 
     #[test]

@@ -1175,3 +1175,156 @@ async fn tenants_are_kept_apart_with_authentication_on() {
         .into_inner();
     assert_eq!(listed.channels, [created]);
 }
+
+/// `skuld ARGS...` against `node`: its stdout, or a panic with its stderr.
+fn skuld(node: &TestNode, args: &[&str]) -> String {
+    let output = std::process::Command::new(skuld_tests::skuld_binary().unwrap())
+        .args(["--endpoint", &format!("http://{}", node.grpc_addr())])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "skuld {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_channels_and_shows_their_availability() {
+    let dir = TestDir::new().unwrap();
+    let node = TestNode::start(&dir.node_dir("node"), NodeOptions::default())
+        .await
+        .unwrap();
+    let mut inventory = node.inventory().await.unwrap();
+    for (location, quantity) in [("DC1", 10), ("DC2", 4)] {
+        inventory
+            .adjust(receive(
+                &key("acme", "SKU-1", location),
+                &format!("rcv-{location}"),
+                quantity,
+            ))
+            .await
+            .unwrap();
+    }
+    let created = skuld(
+        &node,
+        &[
+            "channels",
+            "create",
+            "web",
+            "--tenant",
+            "acme",
+            "--kind",
+            "shopify",
+            "--network",
+            "DC1,DC2",
+            "--account",
+            "shop=acme.myshopify.com",
+            "--credentials-ref",
+            "env:ACME_SHOPIFY_TOKEN",
+        ],
+    );
+    assert!(created.contains("acme/web"), "{created}");
+    assert!(created.contains("revision        1"), "{created}");
+
+    let controls = skuld(
+        &node,
+        &[
+            "channels",
+            "controls",
+            "web",
+            "--tenant",
+            "acme",
+            "--control",
+            "id=dc1-hold,quantity_buffer=3,location=DC1",
+            "--control",
+            "id=cap,ring_fence_cap=2,sku=SKU-1,location=DC2",
+        ],
+    );
+    assert!(controls.contains("quantity_buffer 3"), "{controls}");
+    assert!(controls.contains("sku SKU-1 at DC2"), "{controls}");
+    let listed = skuld(&node, &["channels", "list", "--tenant", "acme"]);
+    assert!(
+        listed.lines().any(|line| line.starts_with("web ")),
+        "{listed}"
+    );
+
+    // 10 - 3 at DC1, 4 capped at 2 at DC2.
+    let availability = skuld(
+        &node,
+        &[
+            "channels",
+            "availability",
+            "web",
+            "SKU-1",
+            "--tenant",
+            "acme",
+            "--per-location",
+        ],
+    );
+    let rows: Vec<Vec<&str>> = availability
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert!(rows.contains(&vec!["SKU-1", "9", "14"]), "{availability}");
+    assert!(rows.contains(&vec!["DC1", "7", "10"]), "{availability}");
+    assert!(rows.contains(&vec!["DC2", "2", "4"]), "{availability}");
+
+    // The controls --json show prints are what --file takes.
+    let shown: serde_json::Value = serde_json::from_str(&skuld(
+        &node,
+        &["--json", "channels", "show", "web", "--tenant", "acme"],
+    ))
+    .unwrap();
+    let file = dir.path().join("controls.json");
+    let mut controls = shown["channel"]["controls"].as_array().unwrap().clone();
+    controls.truncate(1);
+    std::fs::write(&file, serde_json::to_string(&controls).unwrap()).unwrap();
+    let file = file.display().to_string();
+    skuld(
+        &node,
+        &[
+            "channels", "controls", "web", "--tenant", "acme", "--file", &file,
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&skuld(
+        &node,
+        &[
+            "--json",
+            "channels",
+            "availability",
+            "web",
+            "SKU-1",
+            "--tenant",
+            "acme",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(json["skus"][0]["availableToSell"], "11", "{json}");
+
+    let updated = skuld(
+        &node,
+        &[
+            "channels",
+            "update",
+            "web",
+            "--tenant",
+            "acme",
+            "--network",
+            "DC1",
+            "--remove-account",
+            "shop",
+        ],
+    );
+    assert!(updated.contains("network         DC1\n"), "{updated}");
+    assert!(updated.contains("revision        4"), "{updated}");
+    skuld(&node, &["channels", "delete", "web", "--tenant", "acme"]);
+    let output = std::process::Command::new(skuld_tests::skuld_binary().unwrap())
+        .args(["--endpoint", &format!("http://{}", node.grpc_addr())])
+        .args(["channels", "show", "web", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("NOT_FOUND"),
+        "{output:?}"
+    );
+}

@@ -82,6 +82,9 @@ pub enum ClientCommand {
     /// Outbound webhooks: endpoints, secrets, dead letters and replays.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Sales channels: definitions, controls, what each may sell.
+    #[command(subcommand)]
+    Channels(channels::ChannelsCommand),
     /// The node's own status: mode, shards served, lease, load.
     Status,
     /// Cluster members: state, shards owned, endpoint.
