@@ -77,7 +77,8 @@ const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
 ];
 
-/// Steps that take seconds to minutes: a shard handoff, one census.
+/// Steps that take seconds to minutes: a shard handoff, one census, a
+/// channel push's lag.
 const STEP_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
@@ -110,6 +111,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(Matcher::Full("skuld_handoff_seconds".into()), STEP_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("skuld_census_seconds".into()), STEP_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("skuld_channel_push_lag_seconds".into()),
+            STEP_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets(SIZE_BUCKETS)?
         .install_recorder()?;

@@ -38,6 +38,50 @@ impl Scrape {
         found
     }
 
+    /// The upper bound of the histogram bucket holding quantile `q` of
+    /// `name` (its `_bucket` series with `labels`): `None` without samples.
+    pub fn quantile_bound(&self, name: &str, labels: &[(&str, &str)], q: f64) -> Option<f64> {
+        let series = format!("{name}_bucket");
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in self.0.lines() {
+            let Some(rest) = line.strip_prefix(&series) else {
+                continue;
+            };
+            let Some((labels_part, count)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let matches = labels
+                .iter()
+                .all(|(label, wanted)| labels_part.contains(&format!("{label}=\"{wanted}\"")));
+            let bound = labels_part
+                .split("le=\"")
+                .nth(1)
+                .and_then(|tail| tail.split('"').next())
+                .and_then(|le| {
+                    if le == "+Inf" {
+                        Some(f64::INFINITY)
+                    } else {
+                        le.parse().ok()
+                    }
+                });
+            if let (true, Some(bound), Ok(count)) = (matches, bound, count.parse::<f64>()) {
+                match buckets.iter_mut().find(|(existing, _)| *existing == bound) {
+                    Some((_, total)) => *total += count,
+                    None => buckets.push((bound, count)),
+                }
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        buckets
+            .iter()
+            .find(|(_, count)| *count >= q * total)
+            .map(|(bound, _)| *bound)
+    }
+
     /// Like [`Scrape::value`], 0 when absent.
     pub fn or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.value(name, labels).unwrap_or(0.0)
