@@ -1328,3 +1328,98 @@ async fn the_cli_manages_channels_and_shows_their_availability() {
         "{output:?}"
     );
 }
+
+/// Cluster mode: a definition written through one node is read by every
+/// other (records are shard-independent, in PostgreSQL), and availability
+/// asked of one node reads each position from its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_every_node_reads_the_definitions_and_positions_come_from_their_owners() {
+    use skuld_tests::cluster::{node_id, shard_of, TestCluster};
+    use skuld_tests::metrics::Scrape;
+
+    let cluster = TestCluster::start(3).await.unwrap();
+    let locations: Vec<String> = (0..8).map(|n| format!("DC{n}")).collect();
+    let network: Vec<&str> = locations.iter().map(String::as_str).collect();
+    let mut writer = ChannelServiceClient::new(cluster.node(0).channel().await.unwrap());
+    let created = create(
+        &mut writer,
+        definition("acme", "web", pb::ChannelKind::Shopify, &network),
+    )
+    .await
+    .unwrap();
+    for index in 1..3 {
+        let mut reader = ChannelServiceClient::new(cluster.node(index).channel().await.unwrap());
+        assert_eq!(get(&mut reader, "acme", "web").await.unwrap(), created);
+    }
+    // Stock n+1 at DCn, received through node 0 (forwarded to each owner).
+    let mut inventory = cluster.inventory(0).await.unwrap();
+    for (n, location) in locations.iter().enumerate() {
+        inventory
+            .adjust(receive(
+                &key("acme", "SKU-1", location),
+                &format!("rcv-{location}"),
+                n as i64 + 1,
+            ))
+            .await
+            .unwrap();
+    }
+    // Controls set through node 1; availability asked of node 2, which
+    // does not own every one of the positions.
+    let mut controls = ChannelServiceClient::new(cluster.node(1).channel().await.unwrap());
+    let set = controls
+        .set_controls(pb::SetControlsRequest {
+            tenant: "acme".into(),
+            channel_id: "web".into(),
+            controls: vec![control(
+                "no-dc0",
+                1,
+                "",
+                "DC0",
+                Kind::Exclusion(control_pb::Exclusion {}),
+            )],
+            stacking: None,
+            expected_revision: Some(created.revision),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap();
+    let owners = cluster.shard_owners(2).await.unwrap();
+    let elsewhere = locations
+        .iter()
+        .filter(|location| owners[shard_of(&key("acme", "SKU-1", location)) as usize] != node_id(2))
+        .count();
+    assert!(
+        elsewhere > 0,
+        "node 2 owns every position: nothing is routed"
+    );
+    let forwarded = |metrics: String| Scrape(metrics).or_zero("skuld_forwarded_total", &[]);
+    let (_, before) = cluster.node(2).http_get("/metrics").await.unwrap();
+    let mut asker = ChannelServiceClient::new(cluster.node(2).channel().await.unwrap());
+    let reply = asker
+        .get_channel_availability(pb::GetChannelAvailabilityRequest {
+            tenant: "acme".into(),
+            channel_id: "web".into(),
+            skus: vec!["SKU-1".into()],
+            per_location: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, after) = cluster.node(2).http_get("/metrics").await.unwrap();
+    let sku = &reply.skus[0];
+    assert_eq!(sku.revision, set.revision);
+    assert_eq!(sku.network_available, (1..=8).sum::<i64>());
+    assert_eq!(sku.available_to_sell, (2..=8).sum::<i64>());
+    let values: Vec<i64> = sku
+        .locations
+        .iter()
+        .map(|line| line.available_to_sell)
+        .collect();
+    assert_eq!(values, [0, 2, 3, 4, 5, 6, 7, 8]);
+    assert!(
+        forwarded(after) >= forwarded(before) + elsewhere as f64,
+        "the reads of positions owned elsewhere were not forwarded"
+    );
+}
