@@ -1,7 +1,7 @@
 //! Idempotency keys (CHANNELS.md A.3, item 18): deterministic, so a retry of
 //! the same push is the same request and the channel replays its first
-//! result; a new desired version or a compare against a new figure (after a
-//! conflict) is a new operation with a new key.
+//! result; a new value, a new desired version or a compare against a new
+//! figure (after a conflict) is a new operation with a new key.
 //!
 //! A key is a UUID version 8 (RFC 9562 5.8, "custom") whose 122 free bits are
 //! the first bits of a SHA-256 over the fields, length-prefixed so that no two
@@ -28,12 +28,17 @@ fn uuid_of(hasher: Sha256) -> String {
     Uuid::new_v8(bytes).hyphenated().to_string()
 }
 
-/// The key of one push of (channel, sku, location) at desired `version`
-/// compared against `change_from`.
+/// The key of one push of `value` to (channel, sku, location) at desired
+/// `version` compared against `change_from`. The value is part of it: a
+/// worker that starts afresh (after a restart, or another node after a
+/// shard move) could meet a version and compare it used before for another
+/// value, and the channel would replay that old result instead of
+/// applying the new value.
 pub fn idempotency_key(
     channel_id: &str,
     sku: &str,
     location: Option<&str>,
+    value: i64,
     version: u64,
     change_from: Option<i64>,
 ) -> String {
@@ -49,6 +54,7 @@ pub fn idempotency_key(
             field(&mut hasher, location.as_bytes());
         }
     }
+    hasher.update(value.to_be_bytes());
     hasher.update(version.to_be_bytes());
     match change_from {
         None => field(&mut hasher, b"\0"),
@@ -85,10 +91,10 @@ mod tests {
 
     #[test]
     fn the_same_push_gives_the_same_key() {
-        let a = idempotency_key("shop", "SKU-1", Some("loc-1"), 7, Some(3));
+        let a = idempotency_key("shop", "SKU-1", Some("loc-1"), 5, 7, Some(3));
         assert_eq!(
             a,
-            idempotency_key("shop", "SKU-1", Some("loc-1"), 7, Some(3))
+            idempotency_key("shop", "SKU-1", Some("loc-1"), 5, 7, Some(3))
         );
         let parsed = Uuid::parse_str(&a).map(|uuid| uuid.get_version_num());
         assert_eq!(parsed, Ok(8));
@@ -96,25 +102,26 @@ mod tests {
 
     #[test]
     fn every_field_changes_the_key() {
-        let base = idempotency_key("shop", "SKU-1", Some("loc-1"), 7, Some(3));
+        let base = idempotency_key("shop", "SKU-1", Some("loc-1"), 5, 7, Some(3));
         let variants = [
-            idempotency_key("shop2", "SKU-1", Some("loc-1"), 7, Some(3)),
-            idempotency_key("shop", "SKU-2", Some("loc-1"), 7, Some(3)),
-            idempotency_key("shop", "SKU-1", Some("loc-2"), 7, Some(3)),
-            idempotency_key("shop", "SKU-1", None, 7, Some(3)),
-            idempotency_key("shop", "SKU-1", Some(""), 7, Some(3)),
-            idempotency_key("shop", "SKU-1", Some("loc-1"), 8, Some(3)),
-            idempotency_key("shop", "SKU-1", Some("loc-1"), 7, Some(4)),
-            idempotency_key("shop", "SKU-1", Some("loc-1"), 7, None),
+            idempotency_key("shop2", "SKU-1", Some("loc-1"), 5, 7, Some(3)),
+            idempotency_key("shop", "SKU-2", Some("loc-1"), 5, 7, Some(3)),
+            idempotency_key("shop", "SKU-1", Some("loc-2"), 5, 7, Some(3)),
+            idempotency_key("shop", "SKU-1", None, 5, 7, Some(3)),
+            idempotency_key("shop", "SKU-1", Some(""), 5, 7, Some(3)),
+            idempotency_key("shop", "SKU-1", Some("loc-1"), 5, 8, Some(3)),
+            idempotency_key("shop", "SKU-1", Some("loc-1"), 5, 7, Some(4)),
+            idempotency_key("shop", "SKU-1", Some("loc-1"), 5, 7, None),
+            idempotency_key("shop", "SKU-1", Some("loc-1"), 6, 7, Some(3)),
             // Field boundaries matter: "ab"+"c" is not "a"+"bc".
-            idempotency_key("shopS", "KU-1", Some("loc-1"), 7, Some(3)),
+            idempotency_key("shopS", "KU-1", Some("loc-1"), 5, 7, Some(3)),
         ];
         for (index, variant) in variants.iter().enumerate() {
             assert_ne!(&base, variant, "variant {index}");
         }
         assert_ne!(
-            idempotency_key("s", "k", None, 1, None),
-            idempotency_key("s", "k", Some(""), 1, None)
+            idempotency_key("s", "k", None, 5, 1, None),
+            idempotency_key("s", "k", Some(""), 5, 1, None)
         );
     }
 

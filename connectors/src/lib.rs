@@ -77,7 +77,8 @@ impl PushItem {
         change_from: Option<i64>,
     ) -> Self {
         let sku = sku.into();
-        let idempotency_key = idempotency_key(channel_id, &sku, location, version, change_from);
+        let idempotency_key =
+            idempotency_key(channel_id, &sku, location, value, version, change_from);
         PushItem {
             sku,
             location: location.map(str::to_owned),
@@ -193,7 +194,7 @@ mod tests {
         let item = PushItem::new("c", "SKU", Some("l"), 5, 9, Some(4));
         assert_eq!(
             item.idempotency_key,
-            idempotency_key("c", "SKU", Some("l"), 9, Some(4))
+            idempotency_key("c", "SKU", Some("l"), 5, 9, Some(4))
         );
         assert_eq!(item.key(), ItemKey::new("SKU", Some("l")));
     }
