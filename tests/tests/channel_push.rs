@@ -443,3 +443,114 @@ async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value(
         .dead_letters;
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The channel `marketplace` of tenant `acme` on the emulated Amazon
+/// seller account: TEE's quantity is DC1's and STORE1's summed.
+async fn define_amazon(dir: &TestDir, node: &TestNode, emulators: &Emulators) {
+    let amazon = emulators.amazon();
+    let config = amazon.config();
+    let credentials = dir.path().join("amazon.json");
+    std::fs::write(
+        &credentials,
+        serde_json::json!({
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+            "refresh_token": config.refresh_token,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let account = HashMap::from([
+        ("base_url".to_owned(), amazon.base_url().to_owned()),
+        ("seller_id".to_owned(), amazon.seller_id().to_owned()),
+        (
+            "marketplace_id".to_owned(),
+            amazon.marketplace_id().to_owned(),
+        ),
+    ]);
+    channels(node)
+        .await
+        .create_channel(pb::CreateChannelRequest {
+            channel: Some(pb::Channel {
+                tenant: "acme".into(),
+                id: "marketplace".into(),
+                kind: pb::ChannelKind::Amazon.into(),
+                network: vec!["DC1".into(), "STORE1".into()],
+                priority: 1,
+                min_push_interval_ms: 200,
+                account,
+                credentials_ref: format!("file:{}", credentials.display()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+async fn amazon_shows(emulators: &Emulators, quantity: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let shown = emulators.amazon().quantity("TEE");
+        if shown == Some(quantity) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Amazon shows {shown:?}, not {quantity}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amazon_accepted_is_confirmed_by_read_back_and_a_dropped_apply_is_sent_again() {
+    let emulators = Emulators::start(EmulatorsConfig::default()).await.unwrap();
+    emulators.amazon().add_listing("TEE", "PRODUCT", 0);
+    // ACCEPTED lands later: the worker must not count it applied before.
+    emulators
+        .amazon()
+        .set_apply_delay(Duration::from_millis(400));
+    let dir = TestDir::new().unwrap();
+    let node = TestNode::start(
+        &dir.node_dir("node"),
+        options().arg("--channel-confirm-within-secs", 2),
+    )
+    .await
+    .unwrap();
+    define_amazon(&dir, &node, &emulators).await;
+    let mut client = inventory(&node).await;
+    client
+        .adjust(receive(&key("acme", "TEE", "DC1"), "r-dc1", 10))
+        .await
+        .unwrap();
+    client
+        .adjust(receive(&key("acme", "TEE", "STORE1"), "r-store1", 4))
+        .await
+        .unwrap();
+    amazon_shows(&emulators, 14, Duration::from_secs(10)).await;
+
+    // The next accepted patch is never applied (Amazon's "accepted, but the
+    // quantity never changed"): the read-back sees it and the worker sends
+    // it again once the confirmation window is over.
+    emulators.amazon().drop_next_applies(1);
+    client
+        .adjust(adjust(
+            &key("acme", "TEE", "DC1"),
+            "sale-1",
+            pb::Bucket::Available,
+            -3,
+        ))
+        .await
+        .unwrap();
+    amazon_shows(&emulators, 11, Duration::from_secs(15)).await;
+    let scrape = Scrape(node.http_get("/metrics").await.unwrap().1);
+    let marketplace = [("channel", "marketplace")];
+    let unapplied = scrape.or_zero("skuld_channel_unapplied_total", &marketplace);
+    let accepted = scrape.or_zero(
+        "skuld_channel_pushes_total",
+        &[("channel", "marketplace"), ("outcome", "accepted")],
+    );
+    eprintln!("amazon: {accepted} accepted pushes, {unapplied} never applied and sent again");
+    assert!(unapplied >= 1.0, "the dropped apply was not noticed");
+    assert_eq!(emulators.budget_violations(), 0);
+}
