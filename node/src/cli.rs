@@ -5,6 +5,7 @@
 mod admin;
 mod args;
 mod call;
+mod channel_pushes;
 mod channels;
 mod credentials;
 mod events;
@@ -313,6 +314,29 @@ mod tests {
             cleared.command,
             ClientCommand::Channels(channels::ChannelsCommand::Controls(_))
         ));
+    }
+
+    #[test]
+    fn parses_the_push_worker_subcommands() {
+        let cli = parse(&[
+            "skuld", "channels", "replay", "web", "--tenant", "acme", "--id", "a", "--id", "b",
+        ]);
+        let ClientCommand::Channels(channels::ChannelsCommand::Replay(args)) = cli.command else {
+            panic!("expected channels replay, got {:?}", cli.command);
+        };
+        assert_eq!(args.channel.channel, "web");
+        assert_eq!(args.channel.tenant.tenant, "acme");
+        assert_eq!(args.ids, ["a", "b"]);
+        let cli = parse(&["skuld", "channels", "drift", "web", "--page-size", "5"]);
+        let ClientCommand::Channels(channels::ChannelsCommand::Drift(args)) = cli.command else {
+            panic!("expected channels drift, got {:?}", cli.command);
+        };
+        assert_eq!((args.page_size, args.page_token.as_str()), (5, ""));
+        for sub in ["dead-letters", "reconcile"] {
+            let cli = parse(&["skuld", "channels", sub, "web"]);
+            assert!(matches!(cli.command, ClientCommand::Channels(_)), "{sub}");
+        }
+        assert!(TestCli::try_parse_from(["skuld", "channels", "reconcile"]).is_err());
     }
 
     #[test]

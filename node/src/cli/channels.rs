@@ -11,6 +11,7 @@ use skuld_proto::v1::channel_control::{self as control_pb, Kind};
 use skuld_proto::v1::channel_service_client::ChannelServiceClient;
 use tonic::transport::Channel;
 
+use super::channel_pushes;
 use super::{
     emit, fail, format_fields, format_table, format_unix_ms, print_json, Align, CallContext,
 };
@@ -32,6 +33,14 @@ pub enum ChannelsCommand {
     Controls(ControlsArgs),
     /// What a channel may sell of some SKUs now.
     Availability(AvailabilityArgs),
+    /// Pushes the channel refused as invalid (the latest per target).
+    DeadLetters(channel_pushes::PageArgs),
+    /// Push the current value of dead-lettered targets again.
+    Replay(channel_pushes::ReplayArgs),
+    /// What read-backs found the channel showing other than skuld believed.
+    Drift(channel_pushes::PageArgs),
+    /// Read every pushed value of the channel back now.
+    Reconcile(ChannelArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -641,6 +650,12 @@ pub(super) async fn run(
                     .unwrap_or_default(),
             )
         }
+        ChannelsCommand::DeadLetters(args) => {
+            channel_pushes::dead_letters(ctx, &mut client, args).await
+        }
+        ChannelsCommand::Replay(args) => channel_pushes::replay(ctx, &mut client, args).await,
+        ChannelsCommand::Drift(args) => channel_pushes::drift(ctx, &mut client, args).await,
+        ChannelsCommand::Reconcile(args) => channel_pushes::reconcile(ctx, &mut client, args).await,
         ChannelsCommand::Availability(args) => {
             let request = pb::GetChannelAvailabilityRequest {
                 tenant: args.tenant.tenant,
