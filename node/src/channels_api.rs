@@ -921,4 +921,87 @@ mod tests {
             _ => panic!("a stale revision passed"),
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn arbitrary_control() -> impl Strategy<Value = pb::ChannelControl> {
+            use pb::channel_control::{self as control_pb, Kind};
+            let kind = prop_oneof![
+                (-5i64..1_000)
+                    .prop_map(|units| Kind::QuantityBuffer(control_pb::QuantityBuffer { units })),
+                (0u32..11_000).prop_map(|basis_points| Kind::PercentBuffer(
+                    control_pb::PercentBuffer { basis_points }
+                )),
+                Just(Kind::Exclusion(control_pb::Exclusion {})),
+                (-5i64..1_000)
+                    .prop_map(|units| Kind::RingFenceCap(control_pb::RingFenceCap { units })),
+                any::<i64>().prop_map(|units| Kind::Minimum(control_pb::Minimum { units })),
+                (0u32..11_000).prop_map(|basis_points| Kind::AllocationShare(
+                    control_pb::AllocationShare { basis_points }
+                )),
+            ];
+            (
+                "(c[0-9]|c[0-9]|.{0,3})",
+                any::<u32>(),
+                "(DC[0-3])?",
+                "(S[0-2])?",
+                proptest::option::weighted(0.9, kind),
+            )
+                .prop_map(|(id, priority, location, sku, kind)| pb::ChannelControl {
+                    id,
+                    priority: priority % 8,
+                    scope: Some(pb::ControlScope { sku, location }),
+                    kind,
+                })
+        }
+
+        proptest! {
+            // About one case in ten is accepted: four times the default
+            // cases, still a few milliseconds.
+            #![proptest_config(ProptestConfig::with_cases(1_024))]
+
+            // Arbitrary definitions never panic the conversion; whatever it
+            // accepts holds the domain's rules and sells, for any stock,
+            // between nothing and the network's available.
+            #[test]
+            fn any_definition_is_refused_or_valid_and_sells_within_the_network(
+                tenant in prop_oneof![8 => Just("acme".to_owned()), 1 => Just("a/b".to_owned()), 1 => "(\\*|.{0,3})"],
+                id in prop_oneof![8 => "[a-z]{1,4}", 1 => "(a/b| web|.{0,3})"],
+                kind in prop_oneof![9 => 1i32..6, 1 => -1i32..7],
+                publication in prop_oneof![9 => 0i32..3, 1 => -1i32..5],
+                network in prop_oneof![
+                    4 => proptest::sample::subsequence(vec!["DC0".to_owned(), "DC1".into(), "DC2".into(), "DC3".into()], 0..=4),
+                    1 => proptest::collection::vec("(DC[0-3]|.{0,3})", 0..5),
+                ],
+                controls in proptest::collection::vec(arbitrary_control(), 0..4),
+                stacking in any::<bool>(),
+                // Mostly near the bounds, where the rules decide.
+                min_push_interval_ms in prop_oneof![Just(0u64), 50u64..5_000, any::<u64>()],
+                reassert_interval_ms in prop_oneof![Just(0u64), 0u64..10_000, any::<u64>()],
+                credentials_ref in "(env:TOKEN|file:/run/x||.{0,6})",
+                stock in proptest::collection::vec(any::<i64>(), 4),
+            ) {
+                let request = pb::Channel {
+                    tenant, id, kind, publication, network, controls, stacking,
+                    min_push_interval_ms, reassert_interval_ms, credentials_ref,
+                    ..Default::default()
+                };
+                let Ok(channel) = channel_from_proto(Some(request)) else {
+                    return Ok(());
+                };
+                prop_assert!(channel.validate().is_ok());
+                prop_assert!(!channel.id.contains('/'));
+                let stock: BTreeMap<String, i64> = (0..4).map(|n| format!("DC{n}")).zip(stock).collect();
+                let availability = available_to_sell(&channel, std::slice::from_ref(&channel), "S1", &stock);
+                prop_assert!(availability.total >= 0);
+                prop_assert!(availability.total <= availability.network_available);
+                let stored = StoredChannel { channel: channel.clone(), revision: 1, created_at_ms: 0, updated_at_ms: 0 };
+                let again = channel_from_proto(Some(channel_to_proto(&stored)));
+                prop_assert_eq!(again.ok(), Some(channel));
+            }
+        }
+    }
 }
