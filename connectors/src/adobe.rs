@@ -282,6 +282,9 @@ impl Adobe {
                 })?;
             let reply = http::send(build(&self.client).bearer_auth(token.expose())).await?;
             let throttled = reply.status == 429;
+            if throttled {
+                crate::count_throttled(&self.channel_id);
+            }
             self.limiter.observe(
                 permit,
                 Observation {

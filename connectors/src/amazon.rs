@@ -252,6 +252,9 @@ impl Amazon {
                 http::send(build(&self.client).header("x-amz-access-token", token.expose()))
                     .await?;
             let throttled = reply.status == 429;
+            if throttled {
+                crate::count_throttled(&self.channel_id);
+            }
             limiter.observe(
                 permit,
                 Observation {

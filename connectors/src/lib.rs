@@ -140,6 +140,14 @@ pub fn connect(config: ConnectorConfig) -> Result<Box<dyn Connector>, ConnectorE
     })
 }
 
+/// Counts a call the channel refused for its rate limit, for the node's
+/// `/metrics` (`skuld_channel_throttled_total{channel}`): a connector whose
+/// limiter mirrors the budget well keeps it at 0.
+pub(crate) fn count_throttled(channel_id: &str) {
+    metrics::counter!("skuld_channel_throttled_total", "channel" => channel_id.to_owned())
+        .increment(1);
+}
+
 /// The `after` of a local wait turned into a retry.
 pub(crate) fn paced(wait: Duration, limiter: &str) -> PushOutcome {
     PushOutcome::retry(

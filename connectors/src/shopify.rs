@@ -233,6 +233,9 @@ impl Shopify {
         let reply = http::send(request).await?;
         let body = reply.json();
         let throttled = is_throttled(&body) || reply.status == 429;
+        if throttled {
+            crate::count_throttled(&self.channel_id);
+        }
         let observation = observation(&body, throttled, reply.retry_after());
         self.limiter.observe(permit, observation);
         if throttled {

@@ -212,6 +212,9 @@ impl Walmart {
                 .or_else(|| reply.header_f64("x-next-replenishment-time"))
                 .and_then(|at| until_unix_ms(at, SystemTime::now()));
             let throttled = reply.status == 429;
+            if throttled {
+                crate::count_throttled(&self.channel_id);
+            }
             let retry_after = reply.retry_after().or(if level.is_some_and(|l| l < 1.0) {
                 next
             } else {
