@@ -512,6 +512,11 @@ impl Connector for Amazon {
         self.bulk_threshold
     }
 
+    /// Item by item at 5/s (B.2): a burst's worth per call.
+    fn small_batch(&self) -> usize {
+        10
+    }
+
     fn ready_in(&self) -> Duration {
         self.patch_limiter.ready_in(1.0)
     }

@@ -118,6 +118,15 @@ pub trait Connector: Send + Sync {
     /// From this many items in one `push` on, the bulk path is used.
     fn bulk_threshold(&self) -> usize;
 
+    /// The most items a `push` below the bulk threshold should carry: an
+    /// adapter that writes item by item (Amazon's listings, Walmart's
+    /// single-item updates) says how many its budget takes in about a
+    /// burst, so that one call does not hold the account for minutes while
+    /// a decrease waits behind it.
+    fn small_batch(&self) -> usize {
+        self.max_batch()
+    }
+
     /// How long the account limiter would make a push wait now (the worker
     /// may sleep that long instead of calling).
     fn ready_in(&self) -> Duration;

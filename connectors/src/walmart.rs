@@ -400,6 +400,11 @@ impl Connector for Walmart {
         self.bulk_threshold
     }
 
+    /// Item by item under the inventory bucket (C.3): a handful per call.
+    fn small_batch(&self) -> usize {
+        10
+    }
+
     fn ready_in(&self) -> Duration {
         self.inventory_limiter.ready_in(1.0)
     }
