@@ -262,6 +262,15 @@ impl PushState {
         drifted
     }
 
+    /// A newer desired value replaces `push` while the channel has only
+    /// accepted it, not shown it (Amazon's `ACCEPTED`): waiting for the old
+    /// value to show would hold a decrease back. `push` is no longer in
+    /// flight, and no attempt is counted; a late acknowledgement of it is
+    /// still taken only if nothing newer was acknowledged.
+    pub fn superseded(&mut self, push: &Push) {
+        self.finish(push);
+    }
+
     /// The push gave up (dead-lettered): the key waits for a new desired
     /// value or a replay.
     pub fn abandoned(&mut self, push: &Push) {

@@ -659,3 +659,21 @@ fn a_read_back_that_differs_makes_the_key_due_again() {
     );
     assert_eq!(state.next_due(&POLICY), Some((0, Urgency::Decrease)));
 }
+
+#[test]
+fn a_newer_value_supersedes_an_accepted_push_without_counting_an_attempt() {
+    let mut state = PushState::new(5, 1, 0);
+    let accepted = state.start(Urgency::Decrease, 0);
+    assert_eq!(state.next_due(&POLICY), None, "in flight until confirmed");
+    state.observe(2, 2, 10);
+    state.superseded(&accepted);
+    assert_eq!(state.attempts, 0);
+    let (at, urgency) = state.next_due(&POLICY).unwrap();
+    assert_eq!((at, urgency), (0, Urgency::Decrease));
+    let newer = state.start(urgency, 10);
+    assert_eq!((newer.value, newer.version), (2, 2));
+    state.succeeded(&newer, 20);
+    // The old value shows up late: it is not taken over the newer one.
+    state.succeeded(&accepted, 30);
+    assert_eq!(state.acked.map(|acked| acked.value), Some(2));
+}
