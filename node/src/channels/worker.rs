@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
 use super::credentials::{connector_for, LinkError};
-use super::definitions::StoredChannel;
+use super::definitions::{self, StoredChannel};
 use super::keys::{
     decode_key, decode_mark, encode_key, encode_mark, shard_of_record, DirtyMark, PushKey,
     DIRTY_KIND, KNOWN_KIND, REPLAY_KIND,
@@ -51,6 +51,12 @@ const PAGE: usize = 1_000;
 /// Keys computed per step at most, so pushes keep flowing during a flood of
 /// marks.
 const COMPUTES_PER_STEP: usize = 256;
+/// A mark made on this node wakes the worker's scan this soon at most.
+const MARK_SCAN_DEBOUNCE_MS: u64 = 20;
+/// How long a channel waits after its connector failed a call as a whole.
+const CALL_FAILED_PAUSE: Duration = Duration::from_secs(5);
+/// How long a computation waits for a position's owner.
+const COMPUTE_DEADLINE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -137,9 +143,24 @@ struct Target {
     reading: bool,
     confirm: Option<Confirm>,
     reconcile: bool,
+    /// No longer published (its location left the network, or the
+    /// publication changed): shown 0 before it is dropped, so the channel
+    /// does not go on selling its last figure.
+    retiring: bool,
 }
 
 impl Target {
+    fn new(value: i64, version: u64, now: u64) -> Self {
+        Target {
+            state: PushState::new(value, version, now),
+            known: false,
+            reading: false,
+            confirm: None,
+            reconcile: false,
+            retiring: false,
+        }
+    }
+
     fn busy(&self) -> bool {
         self.state.in_flight.is_some() || self.reading || self.confirm.is_some()
     }
@@ -161,11 +182,17 @@ struct KeyWork {
 }
 
 struct Link {
+    /// The definition revision the connector was built from.
     revision: u64,
+    /// The definition revision the worker last recomputed the keys for.
+    seen_revision: u64,
     connector: Option<Arc<dyn Connector>>,
     building: bool,
+    /// No build before this (after a failed one); the connector built
+    /// before keeps working meanwhile.
+    rebuild_after_ms: u64,
     busy: bool,
-    /// No call before this (the connector's limiter, a failed build).
+    /// No call before this (the connector's limiter, a failed read).
     paused_until_ms: u64,
     /// Last reconciliation request seen, and when the last one ran.
     reconcile_requested_ms: u64,
@@ -178,6 +205,8 @@ pub struct Worker {
     links: HashMap<ChannelRef, Link>,
     owned: HashSet<u32>,
     to_compute: Vec<String>,
+    /// What `to_compute` holds, to queue each key once.
+    queued: HashSet<String>,
     /// Keys whose computation failed (a position's owner unreachable):
     /// tried again at the next scan, not in a loop.
     compute_later: Vec<String>,
@@ -205,6 +234,7 @@ impl Worker {
             links: HashMap::new(),
             owned: HashSet::new(),
             to_compute: Vec::new(),
+            queued: HashSet::new(),
             compute_later: Vec::new(),
             done_tx,
         };
@@ -225,7 +255,11 @@ impl Worker {
             };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = marked.notified() => next_scan_ms = 0,
+                // A burst marks a window every few milliseconds: look at
+                // most every MARK_SCAN_DEBOUNCE_MS, not once per window.
+                () = marked.notified() => {
+                    next_scan_ms = next_scan_ms.min(now_ms() + MARK_SCAN_DEBOUNCE_MS);
+                }
                 done = done_rx.recv() => {
                     if let Some(done) = done {
                         worker.apply(done).await;
@@ -303,18 +337,31 @@ impl Worker {
             wanted.contains_key(&(work.key.tenant.clone(), work.key.channel.clone()))
         });
         let now = now_ms();
+        // A changed definition (controls, network, a peer's share) changes
+        // figures with no stock moving: its tenant's keys are computed
+        // again, and a changed channel's are read back first (its account
+        // or mapping may be another).
+        let mut changed_tenants: HashSet<String> = HashSet::new();
+        let mut changed_channels: HashSet<ChannelRef> = HashSet::new();
         for (channel, stored) in wanted {
             let link = self.links.entry(channel.clone()).or_insert_with(|| Link {
                 revision: 0,
+                seen_revision: stored.revision,
                 connector: None,
                 building: false,
+                rebuild_after_ms: 0,
                 busy: false,
                 paused_until_ms: 0,
-                reconcile_requested_ms: 0,
+                reconcile_requested_ms: u64::MAX,
                 reconciled_at_ms: now,
             });
+            if link.seen_revision != stored.revision {
+                link.seen_revision = stored.revision;
+                changed_tenants.insert(channel.0.clone());
+                changed_channels.insert(channel.clone());
+            }
             let stale = link.revision != stored.revision || link.connector.is_none();
-            if stale && !link.building && now >= link.paused_until_ms {
+            if stale && !link.building && now >= link.rebuild_after_ms {
                 link.building = true;
                 let definition = stored.channel.clone();
                 let revision = stored.revision;
@@ -340,6 +387,26 @@ impl Worker {
                 });
             }
         }
+        if changed_tenants.is_empty() {
+            return;
+        }
+        let mut recompute = Vec::new();
+        for (id, work) in self.keys.iter_mut() {
+            if !changed_tenants.contains(&work.key.tenant) {
+                continue;
+            }
+            if changed_channels.contains(&(work.key.tenant.clone(), work.key.channel.clone())) {
+                for target in work.targets.values_mut() {
+                    if !target.busy() {
+                        target.known = false;
+                    }
+                }
+            }
+            recompute.push(id.clone());
+        }
+        for id in recompute {
+            self.queue_compute(&id);
+        }
     }
 
     fn owns(&self, id: &str) -> bool {
@@ -357,7 +424,7 @@ impl Worker {
     }
 
     fn queue_compute(&mut self, id: &str) {
-        if !self.to_compute.iter().any(|queued| queued == id) {
+        if self.queued.insert(id.to_owned()) {
             self.to_compute.push(id.to_owned());
         }
     }
@@ -450,10 +517,20 @@ impl Worker {
             };
             let requested: u64 = String::from_utf8_lossy(&raw).parse().unwrap_or(0);
             if let Some(link) = self.links.get_mut(&(tenant.to_owned(), channel.to_owned())) {
-                if requested > link.reconcile_requested_ms {
+                if link.reconcile_requested_ms == u64::MAX {
+                    // A request from before this worker took the channel:
+                    // its first reads of every key are the reconciliation.
+                    link.reconcile_requested_ms = requested;
+                } else if requested > link.reconcile_requested_ms {
                     link.reconcile_requested_ms = requested;
                     link.reconciled_at_ms = 0;
                 }
+            }
+        }
+        // A channel with no request yet: any later one is new.
+        for link in self.links.values_mut() {
+            if link.reconcile_requested_ms == u64::MAX {
+                link.reconcile_requested_ms = 0;
             }
         }
         Ok(())
@@ -493,6 +570,9 @@ impl Worker {
             .to_compute
             .drain(..self.to_compute.len().min(COMPUTES_PER_STEP))
             .collect();
+        for id in &batch {
+            self.queued.remove(id);
+        }
         for id in batch {
             if let Err(reason) = self.compute(&id).await {
                 tracing::debug!(key = %id, %reason, "channel key not computed; trying again");
@@ -507,10 +587,18 @@ impl Worker {
             return Ok(());
         };
         let Some(stored) = self.context.catalog.get(&key.tenant, &key.channel) else {
-            // The channel is gone: so is its work.
+            // Gone from the catalog: deleted, or a record this node cannot
+            // read (a newer version's). Only a confirmed deletion ends the
+            // key's work; an unreadable one keeps its records.
+            let deleted = matches!(
+                definitions::load(self.context.store.as_ref(), &key.tenant, &key.channel).await,
+                Ok(None)
+            );
             self.keys.remove(id);
-            let _ = self.context.store.delete_record(DIRTY_KIND, id).await;
-            let _ = self.context.store.delete_record(KNOWN_KIND, id).await;
+            if deleted {
+                let _ = self.context.store.delete_record(DIRTY_KIND, id).await;
+                let _ = self.context.store.delete_record(KNOWN_KIND, id).await;
+            }
             return Ok(());
         };
         let channel = &stored.channel;
@@ -526,7 +614,13 @@ impl Worker {
         let states = self
             .context
             .positions
-            .read_many(&positions, RequestMeta::default())
+            .read_many(
+                &positions,
+                RequestMeta {
+                    deadline: Some(std::time::Instant::now() + COMPUTE_DEADLINE),
+                    ..RequestMeta::default()
+                },
+            )
             .await
             .map_err(|error| error.to_string())?;
         let stock: BTreeMap<String, i64> = positions
@@ -573,10 +667,22 @@ impl Worker {
             };
             let live: HashSet<&Location> =
                 published.iter().map(|(location, ..)| location).collect();
-            work.targets.retain(|location, _| live.contains(location));
+            // A target no longer published is shown 0, then dropped once the
+            // channel took the 0.
+            work.targets.retain(|location, target| {
+                live.contains(location) || !(target.retiring && target.done())
+            });
+            for (location, target) in work.targets.iter_mut() {
+                if !live.contains(location) && !target.retiring {
+                    target.retiring = true;
+                    let version = target.state.desired.version + 1;
+                    target.state.observe(0, version, now);
+                }
+            }
             for (location, value, version) in &published {
                 match work.targets.get_mut(location) {
                     Some(target) => {
+                        target.retiring = false;
                         let desired = target.state.desired;
                         // A figure can change with no version growing (a
                         // peer channel deleted): the worker's own order.
@@ -588,16 +694,8 @@ impl Worker {
                         target.state.observe(*value, version, now);
                     }
                     None => {
-                        work.targets.insert(
-                            location.clone(),
-                            Target {
-                                state: PushState::new(*value, *version, now),
-                                known: false,
-                                reading: false,
-                                confirm: None,
-                                reconcile: false,
-                            },
-                        );
+                        work.targets
+                            .insert(location.clone(), Target::new(*value, *version, now));
                     }
                 }
             }
@@ -630,7 +728,7 @@ impl Worker {
                 work.dirty
                     && !work.targets.is_empty()
                     && work.targets.values().all(Target::done)
-                    && !self.to_compute.iter().any(|queued| queued == *id)
+                    && !self.queued.contains(*id)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -644,13 +742,17 @@ impl Worker {
             };
             work.dirty = false;
             work.computed_mark = None;
-            if self.compute(&id).await.is_err() {
+            // Computed again after the delete: a change that marked the key
+            // meanwhile is seen now. If it cannot be computed, the mark goes
+            // back, so the change is not left in memory only.
+            let computed = self.compute(&id).await.is_ok();
+            if !computed {
                 self.compute_later.push(id.clone());
             }
             let Some(work) = self.keys.get_mut(&id) else {
                 continue;
             };
-            if !work.targets.values().all(Target::done) {
+            if !computed || !work.targets.values().all(Target::done) {
                 let mark = DirtyMark {
                     key: work.key.clone(),
                     at: format!("settle:{}", now_ms()),
@@ -714,9 +816,21 @@ impl Worker {
                 continue;
             }
             let batch = connector.max_batch().max(1);
-            if let Some(reads) = self.due_reads(&channel, batch, now) {
+            // Reads go item by item on some channels: a small batch, so a
+            // due push is not held behind thousands of read-backs.
+            let reads = connector.small_batch().clamp(1, batch);
+            if let Some(reads) = self.due_reads(&channel, reads, now) {
                 self.start_read(channel, connector, reads);
-            } else if let Some(pushes) = self.due_pushes(&channel, &stored, batch, now) {
+            } else if let Some(pushes) = self.due_pushes(
+                &channel,
+                &stored,
+                (
+                    batch,
+                    connector.small_batch().max(1),
+                    connector.bulk_threshold(),
+                ),
+                now,
+            ) {
                 self.start_push(channel, connector, pushes);
             }
         }
@@ -761,20 +875,31 @@ impl Worker {
         (!reads.is_empty()).then_some(reads)
     }
 
+    /// The most urgent due pushes of `channel`: `(batch, small_batch,
+    /// bulk_threshold)` are its connector's sizes.
     fn due_pushes(
         &mut self,
         channel: &ChannelRef,
         stored: &StoredChannel,
-        batch: usize,
+        (batch, small_batch, bulk_threshold): (usize, usize, usize),
         now: u64,
     ) -> Option<Vec<(String, Location, Push)>> {
         let policy = Self::policy(stored);
         let mut due: Vec<(Urgency, u64, String, Location)> = Vec::new();
-        for (id, work) in &self.keys {
+        for (id, work) in self.keys.iter_mut() {
             if work.key.tenant != channel.0 || work.key.channel != channel.1 {
                 continue;
             }
-            for (location, target) in &work.targets {
+            for (location, target) in work.targets.iter_mut() {
+                // A newer value goes out without waiting for an accepted
+                // older one to show (which would hold a decrease back).
+                if let Some(confirm) = &target.confirm {
+                    if target.state.desired.version > confirm.push.version && !target.reading {
+                        let push = confirm.push.clone();
+                        target.state.superseded(&push);
+                        target.confirm = None;
+                    }
+                }
                 if !target.known || target.busy() {
                     continue;
                 }
@@ -794,7 +919,16 @@ impl Worker {
             return None;
         }
         due.sort();
-        due.truncate(batch);
+        // A backlog as large as the bulk threshold goes the bulk way (a
+        // feed, one long mutation); below it an adapter writing item by item
+        // takes a small batch, so a decrease due next waits seconds, not
+        // minutes.
+        let take = if due.len() >= bulk_threshold {
+            batch
+        } else {
+            small_batch.min(batch)
+        };
+        due.truncate(take.max(1));
         let mut pushes = Vec::with_capacity(due.len());
         for (urgency, _, id, location) in due {
             let Some(target) = self
@@ -828,7 +962,21 @@ impl Worker {
         }
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let result = connector.read(&keys).await;
+            // A connector that panics must not leave the channel busy for
+            // good: its call runs in a task of its own.
+            let count = keys.len();
+            let result = match tokio::spawn(async move { connector.read(&keys).await }).await {
+                Ok(Ok(values)) if values.len() == count => Ok(values),
+                Ok(Ok(values)) => Err(ConnectorError::retry(
+                    CALL_FAILED_PAUSE,
+                    format!("the connector answered {} of {count} reads", values.len()),
+                )),
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(ConnectorError::retry(
+                    CALL_FAILED_PAUSE,
+                    format!("the connector failed: {error}"),
+                )),
+            };
             let _ = done
                 .send(Done::Read {
                     channel,
@@ -864,7 +1012,20 @@ impl Worker {
         }
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let outcomes = connector.push(&items).await;
+            let count = items.len();
+            let mut outcomes = match tokio::spawn(async move { connector.push(&items).await }).await
+            {
+                Ok(outcomes) => outcomes,
+                Err(error) => {
+                    tracing::error!(%error, "a channel connector failed during a push");
+                    Vec::new()
+                }
+            };
+            // Every item gets an outcome: one the connector did not give
+            // is tried again.
+            outcomes.resize_with(count, || {
+                PushOutcome::retry(CALL_FAILED_PAUSE, "no outcome from the connector")
+            });
             let _ = done
                 .send(Done::Pushed {
                     channel,
@@ -937,7 +1098,8 @@ impl Worker {
                         metrics::counter!("skuld_channel_link_failures_total", "channel" => channel.1.clone())
                             .increment(1);
                         tracing::warn!(%error, "channel connector not built; trying again in 30 s");
-                        link.paused_until_ms = now_ms() + 30_000;
+                        // The connector built before (if any) goes on.
+                        link.rebuild_after_ms = now_ms() + 30_000;
                     }
                 }
             }
@@ -1117,7 +1279,12 @@ impl Worker {
                 let believed = target.state.acked.map(|acked| acked.value);
                 let drifted = match remote {
                     Some(remote) => target.state.reconciled(remote, now),
-                    None => true,
+                    None => {
+                        // The channel no longer knows the item: nothing
+                        // it shows is acknowledged, so a push is due.
+                        target.state.acked = None;
+                        true
+                    }
                 };
                 if !drifted {
                     return;
