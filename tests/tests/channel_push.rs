@@ -554,3 +554,69 @@ async fn amazon_accepted_is_confirmed_by_read_back_and_a_dropped_apply_is_sent_a
     assert!(unapplied >= 1.0, "the dropped apply was not noticed");
     assert_eq!(emulators.budget_violations(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_change_reaches_the_channel_with_no_stock_moving() {
+    let emulators = shopify().await;
+    let dir = TestDir::new().unwrap();
+    let node = TestNode::start(&dir.node_dir("node"), options())
+        .await
+        .unwrap();
+    define_shopify(&dir, &node, &emulators).await;
+    let mut client = inventory(&node).await;
+    client
+        .adjust(receive(&key("acme", "TEE", "DC1"), "r-dc1", 10))
+        .await
+        .unwrap();
+    client
+        .adjust(receive(&key("acme", "TEE", "STORE1"), "r-store1", 5))
+        .await
+        .unwrap();
+    converges(&emulators, 10, 5, Duration::from_secs(10)).await;
+
+    // A buffer of 3 on TEE: both lines drop at once.
+    channels(&node)
+        .await
+        .set_controls(pb::SetControlsRequest {
+            tenant: "acme".into(),
+            channel_id: "web".into(),
+            controls: vec![pb::ChannelControl {
+                id: "hold".into(),
+                priority: 1,
+                scope: Some(pb::ControlScope {
+                    sku: "TEE".into(),
+                    location: String::new(),
+                }),
+                kind: Some(pb::channel_control::Kind::QuantityBuffer(
+                    pb::channel_control::QuantityBuffer { units: 3 },
+                )),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    converges(&emulators, 7, 2, Duration::from_secs(10)).await;
+
+    // STORE1 leaves the network: the shop must not go on selling its 2.
+    let mut definition = channels(&node)
+        .await
+        .get_channel(pb::GetChannelRequest {
+            tenant: "acme".into(),
+            id: "web".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap();
+    definition.network = vec!["DC1".into()];
+    channels(&node)
+        .await
+        .update_channel(pb::UpdateChannelRequest {
+            channel: Some(definition),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    converges(&emulators, 7, 0, Duration::from_secs(10)).await;
+}
