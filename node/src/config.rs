@@ -302,6 +302,12 @@ impl Channels {
         ])
     }
 
+    pub fn credentials(&self) -> crate::channels::credentials::CredentialPolicy {
+        crate::channels::credentials::CredentialPolicy {
+            dir: self.channel_credentials_dir.clone(),
+        }
+    }
+
     pub fn worker(&self) -> crate::channels::worker::WorkerSettings {
         crate::channels::worker::WorkerSettings {
             poll_interval: Duration::from_millis(self.channel_poll_interval_ms),

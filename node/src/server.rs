@@ -299,6 +299,7 @@ pub async fn run(
             shard_count: push_shards,
             marked: Arc::new(tokio::sync::Notify::new()),
             settings: config.channels.worker(),
+            credentials: config.channels.credentials(),
         },
     );
     crate::census::describe_business_metrics();

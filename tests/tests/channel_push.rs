@@ -25,9 +25,11 @@ const TEE: u64 = 1001;
 const DC1: u64 = 1;
 const STORE1: u64 = 2;
 
-/// A node whose channel worker looks often, so the tests wait little.
-fn options() -> NodeOptions {
+/// A node whose channel worker looks often, so the tests wait little, and
+/// reads channel credentials from the test directory (`<dir>/acme/...`).
+fn options(dir: &TestDir) -> NodeOptions {
     NodeOptions::default()
+        .arg("--channel-credentials-dir", dir.path().display())
         .arg("--channel-poll-interval-ms", 50)
         .arg("--channel-confirm-after-ms", 200)
 }
@@ -48,7 +50,7 @@ async fn shopify() -> Emulators {
 /// The channel `web` of tenant `acme`: TEE at DC1 and STORE1 on the
 /// emulated shop, with its access token in a credentials file.
 async fn define_shopify(dir: &TestDir, node: &TestNode, emulators: &Emulators) {
-    let credentials = dir.path().join("shopify.json");
+    let credentials = tenant_file(dir, "shopify.json");
     std::fs::write(
         &credentials,
         serde_json::json!({ "access_token": emulators.shopify().access_token() }).to_string(),
@@ -80,6 +82,13 @@ async fn define_shopify(dir: &TestDir, node: &TestNode, emulators: &Emulators) {
         })
         .await
         .unwrap();
+}
+
+/// A credentials file of tenant `acme`, where the node lets acme read.
+fn tenant_file(dir: &TestDir, name: &str) -> std::path::PathBuf {
+    let own = dir.path().join("acme");
+    std::fs::create_dir_all(&own).unwrap();
+    own.join(name)
 }
 
 async fn channels(node: &TestNode) -> ChannelServiceClient<Channel> {
@@ -149,7 +158,7 @@ fn set_quantity_calls(emulators: &Emulators) -> usize {
 async fn a_burst_of_ten_thousand_changes_is_coalesced_within_the_shops_budget() {
     let emulators = shopify().await;
     let dir = TestDir::new().unwrap();
-    let node = TestNode::start(&dir.node_dir("node"), options())
+    let node = TestNode::start(&dir.node_dir("node"), options(&dir))
         .await
         .unwrap();
     define_shopify(&dir, &node, &emulators).await;
@@ -231,7 +240,7 @@ async fn a_burst_of_ten_thousand_changes_is_coalesced_within_the_shops_budget() 
 async fn storefront_orders_racing_the_pushes_converge_on_skulds_figure() {
     let emulators = shopify().await;
     let dir = TestDir::new().unwrap();
-    let node = TestNode::start(&dir.node_dir("node"), options())
+    let node = TestNode::start(&dir.node_dir("node"), options(&dir))
         .await
         .unwrap();
     define_shopify(&dir, &node, &emulators).await;
@@ -277,7 +286,7 @@ async fn a_node_killed_during_pushes_loses_none_and_a_channel_edit_is_reconciled
         .faults()
         .set_latency(Duration::from_millis(300));
     let dir = TestDir::new().unwrap();
-    let mut node = TestNode::start(&dir.node_dir("node"), options())
+    let mut node = TestNode::start(&dir.node_dir("node"), options(&dir))
         .await
         .unwrap();
     define_shopify(&dir, &node, &emulators).await;
@@ -333,7 +342,7 @@ async fn a_node_killed_during_pushes_loses_none_and_a_channel_edit_is_reconciled
 async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value() {
     let emulators = shopify().await;
     let dir = TestDir::new().unwrap();
-    let node = TestNode::start(&dir.node_dir("node"), options())
+    let node = TestNode::start(&dir.node_dir("node"), options(&dir))
         .await
         .unwrap();
     define_shopify(&dir, &node, &emulators).await;
@@ -449,7 +458,7 @@ async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value(
 async fn define_amazon(dir: &TestDir, node: &TestNode, emulators: &Emulators) {
     let amazon = emulators.amazon();
     let config = amazon.config();
-    let credentials = dir.path().join("amazon.json");
+    let credentials = tenant_file(dir, "amazon.json");
     std::fs::write(
         &credentials,
         serde_json::json!({
@@ -513,7 +522,7 @@ async fn amazon_accepted_is_confirmed_by_read_back_and_a_dropped_apply_is_sent_a
     let dir = TestDir::new().unwrap();
     let node = TestNode::start(
         &dir.node_dir("node"),
-        options().arg("--channel-confirm-within-secs", 2),
+        options(&dir).arg("--channel-confirm-within-secs", 2),
     )
     .await
     .unwrap();
@@ -559,7 +568,7 @@ async fn amazon_accepted_is_confirmed_by_read_back_and_a_dropped_apply_is_sent_a
 async fn a_definition_change_reaches_the_channel_with_no_stock_moving() {
     let emulators = shopify().await;
     let dir = TestDir::new().unwrap();
-    let node = TestNode::start(&dir.node_dir("node"), options())
+    let node = TestNode::start(&dir.node_dir("node"), options(&dir))
         .await
         .unwrap();
     define_shopify(&dir, &node, &emulators).await;

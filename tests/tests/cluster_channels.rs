@@ -46,7 +46,7 @@ use skuld_tests::cluster::{ClusterOptions, TestCluster, TEST_LEASE_TTL_SECS};
 use skuld_tests::metrics::Scrape;
 use skuld_tests::requests::{adjust, get, key, receive};
 use skuld_tests::workload::{channel, next_random};
-use skuld_tests::{events, NodeOptions};
+use skuld_tests::{events, NodeOptions, TestDir};
 use tokio::sync::RwLock;
 use tonic::transport::Channel;
 
@@ -83,8 +83,9 @@ fn positions() -> Vec<(pb::PositionKey, (u64, u64))> {
 }
 
 /// Nodes whose channel workers look often, so the test waits little.
-fn options() -> NodeOptions {
+fn options(secrets: &TestDir) -> NodeOptions {
     NodeOptions::default()
+        .arg("--channel-credentials-dir", secrets.path().display())
         .arg("--channel-poll-interval-ms", 50)
         .arg("--channel-confirm-after-ms", 200)
 }
@@ -109,8 +110,10 @@ async fn channels(cluster: &TestCluster, index: usize) -> ChannelServiceClient<C
 }
 
 /// The channel `web` of tenant `acme` on the emulated shop, per location.
-async fn define_shopify(cluster: &TestCluster, emulators: &Emulators) {
-    let credentials = cluster.dir.path().join("shopify.json");
+async fn define_shopify(cluster: &TestCluster, secrets: &TestDir, emulators: &Emulators) {
+    let own = secrets.path().join("acme");
+    std::fs::create_dir_all(&own).unwrap();
+    let credentials = own.join("shopify.json");
     std::fs::write(
         &credentials,
         serde_json::json!({ "access_token": emulators.shopify().access_token() }).to_string(),
@@ -487,16 +490,18 @@ fn metric(scrapes: &[Scrape], name: &str, labels: &[(&str, &str)]) -> f64 {
 async fn pushes_survive_a_killed_node_a_join_and_a_drain_without_loss_or_regression() {
     let started = Instant::now();
     let emulators = shopify().await;
+    // The channel credentials, where the nodes let tenant acme read.
+    let secrets = TestDir::new().unwrap();
     let mut cluster = TestCluster::start_with(
         3,
         ClusterOptions {
-            node: options(),
+            node: options(&secrets),
             ..ClusterOptions::default()
         },
     )
     .await
     .unwrap();
-    define_shopify(&cluster, &emulators).await;
+    define_shopify(&cluster, &secrets, &emulators).await;
     let all = positions();
 
     // Stock: every position receives STOCK; the shop shows it.

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
-use super::credentials::{connector_for, LinkError};
+use super::credentials::{connector_for, CredentialPolicy, LinkError};
 use super::definitions::{self, StoredChannel};
 use super::keys::{
     decode_key, decode_mark, encode_key, encode_mark, shard_of_record, DirtyMark, PushKey,
@@ -91,6 +91,8 @@ pub struct WorkerContext {
     pub shard_count: u32,
     pub marked: Arc<Notify>,
     pub settings: WorkerSettings,
+    /// Which secrets each tenant's channels may read.
+    pub credentials: CredentialPolicy,
 }
 
 /// `(tenant, channel id)`.
@@ -364,11 +366,12 @@ impl Worker {
             if stale && !link.building && now >= link.rebuild_after_ms {
                 link.building = true;
                 let definition = stored.channel.clone();
+                let policy = self.context.credentials.clone();
                 let revision = stored.revision;
                 let done = self.done_tx.clone();
                 tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        connector_for(&definition).map(Arc::<dyn Connector>::from)
+                        connector_for(&definition, &policy).map(Arc::<dyn Connector>::from)
                     })
                     .await
                     .unwrap_or_else(|error| {
