@@ -679,6 +679,16 @@ impl ChannelService for ChannelsApi {
         })
         .await
     }
+
+    async fn sync_channel(
+        &self,
+        request: Request<pb::SyncChannelRequest>,
+    ) -> Result<Response<pb::SyncChannelResponse>, Status> {
+        rpc::serve_checked("SyncChannel", request, |request, _| {
+            operations::sync(self.store.as_ref(), self.shard_count, request)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -629,3 +629,43 @@ async fn a_definition_change_reaches_the_channel_with_no_stock_moving() {
         .unwrap();
     converges(&emulators, 7, 0, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_defined_after_the_stock_moved_gets_it_on_a_sync() {
+    let emulators = shopify().await;
+    emulators.amazon().add_listing("TEE", "PRODUCT", 0);
+    let dir = TestDir::new().unwrap();
+    let node = TestNode::start(&dir.node_dir("node"), options(&dir))
+        .await
+        .unwrap();
+    define_shopify(&dir, &node, &emulators).await;
+    let mut client = inventory(&node).await;
+    client
+        .adjust(receive(&key("acme", "TEE", "DC1"), "r-dc1", 10))
+        .await
+        .unwrap();
+    client
+        .adjust(receive(&key("acme", "TEE", "STORE1"), "r-store1", 4))
+        .await
+        .unwrap();
+    converges(&emulators, 10, 4, Duration::from_secs(10)).await;
+
+    // Amazon is defined after the stock moved: nothing marks TEE for it
+    // until a sync names it.
+    define_amazon(&dir, &node, &emulators).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(emulators.amazon().quantity("TEE"), Some(0));
+    let queued = channels(&node)
+        .await
+        .sync_channel(pb::SyncChannelRequest {
+            tenant: "acme".into(),
+            channel: "marketplace".into(),
+            skus: vec!["TEE".into(), "TEE".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queued;
+    assert_eq!(queued, 1);
+    amazon_shows(&emulators, 14, Duration::from_secs(10)).await;
+}

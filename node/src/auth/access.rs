@@ -170,7 +170,7 @@ scoped!(GetChannelAvailabilityRequest => |request| tenant(Role::Reader, &request
 // What the push worker left (dead letters, drift) and telling it to act.
 scoped!(
     ListChannelDeadLettersRequest, ReplayChannelDeadLettersRequest, ListChannelDriftRequest,
-    ReconcileChannelRequest
+    ReconcileChannelRequest, SyncChannelRequest
     => |request| tenant(Role::Admin, &request.tenant)
 );
 

@@ -3,13 +3,16 @@
 //! (`channels_api`) checks the caller; these check the request and act on
 //! the store's records, which every node's worker reads.
 
-use skuld_actors::key::validate_tenant;
+use std::collections::BTreeMap;
+
+use skuld_actors::key::{validate_tenant, validate_token};
 use skuld_actors::{store_error, Error, Refusal};
 use skuld_cluster::Store;
 use skuld_proto::v1 as pb;
 use tonic::Status;
 
 use super::definitions::{self, validate_channel_id};
+use super::keys::{encode_mark, DirtyMark, PushKey, DIRTY_KIND};
 use super::ledger::{self, DeadLetter, Drift};
 use super::worker::RECONCILE_KIND;
 use crate::rpc::Failure;
@@ -221,6 +224,48 @@ pub async fn reconcile(
         .await
         .map_err(store_error)?;
     Ok(pb::ReconcileChannelResponse { requested_at_ms })
+}
+
+/// Marks each SKU's push key dirty, as a stock change would: the worker of
+/// the key's shard computes and pushes it.
+pub async fn sync(
+    store: &dyn Store,
+    shard_count: u32,
+    request: pb::SyncChannelRequest,
+) -> Result<pb::SyncChannelResponse, Failure> {
+    if request.skus.is_empty() || request.skus.len() > MAX_PAGE {
+        return Err(Error::Refused(Refusal::invalid(
+            "skus",
+            format!("1 to {MAX_PAGE} per request"),
+        ))
+        .into());
+    }
+    for sku in &request.skus {
+        validate_token("skus", sku)?;
+    }
+    channel_named(store, &request.tenant, &request.channel).await?;
+    let at = format!("sync:{}", skuld_cluster::now_ms());
+    let marks: BTreeMap<String, Vec<u8>> = request
+        .skus
+        .iter()
+        .map(|sku| {
+            let key = PushKey::new(&request.tenant, &request.channel, sku);
+            let mark = DirtyMark {
+                key,
+                at: at.clone(),
+            };
+            (mark.key.record_id(shard_count), encode_mark(&mark))
+        })
+        .collect();
+    let queued = marks.len();
+    store
+        .put_records(DIRTY_KIND, marks.into_iter().collect())
+        .await
+        .map_err(store_error)?;
+    tracing::info!(tenant = %request.tenant, channel = %request.channel, queued, "channel SKUs queued for a sync");
+    Ok(pb::SyncChannelResponse {
+        queued: u32::try_from(queued).unwrap_or(u32::MAX),
+    })
 }
 
 #[cfg(test)]

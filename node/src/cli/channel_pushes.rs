@@ -9,7 +9,7 @@ use skuld_proto::v1::channel_service_client::ChannelServiceClient;
 use tonic::transport::Channel;
 
 use super::channels::ChannelArgs;
-use super::{emit, format_table, format_unix_ms, print_json, Align, CallContext};
+use super::{emit, fail, format_table, format_unix_ms, print_json, Align, CallContext};
 
 #[derive(Args, Debug)]
 pub struct PageArgs {
@@ -29,6 +29,17 @@ pub struct ReplayArgs {
     /// them); all of the channel's when absent.
     #[arg(long = "id")]
     pub ids: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+    /// SKUs to push now (their current figures).
+    pub skus: Vec<String>,
+    /// A file of SKUs, one per line, sent 1,000 at a time.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
 }
 
 fn location_label(location: &str) -> String {
@@ -183,5 +194,51 @@ pub(super) async fn reconcile(
     emit(&format!(
         "reconciliation requested at {}: every node reads its keys of the channel back; `skuld channels drift` lists what differed\n",
         format_unix_ms(reply.requested_at_ms)
+    ))
+}
+
+pub(super) async fn sync(
+    ctx: &CallContext,
+    client: &mut ChannelServiceClient<Channel>,
+    args: SyncArgs,
+) -> anyhow::Result<()> {
+    let mut skus = args.skus;
+    if let Some(path) = &args.file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| fail(format!("cannot read {}: {error}", path.display())))?;
+        skus.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    if skus.is_empty() {
+        return Err(fail("name SKUs, or a --file of them".to_owned()));
+    }
+    let mut queued = 0u64;
+    let chunks: Vec<Vec<String>> = skus.chunks(1_000).map(<[String]>::to_vec).collect();
+    let total = chunks.len();
+    for (done, chunk) in chunks.into_iter().enumerate() {
+        let request = pb::SyncChannelRequest {
+            tenant: args.channel.tenant.tenant.clone(),
+            channel: args.channel.channel.clone(),
+            skus: chunk,
+        };
+        let reply = ctx.call(request, None, |r| client.sync_channel(r)).await?;
+        queued += u64::from(reply.queued);
+        if total > 1 && !ctx.json {
+            let _ = writeln!(
+                io::stderr(),
+                "{}/{total} batches, {queued} SKUs queued",
+                done + 1
+            );
+        }
+    }
+    if ctx.json {
+        return print_json(&serde_json::json!({ "queued": queued }));
+    }
+    emit(&format!(
+        "{queued} SKUs queued: each is pushed where the channel does not show its figure\n"
     ))
 }

@@ -41,6 +41,8 @@ pub enum ChannelsCommand {
     Drift(channel_pushes::PageArgs),
     /// Read every pushed value of the channel back now.
     Reconcile(ChannelArgs),
+    /// Push SKUs now (a channel's first sync, or a catalog).
+    Sync(channel_pushes::SyncArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -655,6 +657,7 @@ pub(super) async fn run(
         }
         ChannelsCommand::Replay(args) => channel_pushes::replay(ctx, &mut client, args).await,
         ChannelsCommand::Drift(args) => channel_pushes::drift(ctx, &mut client, args).await,
+        ChannelsCommand::Sync(args) => channel_pushes::sync(ctx, &mut client, args).await,
         ChannelsCommand::Reconcile(args) => channel_pushes::reconcile(ctx, &mut client, args).await,
         ChannelsCommand::Availability(args) => {
             let request = pb::GetChannelAvailabilityRequest {
