@@ -429,6 +429,23 @@ impl Shopify {
     }
 
     async fn read_targets(&self, targets: &[&Target]) -> Result<Vec<Option<i64>>, ConnectorError> {
+        // A read answers all or nothing: a chunk the budget refuses fails
+        // the whole read and loses the chunks already paid for. So start
+        // only when the budget covers every chunk (else the worker, retrying
+        // the same keys after the wait of one chunk, reads one chunk per
+        // attempt and throws it away, forever).
+        let (_, capacity, _) = self.limiter.snapshot();
+        let whole = (READ_COST_PER_KEY * targets.len() as f64).min(capacity - 1.0);
+        let wait = self.limiter.ready_in(whole);
+        if wait > self.max_wait {
+            return Err(ConnectorError::retry(
+                wait,
+                format!(
+                    "local shopify cost budget: {} ms for the whole read",
+                    wait.as_millis()
+                ),
+            ));
+        }
         let mut values = Vec::with_capacity(targets.len());
         for chunk in targets.chunks(READ_CHUNK) {
             let mut declarations = Vec::new();
