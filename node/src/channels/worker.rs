@@ -1336,12 +1336,12 @@ impl Worker {
 
 /// The channel shows `push`'s value: acknowledge it and count the lag.
 fn acknowledged(channel: &str, target: &mut Target, push: &Push, now: u64) {
-    let desired = target.state.desired;
     target.state.succeeded(push, now);
     target.known = true;
-    if push.version == desired.version {
+    // From the oldest change the push carried (a re-assertion carries none).
+    if push.coalesced > 0 {
         metrics::histogram!("skuld_channel_push_lag_seconds", "channel" => channel.to_owned())
-            .record(now.saturating_sub(desired.since_ms) as f64 / 1_000.0);
+            .record(now.saturating_sub(push.oldest_change_ms) as f64 / 1_000.0);
     }
     metrics::counter!("skuld_channel_coalesced_changes_total", "channel" => channel.to_owned())
         .increment(push.coalesced.saturating_sub(1));

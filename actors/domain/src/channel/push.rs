@@ -65,6 +65,10 @@ pub struct Push {
     pub urgency: Urgency,
     /// Changes of the desired value this push stands for.
     pub coalesced: u64,
+    /// When the oldest of those changes was observed (unix ms): the push
+    /// lag of its acknowledgement counts from here, the worst of the
+    /// changes it carries.
+    pub oldest_change_ms: u64,
 }
 
 /// The desired value and when it became so.
@@ -103,6 +107,9 @@ pub struct PushState {
     pub attempts: u32,
     /// Desired changes since the last push started.
     pub changes: u64,
+    /// When the oldest change no push has carried yet was observed.
+    #[serde(default)]
+    pub unpushed_since_ms: Option<u64>,
 }
 
 impl PushState {
@@ -122,6 +129,7 @@ impl PushState {
             parked: false,
             attempts: 0,
             changes: 1,
+            unpushed_since_ms: Some(now_ms),
         }
     }
 
@@ -144,6 +152,7 @@ impl PushState {
         };
         if changed {
             self.changes += 1;
+            self.unpushed_since_ms.get_or_insert(now_ms);
             // A value the channel refused may be followed by one it takes.
             // A backoff stays: a failing channel is not helped by being
             // called more often because stock moves.
@@ -201,6 +210,7 @@ impl PushState {
             change_from: self.acked.map(|acked| acked.value),
             urgency,
             coalesced: self.changes,
+            oldest_change_ms: self.unpushed_since_ms.take().unwrap_or(now_ms),
         };
         self.in_flight = Some(push.clone());
         self.last_push_ms = Some(now_ms);
@@ -228,6 +238,7 @@ impl PushState {
     /// is desired by then) waits until `retry_at_ms`.
     pub fn failed(&mut self, push: &Push, retry_at_ms: u64) {
         self.finish(push);
+        self.carry_over(push);
         self.attempts = self.attempts.saturating_add(1);
         self.not_before_ms = self.not_before_ms.max(retry_at_ms);
     }
@@ -237,6 +248,7 @@ impl PushState {
     /// (and so carries a new idempotency key), never a blind retry.
     pub fn conflicted(&mut self, push: &Push, remote: i64, now_ms: u64) {
         self.finish(push);
+        self.carry_over(push);
         let version = self.acked.map_or(0, |acked| acked.version);
         self.acked = Some(Acked {
             value: remote,
@@ -269,6 +281,7 @@ impl PushState {
     /// still taken only if nothing newer was acknowledged.
     pub fn superseded(&mut self, push: &Push) {
         self.finish(push);
+        self.carry_over(push);
     }
 
     /// The push gave up (dead-lettered): the key waits for a new desired
@@ -285,6 +298,17 @@ impl PushState {
         self.not_before_ms = 0;
         self.attempts = 0;
         self.last_push_ms = None;
+    }
+
+    /// The changes `push` carried are not shown yet: the next push carries
+    /// them, and its lag counts from the oldest.
+    fn carry_over(&mut self, push: &Push) {
+        let oldest = self
+            .unpushed_since_ms
+            .map_or(push.oldest_change_ms, |since| {
+                since.min(push.oldest_change_ms)
+            });
+        self.unpushed_since_ms = Some(oldest);
     }
 
     fn finish(&mut self, push: &Push) {

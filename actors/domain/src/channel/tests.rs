@@ -677,3 +677,22 @@ fn a_newer_value_supersedes_an_accepted_push_without_counting_an_attempt() {
     state.succeeded(&accepted, 30);
     assert_eq!(state.acked.map(|acked| acked.value), Some(2));
 }
+
+#[test]
+fn a_push_carries_the_time_of_its_oldest_change_until_one_is_acknowledged() {
+    let mut state = PushState::new(5, 1, 0);
+    let first = state.start(Urgency::Decrease, 0);
+    state.succeeded(&first, 5);
+    state.observe(4, 2, 100);
+    state.observe(3, 3, 200);
+    let push = state.start(Urgency::Decrease, 200);
+    assert_eq!(push.oldest_change_ms, 100);
+    state.observe(2, 4, 250);
+    // Lost: the next push carries the older changes too.
+    state.failed(&push, 300);
+    let again = state.start(Urgency::Decrease, 300);
+    assert_eq!((again.value, again.oldest_change_ms), (2, 100));
+    state.succeeded(&again, 320);
+    state.observe(1, 5, 400);
+    assert_eq!(state.start(Urgency::Decrease, 400).oldest_change_ms, 400);
+}
