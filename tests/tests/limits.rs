@@ -339,10 +339,22 @@ async fn too_many_lines(channel: Channel, targets: &Targets, stop: Arc<AtomicBoo
     .await;
 }
 
+/// Over-quota floods so far: each floods a SKU of its own, so a flood run
+/// again (a second attempt) neither replays the last one's idempotency
+/// keys nor adds to its position's version.
+static OVER_QUOTA_ROUNDS: AtomicU64 = AtomicU64::new(0);
+
+/// The position the latest over-quota flood wrote.
+fn noisy_key() -> pb::PositionKey {
+    let round = OVER_QUOTA_ROUNDS.load(Ordering::SeqCst);
+    key("noisy", &format!("SKU-{round}"), "DC1")
+}
+
 /// (d): one tenant far over its quota, from many concurrent calls.
 async fn over_quota(channel: Channel, stop: Arc<AtomicBool>, tally: Tally) {
     let client = pb::inventory_service_client::InventoryServiceClient::new(channel);
-    let noisy = key("noisy", "SKU", "DC1");
+    OVER_QUOTA_ROUNDS.fetch_add(1, Ordering::SeqCst);
+    let noisy = noisy_key();
     let hints = Arc::new(AtomicU64::new(0));
     at_rate(4_000, 64, stop, |call| {
         let mut client = client.clone();
@@ -836,10 +848,7 @@ async fn check_refused(node: &Node, flood: Flood, tally: &Tally) {
             // emptied: wait as long as the refusal hints, as a client should.
             let deadline = Instant::now() + Duration::from_secs(5);
             let noisy = loop {
-                match inventory
-                    .get_position(get(&key("noisy", "SKU", "DC1")))
-                    .await
-                {
+                match inventory.get_position(get(&noisy_key())).await {
                     Ok(reply) => break reply.into_inner().position.unwrap(),
                     Err(status)
                         if status.code() == Code::ResourceExhausted
