@@ -297,7 +297,7 @@ pub async fn run(
             catalog: Arc::new(Catalog::new(Arc::clone(&store))),
             shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
             shard_count: push_shards,
-            marked: Arc::new(tokio::sync::Notify::new()),
+            marked: Arc::new(crate::channels::marks::MarkFeed::default()),
             settings: config.channels.worker(),
             credentials: config.channels.credentials(),
         },

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod definitions;
 pub mod keys;
 pub mod ledger;
+pub mod marks;
 pub mod operations;
 pub mod projection;
 pub mod worker;

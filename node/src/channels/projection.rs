@@ -19,11 +19,11 @@ use skuld_actors::channel::ChannelKind;
 use skuld_actors::runtime::published::PublishedEvent;
 use skuld_actors::PositionKey;
 use skuld_cluster::Store;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
 use super::keys::{encode_mark, DirtyMark, PushKey, DIRTY_KIND};
+use super::marks::MarkFeed;
 use crate::sinks::{Delivery, Sink, Stopped};
 
 /// The sink's name: its cursors are `channels/<shard>`.
@@ -33,8 +33,8 @@ pub struct Projection {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
     pub shard_count: u32,
-    /// Woken after each mark, so a local worker looks at once.
-    pub marked: Arc<Notify>,
+    /// Each window's marks, once stored, for the local worker.
+    pub marked: Arc<MarkFeed>,
 }
 
 impl Projection {
@@ -100,13 +100,13 @@ impl Sink for Projection {
             return Ok(());
         }
         let count = marks.len();
-        let records = marks
+        let records: Vec<(String, Vec<u8>)> = marks
             .into_iter()
             .map(|(id, mark)| (id, encode_mark(&mark)))
             .collect();
-        self.store.put_records(DIRTY_KIND, records).await?;
+        self.store.put_records(DIRTY_KIND, records.clone()).await?;
         metrics::counter!("skuld_channel_keys_marked_total").increment(count as u64);
-        self.marked.notify_one();
+        self.marked.offer(&records);
         Ok(())
     }
 }

@@ -30,7 +30,7 @@ use skuld_actors::PositionKey;
 use skuld_cluster::shards::ShardTable;
 use skuld_cluster::Store;
 use skuld_connectors::{backoff, Connector, ConnectorError, ItemKey, PushItem, PushOutcome};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
@@ -41,6 +41,7 @@ use super::keys::{
     DIRTY_KIND, KNOWN_KIND, REPLAY_KIND,
 };
 use super::ledger::{self, DeadLetter, Drift};
+use super::marks::MarkFeed;
 
 /// Record kind of reconciliation requests: id `<tenant>/<channel>`, value
 /// the request's time (unix ms, decimal). Every worker reconciles its own
@@ -51,8 +52,15 @@ const PAGE: usize = 1_000;
 /// Keys computed per step at most, so pushes keep flowing during a flood of
 /// marks.
 const COMPUTES_PER_STEP: usize = 256;
-/// A mark made on this node wakes the worker's scan this soon at most.
-const MARK_SCAN_DEBOUNCE_MS: u64 = 20;
+/// Marks made on this node are taken this long after the first of them at
+/// most, so a burst's windows are taken together.
+const MARK_DEBOUNCE_MS: u64 = 20;
+/// The worker's passes over its keys (settle, dispatch, the next wake-up)
+/// each visit every target: they run at most once per this period, however
+/// many calls end and marks arrive meanwhile.
+const PASS_PERIOD: Duration = Duration::from_millis(10);
+/// How often the pending and dead-letter gauges are set.
+const DEPTHS_EVERY_MS: u64 = 1_000;
 /// How long a channel waits after its connector failed a call as a whole.
 const CALL_FAILED_PAUSE: Duration = Duration::from_secs(5);
 /// How long a computation waits for a position's owner.
@@ -89,7 +97,7 @@ pub struct WorkerContext {
     /// Cluster mode: the shards this node owns; else every shard.
     pub shards: Option<Arc<ShardTable>>,
     pub shard_count: u32,
-    pub marked: Arc<Notify>,
+    pub marked: Arc<MarkFeed>,
     pub settings: WorkerSettings,
     /// Which secrets each tenant's channels may read.
     pub credentials: CredentialPolicy,
@@ -213,6 +221,7 @@ pub struct Worker {
     /// tried again at the next scan, not in a loop.
     compute_later: Vec<String>,
     done_tx: mpsc::Sender<Done>,
+    depths_reported_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -239,10 +248,25 @@ impl Worker {
             queued: HashSet::new(),
             compute_later: Vec::new(),
             done_tx,
+            depths_reported_ms: 0,
         };
         let mut next_scan_ms = 0;
+        let mut take_marks_ms = u64::MAX;
+        let mut last_pass = tokio::time::Instant::now();
         loop {
+            // Whatever ends or arrives meanwhile waits for the next pass.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(last_pass + PASS_PERIOD) => {}
+            }
+            last_pass = tokio::time::Instant::now();
             let now = now_ms();
+            if now >= take_marks_ms {
+                take_marks_ms = u64::MAX;
+                if worker.take_marks() {
+                    next_scan_ms = now;
+                }
+            }
             if now >= next_scan_ms {
                 worker.scan().await;
                 next_scan_ms = now + millis(poll);
@@ -251,16 +275,20 @@ impl Worker {
             worker.settle().await;
             worker.dispatch();
             let wait = if worker.to_compute.is_empty() {
-                worker.next_due_in(now_ms()).min(poll)
+                let now = now_ms();
+                let next_event = next_scan_ms.min(take_marks_ms).saturating_sub(now);
+                worker
+                    .next_due_in(now)
+                    .min(Duration::from_millis(next_event))
             } else {
                 Duration::ZERO
             };
             tokio::select! {
                 () = stop.cancelled() => return,
-                // A burst marks a window every few milliseconds: look at
-                // most every MARK_SCAN_DEBOUNCE_MS, not once per window.
-                () = marked.notified() => {
-                    next_scan_ms = next_scan_ms.min(now_ms() + MARK_SCAN_DEBOUNCE_MS);
+                // A burst marks a window every few milliseconds: take them
+                // at most every MARK_DEBOUNCE_MS, not once per window.
+                () = marked.offered() => {
+                    take_marks_ms = take_marks_ms.min(now_ms() + MARK_DEBOUNCE_MS);
                 }
                 done = done_rx.recv() => {
                     if let Some(done) = done {
@@ -469,20 +497,36 @@ impl Worker {
 
     async fn scan_dirty(&mut self) -> Result<(), skuld_cluster::StoreError> {
         for (id, raw) in self.list_all(DIRTY_KIND).await? {
-            if !self.owns(&id) {
-                continue;
-            }
-            let Some(mark) = decode_mark(&raw) else {
-                continue;
-            };
-            let work = self.work_for(&id, mark.key);
-            work.dirty = true;
-            if work.computed_mark.as_deref() != Some(raw.as_slice()) {
-                work.computed_mark = Some(raw);
-                self.queue_compute(&id);
-            }
+            self.note_dirty(id, raw);
         }
         Ok(())
+    }
+
+    /// Takes the marks this node's projection made; true when some were
+    /// dropped and the store must be listed.
+    fn take_marks(&mut self) -> bool {
+        let taken = self.context.marked.take();
+        for (id, raw) in taken.marks {
+            self.note_dirty(id, raw);
+        }
+        taken.overflowed
+    }
+
+    /// A dirty record, listed or handed over: its key is computed unless
+    /// this very mark was computed already.
+    fn note_dirty(&mut self, id: String, raw: Vec<u8>) {
+        if !self.owns(&id) {
+            return;
+        }
+        let Some(mark) = decode_mark(&raw) else {
+            return;
+        };
+        let work = self.work_for(&id, mark.key);
+        work.dirty = true;
+        if work.computed_mark.as_deref() != Some(raw.as_slice()) {
+            work.computed_mark = Some(raw);
+            self.queue_compute(&id);
+        }
     }
 
     async fn scan_replays(&mut self) -> Result<(), skuld_cluster::StoreError> {
@@ -771,7 +815,12 @@ impl Worker {
         self.report_depths();
     }
 
-    fn report_depths(&self) {
+    fn report_depths(&mut self) {
+        let now = now_ms();
+        if now < self.depths_reported_ms.saturating_add(DEPTHS_EVERY_MS) {
+            return;
+        }
+        self.depths_reported_ms = now;
         let mut pending: HashMap<&str, (u64, u64)> = HashMap::new();
         for work in self.keys.values() {
             let entry = pending.entry(work.key.channel.as_str()).or_default();
