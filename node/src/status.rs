@@ -4,8 +4,8 @@
 //! |---|---|
 //! | InvalidArgument | INVALID_ARGUMENT |
 //! | Insufficient, NegativeBucket, VersionMismatch, ChangeFromMismatch, IllegalTransition, FailedPrecondition | FAILED_PRECONDITION (with google.rpc.PreconditionFailure) |
-//! | ReservationNotFound, CommitmentNotFound, PositionNotFound, ReturnNotFound, ExceptionNotFound | NOT_FOUND |
-//! | IdempotencyKeyReused, ReservationExists, ReturnExists | ALREADY_EXISTS |
+//! | ReservationNotFound, CommitmentNotFound, PositionNotFound, ReturnNotFound, OrderNotFound, ExceptionNotFound | NOT_FOUND |
+//! | IdempotencyKeyReused, ReservationExists, ReturnExists, OrderExists | ALREADY_EXISTS |
 //! | Overloaded | RESOURCE_EXHAUSTED (google.rpc.RetryInfo and `retry-after-ms`) |
 //! | DeadlineExceeded | DEADLINE_EXCEEDED |
 //! | Unavailable | UNAVAILABLE (retry with the same idempotency key) |
@@ -66,10 +66,12 @@ fn refusal_status(refusal: &Refusal) -> Status {
         | Refusal::CommitmentNotFound(_)
         | Refusal::PositionNotFound
         | Refusal::ReturnNotFound(_)
+        | Refusal::OrderNotFound(_)
         | Refusal::ExceptionNotFound(_) => Status::not_found(message),
         Refusal::IdempotencyKeyReused(_)
         | Refusal::ReservationExists(_)
-        | Refusal::ReturnExists(_) => Status::already_exists(message),
+        | Refusal::ReturnExists(_)
+        | Refusal::OrderExists(_) => Status::already_exists(message),
     }
 }
 

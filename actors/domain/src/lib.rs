@@ -17,9 +17,11 @@
 pub mod channel;
 pub mod journal;
 pub mod key;
+pub mod order;
 pub mod position;
 pub mod refusal;
 pub mod returns;
 
 pub use key::{PositionKey, ReturnKey};
+pub use order::OrderKey;
 pub use refusal::Refusal;

@@ -59,6 +59,10 @@ pub enum Refusal {
         state: crate::returns::ReturnState,
         allowed: Vec<Cow<'static, str>>,
     },
+    #[error("order {0:?} not found")]
+    OrderNotFound(String),
+    #[error("order {0:?} already exists with other lines")]
+    OrderExists(String),
     #[error("reservation id {0:?} already exists")]
     ReservationExists(String),
     #[error("idempotency key {0:?} was already used for a different request")]
@@ -101,6 +105,8 @@ impl Refusal {
             Refusal::ReturnExists(_) => "return_exists",
             Refusal::ExceptionNotFound(_) => "exception_not_found",
             Refusal::IllegalTransition { .. } => "illegal_transition",
+            Refusal::OrderNotFound(_) => "order_not_found",
+            Refusal::OrderExists(_) => "order_exists",
             Refusal::ReservationExists(_) => "reservation_exists",
             Refusal::IdempotencyKeyReused(_) => "idempotency_key_reused",
         }

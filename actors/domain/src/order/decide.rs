@@ -1,0 +1,397 @@
+//! The order's rules: which client command is allowed, and the saga's plan
+//! (the next step, given the results recorded so far).
+
+use serde::{Deserialize, Serialize};
+
+use super::state::*;
+use crate::key::validate_token;
+use crate::position::MAX_QUANTITY;
+use crate::Refusal;
+
+/// Attempts of a reservation whose answer never came before the order gives
+/// it up (and releases it, since it may have been taken). Releases and
+/// commits are retried without end: they must finish.
+pub const RESERVE_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderCommand {
+    /// Opens the order and holds every line, or none.
+    Reserve {
+        lines: Vec<LineSpec>,
+        /// 0: the positions' default TTL.
+        ttl_ms: i64,
+        channel: String,
+    },
+    /// Turns every hold into a commitment.
+    Commit,
+    /// Gives back everything held (also mid-reservation).
+    Release,
+    /// A step's result, from the runtime.
+    CompleteStep { number: u32, result: StepResult },
+    /// The durable timer: a pending step is due (it is run after the write).
+    Tick,
+}
+
+impl OrderCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrderCommand::Reserve { .. } => "ReserveOrder",
+            OrderCommand::Commit => "CommitOrder",
+            OrderCommand::Release => "ReleaseOrder",
+            OrderCommand::CompleteStep { .. } => "CompleteStep",
+            OrderCommand::Tick => "Tick",
+        }
+    }
+}
+
+/// Checks the lines of a reservation; needs no state.
+pub fn validate_lines(lines: &[LineSpec], ttl_ms: i64, channel: &str) -> Result<(), Refusal> {
+    if lines.is_empty() {
+        return Err(Refusal::invalid("lines", "must not be empty"));
+    }
+    if lines.len() > MAX_ORDER_LINES {
+        return Err(Refusal::invalid(
+            "lines",
+            format!("{} lines; at most {MAX_ORDER_LINES} allowed", lines.len()),
+        ));
+    }
+    if ttl_ms < 0 {
+        return Err(Refusal::invalid("ttl_seconds", "must not be negative"));
+    }
+    if !channel.is_empty() {
+        validate_token("channel", channel)?;
+    }
+    for (index, line) in lines.iter().enumerate() {
+        validate_token("lines.line_id", &line.line_id)?;
+        if line.line_id.len() > MAX_LINE_ID_BYTES {
+            return Err(Refusal::invalid(
+                "lines.line_id",
+                format!("at most {MAX_LINE_ID_BYTES} bytes"),
+            ));
+        }
+        if lines[..index].iter().any(|l| l.line_id == line.line_id) {
+            return Err(Refusal::invalid(
+                "lines.line_id",
+                format!("{:?} appears twice", line.line_id),
+            ));
+        }
+        validate_token("lines.sku", &line.sku)?;
+        if line.quantity <= 0 || line.quantity > MAX_QUANTITY {
+            return Err(Refusal::invalid(
+                "lines.quantity",
+                format!("must be in 1..={MAX_QUANTITY}, got {}", line.quantity),
+            ));
+        }
+        if line.locations.is_empty() || line.locations.len() > MAX_LINE_LOCATIONS {
+            return Err(Refusal::invalid(
+                "lines.locations",
+                format!(
+                    "1 to {MAX_LINE_LOCATIONS} locations, got {}",
+                    line.locations.len()
+                ),
+            ));
+        }
+        for (at, location) in line.locations.iter().enumerate() {
+            validate_token("lines.locations", location)?;
+            if line.locations[..at].contains(location) {
+                return Err(Refusal::invalid(
+                    "lines.locations",
+                    format!("{location:?} appears twice"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the events of one decision while folding them into a copy of the
+/// order, so each rule sees what the ones before it did.
+struct Builder {
+    order: Order,
+    events: Vec<OrderEvent>,
+    now_ms: i64,
+}
+
+impl Builder {
+    fn push(&mut self, event: OrderEvent) {
+        apply(&mut self.order, &event);
+        self.events.push(event);
+    }
+
+    fn status(&mut self, to: OrderStatus, failure: Option<Failure>) {
+        self.push(OrderEvent::StatusChanged {
+            to,
+            failure,
+            at_ms: self.now_ms,
+        });
+    }
+
+    fn schedule(&mut self, line: usize, action: Action) {
+        let step = Step {
+            number: self.order.next_step.max(1),
+            line,
+            action,
+            attempts: 0,
+            retry_at_ms: self.now_ms,
+            last_error: String::new(),
+        };
+        self.push(OrderEvent::StepScheduled { step });
+    }
+}
+
+/// The next thing the saga does when no step is pending, as a pure function
+/// of the recorded results: a step to schedule, or a status to move to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Run { line: usize, action: Action },
+    Settle(OrderStatus, Option<Failure>),
+    Nothing,
+}
+
+pub fn plan(order: &Order) -> Next {
+    if order.pending.is_some() {
+        return Next::Nothing;
+    }
+    match order.status {
+        Some(OrderStatus::Reserving) => {
+            let Some((index, line)) = order
+                .lines
+                .iter()
+                .enumerate()
+                .find(|(_, line)| line.remaining() > 0)
+            else {
+                return Next::Settle(OrderStatus::Held, None);
+            };
+            match line.spec.locations.get(line.next_candidate) {
+                Some(location) => Next::Run {
+                    line: index,
+                    action: Action::Reserve {
+                        location: location.clone(),
+                        quantity: line.remaining(),
+                        allow_partial: line.spec.split,
+                    },
+                },
+                None => Next::Settle(
+                    OrderStatus::Releasing,
+                    Some(Failure {
+                        line_id: line.spec.line_id.clone(),
+                        sku: line.spec.sku.clone(),
+                        requested: line.spec.quantity,
+                        shortfalls: line.shortfalls.clone(),
+                        reason: if line.holds.iter().any(|h| h.in_doubt) {
+                            "a location did not answer".into()
+                        } else {
+                            "insufficient available quantity".into()
+                        },
+                    }),
+                ),
+            }
+        }
+        Some(OrderStatus::Releasing) => {
+            for (index, line) in order.lines.iter().enumerate() {
+                for (at, hold) in line.holds.iter().enumerate() {
+                    let action = match hold.state {
+                        HoldState::Held => Action::Release { hold: at },
+                        HoldState::Committed => Action::CancelCommit { hold: at },
+                        HoldState::Released => continue,
+                    };
+                    return Next::Run {
+                        line: index,
+                        action,
+                    };
+                }
+            }
+            Next::Settle(OrderStatus::Released, None)
+        }
+        Some(OrderStatus::Committing) => {
+            for (index, line) in order.lines.iter().enumerate() {
+                if let Some(at) = line.holds.iter().position(|h| h.state == HoldState::Held) {
+                    return Next::Run {
+                        line: index,
+                        action: Action::Commit { hold: at },
+                    };
+                }
+            }
+            Next::Settle(OrderStatus::Committed, None)
+        }
+        _ => Next::Nothing,
+    }
+}
+
+fn advance(b: &mut Builder) {
+    // Each round settles a status or schedules one step; bounded by the
+    // number of statuses a decision can pass through.
+    for _ in 0..8 {
+        match plan(&b.order) {
+            Next::Run { line, action } => {
+                b.schedule(line, action);
+                return;
+            }
+            Next::Settle(to, failure) => b.status(to, failure),
+            Next::Nothing => return,
+        }
+    }
+}
+
+/// Backoff of a failing step: 200 ms doubling to at most 5 s, so a client
+/// waiting for its order is not kept long after the position is back.
+pub fn retry_delay_ms(attempts: u32) -> i64 {
+    (200i64 << attempts.min(6)).min(5_000)
+}
+
+fn refuse_in(command: &OrderCommand, status: OrderStatus) -> Refusal {
+    Refusal::FailedPrecondition(format!(
+        "{} is not allowed while the order is {status}",
+        command.name()
+    ))
+}
+
+/// Decides a command against the order: the events, or a refusal.
+pub fn decide(
+    order: &Order,
+    order_id: &str,
+    expected_version: Option<u64>,
+    command: &OrderCommand,
+    now_ms: i64,
+) -> Result<Vec<OrderEvent>, Refusal> {
+    if let Some(expected) = expected_version {
+        if expected != order.version {
+            return Err(Refusal::VersionMismatch {
+                expected,
+                current: order.version,
+            });
+        }
+    }
+    let mut b = Builder {
+        order: order.clone(),
+        events: Vec::new(),
+        now_ms,
+    };
+    match (command, order.status) {
+        (
+            OrderCommand::Reserve {
+                lines,
+                ttl_ms,
+                channel,
+            },
+            None,
+        ) => {
+            validate_lines(lines, *ttl_ms, channel)?;
+            b.push(OrderEvent::Opened {
+                lines: lines.clone(),
+                ttl_ms: *ttl_ms,
+                channel: channel.clone(),
+                at_ms: now_ms,
+            });
+            advance(&mut b);
+        }
+        // The same order asked again (a retry under another key) changes
+        // nothing and is answered with the order as it is.
+        (
+            OrderCommand::Reserve {
+                lines,
+                ttl_ms,
+                channel,
+            },
+            Some(_),
+        ) => {
+            if *lines != order.specs() || *ttl_ms != order.ttl_ms || *channel != order.channel {
+                return Err(Refusal::OrderExists(order_id.to_owned()));
+            }
+        }
+        (_, None) => return Err(Refusal::OrderNotFound(order_id.to_owned())),
+        (OrderCommand::Commit, Some(OrderStatus::Held)) => {
+            b.status(OrderStatus::Committing, None);
+            advance(&mut b);
+        }
+        (OrderCommand::Commit, Some(OrderStatus::Committing | OrderStatus::Committed)) => {}
+        (OrderCommand::Commit, Some(status)) => return Err(refuse_in(command, status)),
+        (OrderCommand::Release, Some(OrderStatus::Held | OrderStatus::Reserving)) => {
+            b.status(
+                OrderStatus::Releasing,
+                Some(Failure {
+                    line_id: String::new(),
+                    sku: String::new(),
+                    requested: 0,
+                    shortfalls: Vec::new(),
+                    reason: "released on request".into(),
+                }),
+            );
+            advance(&mut b);
+        }
+        (OrderCommand::Release, Some(OrderStatus::Releasing | OrderStatus::Released)) => {}
+        (OrderCommand::Release, Some(status)) => return Err(refuse_in(command, status)),
+        (OrderCommand::CompleteStep { number, result }, Some(status)) => {
+            complete(&mut b, *number, result, status);
+        }
+        (OrderCommand::Tick, Some(_)) => advance(&mut b),
+    }
+    Ok(b.events)
+}
+
+fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStatus) {
+    let Some(step) = b.order.pending.clone().filter(|s| s.number == number) else {
+        // Already completed: a repeated report changes nothing.
+        return;
+    };
+    let reserve = matches!(step.action, Action::Reserve { .. });
+    match result {
+        StepResult::Retry { error } => {
+            let attempts = step.attempts + 1;
+            if reserve && attempts >= RESERVE_ATTEMPTS {
+                // Not knowing whether the units were taken, the order keeps
+                // the reservation as held in doubt and releases it.
+                b.push(OrderEvent::StepCompleted {
+                    number,
+                    result: result.clone(),
+                    in_doubt: true,
+                });
+                if status == OrderStatus::Reserving {
+                    let line = &b.order.lines[step.line.min(b.order.lines.len() - 1)];
+                    let failure = Failure {
+                        line_id: line.spec.line_id.clone(),
+                        sku: line.spec.sku.clone(),
+                        requested: line.spec.quantity,
+                        shortfalls: line.shortfalls.clone(),
+                        reason: format!("a location did not answer: {error}"),
+                    };
+                    b.status(OrderStatus::Releasing, Some(failure));
+                }
+            } else {
+                b.push(OrderEvent::StepFailed {
+                    number,
+                    error: error.clone(),
+                    retry_at_ms: b.now_ms + retry_delay_ms(attempts),
+                });
+                return;
+            }
+        }
+        StepResult::Refused { error }
+            if matches!(step.action, Action::Commit { .. })
+                && status == OrderStatus::Committing =>
+        {
+            // A hold that cannot be committed (it expired): the order is
+            // released as a whole, commitments made so far undone.
+            b.push(OrderEvent::StepCompleted {
+                number,
+                result: result.clone(),
+                in_doubt: false,
+            });
+            let line = &b.order.lines[step.line.min(b.order.lines.len() - 1)];
+            let failure = Failure {
+                line_id: line.spec.line_id.clone(),
+                sku: line.spec.sku.clone(),
+                requested: line.spec.quantity,
+                shortfalls: Vec::new(),
+                reason: format!("the hold could not be committed: {error}"),
+            };
+            b.status(OrderStatus::Releasing, Some(failure));
+        }
+        _ => b.push(OrderEvent::StepCompleted {
+            number,
+            result: result.clone(),
+            in_doubt: false,
+        }),
+    }
+    advance(b);
+}

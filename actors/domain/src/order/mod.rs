@@ -1,0 +1,30 @@
+//! A multi-line order as a pure state machine and the saga that holds all
+//! of its lines or none.
+//!
+//! [`decide`] checks a command against the order and returns events or a
+//! refusal; [`apply`] folds an event in. The order does not touch positions
+//! itself: each reservation, release, commit or undo is a [`Step`] recorded
+//! (with its number) in the same write that decides it, then run by the
+//! runtime against the position with the idempotency key
+//! `ord:{order}:{line}:{step}` (which is also the reservation id), and its
+//! result reported back with [`OrderCommand::CompleteStep`]. One step is
+//! pending at a time; [`plan`] says what comes next from the results
+//! recorded so far. A crash before a result is recorded leaves the step
+//! pending, so it is run again and the position replays its answer: no step
+//! is applied twice and none is lost.
+//!
+//! At rest (no step pending) an order is `Held` (every line's quantity held),
+//! `Committed` (every hold committed) or `Released` (nothing held): a line
+//! that cannot be held moves the order to `Releasing`, which gives back every
+//! hold before it settles.
+
+mod decide;
+mod state;
+
+pub use decide::{
+    decide, plan, retry_delay_ms, validate_lines, Next, OrderCommand, RESERVE_ATTEMPTS,
+};
+pub use state::*;
+
+#[cfg(test)]
+mod tests;
