@@ -1,6 +1,8 @@
 //! The actor runtime that serves skuld's entities, and the entities it
 //! serves.
 //!
+//! * [`listing`]: the events the channel push worker publishes (drift),
+//!   written straight into the outbox.
 //! * [`position`], [`returns`]: inventory positions and return cases as
 //!   entities of the runtime; their rules are the pure state machines of
 //!   `skuld-domain`, re-exported here with the rest of the domain.
@@ -8,6 +10,7 @@
 //!   from the store, passivated when idle, with bounded queues, group commit,
 //!   durable timers and, in cluster mode, routing to the key's owner.
 
+pub mod listing;
 pub mod position;
 pub mod returns;
 pub mod runtime;
@@ -21,6 +24,7 @@ pub fn read_event(entity: &[u8], body: &[u8]) -> Result<runtime::published::Publ
     use runtime::published::read;
     read::<position::PositionEntity>(entity, body)
         .or_else(|| read::<returns::ReturnEntity>(entity, body))
+        .or_else(|| listing::read(entity, body))
         .unwrap_or_else(|| {
             Err(Error::Unavailable(
                 "stored record is unreadable: an event of no known aggregate".into(),
@@ -40,6 +44,7 @@ pub fn event_data_json(
         returns::ReturnEntity::KIND => {
             runtime::published::data_json::<returns::ReturnEntity>(&event.data)
         }
+        listing::KIND => listing::data_json(&event.data),
         other => Err(Error::Unavailable(format!(
             "events of kind {other:?} are unknown here"
         ))),

@@ -16,10 +16,14 @@ use skuld_emulators::{Emulators, EmulatorsConfig};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::channel_service_client::ChannelServiceClient;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
+use skuld_tests::events::{self, From};
 use skuld_tests::metrics::Scrape;
 use skuld_tests::requests::{adjust, key, receive};
 use skuld_tests::{NodeOptions, TestDir, TestNode};
 use tonic::transport::Channel;
+
+/// How long an event stream read waits for nothing more to come.
+const QUIET: Duration = Duration::from_millis(400);
 
 const TEE: u64 = 1001;
 const DC1: u64 = 1;
@@ -335,6 +339,32 @@ async fn a_node_killed_during_pushes_loses_none_and_a_channel_edit_is_reconciled
             drift[0].desired
         ),
         ("TEE", "STORE1", Some(99), 7)
+    );
+    // The drift is an event of the stream too, of the SKU's listing.
+    let stream = events::read_all(node.channel().await.unwrap(), From::Start, QUIET)
+        .await
+        .unwrap();
+    let found: Vec<&pb::Event> = stream
+        .events
+        .iter()
+        .filter(|event| event.r#type == "skuld.inventory.channel.drift_detected.v1")
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (
+            found[0].aggregate_kind.as_str(),
+            found[0].aggregate_key.as_str()
+        ),
+        ("channel", "acme/web/TEE")
+    );
+    let data: serde_json::Value = serde_json::from_str(&found[0].data_json).unwrap();
+    assert_eq!(
+        (&data["location"], &data["remote"], &data["desired"]),
+        (
+            &serde_json::json!("STORE1"),
+            &serde_json::json!(99),
+            &serde_json::json!(7)
+        )
     );
 }
 

@@ -58,7 +58,7 @@ pub fn validate_tenant(field: &'static str, value: &str) -> Result<(), Refusal> 
 /// A tag byte, then each part length-prefixed (`u16` big-endian), so no two
 /// keys share an encoding whatever characters they contain. Parts are
 /// validated to at most [`MAX_TOKEN_BYTES`], so their length fits a `u16`.
-fn encode_parts(tag: u8, parts: &[&str]) -> Vec<u8> {
+pub(crate) fn encode_parts(tag: u8, parts: &[&str]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1 + parts.iter().map(|p| 2 + p.len()).sum::<usize>());
     bytes.push(tag);
     for part in parts {
@@ -70,7 +70,7 @@ fn encode_parts(tag: u8, parts: &[&str]) -> Vec<u8> {
 }
 
 /// Inverse of [`encode_parts`] for exactly `N` parts under `tag`.
-fn decode_parts<const N: usize>(tag: u8, bytes: &[u8]) -> Option<[String; N]> {
+pub(crate) fn decode_parts<const N: usize>(tag: u8, bytes: &[u8]) -> Option<[String; N]> {
     let (found, mut rest) = bytes.split_first()?;
     if *found != tag {
         return None;

@@ -6,6 +6,8 @@
 //! for the SKU). Push keys are sharded like entities (`shard_of` over the
 //! key's bytes), so in cluster mode exactly one node, the shard's owner,
 //! pushes a key, and a shard move hands the key's work to the next owner.
+//! The bytes are the key's [`ListingKey`] encoding, so the owner writes
+//! the listing's events (drift) into a shard it holds the fence of.
 //!
 //! Two record kinds, ids `<shard, 5 digits>/<hash of the key>` so an owner
 //! lists its shards' records by prefix:
@@ -19,6 +21,7 @@
 //!   worker pushes the current desired value of its parked targets again.
 
 use serde::{Deserialize, Serialize};
+use skuld_actors::channel::ListingKey;
 use xxhash_rust::xxh3::xxh3_128;
 
 pub const DIRTY_KIND: &str = "channel_dirty";
@@ -42,9 +45,16 @@ impl PushKey {
         }
     }
 
-    /// Unambiguous bytes whatever the parts hold (a JSON array).
+    /// The key of the listing aggregate whose events the worker publishes
+    /// for this key (drift).
+    pub fn listing(&self) -> ListingKey {
+        ListingKey::new(&self.tenant, &self.channel, &self.sku)
+    }
+
+    /// Unambiguous bytes whatever the parts hold: the listing's encoded
+    /// key, so the key's shard is the shard its listing events go to.
     fn bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&[&self.tenant, &self.channel, &self.sku]).unwrap_or_default()
+        self.listing().encode()
     }
 
     pub fn shard(&self, shard_count: u32) -> u32 {

@@ -23,12 +23,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use skuld_actors::channel::{available_to_sell, Publication, Push, PushPolicy, PushState, Urgency};
+use skuld_actors::channel::{
+    available_to_sell, DriftDetected, Publication, Push, PushPolicy, PushState, Urgency,
+};
 use skuld_actors::position::PositionEntity;
 use skuld_actors::runtime::{EntityRuntime, RequestMeta};
 use skuld_actors::PositionKey;
 use skuld_cluster::shards::ShardTable;
-use skuld_cluster::Store;
+use skuld_cluster::{EntityWrite, Store, WriteBatch};
 use skuld_connectors::{backoff, Connector, ConnectorError, ItemKey, PushItem, PushOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -1341,6 +1343,7 @@ impl Worker {
                 if !drifted {
                     return;
                 }
+                let desired_version = target.state.desired.version;
                 let drift = Drift {
                     key,
                     location: location.clone(),
@@ -1355,10 +1358,62 @@ impl Worker {
                 if let Err(error) = ledger::put_drift(self.context.store.as_ref(), &drift).await {
                     tracing::warn!(%error, "cannot record channel drift");
                 }
+                self.publish_drift(&drift, desired_version).await;
                 if unsettled {
                     self.mark_dirty(id).await;
                 }
             }
+        }
+    }
+
+    /// Publishes `inventory.channel.drift_detected.v1` into the outbox of
+    /// the key's shard, under this node's fence of it. Best effort: a
+    /// worker that lost the shard writes nothing (the next owner reads the
+    /// channel back and finds the drift itself), and a failed write is
+    /// logged, as the drift record and the metric still tell.
+    async fn publish_drift(&self, drift: &Drift, desired_version: u64) {
+        let (shard, epoch) = match &self.context.shards {
+            None => (0, 0),
+            Some(table) => {
+                let shard = drift.key.shard(self.context.shard_count);
+                let Some(epoch) = table.local_epoch(shard) else {
+                    return;
+                };
+                (shard, epoch)
+            }
+        };
+        let event = DriftDetected {
+            location: drift.location.clone(),
+            remote: drift.remote,
+            believed: drift.believed,
+            desired: drift.desired,
+            desired_version,
+            detected_at_ms: i64::try_from(drift.found_at_ms).unwrap_or(i64::MAX),
+        };
+        let correlation = format!(
+            "channel-reconcile:{}/{}",
+            drift.key.tenant, drift.key.channel
+        );
+        let body = match skuld_actors::listing::drift_body(&event, &correlation) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a channel drift event");
+                return;
+            }
+        };
+        let batch = WriteBatch {
+            entities: vec![EntityWrite {
+                key: drift.key.listing().encode(),
+                shard,
+                epoch,
+                events: vec![body],
+                ..EntityWrite::default()
+            }],
+        };
+        match self.context.store.commit(batch).await {
+            Ok(committed) if committed.fenced.is_empty() => {}
+            Ok(_) => tracing::info!(shard, "channel drift event not published: the shard moved"),
+            Err(error) => tracing::warn!(%error, "cannot publish a channel drift event"),
         }
     }
 

@@ -12,6 +12,7 @@
 
 pub mod controls;
 pub mod definition;
+pub mod listing;
 pub mod push;
 
 #[cfg(test)]
@@ -19,4 +20,5 @@ mod tests;
 
 pub use controls::{available_to_sell, Availability, Control, ControlKind, Scope};
 pub use definition::{Channel, ChannelKind, Publication};
+pub use listing::{DriftDetected, ListingKey};
 pub use push::{Push, PushPolicy, PushState, Urgency};
