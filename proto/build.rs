@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "skuld/v1/inventory.proto",
         "skuld/v1/returns.proto",
+        "skuld/v1/orders.proto",
         "skuld/v1/admin.proto",
         "skuld/v1/events.proto",
         "skuld/v1/webhooks.proto",

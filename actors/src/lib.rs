@@ -11,6 +11,7 @@
 //!   durable timers and, in cluster mode, routing to the key's owner.
 
 pub mod listing;
+pub mod order;
 pub mod position;
 pub mod returns;
 pub mod runtime;
@@ -24,6 +25,7 @@ pub fn read_event(entity: &[u8], body: &[u8]) -> Result<runtime::published::Publ
     use runtime::published::read;
     read::<position::PositionEntity>(entity, body)
         .or_else(|| read::<returns::ReturnEntity>(entity, body))
+        .or_else(|| read::<order::OrderEntity>(entity, body))
         .or_else(|| listing::read(entity, body))
         .unwrap_or_else(|| {
             Err(Error::Unavailable(
@@ -44,6 +46,7 @@ pub fn event_data_json(
         returns::ReturnEntity::KIND => {
             runtime::published::data_json::<returns::ReturnEntity>(&event.data)
         }
+        order::OrderEntity::KIND => runtime::published::data_json::<order::OrderEntity>(&event.data),
         listing::KIND => listing::data_json(&event.data),
         other => Err(Error::Unavailable(format!(
             "events of kind {other:?} are unknown here"
@@ -51,4 +54,4 @@ pub fn event_data_json(
     }
 }
 pub use skuld_domain::{channel, journal, key, refusal};
-pub use skuld_domain::{PositionKey, Refusal, ReturnKey};
+pub use skuld_domain::{OrderKey, PositionKey, Refusal, ReturnKey};

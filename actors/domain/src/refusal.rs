@@ -59,14 +59,16 @@ pub enum Refusal {
         state: crate::returns::ReturnState,
         allowed: Vec<Cow<'static, str>>,
     },
-    #[error("order {0:?} not found")]
-    OrderNotFound(String),
-    #[error("order {0:?} already exists with other lines")]
-    OrderExists(String),
     #[error("reservation id {0:?} already exists")]
     ReservationExists(String),
     #[error("idempotency key {0:?} was already used for a different request")]
     IdempotencyKeyReused(String),
+    // Appended: refusals are stored as idempotency answers and cross the
+    // peer hop by variant index, so new ones go last.
+    #[error("order {0:?} not found")]
+    OrderNotFound(String),
+    #[error("order {0:?} already exists with other lines")]
+    OrderExists(String),
 }
 
 impl Refusal {

@@ -1,0 +1,7 @@
+//! Orders as an entity of the actor runtime, and the driver of their saga:
+//! the pure rules are `skuld_domain::order` (re-exported here).
+
+mod entity;
+
+pub use entity::{step_mutation, OrderEntity, OrderMutation};
+pub use skuld_domain::order::*;
