@@ -26,6 +26,7 @@ pub mod clock;
 mod control;
 pub mod faults;
 pub mod recorder;
+pub mod sap;
 mod server;
 pub mod shopify;
 pub mod walmart;
@@ -44,6 +45,7 @@ pub struct EmulatorsConfig {
     pub amazon: amazon::AmazonConfig,
     pub walmart: walmart::WalmartConfig,
     pub adobe: adobe::AdobeConfig,
+    pub sap: sap::SapConfig,
 }
 
 /// The running emulators. Dropping the handle leaves them running until the
@@ -53,6 +55,7 @@ pub struct Emulators {
     amazon: amazon::AmazonEmulator,
     walmart: walmart::WalmartEmulator,
     adobe: adobe::AdobeEmulator,
+    sap: sap::SapEmulator,
     servers: Vec<RunningServer>,
 }
 
@@ -68,11 +71,14 @@ impl Emulators {
         servers.push(server);
         let (adobe, server) = adobe::start(config.adobe).await?;
         servers.push(server);
+        let (sap, server) = sap::start(config.sap).await?;
+        servers.push(server);
         Ok(Self {
             shopify,
             amazon,
             walmart,
             adobe,
+            sap,
             servers,
         })
     }
@@ -91,6 +97,11 @@ impl Emulators {
 
     pub fn adobe(&self) -> &adobe::AdobeEmulator {
         &self.adobe
+    }
+
+    /// The SAP S/4HANA credit memo emulator (ERP.md).
+    pub fn sap(&self) -> &sap::SapEmulator {
+        &self.sap
     }
 
     /// Requests refused for a rate limit, summed over the emulators.

@@ -30,6 +30,11 @@ const BODY_READ_LIMIT: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Throttled;
 
+/// A response extension: apply, then close the connection without this
+/// reply (an emulator's own lost-reply switch, e.g. SAP's for creates only).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropReply;
+
 /// Builds the channel's own error response for an injected failure.
 pub(crate) type InjectedError = fn(StatusCode) -> Response<Body>;
 
@@ -168,9 +173,10 @@ async fn handle(
     let response = dispatch(router, Request::from_parts(parts, Body::from(body.clone()))).await;
     exchange.status = response.status().as_u16();
     exchange.throttled = response.extensions().get::<Throttled>().is_some();
-    exchange.reply_dropped = faults.drop_reply;
+    let drop_reply = faults.drop_reply || response.extensions().get::<DropReply>().is_some();
+    exchange.reply_dropped = drop_reply;
     front.recorder.record(exchange);
-    if faults.drop_reply {
+    if drop_reply {
         return Err(ReplyDropped);
     }
     Ok(response)
