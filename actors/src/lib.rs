@@ -46,7 +46,9 @@ pub fn event_data_json(
         returns::ReturnEntity::KIND => {
             runtime::published::data_json::<returns::ReturnEntity>(&event.data)
         }
-        order::OrderEntity::KIND => runtime::published::data_json::<order::OrderEntity>(&event.data),
+        order::OrderEntity::KIND => {
+            runtime::published::data_json::<order::OrderEntity>(&event.data)
+        }
         listing::KIND => listing::data_json(&event.data),
         other => Err(Error::Unavailable(format!(
             "events of kind {other:?} are unknown here"

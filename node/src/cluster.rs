@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use skuld_actors::order::OrderEntity;
 use skuld_actors::position::PositionEntity;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
@@ -224,11 +225,13 @@ impl Reloadable for ReloadingClientConfig {
 struct RuntimeHost {
     positions: Arc<EntityRuntime<PositionEntity>>,
     returns: Arc<EntityRuntime<ReturnEntity>>,
+    orders: Arc<EntityRuntime<OrderEntity>>,
 }
 
 impl ShardHost for RuntimeHost {
     fn evict(&self, shard: u32) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
+            self.orders.evict_shard(shard).await;
             self.returns.evict_shard(shard).await;
             self.positions.evict_shard(shard).await;
         })
@@ -253,6 +256,7 @@ pub fn start(
     joined: &Joined,
     positions: Arc<EntityRuntime<PositionEntity>>,
     returns: Arc<EntityRuntime<ReturnEntity>>,
+    orders: Arc<EntityRuntime<OrderEntity>>,
 ) -> Running {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -296,7 +300,11 @@ pub fn start(
         Arc::clone(&joined.table),
         Arc::clone(&joined.store),
         Arc::clone(&joined.store_health),
-        Arc::new(RuntimeHost { positions, returns }),
+        Arc::new(RuntimeHost {
+            positions,
+            returns,
+            orders,
+        }),
         ownership,
     );
     let (drain, drain_rx) = watch::channel(None);

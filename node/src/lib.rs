@@ -21,6 +21,7 @@ pub mod ops_page;
 pub mod otlp;
 pub mod peer;
 pub mod readiness;
+pub mod orders_api;
 pub mod returns_api;
 pub mod routing_api;
 pub mod rpc;

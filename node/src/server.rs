@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
+use skuld_actors::order::OrderEntity;
 use skuld_actors::returns::ReturnEntity;
 use skuld_actors::runtime::routing::Routing;
 use skuld_actors::runtime::{Background, Entity, EntityRuntime, TimerTarget};
@@ -31,6 +32,7 @@ use skuld_proto::v1::admin_service_server::AdminServiceServer;
 use skuld_proto::v1::channel_service_server::ChannelServiceServer;
 use skuld_proto::v1::event_service_server::EventServiceServer;
 use skuld_proto::v1::inventory_service_server::InventoryServiceServer;
+use skuld_proto::v1::order_service_server::OrderServiceServer;
 use skuld_proto::v1::returns_service_server::ReturnsServiceServer;
 use skuld_proto::v1::routing_service_server::RoutingServiceServer;
 use skuld_proto::v1::webhook_service_server::WebhookServiceServer;
@@ -49,6 +51,7 @@ use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
 use crate::listen::{self, AcceptPolicy};
+use crate::orders_api::OrdersApi;
 use crate::peer::PeerApi;
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
@@ -174,6 +177,16 @@ pub async fn run(
             Arc::clone(&admission),
             config.runtime(),
         ),
+        routing.clone(),
+    ));
+    let orders = Arc::new(routed(
+        EntityRuntime::new(
+            OrderEntity::new(Arc::clone(&runtime)),
+            Arc::clone(&store),
+            writer.clone(),
+            Arc::clone(&admission),
+            config.runtime(),
+        ),
         routing,
     ));
     let background = Background::start(
@@ -181,6 +194,7 @@ pub async fn run(
         vec![
             Arc::clone(&runtime) as Arc<dyn TimerTarget>,
             Arc::clone(&returns) as Arc<dyn TimerTarget>,
+            Arc::clone(&orders) as Arc<dyn TimerTarget>,
         ],
         joined.as_ref().map(|joined| Arc::clone(&joined.table)),
         config.background(),
@@ -215,6 +229,9 @@ pub async fn run(
     ))
     .max_decoding_message_size(config.server.max_message_bytes)
     .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
+    let orders_service = OrderServiceServer::new(OrdersApi::new(Arc::clone(&orders)))
+        .max_decoding_message_size(config.server.max_message_bytes)
+        .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024));
     let admin_api = Arc::new(AdminApi {
         node_id: node_id.clone(),
         cluster: joined
@@ -237,7 +254,11 @@ pub async fn run(
     let peer = joined.as_ref().map(|joined| {
         PeerServiceServer::new(PeerApi::new(
             node_id.clone(),
-            vec![Arc::clone(&runtime) as _, Arc::clone(&returns) as _],
+            vec![
+                Arc::clone(&runtime) as _,
+                Arc::clone(&returns) as _,
+                Arc::clone(&orders) as _,
+            ],
             joined.membership.view(),
         ))
         .max_decoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
@@ -322,6 +343,7 @@ pub async fn run(
         &[
             <InventoryServiceServer<InventoryApi> as tonic::server::NamedService>::NAME,
             <ReturnsServiceServer<ReturnsApi> as tonic::server::NamedService>::NAME,
+            <OrderServiceServer<OrdersApi> as tonic::server::NamedService>::NAME,
         ],
     );
     let client_router = tonic::transport::Server::builder()
@@ -333,6 +355,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(auth.guard(inventory))
         .add_service(auth.guard(returns_service))
+        .add_service(auth.guard(orders_service))
         .add_service(auth.guard(admin))
         .add_service(auth.guard(routing))
         .add_service(auth.guard(events))
@@ -405,9 +428,15 @@ pub async fn run(
             .await
     });
 
-    let mut running = joined
-        .as_ref()
-        .map(|joined| cluster::start(&config, joined, Arc::clone(&runtime), Arc::clone(&returns)));
+    let mut running = joined.as_ref().map(|joined| {
+        cluster::start(
+            &config,
+            joined,
+            Arc::clone(&runtime),
+            Arc::clone(&returns),
+            Arc::clone(&orders),
+        )
+    });
     ready.store(true, Ordering::Release);
     // gRPC health agrees with /readyz before anyone is told the node is up
     // (the ports file, the log line); the follower keeps it so from here.
@@ -496,8 +525,14 @@ pub async fn run(
     {
         tracing::warn!("background tasks still stopping at the drain deadline; going on");
     }
-    // Return cases first: their steps act on positions. Each runtime stops
-    // its actors concurrently; positions always get their turn (their
+    // Orders and return cases first: their steps act on positions.
+    if tokio::time::timeout(left() / 3, orders.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("order actors still stopping at the drain deadline; going on");
+    }
+    // Each runtime stops its actors concurrently; positions always get their turn (their
     // queued callers are answered), even when returns used up the budget.
     if tokio::time::timeout(left() / 2, returns.stop())
         .await
@@ -544,6 +579,7 @@ pub async fn run(
     // its queue is flushed: what was acknowledged is already durable, this
     // only waits for writes of requests that were abandoned.
     drop(returns);
+    drop(orders);
     drop(runtime);
     drop(writer);
     if tokio::time::timeout(left(), writer_task).await.is_err() {

@@ -129,6 +129,16 @@ scoped!(
 scoped!(GetReturnRequest => |request| tenant(Role::Reader, return_tenant(request.key.as_ref())));
 scoped!(ListReturnsRequest => |request| tenant(Role::Reader, &request.tenant));
 
+// Orders.
+scoped!(
+    ReserveOrderRequest, CommitOrderRequest, ReleaseOrderRequest
+    => |request| tenant(Role::Writer, request.key.as_ref().map_or("", |key| key.tenant.as_str()))
+);
+scoped!(GetOrderRequest => |request| tenant(
+    Role::Reader,
+    request.key.as_ref().map_or("", |key| key.tenant.as_str()),
+));
+
 // Events.
 scoped!(SubscribeRequest => |request| filter(
     Role::Reader,
