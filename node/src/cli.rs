@@ -10,6 +10,7 @@ mod channels;
 mod credentials;
 mod events;
 mod format;
+mod orders;
 mod returns;
 mod routing;
 mod webhooks;
@@ -218,6 +219,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
             emit(&format_availability(&reply))
         }
         ClientCommand::Returns(command) => returns::run(&ctx, channel, command).await,
+        ClientCommand::Orders(command) => orders::run(&ctx, channel, command).await,
         ClientCommand::Events(command) => events::run(&ctx, channel, command).await,
         ClientCommand::Webhooks(command) => webhooks::run(&ctx, channel, command).await,
         ClientCommand::Channels(command) => channels::run(&ctx, channel, command).await,

@@ -76,6 +76,9 @@ pub enum ClientCommand {
     /// Return cases: request, approve, receive, inspect, dispose, refund, ...
     #[command(subcommand)]
     Returns(returns::ReturnsCommand),
+    /// Orders: hold several lines at once, all or none; commit or release them.
+    #[command(subcommand)]
+    Orders(orders::OrdersCommand),
     /// The event stream: follow it, or read one aggregate's history.
     #[command(subcommand)]
     Events(events::EventsCommand),
