@@ -481,6 +481,94 @@ async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value(
         .into_inner()
         .dead_letters;
     assert!(left.is_empty(), "{left:?}");
+
+    // A refused value followed by one the channel takes, without a replay:
+    // the dead letter goes once the later value is acknowledged.
+    map_mug(&node, None).await;
+    client
+        .adjust(receive(&key("acme", "MUG", "DC1"), "r-mug-2", 2))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dead_letters(&node).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter for the unmapped 5"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    map_mug(&node, Some("2002")).await;
+    client
+        .adjust(receive(&key("acme", "MUG", "DC1"), "r-mug-3", 1))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while emulators
+        .shopify()
+        .level(2002, DC1)
+        .map(|levels| levels.available)
+        != Some(6)
+    {
+        assert!(Instant::now() < deadline, "MUG's 6 was not pushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = dead_letters(&node).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dead letter stayed after a later value was taken: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sets (or removes) the channel's Shopify item of MUG, and gives the
+/// worker time to rebuild its connector.
+async fn map_mug(node: &TestNode, item: Option<&str>) {
+    let mut definition = channels(node)
+        .await
+        .get_channel(pb::GetChannelRequest {
+            tenant: "acme".into(),
+            id: "web".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap();
+    match item {
+        Some(item) => definition
+            .account
+            .insert("inventory_item_id.MUG".into(), item.into()),
+        None => definition.account.remove("inventory_item_id.MUG"),
+    };
+    channels(node)
+        .await
+        .update_channel(pb::UpdateChannelRequest {
+            channel: Some(definition),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+async fn dead_letters(node: &TestNode) -> Vec<pb::ChannelDeadLetter> {
+    channels(node)
+        .await
+        .list_channel_dead_letters(pb::ListChannelDeadLettersRequest {
+            tenant: "acme".into(),
+            channel: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters
 }
 
 /// The channel `marketplace` of tenant `acme` on the emulated Amazon

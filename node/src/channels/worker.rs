@@ -159,6 +159,9 @@ struct Target {
     /// publication changed): shown 0 before it is dropped, so the channel
     /// does not go on selling its last figure.
     retiring: bool,
+    /// This worker recorded a dead letter of the target: a later
+    /// acknowledged push removes it, as the channel took a value since.
+    lettered: bool,
 }
 
 impl Target {
@@ -170,6 +173,7 @@ impl Target {
             confirm: None,
             reconcile: false,
             retiring: false,
+            lettered: false,
         }
     }
 
@@ -1237,6 +1241,9 @@ impl Worker {
         match outcome {
             PushOutcome::Applied => {
                 acknowledged(&name, target, &push, now);
+                if std::mem::take(&mut target.lettered) {
+                    self.clear_dead_letter(&key, location).await;
+                }
             }
             PushOutcome::Accepted { .. } => {
                 target.confirm = Some(Confirm {
@@ -1258,6 +1265,7 @@ impl Worker {
                 // This refusal is one more attempt of the value.
                 let attempts = target.state.attempts.saturating_add(1);
                 target.state.abandoned(&push);
+                target.lettered = true;
                 let previous =
                     ledger::dead_letter(self.context.store.as_ref(), &key, location.as_deref())
                         .await
@@ -1318,6 +1326,9 @@ impl Worker {
                 if remote == Some(push.value) {
                     target.confirm = None;
                     acknowledged(&name, target, &push, now);
+                    if std::mem::take(&mut target.lettered) {
+                        self.clear_dead_letter(&key, location).await;
+                    }
                 } else if now < confirm.until_ms {
                     confirm.check_at_ms = now + confirm_after;
                 } else {
@@ -1363,6 +1374,20 @@ impl Worker {
                     self.mark_dirty(id).await;
                 }
             }
+        }
+    }
+
+    /// Removes a target's dead letter once the channel took a later value
+    /// (a new desired value un-parks a target without a replay).
+    async fn clear_dead_letter(&self, key: &PushKey, location: &Location) {
+        let id = ledger::target_id(key, location.as_deref());
+        if let Err(error) = self
+            .context
+            .store
+            .delete_record(ledger::DEAD_LETTER_KIND, &id)
+            .await
+        {
+            tracing::warn!(%error, "cannot remove a dead letter the channel has since taken");
         }
     }
 
