@@ -346,12 +346,9 @@ pub async fn run(
             <OrderServiceServer<OrdersApi> as tonic::server::NamedService>::NAME,
         ],
     );
-    let client_router = tonic::transport::Server::builder()
-        .layer(ShedLayer::new(shedder))
-        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
+    // One set of routes for the gRPC port and the JSON door (json_door.rs),
+    // so every service added here is reachable through both.
+    let client_routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(auth.guard(inventory))
         .add_service(auth.guard(returns_service))
@@ -361,6 +358,17 @@ pub async fn run(
         .add_service(auth.guard(events))
         .add_service(auth.guard(webhooks))
         .add_service(auth.guard(channels));
+    let shed = ShedLayer::new(shedder);
+    let json_door = config
+        .server
+        .json_door
+        .then(|| tower::Layer::layer(&shed, client_routes.clone()));
+    let client_router = tonic::transport::Server::builder()
+        .layer(shed)
+        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_routes(client_routes);
     let client_policy = AcceptPolicy {
         listener: "client",
         max_per_client: config.server.max_connections_per_client,
@@ -420,7 +428,17 @@ pub async fn run(
         stop_reload.clone(),
     ));
 
-    let app = crate::http::router(readiness.clone(), metrics, admin_api);
+    let mut app = crate::http::router(readiness.clone(), metrics, admin_api);
+    if let Some(api) = json_door {
+        app = app.merge(
+            crate::json_door::routes(
+                skuld_proto::FILE_DESCRIPTOR_SET,
+                api,
+                config.server.max_message_bytes,
+            )
+            .context("cannot build the JSON door")?,
+        );
+    }
     let http_stop = stop_servers.clone().cancelled_owned();
     let http = servers.spawn(async move {
         axum::serve(listeners.http, app)
