@@ -21,6 +21,7 @@ pub mod outcome;
 
 pub mod adobe;
 pub mod amazon;
+pub mod sap;
 pub mod shopify;
 pub mod walmart;
 
