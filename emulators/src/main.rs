@@ -19,7 +19,7 @@ enum PlanArg {
 #[derive(Debug, Parser)]
 #[command(
     name = "skuld-emulators",
-    about = "Loopback emulators of the Shopify, Amazon, Walmart and Adobe Commerce inventory APIs"
+    about = "Loopback emulators of the Shopify, Amazon, Walmart and Adobe Commerce inventory APIs and of SAP S/4HANA credit memo requests"
 )]
 struct Args {
     /// Shopify port (0: a free port).
@@ -31,6 +31,9 @@ struct Args {
     walmart_port: u16,
     #[arg(long, env = "SKULD_EMULATOR_ADOBE_PORT", default_value_t = 0)]
     adobe_port: u16,
+    /// SAP S/4HANA (credit memo requests, ERP.md) port (0: a free port).
+    #[arg(long, env = "SKULD_EMULATOR_SAP_PORT", default_value_t = 0)]
+    sap_port: u16,
     /// Shopify store plan: sets the cost bucket's restore rate (CHANNELS.md A.4).
     #[arg(long, value_enum, default_value_t = PlanArg::Standard)]
     shopify_plan: PlanArg,
@@ -78,6 +81,7 @@ fn config(args: &Args) -> EmulatorsConfig {
     config.walmart.inventory_budget.tokens = args.walmart_inventory_per_minute;
     config.walmart.feed_processing_time = Duration::from_millis(args.walmart_feed_processing_ms);
     config.adobe.port = args.adobe_port;
+    config.sap.port = args.sap_port;
     config
 }
 
@@ -99,6 +103,7 @@ fn describe(emulators: &Emulators) -> serde_json::Value {
     let amazon = emulators.amazon();
     let walmart = emulators.walmart();
     let adobe = emulators.adobe();
+    let sap = emulators.sap();
     json!({
         "shopify": {
             "base_url": shopify.base_url(),
@@ -127,6 +132,12 @@ fn describe(emulators: &Emulators) -> serde_json::Value {
             "rest_url": adobe.rest_url("default"),
             "username": adobe.config().username,
             "password": adobe.config().password,
+        },
+        "sap": {
+            "base_url": sap.base_url(),
+            "service_url": format!("{}{}/", sap.base_url(), skuld_emulators::sap::CMR_SERVICE),
+            "username": sap.config().username,
+            "password": sap.config().password,
         },
     })
 }
@@ -169,6 +180,13 @@ fn print_text(description: &serde_json::Value) {
         "  admin username: {}   password: {}",
         text(&adobe["username"]),
         text(&adobe["password"])
+    );
+    let sap = &description["sap"];
+    println!("SAP S/4HANA     {}", text(&sap["service_url"]));
+    println!(
+        "  communication user: {}   password: {}",
+        text(&sap["username"]),
+        text(&sap["password"])
     );
     println!("Each emulator: GET <base>/_control/requests (recorder), GET <base>/_control/counters, POST <base>/_control/faults");
 }
