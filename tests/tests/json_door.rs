@@ -347,6 +347,27 @@ async fn the_json_door_answers_as_grpc_does() {
         "a refused body stored nothing"
     );
 
+    // Size: a body past the door's bound (4 x max_message_bytes) is
+    // refused unread; one under it whose message is past the gRPC side's
+    // max_message_bytes meets that limit, as a gRPC client would.
+    let tenant = |len: usize| format!("{{\"tenant\": \"{}\"}}", "a".repeat(len));
+    let answer = post(
+        &node,
+        "/skuld.v1.ReturnsService/ListReturns",
+        &[],
+        tenant(5 << 20).as_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 413);
+    let answer = post(
+        &node,
+        "/skuld.v1.ReturnsService/ListReturns",
+        &[],
+        tenant(2 << 20).as_bytes(),
+    )
+    .await;
+    assert_eq!(refused_json(&answer, 400).code, "out_of_range");
+
     // Routing: unknown service or method 404, the internal peer API is not
     // reachable, a streaming method 501, a non-JSON body 415.
     for path in [
@@ -430,4 +451,73 @@ async fn the_json_door_answers_as_grpc_does() {
     )
     .await;
     assert_eq!(refused_json(&answer, 404).code, "not_found");
+}
+
+/// Authorization travels as the `authorization` metadata: the door
+/// passes no caller of its own, so the gRPC side's authentication and
+/// role checks decide, with the same codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_door_authenticates_as_grpc_does() {
+    use skuld_tests::tokens::{write_jwks, SigningKey, ISSUER};
+    let dir = TestDir::new().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let signer = SigningKey::new("k1").unwrap();
+    write_jwks(&jwks, &[&signer]).unwrap();
+    let node = TestNode::start(
+        &dir.node_dir("node"),
+        NodeOptions::default()
+            .arg("--jwks-file", jwks.display())
+            .arg("--jwt-issuers", ISSUER),
+    )
+    .await
+    .unwrap();
+    let acme = key("acme", "SKU-1", "DC1");
+    let receive_body = as_json(&receive(&acme, "receive-1", 5)).to_string();
+    let adjust = "/skuld.v1.InventoryService/Adjust";
+
+    let answer = post(&node, adjust, &[], receive_body.as_bytes()).await;
+    assert_eq!(refused_json(&answer, 401).code, "unauthenticated");
+    assert!(answer.header("www-authenticate").is_some());
+
+    let reader = format!(
+        "Bearer {}",
+        signer.token("svc-pos", &["acme"], &["reader"]).unwrap()
+    );
+    let answer = post(
+        &node,
+        adjust,
+        &[("Authorization", &reader)],
+        receive_body.as_bytes(),
+    )
+    .await;
+    assert_eq!(refused_json(&answer, 403).code, "permission_denied");
+
+    let stranger = format!(
+        "Bearer {}",
+        signer
+            .token("svc-globex", &["globex"], &["writer"])
+            .unwrap()
+    );
+    let answer = post(
+        &node,
+        adjust,
+        &[("Authorization", &stranger)],
+        receive_body.as_bytes(),
+    )
+    .await;
+    assert_eq!(refused_json(&answer, 403).code, "permission_denied");
+
+    let writer = format!(
+        "Bearer {}",
+        signer.token("svc-oms", &["acme"], &["writer"]).unwrap()
+    );
+    let reply: pb::MutationResponse = post(
+        &node,
+        adjust,
+        &[("Authorization", &writer)],
+        receive_body.as_bytes(),
+    )
+    .await
+    .reply();
+    assert_eq!(reply.version, 1);
 }
