@@ -347,14 +347,12 @@ fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStat
                     in_doubt: true,
                 });
                 if status == OrderStatus::Reserving {
-                    let line = &b.order.lines[step.line.min(b.order.lines.len() - 1)];
-                    let failure = Failure {
-                        line_id: line.spec.line_id.clone(),
-                        sku: line.spec.sku.clone(),
-                        requested: line.spec.quantity,
-                        shortfalls: line.shortfalls.clone(),
-                        reason: format!("a location did not answer: {error}"),
-                    };
+                    let failure = line_failure(
+                        &b.order,
+                        step.line,
+                        true,
+                        format!("a location did not answer: {error}"),
+                    );
                     b.status(OrderStatus::Releasing, Some(failure));
                 }
             } else {
@@ -377,14 +375,12 @@ fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStat
                 result: result.clone(),
                 in_doubt: false,
             });
-            let line = &b.order.lines[step.line.min(b.order.lines.len() - 1)];
-            let failure = Failure {
-                line_id: line.spec.line_id.clone(),
-                sku: line.spec.sku.clone(),
-                requested: line.spec.quantity,
-                shortfalls: Vec::new(),
-                reason: format!("the hold could not be committed: {error}"),
-            };
+            let failure = line_failure(
+                &b.order,
+                step.line,
+                false,
+                format!("the hold could not be committed: {error}"),
+            );
             b.status(OrderStatus::Releasing, Some(failure));
         }
         _ => b.push(OrderEvent::StepCompleted {
@@ -394,4 +390,28 @@ fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStat
         }),
     }
     advance(b);
+}
+
+/// Why the order is released, naming `line` (with what its candidates had).
+fn line_failure(order: &Order, line: usize, with_shortfalls: bool, reason: String) -> Failure {
+    match order.lines.get(line) {
+        Some(line) => Failure {
+            line_id: line.spec.line_id.clone(),
+            sku: line.spec.sku.clone(),
+            requested: line.spec.quantity,
+            shortfalls: if with_shortfalls {
+                line.shortfalls.clone()
+            } else {
+                Vec::new()
+            },
+            reason,
+        },
+        None => Failure {
+            line_id: String::new(),
+            sku: String::new(),
+            requested: 0,
+            shortfalls: Vec::new(),
+            reason,
+        },
+    }
 }

@@ -1,6 +1,7 @@
 //! Table tests of the order's rules, and a property test of the saga
 //! against simulated positions with failures and crashes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::collections::HashMap;
 
 use proptest::prelude::*;
