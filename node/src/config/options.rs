@@ -94,7 +94,7 @@ options! {
         grpc_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7070)), env "SKULD_GRPC_ADDR";
         /// HTTP listen address of /metrics, /healthz and /readyz.
         http_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)), env "SKULD_HTTP_ADDR";
-        /// Serve the client API's unary RPCs as HTTP/JSON on http_addr (POST /skuld.v1.<Service>/<Method>, docs/json-door.md): the same authentication, limits and validation as gRPC, but plaintext.
+        /// Serve the client API's unary RPCs as HTTP/JSON on http_addr (POST /skuld.v1.Service/Method, see docs/json-door.md): the same authentication, limits and validation as gRPC, but plaintext.
         json_door: bool = true, env "SKULD_JSON_DOOR";
         /// When set, the bound addresses are written here as JSON once listening.
         ports_file: PathBuf = PathBuf::new(), env "SKULD_PORTS_FILE";
