@@ -536,3 +536,100 @@ async fn a_crash_at_any_step_ends_all_held_or_all_released() {
         }
     }
 }
+
+/// Cluster mode: orders asked of any node are run by their owner (the call
+/// is forwarded), whose steps reach positions owned by other nodes; every
+/// node reads the same order, and a short order releases across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_orders_are_run_by_their_owner_against_positions_anywhere() {
+    use skuld_tests::cluster::TestCluster;
+    use skuld_tests::metrics::Scrape;
+
+    let cluster = TestCluster::start(3).await.unwrap();
+    let locations: Vec<String> = (0..6).map(|n| format!("DC{n}")).collect();
+    let mut inventory = cluster.inventory(0).await.unwrap();
+    for location in &locations {
+        inventory
+            .adjust(receive(
+                &key(TENANT, "SKU-1", location),
+                &format!("rcv-{location}"),
+                2,
+            ))
+            .await
+            .unwrap();
+    }
+    let forwarded = |metrics: String| Scrape(metrics).or_zero("skuld_forwarded_total", &[]);
+    let mut before = 0.0;
+    for index in 0..3 {
+        before += forwarded(cluster.node(index).http_get("/metrics").await.unwrap().1);
+    }
+    // Six orders, each taking 2 units at two of the locations, asked of
+    // the nodes in turn: all 12 units are held.
+    for n in 0..6usize {
+        let via = n % 3;
+        let mut orders = Orders::new(cluster.node(via).channel().await.unwrap());
+        let lines = vec![
+            line("a", "SKU-1", 1, &[&locations[n]], false),
+            line("b", "SKU-1", 1, &[&locations[(n + 1) % 6]], false),
+        ];
+        let order = orders
+            .reserve_order(reserve_request(&format!("c-{n}"), lines))
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap();
+        assert_eq!(status(&order), pb::OrderStatus::Held, "c-{n}: {order:?}");
+    }
+    // A seventh finds nothing left and holds nothing.
+    let mut orders = Orders::new(cluster.node(1).channel().await.unwrap());
+    let short = orders
+        .reserve_order(reserve_request(
+            "c-short",
+            vec![line("a", "SKU-1", 1, &["DC0", "DC3", "DC5"], false)],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(status(&short), pb::OrderStatus::Released);
+    // Committed through another node than the one that reserved; read
+    // back through every node.
+    for n in 0..6usize {
+        let mut orders = Orders::new(cluster.node((n + 1) % 3).channel().await.unwrap());
+        orders
+            .commit_order(pb::CommitOrderRequest {
+                key: okey(&format!("c-{n}")),
+                idempotency_key: format!("commit-c-{n}"),
+            })
+            .await
+            .unwrap();
+        for index in 0..3 {
+            let mut reader = Orders::new(cluster.node(index).channel().await.unwrap());
+            let order = reader
+                .get_order(pb::GetOrderRequest {
+                    key: okey(&format!("c-{n}")),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap();
+            assert_eq!(status(&order), pb::OrderStatus::Committed);
+        }
+    }
+    for location in &locations {
+        let b = buckets(&mut inventory, "SKU-1", location).await;
+        assert_eq!(
+            (b.committed, b.reserved, b.available),
+            (2, 0, 0),
+            "{location}"
+        );
+    }
+    let mut after = 0.0;
+    for index in 0..3 {
+        after += forwarded(cluster.node(index).http_get("/metrics").await.unwrap().1);
+    }
+    assert!(after > before, "nothing was forwarded");
+}
