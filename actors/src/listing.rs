@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::{DriftDetected, ListingKey};
 use crate::runtime::codec;
-use crate::runtime::published::{event_id, PublishedEvent};
+use crate::runtime::published::PublishedEvent;
 use crate::Error;
 
 /// The aggregate kind of a listing's events.
@@ -54,13 +54,14 @@ fn rebuild(key: &ListingKey, entity: &[u8], body: &[u8]) -> Result<PublishedEven
         }
     };
     let drift = recorded.drift;
-    // A listing has no version of its own: the desired version orders a
-    // listing's drift, and the time tells two findings of one version
-    // apart (the id stays the same on every reading of the row).
-    let at = u64::try_from(drift.detected_at_ms).unwrap_or(0);
-    let index = u32::try_from(at % u64::from(u32::MAX)).unwrap_or(0);
+    // A listing has no version of its own, so the id comes from the whole
+    // stored row: the same on every reading of it, and different for two
+    // findings of one SKU (another location, value or time).
+    let mut row = Vec::with_capacity(entity.len() + body.len());
+    row.extend_from_slice(entity);
+    row.extend_from_slice(body);
     Ok(PublishedEvent {
-        id: event_id(entity, drift.desired_version, index),
+        id: uuid::Uuid::new_v8(xxhash_rust::xxh3::xxh3_128(&row).to_be_bytes()).to_string(),
         event_type: format!("skuld.{}.v1", DriftDetected::NAME),
         tenant: key.tenant.clone(),
         aggregate_kind: KIND.to_owned(),
@@ -112,9 +113,17 @@ mod tests {
         assert_eq!(event.tenant, "acme");
         assert_eq!(event.correlation_id, "corr-9");
         assert_eq!(event.aggregate_version, 12);
-        // The same row always reads as the same id.
+        // The same row always reads as the same id; another location's
+        // finding of the same version, in the same millisecond, another.
         let again = crate::read_event(&key.encode(), &body).unwrap();
         assert_eq!(event.id, again.id);
+        let other = DriftDetected {
+            location: Some("DC2".into()),
+            ..drift()
+        };
+        let other =
+            crate::read_event(&key.encode(), &drift_body(&other, "corr-9").unwrap()).unwrap();
+        assert_ne!(event.id, other.id);
         let json = crate::event_data_json(&event).unwrap();
         assert_eq!(json["remote"], 7);
         assert_eq!(json["location"], "DC1");

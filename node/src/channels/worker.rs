@@ -159,8 +159,10 @@ struct Target {
     /// publication changed): shown 0 before it is dropped, so the channel
     /// does not go on selling its last figure.
     retiring: bool,
-    /// This worker recorded a dead letter of the target: a later
-    /// acknowledged push removes it, as the channel took a value since.
+    /// The target may have a dead letter: a later acknowledged push
+    /// removes it, as the channel took a value since. True for a target
+    /// this worker just took (a letter may be an earlier owner's), so the
+    /// first acknowledgement after a take costs one delete.
     lettered: bool,
 }
 
@@ -173,7 +175,7 @@ impl Target {
             confirm: None,
             reconcile: false,
             retiring: false,
-            lettered: false,
+            lettered: true,
         }
     }
 
@@ -513,7 +515,16 @@ impl Worker {
     fn take_marks(&mut self) -> bool {
         let taken = self.context.marked.take();
         for (id, raw) in taken.marks {
-            self.note_dirty(id, raw);
+            // `owned` is as of the last scan: a shard this node lost since
+            // must not get new keys here (the new owner pushes them).
+            let still_owned = match (&self.context.shards, shard_of_record(&id)) {
+                (Some(table), Some(shard)) => table.local_epoch(shard).is_some(),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if still_owned {
+                self.note_dirty(id, raw);
+            }
         }
         taken.overflowed
     }
