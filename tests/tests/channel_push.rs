@@ -384,17 +384,7 @@ async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value(
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let letters = loop {
-        let letters = channels(&node)
-            .await
-            .list_channel_dead_letters(pb::ListChannelDeadLettersRequest {
-                tenant: "acme".into(),
-                channel: "web".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .dead_letters;
+        let letters = dead_letters(&node).await;
         if !letters.is_empty() {
             break letters;
         }
@@ -416,29 +406,7 @@ async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value(
     emulators
         .shopify()
         .seed_level(2002, STORE1, Default::default());
-    let mut definition = channels(&node)
-        .await
-        .get_channel(pb::GetChannelRequest {
-            tenant: "acme".into(),
-            id: "web".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .channel
-        .unwrap();
-    definition
-        .account
-        .insert("inventory_item_id.MUG".into(), "2002".into());
-    channels(&node)
-        .await
-        .update_channel(pb::UpdateChannelRequest {
-            channel: Some(definition),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    map_mug(&node, Some("2002")).await;
     assert_eq!(
         emulators
             .shopify()
@@ -469,17 +437,7 @@ async fn a_refused_push_is_a_dead_letter_and_its_replay_sends_the_current_value(
         assert!(Instant::now() < deadline, "the replay did not send MUG's 3");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left = channels(&node)
-        .await
-        .list_channel_dead_letters(pb::ListChannelDeadLettersRequest {
-            tenant: "acme".into(),
-            channel: "web".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .dead_letters;
+    let left = dead_letters(&node).await;
     assert!(left.is_empty(), "{left:?}");
 
     // A refused value followed by one the channel takes, without a replay:
