@@ -9,9 +9,12 @@
 //! * [`push`]: the coalescing rule: desired and acknowledged value per
 //!   pushed key, one push in flight, decreases and zero crossings first,
 //!   increases paced, re-assertion last.
+//! * [`inbound`]: which webhook deliveries a resource applies (dedupe and
+//!   `updated_at` order).
 
 pub mod controls;
 pub mod definition;
+pub mod inbound;
 pub mod listing;
 pub mod push;
 
