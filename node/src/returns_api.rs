@@ -191,6 +191,7 @@ fn proto_exception_kind(kind: domain::ExceptionKind) -> pb::ExceptionKind {
         domain::ExceptionKind::DamagedOnArrival => pb::ExceptionKind::DamagedOnArrival,
         domain::ExceptionKind::ErpConfirmationOverdue => pb::ExceptionKind::ErpConfirmationOverdue,
         domain::ExceptionKind::EffectFailing => pb::ExceptionKind::EffectFailing,
+        domain::ExceptionKind::ErpRefused => pb::ExceptionKind::ErpRefused,
     }
 }
 

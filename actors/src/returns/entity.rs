@@ -275,7 +275,9 @@ impl Entity for ReturnEntity {
     fn validate(key: &ReturnKey, command: &ReturnCommand) -> Result<(), Error> {
         key.validate()?;
         match command {
-            ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => {
+            ReturnCommand::CompleteEffect { .. }
+            | ReturnCommand::Tick
+            | ReturnCommand::ErpReport { .. } => {
                 Err(Error::invalid("command", "reserved for the node"))
             }
             // Before it is queued or forwarded: an oversized command holds

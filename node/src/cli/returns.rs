@@ -556,6 +556,7 @@ pub(super) fn format_case(case: &pb::ReturnCase) -> String {
             (3, "DAMAGED_ON_ARRIVAL"),
             (4, "ERP_CONFIRMATION_OVERDUE"),
             (5, "EFFECT_FAILING"),
+            (6, "ERP_REFUSED"),
         ];
         let rows: Vec<Vec<String>> = case
             .exceptions

@@ -38,7 +38,9 @@ pub fn decide(
     let Some(state) = case.state else {
         return match command {
             ReturnCommand::Open { .. } => open(case, command, context),
-            ReturnCommand::Tick | ReturnCommand::CompleteEffect { .. } => Ok(Vec::new()),
+            ReturnCommand::Tick
+            | ReturnCommand::CompleteEffect { .. }
+            | ReturnCommand::ErpReport { .. } => Ok(Vec::new()),
             _ => Err(Refusal::ReturnNotFound(context.return_id.clone())),
         };
     };
@@ -46,6 +48,7 @@ pub fn decide(
     match command {
         ReturnCommand::Open { .. } => return Err(Refusal::ReturnExists(context.return_id.clone())),
         ReturnCommand::Tick => tick(&mut b, state),
+        ReturnCommand::ErpReport { report } => refund::erp_report(&mut b, report),
         ReturnCommand::CompleteEffect {
             step,
             outcome,
@@ -118,6 +121,7 @@ fn client_command(
         ReturnCommand::Open { .. }
         | ReturnCommand::ResolveException { .. }
         | ReturnCommand::CompleteEffect { .. }
+        | ReturnCommand::ErpReport { .. }
         | ReturnCommand::Tick => Ok(()),
     }
 }

@@ -23,6 +23,7 @@ pub(super) fn command_name(command: &ReturnCommand) -> &'static str {
         ReturnCommand::ResolveException { .. } => "ResolveException",
         ReturnCommand::CompleteEffect { .. } => "CompleteEffect",
         ReturnCommand::Tick => "Tick",
+        ReturnCommand::ErpReport { .. } => "ErpReport",
     }
 }
 

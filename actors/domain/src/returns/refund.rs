@@ -115,10 +115,18 @@ pub(super) fn confirm_erp(b: &mut Builder<'_>, credit_memo: &str, now: i64) -> R
         b.push(ReturnEvent::ErpConfirmed {
             credit_memo: credit_memo.to_owned(),
         });
+        // A confirmation (by the ERP worker or by a person overriding it)
+        // answers both: the posting is no longer overdue, and a refusal
+        // finance settled by hand is settled.
         let overdue: Vec<u32> = b
             .case
             .open_exceptions()
-            .filter(|e| e.kind == ExceptionKind::ErpConfirmationOverdue)
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    ExceptionKind::ErpConfirmationOverdue | ExceptionKind::ErpRefused
+                )
+            })
             .map(|e| e.exception_id)
             .collect();
         for exception_id in overdue {
@@ -131,4 +139,19 @@ pub(super) fn confirm_erp(b: &mut Builder<'_>, credit_memo: &str, now: i64) -> R
         }
     }
     Ok(())
+}
+
+/// The ERP worker's report: an exception on a case still waiting for the
+/// ERP gate; nothing once a credit memo is confirmed (a late report of a
+/// worker that lost the race with a person's `ConfirmErp`).
+pub(super) fn erp_report(b: &mut Builder<'_>, report: &ErpReport) {
+    if !b.case.awaits_erp() {
+        return;
+    }
+    match report {
+        ErpReport::Overdue { note } => b.raise(ExceptionKind::ErpConfirmationOverdue, note.clone()),
+        ErpReport::Refused { code, message } => {
+            b.raise(ExceptionKind::ErpRefused, format!("{code}: {message}"))
+        }
+    }
 }

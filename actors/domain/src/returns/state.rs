@@ -322,15 +322,20 @@ pub enum ExceptionKind {
     ErpConfirmationOverdue,
     /// An inventory side effect failed and keeps failing.
     EffectFailing,
+    /// The ERP refused the credit memo request for good (a validation
+    /// error, an amount that does not match, a cancelled credit memo): the
+    /// node's ERP worker stops until finance resolves it.
+    ErpRefused,
 }
 
 impl ExceptionKind {
-    pub const ALL: [ExceptionKind; 5] = [
+    pub const ALL: [ExceptionKind; 6] = [
         ExceptionKind::ReceiptOverdue,
         ExceptionKind::ReceivedMoreThanApproved,
         ExceptionKind::DamagedOnArrival,
         ExceptionKind::ErpConfirmationOverdue,
         ExceptionKind::EffectFailing,
+        ExceptionKind::ErpRefused,
     ];
 
     /// A short fixed name (`receipt_overdue`), for metric labels.
@@ -341,6 +346,7 @@ impl ExceptionKind {
             ExceptionKind::DamagedOnArrival => "damaged_on_arrival",
             ExceptionKind::ErpConfirmationOverdue => "erp_confirmation_overdue",
             ExceptionKind::EffectFailing => "effect_failing",
+            ExceptionKind::ErpRefused => "erp_refused",
         }
     }
 
@@ -351,7 +357,7 @@ impl ExceptionKind {
             | ExceptionKind::ReceivedMoreThanApproved
             | ExceptionKind::DamagedOnArrival
             | ExceptionKind::EffectFailing => Team::Warehouse,
-            ExceptionKind::ErpConfirmationOverdue => Team::Finance,
+            ExceptionKind::ErpConfirmationOverdue | ExceptionKind::ErpRefused => Team::Finance,
         }
     }
 }
@@ -490,6 +496,19 @@ impl ReturnCase {
 
     pub fn has_open_exception(&self, kind: ExceptionKind) -> bool {
         self.open_exceptions().any(|e| e.kind == kind)
+    }
+
+    /// Whether the case's refund is held by the ERP gate and no credit memo
+    /// is confirmed yet: what the node's ERP worker posts a credit memo
+    /// request for (it also stops while an `ErpRefused` exception is open).
+    pub fn awaits_erp(&self) -> bool {
+        self.policy.refund_gate == RefundGate::ErpValidation
+            && self.erp_credit_memo.is_none()
+            && self
+                .refunds
+                .iter()
+                .any(|refund| refund.state == RefundState::PendingGate)
+            && !self.state.is_some_and(ReturnState::is_terminal)
     }
 
     /// The earliest time the case must be woken: a pending effect to retry,
@@ -644,6 +663,21 @@ pub enum ReturnCommand {
     },
     /// The runtime's timer: expire, raise overdue exceptions.
     Tick,
+    /// The node's ERP worker reports what it found (docs/erp.md); the
+    /// credit memo itself arrives as `ConfirmErp`.
+    ErpReport {
+        report: ErpReport,
+    },
+}
+
+/// What the node's ERP worker tells a case waiting for the ERP gate: raised
+/// as an exception the finance team owns, so an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErpReport {
+    /// The ERP has not posted the credit memo within the node's timeout.
+    Overdue { note: String },
+    /// The ERP refused the credit memo request for good.
+    Refused { code: String, message: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -414,6 +414,77 @@ fn erp_gate_holds_the_refund_until_finance_confirms() {
 }
 
 #[test]
+fn erp_reports_raise_exceptions_only_while_the_gate_waits() {
+    let mut case = ReturnCase::default();
+    let policy = ReturnPolicy {
+        refund_gate: RefundGate::ErpValidation,
+        ..ReturnPolicy::default()
+    };
+    run(&mut case, open(policy, true, false), T0).unwrap();
+    // Nothing decided yet: nothing to post, a report changes nothing.
+    assert!(!case.awaits_erp());
+    let refused = ReturnCommand::ErpReport {
+        report: ErpReport::Refused {
+            code: "V1/310".into(),
+            message: "customer blocked".into(),
+        },
+    };
+    run(&mut case, refused.clone(), T0).unwrap();
+    assert!(case.exceptions.is_empty());
+    run(
+        &mut case,
+        ReturnCommand::Process {
+            method: RefundMethod::StoreCredit,
+        },
+        T0,
+    )
+    .unwrap();
+    assert!(case.awaits_erp());
+    run(&mut case, refused.clone(), T0).unwrap();
+    run(&mut case, refused, T0).unwrap();
+    let open: Vec<&CaseException> = case.open_exceptions().collect();
+    assert_eq!(open.len(), 1, "a repeated report raises once: {open:?}");
+    assert_eq!(open[0].kind, ExceptionKind::ErpRefused);
+    assert_eq!(open[0].owner, Team::Finance);
+    assert!(open[0].note.contains("V1/310"), "{}", open[0].note);
+    run(
+        &mut case,
+        ReturnCommand::ErpReport {
+            report: ErpReport::Overdue {
+                note: "not posted after 2 s".into(),
+            },
+        },
+        T0,
+    )
+    .unwrap();
+    assert!(case.has_open_exception(ExceptionKind::ErpConfirmationOverdue));
+    // A person's ConfirmErp (the override) settles both and releases.
+    run(
+        &mut case,
+        ReturnCommand::ConfirmErp {
+            credit_memo: "90000001".into(),
+        },
+        T0,
+    )
+    .unwrap();
+    assert_eq!(case.refunds[0].state, RefundState::Released);
+    assert_eq!(case.open_exceptions().count(), 0);
+    assert!(!case.awaits_erp());
+    // A worker's late report after the confirmation is a no-op.
+    let late = run(
+        &mut case,
+        ReturnCommand::ErpReport {
+            report: ErpReport::Overdue {
+                note: "late".into(),
+            },
+        },
+        T0,
+    )
+    .unwrap();
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[test]
 fn opening_checks_the_order_lines_window_and_final_sale() {
     let case = ReturnCase::default();
     let late = context(T0 + 60 * DAY);

@@ -170,6 +170,15 @@ pub fn check_bounds(command: &ReturnCommand) -> Result<(), Refusal> {
         // The node's own commands, never a client's (the runtime refuses
         // them from outside).
         ReturnCommand::CompleteEffect { .. } | ReturnCommand::Tick => Ok(()),
+        ReturnCommand::ErpReport {
+            report: ErpReport::Overdue { note },
+        } => text("note", note),
+        ReturnCommand::ErpReport {
+            report: ErpReport::Refused { code, message },
+        } => {
+            text("code", code)?;
+            text("message", message)
+        }
         ReturnCommand::CarrierMilestone { .. }
         | ReturnCommand::Process { .. }
         | ReturnCommand::Close => Ok(()),
