@@ -21,6 +21,7 @@ pub struct InventoryApi {
 
 impl InventoryApi {
     pub fn new(runtime: Arc<EntityRuntime<PositionEntity>>) -> Self {
+        crate::import_api::describe_metrics();
         Self { runtime }
     }
 
@@ -39,6 +40,8 @@ type MutationResult = Result<Response<pb::MutationResponse>, Status>;
 
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
+    type ImportPositionsStream = crate::import_api::ImportStream;
+
     async fn adjust(&self, request: Request<pb::AdjustRequest>) -> MutationResult {
         rpc::serve("Adjust", request, |message, meta| async move {
             self.mutate(convert::adjust(message)?, meta).await
@@ -156,5 +159,12 @@ impl InventoryService for InventoryApi {
             })
         })
         .await
+    }
+
+    async fn import_positions(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportPositionsRequest>>,
+    ) -> Result<Response<Self::ImportPositionsStream>, Status> {
+        crate::import_api::serve(Arc::clone(&self.runtime), request).await
     }
 }

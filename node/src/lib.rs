@@ -16,6 +16,7 @@ pub mod config;
 pub mod convert;
 pub mod events_api;
 pub mod http;
+pub mod import_api;
 pub mod json_door;
 pub mod listen;
 pub mod ops_page;

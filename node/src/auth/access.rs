@@ -117,6 +117,8 @@ scoped!(
 );
 scoped!(GetPositionRequest => |request| tenant(Role::Reader, position_tenant(request.key.as_ref())));
 scoped!(GetAvailabilityRequest => |request| tenant(Role::Reader, &request.tenant));
+// One message of a bulk load: every line is a count of that tenant.
+scoped!(ImportPositionsRequest => |request| tenant(Role::Writer, &request.tenant));
 
 // Returns.
 scoped!(
