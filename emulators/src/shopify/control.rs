@@ -29,6 +29,7 @@ pub(super) fn routes(emulator: ShopifyEmulator) -> Router {
             "/_control/shopify/webhooks/faults",
             post(set_webhook_faults),
         )
+        .route("/_control/shopify/webhooks/send", post(send_webhook))
         .with_state(emulator)
 }
 
@@ -194,4 +195,18 @@ async fn set_webhook_faults(
 ) -> StatusCode {
     emulator.webhook_faults().set_faults(faults);
     StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct HandMadeWebhook {
+    topic: String,
+    payload: serde_json::Value,
+}
+
+async fn send_webhook(
+    State(emulator): State<ShopifyEmulator>,
+    Json(webhook): Json<HandMadeWebhook>,
+) -> StatusCode {
+    emulator.send_webhook(&webhook.topic, webhook.payload);
+    StatusCode::ACCEPTED
 }

@@ -374,6 +374,15 @@ impl ShopifyEmulator {
         &self.state.webhooks
     }
 
+    /// Sends one webhook of `topic` with `payload` as is (signed, with the
+    /// faults in force): the topics the emulator has no API for
+    /// (`refunds/create`, `returns/request`) and hand-made updates.
+    pub fn send_webhook(&self, topic: &str, payload: serde_json::Value) {
+        self.state
+            .webhooks
+            .send(&self.state.config, vec![(topic.to_owned(), payload)]);
+    }
+
     /// Every webhook sent so far, in send order.
     pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
         self.state.webhooks.deliveries()
@@ -420,23 +429,20 @@ impl ShopifyState {
             let order = webhooks::order_payload(order_id, lines, &inventory.items, now);
             (order_id, order, touched)
         };
-        let mut events = vec![("orders/create", order)];
+        let mut events = vec![("orders/create".to_owned(), order)];
         events.extend(self.level_update_events(&touched));
         self.webhooks.send(&self.config, events);
         Ok(order_id)
     }
 
-    fn level_update_events(
-        &self,
-        touched: &[(u64, u64)],
-    ) -> Vec<(&'static str, serde_json::Value)> {
+    fn level_update_events(&self, touched: &[(u64, u64)]) -> Vec<(String, serde_json::Value)> {
         let inventory = self.inventory.lock();
         touched
             .iter()
             .filter_map(|key| inventory.levels.get(key).map(|stocked| (key, stocked)))
             .map(|(&(item, location), stocked)| {
                 (
-                    "inventory_levels/update",
+                    "inventory_levels/update".to_owned(),
                     webhooks::level_payload(item, location, stocked),
                 )
             })

@@ -51,6 +51,12 @@ pub struct WebhookFaults {
     pub reorder: bool,
     /// Never send the next N webhooks (lost deliveries).
     pub drop_next: u32,
+    /// Sign with another key than the app secret (a forged or misrouted
+    /// delivery the receiver must refuse).
+    pub wrong_signature: bool,
+    /// `X-Shopify-Triggered-At` this long before the send: with `delay_ms`,
+    /// a delivery that arrives late (A.5: "up to a day late").
+    pub backdate_ms: u64,
 }
 
 /// One attempt to deliver a webhook.
@@ -122,7 +128,7 @@ impl Webhooks {
     }
 
     /// Signs and sends a batch of `(topic, payload)` in the background.
-    pub(crate) fn send(&self, shop: &ShopifyConfig, events: Vec<(&'static str, Value)>) {
+    pub(crate) fn send(&self, shop: &ShopifyConfig, events: Vec<(String, Value)>) {
         let Some(url) = self.url.lock().clone() else {
             return;
         };
@@ -132,17 +138,22 @@ impl Webhooks {
             faults.drop_next = faults.drop_next.saturating_sub(events.len() as u32);
             snapshot
         };
-        let triggered_at = clock::now_rfc3339();
+        let triggered_at = clock::rfc3339(clock::unix_millis().saturating_sub(faults.backdate_ms));
+        let key = if faults.wrong_signature {
+            format!("not-{}", shop.api_secret)
+        } else {
+            shop.api_secret.clone()
+        };
         let mut batch: Vec<WebhookDelivery> = events
             .into_iter()
             .map(|(topic, payload)| {
                 let body = payload.to_string();
                 WebhookDelivery {
-                    topic: topic.to_owned(),
+                    topic,
                     webhook_id: uuid::Uuid::new_v4().to_string(),
                     event_id: uuid::Uuid::new_v4().to_string(),
                     triggered_at: triggered_at.clone(),
-                    hmac_sha256: sign(&shop.api_secret, body.as_bytes()),
+                    hmac_sha256: sign(&key, body.as_bytes()),
                     body,
                     status: None,
                     error: None,
