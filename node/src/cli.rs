@@ -10,6 +10,7 @@ mod channels;
 mod credentials;
 mod events;
 mod format;
+mod import;
 mod orders;
 mod returns;
 mod routing;
@@ -223,6 +224,7 @@ pub async fn run(options: ClientOptions, command: ClientCommand) -> anyhow::Resu
         ClientCommand::Events(command) => events::run(&ctx, channel, command).await,
         ClientCommand::Webhooks(command) => webhooks::run(&ctx, channel, command).await,
         ClientCommand::Channels(command) => channels::run(&ctx, channel, command).await,
+        ClientCommand::Import(command) => import::run(&ctx, channel, command).await,
         ClientCommand::Status => admin::status(&ctx, channel).await,
         ClientCommand::Members => admin::members(&ctx, channel).await,
         ClientCommand::Shards(args) => admin::shards(&ctx, channel, args).await,

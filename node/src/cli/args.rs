@@ -88,6 +88,9 @@ pub enum ClientCommand {
     /// Sales channels: definitions, controls, what each may sell.
     #[command(subcommand)]
     Channels(channels::ChannelsCommand),
+    /// Bulk loads: counts of many positions from a CSV or JSON Lines file.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// The node's own status: mode, shards served, lease, load.
     Status,
     /// Cluster members: state, shards owned, endpoint.
