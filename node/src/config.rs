@@ -6,6 +6,7 @@
 //! comment that `--help`, `skuld config` and the README show. `skuld
 //! config` prints the effective result, secrets redacted.
 
+mod erp;
 mod options;
 mod secret;
 
@@ -20,6 +21,7 @@ pub use options::{
     described, markdown_table, Auth, Channels, Cluster, Events, OptionDoc, Postgres, Runtime,
     ServeArgs, Server, Telemetry, Writer,
 };
+pub use erp::Erp;
 pub use secret::SecretUrl;
 
 /// Every server option, by section.
@@ -36,6 +38,9 @@ pub struct Config {
     pub telemetry: Telemetry,
     pub auth: Auth,
     pub returns: Returns,
+    /// The ERP that posts credit memos for the `ERP_VALIDATION` refund
+    /// gate (file only, see [`Erp`]).
+    pub erp: Erp,
     /// Client certificate identities (file only): `[identities."svc-oms"]`
     /// with `tenants` and `roles`, keyed by a DNS name (or the common name)
     /// of the certificate a service presents on the client API.
@@ -113,6 +118,7 @@ impl Config {
         self.telemetry.validate()?;
         self.auth.validate()?;
         self.validate_identities()?;
+        self.erp.validate()?;
         if self.is_clustered() {
             self.cluster.validate_peer_tls()?;
         }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod erp;
 pub mod events_api;
 pub mod http;
 pub mod import_api;

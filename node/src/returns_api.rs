@@ -325,6 +325,7 @@ pub fn proto_case(key: &ReturnKey, case: &ReturnCase) -> pb::ReturnCase {
             .unwrap_or_default(),
         opened_at_unix_ms: case.opened_at_ms,
         history: Vec::new(),
+        erp_credit_memo: case.erp_credit_memo.clone().unwrap_or_default(),
     }
 }
 

@@ -334,6 +334,20 @@ pub async fn run(
         }
         .run(stop_census.clone()),
     );
+    // The ERP worker (docs/erp.md) stops with the census: its work is
+    // derived from the cases again, by this node after a restart or by the
+    // shards' next owners.
+    let erp_worker = config.erp.enabled().then(|| {
+        tokio::spawn(
+            crate::erp::ErpWorker {
+                store: Arc::clone(&store),
+                shards: joined.as_ref().map(|joined| Arc::clone(&joined.table)),
+                returns: Arc::clone(&returns),
+                settings: config.erp.clone(),
+            }
+            .run(stop_census.clone()),
+        )
+    });
     let servers = TaskTracker::new();
     // Calls of the APIs the node admits are shed before they are decoded
     // when the node is at its limit, with admission's own refusal.
@@ -519,6 +533,9 @@ pub async fn run(
     stop_subscriptions.cancel();
     let _ = readiness_task.await;
     let _ = tokio::time::timeout(left(), census).await;
+    if let Some(erp_worker) = erp_worker {
+        let _ = tokio::time::timeout(left(), erp_worker).await;
+    }
     set_health(&health, false).await;
     // Sinks stop before the handoff: the next owner goes on from their
     // durable cursors (a window cut short is delivered again).
