@@ -689,6 +689,17 @@ impl ChannelService for ChannelsApi {
         })
         .await
     }
+
+    /// What inbound webhooks could not apply (`inbound::exceptions`).
+    async fn list_channel_webhook_exceptions(
+        &self,
+        request: Request<pb::ListChannelWebhookExceptionsRequest>,
+    ) -> Result<Response<pb::ListChannelWebhookExceptionsResponse>, Status> {
+        rpc::serve_checked("ListChannelWebhookExceptions", request, |request, _| {
+            crate::inbound::exceptions::list(self.store.as_ref(), request)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod erp;
 pub mod events_api;
 pub mod http;
 pub mod import_api;
+pub mod inbound;
 pub mod json_door;
 pub mod listen;
 pub mod ops_page;

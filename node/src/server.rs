@@ -323,6 +323,23 @@ pub async fn run(
             credentials: config.channels.credentials(),
         },
     );
+    // Inbound webhooks (docs/inbound-webhooks.md): taken in on the HTTP
+    // port, applied by the owner of each resource's shard.
+    let inbound = crate::inbound::Inbound::start(
+        Arc::clone(&store),
+        joined.as_ref().map(|joined| Arc::clone(&joined.table)),
+        push_shards,
+        config.channels.credentials(),
+        crate::inbound::shopify::Applier {
+            store: Arc::clone(&store),
+            orders: OrdersApi::new(Arc::clone(&orders)),
+            inventory: InventoryApi::new(Arc::clone(&runtime)),
+            returns: ReturnsApi::new(
+                Arc::clone(&returns),
+                ReturnPolicies(config.returns.policies.clone()),
+            ),
+        },
+    );
     crate::census::describe_business_metrics();
     let stop_census = CancellationToken::new();
     let census = tokio::spawn(
@@ -442,7 +459,8 @@ pub async fn run(
         stop_reload.clone(),
     ));
 
-    let mut app = crate::http::router(readiness.clone(), metrics, admin_api);
+    let mut app =
+        crate::http::router(readiness.clone(), metrics, admin_api).merge(inbound.routes());
     if let Some(api) = json_door {
         app = app.merge(
             crate::json_door::routes(
@@ -549,6 +567,11 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("channel tasks still stopping at the drain deadline; going on");
+    }
+    // The webhook processor too: what it had not applied stays in the
+    // inbox for the shards' next owners.
+    if tokio::time::timeout(left(), inbound.stop()).await.is_err() {
+        tracing::warn!("the webhook processor still stopping at the drain deadline; going on");
     }
     if let Some(running) = running.as_mut() {
         running.hand_over(deadline).await;

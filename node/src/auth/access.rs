@@ -182,7 +182,7 @@ scoped!(GetChannelAvailabilityRequest => |request| tenant(Role::Reader, &request
 // What the push worker left (dead letters, drift) and telling it to act.
 scoped!(
     ListChannelDeadLettersRequest, ReplayChannelDeadLettersRequest, ListChannelDriftRequest,
-    ReconcileChannelRequest, SyncChannelRequest
+    ReconcileChannelRequest, SyncChannelRequest, ListChannelWebhookExceptionsRequest
     => |request| tenant(Role::Admin, &request.tenant)
 );
 

@@ -1,5 +1,6 @@
-//! `skuld channels dead-letters|replay|drift|reconcile`: what the push
-//! worker left for people, and telling it to act.
+//! `skuld channels dead-letters|replay|drift|reconcile|webhook-exceptions`:
+//! what the push worker and the inbound webhooks left for people, and
+//! telling the worker to act.
 
 use std::io::{self, Write};
 
@@ -169,6 +170,54 @@ pub(super) async fn drift(
             ("skuld believed", Align::Right),
             ("desired", Align::Right),
             ("found", Align::Left),
+        ],
+        &rows,
+    ))?;
+    more(&reply.next_page_token);
+    Ok(())
+}
+
+pub(super) async fn webhook_exceptions(
+    ctx: &CallContext,
+    client: &mut ChannelServiceClient<Channel>,
+    args: PageArgs,
+) -> anyhow::Result<()> {
+    let request = pb::ListChannelWebhookExceptionsRequest {
+        tenant: args.channel.tenant.tenant,
+        channel: args.channel.channel,
+        page_size: args.page_size,
+        page_token: args.page_token,
+    };
+    let reply = ctx
+        .call(request, None, |r| client.list_channel_webhook_exceptions(r))
+        .await?;
+    if ctx.json {
+        return print_json(&reply);
+    }
+    let rows: Vec<Vec<String>> = reply
+        .exceptions
+        .iter()
+        .map(|exception| {
+            vec![
+                exception.code.clone(),
+                exception.topic.clone(),
+                exception.resource.clone(),
+                exception.remote_ref.clone(),
+                exception.owner.clone(),
+                format_unix_ms(exception.recorded_at_ms),
+                exception.detail.clone(),
+            ]
+        })
+        .collect();
+    emit(&format_table(
+        &[
+            ("code", Align::Left),
+            ("topic", Align::Left),
+            ("resource", Align::Left),
+            ("channel's ref", Align::Left),
+            ("owner", Align::Left),
+            ("recorded", Align::Left),
+            ("detail", Align::Left),
         ],
         &rows,
     ))?;

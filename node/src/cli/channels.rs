@@ -43,6 +43,9 @@ pub enum ChannelsCommand {
     Reconcile(ChannelArgs),
     /// Push SKUs now (a channel's first sync, or a catalog).
     Sync(channel_pushes::SyncArgs),
+    /// Webhook deliveries that could not be applied (unknown SKU or
+    /// location, ...), each with its owner.
+    WebhookExceptions(channel_pushes::PageArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -659,6 +662,9 @@ pub(super) async fn run(
         ChannelsCommand::Drift(args) => channel_pushes::drift(ctx, &mut client, args).await,
         ChannelsCommand::Sync(args) => channel_pushes::sync(ctx, &mut client, args).await,
         ChannelsCommand::Reconcile(args) => channel_pushes::reconcile(ctx, &mut client, args).await,
+        ChannelsCommand::WebhookExceptions(args) => {
+            channel_pushes::webhook_exceptions(ctx, &mut client, args).await
+        }
         ChannelsCommand::Availability(args) => {
             let request = pb::GetChannelAvailabilityRequest {
                 tenant: args.tenant.tenant,
