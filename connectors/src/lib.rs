@@ -132,6 +132,15 @@ pub trait Connector: Send + Sync {
     /// may sleep that long instead of calling).
     fn ready_in(&self) -> Duration;
 
+    /// Whether every write names the figure it replaces and the channel
+    /// refuses it when that figure is no longer shown (Shopify's
+    /// `changeFromQuantity`). Then a former owner's write that lands late
+    /// is refused rather than put over a newer one; channels that overwrite
+    /// blindly make the worker wait out such writes after a shard move.
+    fn refuses_stale_writes(&self) -> bool {
+        false
+    }
+
     async fn push(&self, items: &[PushItem]) -> Vec<PushOutcome>;
 
     /// What the channel shows for each key, in order; `None` where the

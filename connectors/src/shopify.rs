@@ -565,6 +565,12 @@ impl Connector for Shopify {
         self.limiter.ready_in(MUTATION_COST)
     }
 
+    /// Every `inventorySetQuantities` carries `changeFromQuantity`, the last
+    /// figure acknowledged (or read back): a stale one is refused.
+    fn refuses_stale_writes(&self) -> bool {
+        true
+    }
+
     async fn push(&self, items: &[PushItem]) -> Vec<PushOutcome> {
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; items.len()];
         let mut targets: Vec<Option<Target>> = Vec::with_capacity(items.len());

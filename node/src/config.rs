@@ -305,6 +305,7 @@ impl Channels {
                 "channel_confirm_within_secs",
                 self.channel_confirm_within_secs,
             ),
+            ("channel_push_deadline_ms", self.channel_push_deadline_ms),
         ])
     }
 
@@ -320,6 +321,7 @@ impl Channels {
             reconcile_interval: Duration::from_secs(self.channel_reconcile_interval_secs),
             confirm_after: Duration::from_millis(self.channel_confirm_after_ms),
             confirm_within: Duration::from_secs(self.channel_confirm_within_secs),
+            push_deadline: Duration::from_millis(self.channel_push_deadline_ms),
         }
     }
 }

@@ -42,7 +42,7 @@ use skuld_emulators::{Emulators, EmulatorsConfig, RecordedRequest};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::channel_service_client::ChannelServiceClient;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
-use skuld_tests::cluster::{ClusterOptions, TestCluster, TEST_LEASE_TTL_SECS};
+use skuld_tests::cluster::{node_id, ClusterOptions, TestCluster, TEST_LEASE_TTL_SECS};
 use skuld_tests::metrics::Scrape;
 use skuld_tests::requests::{adjust, get, key, receive};
 use skuld_tests::workload::{channel, next_random};
@@ -770,4 +770,195 @@ fn the_replay_applies_shopifys_rules() {
         (2, 1, 1, 1)
     );
     assert_eq!(replayed.applied[&(7, 1)], vec![(0, 10), (3, 8)]);
+}
+
+/// The Walmart channel of the blind-write test: one SKU, shown per SKU on
+/// the seller's default ship node.
+const WALMART: &str = "wm";
+const MUG: &str = "MUG";
+/// The former owner's write sits this long in the channel before it
+/// applies, so it is still in flight when the shard moves.
+const SLOW_APPLY: Duration = Duration::from_secs(3);
+/// The nodes' push deadline: longer than `SLOW_APPLY`, so the slow write is
+/// not abandoned but lands.
+const PUSH_DEADLINE_MS: u64 = 5_000;
+
+async fn define_walmart(cluster: &TestCluster, secrets: &TestDir, emulators: &Emulators) {
+    let own = secrets.path().join(TENANT);
+    std::fs::create_dir_all(&own).unwrap();
+    let credentials = own.join("walmart.json");
+    let config = emulators.walmart().config();
+    std::fs::write(
+        &credentials,
+        serde_json::json!({ "client_id": config.client_id, "client_secret": config.client_secret })
+            .to_string(),
+    )
+    .unwrap();
+    channels(cluster, 0)
+        .await
+        .create_channel(pb::CreateChannelRequest {
+            channel: Some(pb::Channel {
+                tenant: TENANT.into(),
+                id: WALMART.into(),
+                kind: pb::ChannelKind::Walmart.into(),
+                network: vec!["DC1".into()],
+                priority: 1,
+                account: HashMap::from([(
+                    "base_url".to_owned(),
+                    emulators.walmart().base_url().to_owned(),
+                )]),
+                credentials_ref: format!("file:{}", credentials.display()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// The amounts Walmart applied for `sku`, in the order it applied them.
+fn walmart_applied(emulators: &Emulators, sku: &str) -> Vec<i64> {
+    emulators
+        .walmart()
+        .recorder()
+        .requests_to("/v3/inventory")
+        .into_iter()
+        .filter(|request| {
+            request.method == "PUT"
+                && request.status == 200
+                && request
+                    .query
+                    .as_deref()
+                    .is_some_and(|query| query.contains(&format!("sku={sku}")))
+        })
+        .filter_map(|request| {
+            let body: Value = serde_json::from_str(&request.body).ok()?;
+            body["quantity"]["amount"].as_i64()
+        })
+        .collect()
+}
+
+/// Walmart's `PUT /v3/inventory` overwrites whatever the item shows: no
+/// compare refuses a stale write as Shopify's does. A node whose write is
+/// still in flight when its shard moves (drained here, so the node and its
+/// connection stay up) must not have it land after the new owner's newer
+/// write was acknowledged. The new owner waits out the former owner's push
+/// deadline before its first read-back and push on such a channel; without
+/// that wait (`quiet_until` in the worker) it reads the old figure, pushes
+/// at once, and the slow write lands over it: Walmart then applies 100,
+/// 85, 90 and goes on showing 90 while skuld has 85.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_channel_gets_no_write_of_the_former_owner_after_the_new_owners() {
+    let emulators = Emulators::start(EmulatorsConfig::default()).await.unwrap();
+    emulators.walmart().add_item(MUG, 0);
+    let ship_node = emulators.walmart().default_ship_node().to_owned();
+    let secrets = TestDir::new().unwrap();
+    let cluster = TestCluster::start_with(
+        2,
+        ClusterOptions {
+            node: options(&secrets).arg("--channel-push-deadline-ms", PUSH_DEADLINE_MS),
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    define_walmart(&cluster, &secrets, &emulators).await;
+    let position = key(TENANT, MUG, "DC1");
+    let mut inventory = InventoryServiceClient::new(cluster.node(0).channel().await.unwrap());
+    inventory
+        .adjust(receive(&position, "mug-stock", 100))
+        .await
+        .unwrap();
+    let shows = |expected: i64| {
+        let emulators = &emulators;
+        let ship_node = ship_node.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while emulators.walmart().quantity(MUG, &ship_node) != Some(expected) {
+                assert!(
+                    Instant::now() < deadline,
+                    "Walmart shows {:?}, not {expected}; applied {:?}",
+                    emulators.walmart().quantity(MUG, &ship_node),
+                    walmart_applied(emulators, MUG)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    shows(100).await;
+
+    // The node that pushed it owns the key.
+    let mut owner = None;
+    for index in cluster.live() {
+        let scrape = Scrape(cluster.node(index).http_get("/metrics").await.unwrap().1);
+        if scrape.or_zero("skuld_channel_pushes_total", &[("channel", WALMART)]) > 0.0 {
+            owner = Some(index);
+        }
+    }
+    let owner = owner.expect("a node pushed the receipt");
+    let other = 1 - owner;
+
+    // A sale; its push (90) waits in Walmart while the owner is drained.
+    emulators.walmart().faults().set_latency(SLOW_APPLY);
+    let sold_at = Instant::now();
+    inventory
+        .adjust(adjust(&position, "mug-sale-1", pb::Bucket::Available, -10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emulators.walmart().faults().set_latency(Duration::ZERO);
+    let mut admin = cluster.admin(other).await.unwrap();
+    admin
+        .drain_node(pb::DrainNodeRequest {
+            node_id: node_id(owner),
+        })
+        .await
+        .unwrap();
+    let other_id = node_id(other);
+    let moved = Instant::now();
+    while !cluster
+        .shard_owners(other)
+        .await
+        .unwrap()
+        .iter()
+        .all(|shard_owner| *shard_owner == other_id)
+    {
+        assert!(
+            moved.elapsed() < Duration::from_secs(20),
+            "the drain did not move every shard"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sold_at.elapsed() < SLOW_APPLY,
+        "the shards moved after the slow write landed ({:?}): nothing was raced",
+        sold_at.elapsed()
+    );
+
+    // A second sale, now pushed by the new owner.
+    let mut inventory = InventoryServiceClient::new(cluster.node(other).channel().await.unwrap());
+    inventory
+        .adjust(adjust(&position, "mug-sale-2", pb::Bucket::Available, -5))
+        .await
+        .unwrap();
+    shows(85).await;
+    // Until the slow write has surely landed (or been abandoned).
+    tokio::time::sleep_until((sold_at + SLOW_APPLY + Duration::from_secs(2)).into()).await;
+    let applied = walmart_applied(&emulators, MUG);
+    eprintln!(
+        "Walmart applied {applied:?}; the shards moved {:?} after the first sale",
+        moved.duration_since(sold_at)
+    );
+    assert!(
+        applied.contains(&90),
+        "the former owner's write never landed, so nothing was raced: {applied:?}"
+    );
+    assert!(
+        applied.windows(2).all(|pair| pair[0] >= pair[1]),
+        "an older figure applied after a newer one: {applied:?}"
+    );
+    assert_eq!(
+        emulators.walmart().quantity(MUG, &ship_node),
+        Some(85),
+        "Walmart does not show skuld's figure; applied {applied:?}"
+    );
 }

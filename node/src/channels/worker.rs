@@ -67,6 +67,10 @@ const DEPTHS_EVERY_MS: u64 = 1_000;
 const CALL_FAILED_PAUSE: Duration = Duration::from_secs(5);
 /// How long a computation waits for a position's owner.
 const COMPUTE_DEADLINE: Duration = Duration::from_secs(2);
+/// Added to the push deadline for a shard just taken: the former owner's
+/// last call began before it let go, so it ends within its deadline of
+/// that, and this covers the hand-over's own delays and clock drift.
+const HANDOFF_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -79,6 +83,19 @@ pub struct WorkerSettings {
     pub confirm_after: Duration,
     /// How long an `Accepted` push may take to show before it is sent again.
     pub confirm_within: Duration,
+    /// A push call (every HTTP call and limiter wait in it) is abandoned
+    /// after this; its items are tried again. It bounds how long a node's
+    /// write may still reach a channel after the node let go of the shard.
+    pub push_deadline: Duration,
+}
+
+impl WorkerSettings {
+    /// How long a worker leaves the keys of a shard it just took alone on
+    /// channels that overwrite blindly: the former owner's calls have
+    /// ended by then (see `HANDOFF_MARGIN`).
+    fn handoff_quiet(&self) -> Duration {
+        self.push_deadline + HANDOFF_MARGIN
+    }
 }
 
 impl Default for WorkerSettings {
@@ -88,6 +105,7 @@ impl Default for WorkerSettings {
             reconcile_interval: Duration::from_secs(15 * 60),
             confirm_after: Duration::from_secs(1),
             confirm_within: Duration::from_secs(60),
+            push_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -230,6 +248,11 @@ pub struct Worker {
     compute_later: Vec<String>,
     done_tx: mpsc::Sender<Done>,
     depths_reported_ms: u64,
+    /// Cluster mode: shards taken less than `handoff_quiet` ago, and until
+    /// when their keys wait on channels without a compare (a former
+    /// owner's call may still land; a read-back now could be overwritten
+    /// by it, a push now could be).
+    quiet_until: HashMap<u32, u64>,
 }
 
 fn now_ms() -> u64 {
@@ -257,6 +280,7 @@ impl Worker {
             compute_later: Vec::new(),
             done_tx,
             depths_reported_ms: 0,
+            quiet_until: HashMap::new(),
         };
         let mut next_scan_ms = 0;
         let mut take_marks_ms = u64::MAX;
@@ -332,7 +356,20 @@ impl Worker {
             Some(table) => table.local_shards().into_iter().collect(),
             None => (0..self.context.shard_count).collect(),
         };
-        let gained = owned.difference(&self.owned).next().is_some();
+        let gained: Vec<u32> = owned.difference(&self.owned).copied().collect();
+        let now = now_ms();
+        if self.context.shards.is_some() {
+            // Every shard a node starts with counts as taken: before this
+            // process, another node (or this one's killed predecessor) may
+            // have owned it.
+            let until = now + millis(self.context.settings.handoff_quiet());
+            for shard in &gained {
+                self.quiet_until.insert(*shard, until);
+            }
+        }
+        self.quiet_until
+            .retain(|shard, until| owned.contains(shard) && *until > now);
+        let gained = !gained.is_empty();
         if owned != self.owned {
             self.keys
                 .retain(|id, _| shard_of_record(id).is_some_and(|shard| owned.contains(&shard)));
@@ -517,12 +554,7 @@ impl Worker {
         for (id, raw) in taken.marks {
             // `owned` is as of the last scan: a shard this node lost since
             // must not get new keys here (the new owner pushes them).
-            let still_owned = match (&self.context.shards, shard_of_record(&id)) {
-                (Some(table), Some(shard)) => table.local_epoch(shard).is_some(),
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            if still_owned {
+            if self.serves(&id) {
                 self.note_dirty(id, raw);
             }
         }
@@ -888,7 +920,12 @@ impl Worker {
             // Reads go item by item on some channels: a small batch, so a
             // due push is not held behind thousands of read-backs.
             let reads = connector.small_batch().clamp(1, batch);
-            if let Some(reads) = self.due_reads(&channel, reads, now) {
+            let quiet = if connector.refuses_stale_writes() {
+                HashSet::new()
+            } else {
+                self.quiet_shards(now)
+            };
+            if let Some(reads) = self.due_reads(&channel, reads, &quiet, now) {
                 self.start_read(channel, connector, reads);
             } else if let Some(pushes) = self.due_pushes(
                 &channel,
@@ -898,6 +935,7 @@ impl Worker {
                     connector.small_batch().max(1),
                     connector.bulk_threshold(),
                 ),
+                &quiet,
                 now,
             ) {
                 self.start_push(channel, connector, pushes);
@@ -905,15 +943,28 @@ impl Worker {
         }
     }
 
+    /// The shards whose keys wait after a take (see `quiet_until`).
+    fn quiet_shards(&self, now: u64) -> HashSet<u32> {
+        self.quiet_until
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
     fn due_reads(
         &mut self,
         channel: &ChannelRef,
         batch: usize,
+        quiet: &HashSet<u32>,
         now: u64,
     ) -> Option<Vec<(String, Location, Purpose)>> {
         let mut reads = Vec::new();
         'keys: for (id, work) in self.keys.iter_mut() {
             if work.key.tenant != channel.0 || work.key.channel != channel.1 {
+                continue;
+            }
+            if in_quiet(quiet, id) {
                 continue;
             }
             for (location, target) in work.targets.iter_mut() {
@@ -951,12 +1002,16 @@ impl Worker {
         channel: &ChannelRef,
         stored: &StoredChannel,
         (batch, small_batch, bulk_threshold): (usize, usize, usize),
+        quiet: &HashSet<u32>,
         now: u64,
     ) -> Option<Vec<(String, Location, Push)>> {
         let policy = Self::policy(stored);
         let mut due: Vec<(Urgency, u64, String, Location)> = Vec::new();
         for (id, work) in self.keys.iter_mut() {
             if work.key.tenant != channel.0 || work.key.channel != channel.1 {
+                continue;
+            }
+            if in_quiet(quiet, id) {
                 continue;
             }
             for (location, target) in work.targets.iter_mut() {
@@ -999,7 +1054,15 @@ impl Worker {
         };
         due.truncate(take.max(1));
         let mut pushes = Vec::with_capacity(due.len());
+        let mut lost = HashSet::new();
         for (urgency, _, id, location) in due {
+            // The scan's `owned` may be a poll interval old: a shard let go
+            // since (a hand-over, the lease watchdog) gets no new write
+            // from here; its new owner waits out the ones already sent.
+            if !self.serves(&id) {
+                lost.insert(id);
+                continue;
+            }
             let Some(target) = self
                 .keys
                 .get_mut(&id)
@@ -1010,7 +1073,23 @@ impl Worker {
             let push = target.state.start(urgency, now);
             pushes.push((id, location, push));
         }
-        Some(pushes)
+        for id in lost {
+            if let Some(shard) = shard_of_record(&id) {
+                self.owned.remove(&shard);
+            }
+            self.keys.remove(&id);
+        }
+        (!pushes.is_empty()).then_some(pushes)
+    }
+
+    /// Whether this node serves the shard of record `id` right now (the
+    /// live shard table, not the last scan).
+    fn serves(&self, id: &str) -> bool {
+        match (&self.context.shards, shard_of_record(id)) {
+            (Some(table), Some(shard)) => table.local_epoch(shard).is_some(),
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
     }
 
     fn start_read(
@@ -1080,21 +1159,28 @@ impl Worker {
             link.busy = true;
         }
         let done = self.done_tx.clone();
+        let deadline = self.context.settings.push_deadline;
         tokio::spawn(async move {
             let count = items.len();
-            let mut outcomes = match tokio::spawn(async move { connector.push(&items).await }).await
-            {
-                Ok(outcomes) => outcomes,
-                Err(error) => {
+            let call = tokio::spawn(async move { connector.push(&items).await });
+            let abort = call.abort_handle();
+            let (mut outcomes, missing) = match tokio::time::timeout(deadline, call).await {
+                Ok(Ok(outcomes)) => (outcomes, "no outcome from the connector"),
+                Ok(Err(error)) => {
                     tracing::error!(%error, "a channel connector failed during a push");
-                    Vec::new()
+                    (Vec::new(), "the connector failed")
+                }
+                Err(_) => {
+                    // Dropped, so that nothing of it reaches the channel
+                    // after the deadline a new owner of the shard waits out.
+                    abort.abort();
+                    tracing::warn!(channel = %channel.1, items = count, deadline_ms = millis(deadline), "a channel push did not end within its deadline");
+                    (Vec::new(), "the push did not end within its deadline")
                 }
             };
             // Every item gets an outcome: one the connector did not give
             // is tried again.
-            outcomes.resize_with(count, || {
-                PushOutcome::retry(CALL_FAILED_PAUSE, "no outcome from the connector")
-            });
+            outcomes.resize_with(count, || PushOutcome::retry(CALL_FAILED_PAUSE, missing));
             let _ = done
                 .send(Done::Pushed {
                     channel,
@@ -1111,7 +1197,9 @@ impl Worker {
     fn next_due_in(&self, now: u64) -> Duration {
         let mut next = u64::MAX;
         let channels = self.context.catalog.all();
-        let mut idle: HashMap<(&str, &str), PushPolicy> = HashMap::new();
+        // Per idle channel: its policy, and whether it overwrites blindly
+        // (then keys of a shard just taken wait until its quiet ends).
+        let mut idle: HashMap<(&str, &str), (PushPolicy, bool)> = HashMap::new();
         for stored in channels.iter() {
             let channel = (stored.channel.tenant.clone(), stored.channel.id.clone());
             let Some(link) = self.links.get(&channel) else {
@@ -1124,16 +1212,31 @@ impl Worker {
                 next = next.min(link.paused_until_ms);
                 continue;
             }
+            let blind = link
+                .connector
+                .as_ref()
+                .is_some_and(|connector| !connector.refuses_stale_writes());
             idle.insert(
                 (stored.channel.tenant.as_str(), stored.channel.id.as_str()),
-                Self::policy(stored),
+                (Self::policy(stored), blind),
             );
         }
-        for work in self.keys.values() {
-            let Some(policy) = idle.get(&(work.key.tenant.as_str(), work.key.channel.as_str()))
+        for (id, work) in self.keys.iter() {
+            let Some((policy, blind)) =
+                idle.get(&(work.key.tenant.as_str(), work.key.channel.as_str()))
             else {
                 continue;
             };
+            if *blind && !work.targets.is_empty() {
+                let until = shard_of_record(id)
+                    .and_then(|shard| self.quiet_until.get(&shard).copied())
+                    .filter(|until| *until > now);
+                if let Some(until) = until {
+                    // Its first look and pushes wait for the quiet's end.
+                    next = next.min(until);
+                    continue;
+                }
+            }
             for target in work.targets.values() {
                 if let Some(confirm) = &target.confirm {
                     next = next.min(confirm.check_at_ms);
@@ -1475,6 +1578,11 @@ impl Worker {
 }
 
 /// The channel shows `push`'s value: acknowledge it and count the lag.
+/// Whether record `id` belongs to one of the `quiet` shards.
+fn in_quiet(quiet: &HashSet<u32>, id: &str) -> bool {
+    !quiet.is_empty() && shard_of_record(id).is_some_and(|shard| quiet.contains(&shard))
+}
+
 fn acknowledged(channel: &str, target: &mut Target, push: &Push, now: u64) {
     target.state.succeeded(push, now);
     target.known = true;

@@ -190,6 +190,8 @@ options! {
         channel_confirm_after_ms: u64 = 1_000, env "SKULD_CHANNEL_CONFIRM_AFTER_MS";
         /// How long an accepted push may take to show on the channel before it is sent again, in seconds.
         channel_confirm_within_secs: u64 = 60, env "SKULD_CHANNEL_CONFIRM_WITHIN_SECS";
+        /// How long one push call to a channel may take before it is abandoned and its items tried again, in milliseconds; after taking a shard, a node waits this (plus 2 s) before writing its keys to channels without a compare, so no write of the former owner lands after its own.
+        channel_push_deadline_ms: u64 = 30_000, env "SKULD_CHANNEL_PUSH_DEADLINE_MS";
         /// Directory of channel credentials, one subdirectory per tenant: a channel's file: reference must be in <dir>/<tenant>/ (env: ones are named SKULD_CHANNEL_<TENANT>_...); empty: no file references.
         channel_credentials_dir: PathBuf = PathBuf::new(), env "SKULD_CHANNEL_CREDENTIALS_DIR";
     }
