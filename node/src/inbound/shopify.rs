@@ -773,7 +773,27 @@ impl Applier {
             if quantity <= 0 {
                 continue;
             }
+            // Received where it shipped from when the payload says so;
+            // else at the network's first location.
+            let shipped_from = line
+                .get("location_id")
+                .or_else(|| item.get("location_id"))
+                .and_then(number);
+            let location = match shipped_from {
+                Some(location) => match work.location(Some(location)) {
+                    Some(location) => location,
+                    None => continue,
+                },
+                None => work.channel.network.first().cloned().unwrap_or_default(),
+            };
             order_lines.push(pb::OrderLine {
+                location,
+                // Shopify's return rules decided the request is in time
+                // before sending it, and the payload says nothing of the
+                // delivery: skuld's window counts from the request, so it
+                // does not refuse what the shop accepted.
+                fulfilled_at_unix_ms: work.delivery.updated_at_ms,
+                delivered_at_unix_ms: work.delivery.updated_at_ms,
                 line_id: line_id.to_string(),
                 sku,
                 quantity: item
