@@ -7,6 +7,7 @@ use std::time::Duration;
 use skuld_client::{RouteKey, Router};
 use skuld_proto::v1 as pb;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
+use skuld_proto::v1::order_service_client::OrderServiceClient;
 use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
 use tonic::transport::Channel;
 
@@ -22,6 +23,7 @@ pub(super) trait Workload: Send + Sync + 'static {
 pub(super) struct Clients {
     pub(super) inventory: Vec<InventoryServiceClient<Channel>>,
     pub(super) returns: Vec<ReturnsServiceClient<Channel>>,
+    pub(super) orders: Vec<OrderServiceClient<Channel>>,
     pub(super) timeout: Duration,
     /// `--routing owner` against a cluster with a shard map: reservations
     /// go to their position's owner. `None`: every request to the
@@ -36,6 +38,11 @@ impl Clients {
 
     pub(super) fn returns(&self, caller: usize) -> ReturnsServiceClient<Channel> {
         self.returns[caller % self.returns.len()].clone()
+    }
+
+    /// Orders go to any node: the order's owner runs its saga.
+    pub(super) fn orders(&self, caller: usize) -> OrderServiceClient<Channel> {
+        self.orders[caller % self.orders.len()].clone()
     }
 
     /// Sends an inventory request of `key` with `send`: to the key's

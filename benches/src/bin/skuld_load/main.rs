@@ -20,6 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod calls;
 mod drive;
 mod mixed;
+mod orders;
 mod readback;
 mod report;
 mod reservations;
@@ -37,12 +38,14 @@ use serde::Serialize;
 use skuld_benches::node::{peak_rss_mib, SpawnedNode};
 use skuld_benches::pick::Picker;
 use skuld_proto::v1::inventory_service_client::InventoryServiceClient;
+use skuld_proto::v1::order_service_client::OrderServiceClient;
 use skuld_proto::v1::returns_service_client::ReturnsServiceClient;
 use tonic::transport::Endpoint;
 
 use calls::*;
 use drive::*;
 use mixed::*;
+use orders::*;
 use readback::*;
 use report::*;
 use reservations::*;
@@ -80,6 +83,9 @@ enum Scenario {
     Overload,
     /// Many return cases through their whole lifecycle.
     ReturnsSurge,
+    /// Single-line reservations, then `--order-lines`-line orders
+    /// (`ReserveOrder`), against the same node: their throughput ratio.
+    Orders,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -156,6 +162,9 @@ struct Args {
     /// mixed: share (%) of reservations sent to one extra hot position.
     #[arg(long, default_value_t = 0.0)]
     hot_sku_share: f64,
+    /// orders: lines per order (distinct positions, one unit each).
+    #[arg(long, default_value_t = 3)]
+    order_lines: usize,
     /// overload: the capacity (ok/s); measured with a closed-loop spread run
     /// of --capacity-seconds when absent.
     #[arg(long)]
@@ -256,6 +265,7 @@ pub(crate) async fn open_channel(
 async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
     let mut inventory = Vec::new();
     let mut returns = Vec::new();
+    let mut orders = Vec::new();
     let endpoints: Vec<&str> = args
         .endpoint
         .split(',')
@@ -269,11 +279,13 @@ async fn connect(args: &Args) -> anyhow::Result<Arc<Clients>> {
         // One HTTP/2 connection per channel.
         let channel = open_channel(endpoint, args.tls_ca_file.as_deref()).await?;
         inventory.push(InventoryServiceClient::new(channel.clone()));
-        returns.push(ReturnsServiceClient::new(channel));
+        returns.push(ReturnsServiceClient::new(channel.clone()));
+        orders.push(OrderServiceClient::new(channel));
     }
     Ok(Arc::new(Clients {
         inventory,
         returns,
+        orders,
         timeout: Duration::from_millis(args.timeout_ms),
         router: owner_router(args, &endpoints).await?,
     }))
@@ -330,6 +342,7 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         Scenario::Mixed => mixed(&clients, &args, &run).await,
         Scenario::Overload => overload(&clients, &args, &run).await,
         Scenario::ReturnsSurge => returns_surge(&clients, &args, &run).await,
+        Scenario::Orders => orders(&clients, &args, &run).await,
     };
     if let Some(router) = &clients.router {
         let stats = router.stats();
