@@ -118,15 +118,20 @@ impl Setup {
 /// 10 units in skuld and on the shop; GHOST on the shop only), webhooks
 /// pointed at the node.
 async fn setup() -> Setup {
+    setup_with(|options| options).await
+}
+
+fn node_options(dir: &TestDir) -> NodeOptions {
+    NodeOptions::default()
+        .arg("--channel-credentials-dir", dir.path().display())
+        .arg("--channel-poll-interval-ms", 50)
+}
+
+async fn setup_with(options: impl FnOnce(NodeOptions) -> NodeOptions) -> Setup {
     let dir = TestDir::new().unwrap();
-    let node = TestNode::start(
-        &dir.node_dir("node"),
-        NodeOptions::default()
-            .arg("--channel-credentials-dir", dir.path().display())
-            .arg("--channel-poll-interval-ms", 50),
-    )
-    .await
-    .unwrap();
+    let node = TestNode::start(&dir.node_dir("node"), options(node_options(&dir)))
+        .await
+        .unwrap();
     let emulators = Emulators::start(EmulatorsConfig::default()).await.unwrap();
     let shop = emulators.shopify();
     shop.add_item(TEE, "TEE");
@@ -689,6 +694,42 @@ async fn unknown_skus_and_locations_are_exceptions_with_their_owner() {
             .await
             >= 3.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_taken_in_survive_a_crash_before_they_are_applied() {
+    // The node takes deliveries in but does not apply them for a minute.
+    let mut setup =
+        setup_with(|options| options.env("SKULD_FAILPOINT_INBOUND_HOLD_MS", 60_000)).await;
+    let shop = setup.emulators.shopify();
+    let order_id = shop.storefront_order(&[tee(4)]).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "both deliveries answered",
+        || async { shop.webhook_deliveries().len() == 2 },
+    )
+    .await;
+    assert!(shop
+        .webhook_deliveries()
+        .iter()
+        .all(|delivery| delivery.status == Some(200)));
+    assert!(setup.order(order_id).await.is_none());
+    setup.node.kill9().unwrap();
+    let dir = &setup._dir;
+    let options = node_options(dir);
+    setup.node.restart_with(options).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the order committed after the restart",
+        || async {
+            setup
+                .order(order_id)
+                .await
+                .is_some_and(|order| order.status == pb::OrderStatus::Committed as i32)
+        },
+    )
+    .await;
+    assert_eq!(setup.position().await.committed, 4);
 }
 
 /// Deliveries per second the endpoint takes in (verified, stored, 200),

@@ -233,6 +233,14 @@ struct Backoff {
 
 impl Processor {
     pub async fn run(self, stop: CancellationToken) {
+        // Tests: take deliveries in without applying them for a while (a
+        // crash with a full inbox).
+        if let Some(hold) = crate::config::Config::failpoint_ms("INBOUND_HOLD_MS") {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(hold) => {}
+            }
+        }
         let retries: Mutex<HashMap<String, Backoff>> = Mutex::new(HashMap::new());
         let mut purged_at = tokio::time::Instant::now();
         loop {
