@@ -114,6 +114,16 @@ impl ShardTable {
         }
     }
 
+    /// `local_epoch`, and only within the lease's safe window (as `serve`
+    /// checks): for work that reaches outside the store, such as a push to
+    /// a sales channel, which no fence stops once the window has passed.
+    pub fn serving_epoch(&self, shard: u32) -> Option<u64> {
+        if self.nanos_since_base(Instant::now()) >= self.serve_until_ns.load(Ordering::Acquire) {
+            return None;
+        }
+        self.local_epoch(shard)
+    }
+
     /// Starts serving a request locally if this node owns the shard. The
     /// check and the count happen under the slot's lock, so a handoff that
     /// has switched the route away sees every request it must wait for.

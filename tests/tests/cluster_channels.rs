@@ -778,10 +778,11 @@ const WALMART: &str = "wm";
 const MUG: &str = "MUG";
 /// The former owner's write sits this long in the channel before it
 /// applies, so it is still in flight when the shard moves.
-const SLOW_APPLY: Duration = Duration::from_secs(3);
+/// Long enough for the drain to move every shard first on a loaded machine.
+const SLOW_APPLY: Duration = Duration::from_secs(6);
 /// The nodes' push deadline: longer than `SLOW_APPLY`, so the slow write is
 /// not abandoned but lands.
-const PUSH_DEADLINE_MS: u64 = 5_000;
+const PUSH_DEADLINE_MS: u64 = 8_000;
 
 async fn define_walmart(cluster: &TestCluster, secrets: &TestDir, emulators: &Emulators) {
     let own = secrets.path().join(TENANT);
@@ -929,8 +930,8 @@ async fn a_blind_channel_gets_no_write_of_the_former_owner_after_the_new_owners(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        sold_at.elapsed() < SLOW_APPLY,
-        "the shards moved after the slow write landed ({:?}): nothing was raced",
+        !walmart_applied(&emulators, MUG).contains(&90),
+        "the first sale's push landed before the shards moved ({:?} after it): nothing was raced",
         sold_at.elapsed()
     );
 

@@ -69,7 +69,10 @@ const CALL_FAILED_PAUSE: Duration = Duration::from_secs(5);
 const COMPUTE_DEADLINE: Duration = Duration::from_secs(2);
 /// Added to the push deadline for a shard just taken: the former owner's
 /// last call began before it let go, so it ends within its deadline of
-/// that, and this covers the hand-over's own delays and clock drift.
+/// that; this covers the hand-over's own delays and a channel still
+/// applying a request whose caller had just given up on it (a server
+/// queueing writes longer than this can still apply one late:
+/// reconciliation is what finds that).
 const HANDOFF_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
@@ -251,8 +254,9 @@ pub struct Worker {
     /// Cluster mode: shards taken less than `handoff_quiet` ago, and until
     /// when their keys wait on channels without a compare (a former
     /// owner's call may still land; a read-back now could be overwritten
-    /// by it, a push now could be).
-    quiet_until: HashMap<u32, u64>,
+    /// by it, a push now could be). Monotonic, so that a step of the wall
+    /// clock does not end it early.
+    quiet_until: HashMap<u32, tokio::time::Instant>,
 }
 
 fn now_ms() -> u64 {
@@ -357,12 +361,12 @@ impl Worker {
             None => (0..self.context.shard_count).collect(),
         };
         let gained: Vec<u32> = owned.difference(&self.owned).copied().collect();
-        let now = now_ms();
+        let now = tokio::time::Instant::now();
         if self.context.shards.is_some() {
             // Every shard a node starts with counts as taken: before this
             // process, another node (or this one's killed predecessor) may
             // have owned it.
-            let until = now + millis(self.context.settings.handoff_quiet());
+            let until = now + self.context.settings.handoff_quiet();
             for shard in &gained {
                 self.quiet_until.insert(*shard, until);
             }
@@ -923,7 +927,7 @@ impl Worker {
             let quiet = if connector.refuses_stale_writes() {
                 HashSet::new()
             } else {
-                self.quiet_shards(now)
+                self.quiet_shards()
             };
             if let Some(reads) = self.due_reads(&channel, reads, &quiet, now) {
                 self.start_read(channel, connector, reads);
@@ -944,12 +948,20 @@ impl Worker {
     }
 
     /// The shards whose keys wait after a take (see `quiet_until`).
-    fn quiet_shards(&self, now: u64) -> HashSet<u32> {
+    fn quiet_shards(&self) -> HashSet<u32> {
+        let now = tokio::time::Instant::now();
         self.quiet_until
             .iter()
             .filter(|(_, until)| **until > now)
             .map(|(shard, _)| *shard)
             .collect()
+    }
+
+    /// How long the keys of record `id`'s shard still wait after a take.
+    fn quiet_left(&self, id: &str) -> Option<Duration> {
+        let until = self.quiet_until.get(&shard_of_record(id)?)?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     fn due_reads(
@@ -1073,20 +1085,23 @@ impl Worker {
             let push = target.state.start(urgency, now);
             pushes.push((id, location, push));
         }
-        for id in lost {
-            if let Some(shard) = shard_of_record(&id) {
-                self.owned.remove(&shard);
-            }
-            self.keys.remove(&id);
+        // The whole shard is let go of here, as a scan would: its keys
+        // stop being read and settled, and if it comes back it is a take
+        // (quiet, known keys loaded, first looks) like any other.
+        for shard in lost.iter().filter_map(|id| shard_of_record(id)) {
+            self.owned.remove(&shard);
+            self.quiet_until.remove(&shard);
+            self.keys
+                .retain(|id, _| shard_of_record(id).is_some_and(|of| of != shard));
         }
         (!pushes.is_empty()).then_some(pushes)
     }
 
     /// Whether this node serves the shard of record `id` right now (the
-    /// live shard table, not the last scan).
+    /// live shard table within the lease's safe window, not the last scan).
     fn serves(&self, id: &str) -> bool {
         match (&self.context.shards, shard_of_record(id)) {
-            (Some(table), Some(shard)) => table.local_epoch(shard).is_some(),
+            (Some(table), Some(shard)) => table.serving_epoch(shard).is_some(),
             (Some(_), None) => false,
             (None, _) => true,
         }
@@ -1228,12 +1243,9 @@ impl Worker {
                 continue;
             };
             if *blind && !work.targets.is_empty() {
-                let until = shard_of_record(id)
-                    .and_then(|shard| self.quiet_until.get(&shard).copied())
-                    .filter(|until| *until > now);
-                if let Some(until) = until {
+                if let Some(left) = self.quiet_left(id) {
                     // Its first look and pushes wait for the quiet's end.
-                    next = next.min(until);
+                    next = next.min(now.saturating_add(millis(left)));
                     continue;
                 }
             }
@@ -1577,12 +1589,12 @@ impl Worker {
     }
 }
 
-/// The channel shows `push`'s value: acknowledge it and count the lag.
 /// Whether record `id` belongs to one of the `quiet` shards.
 fn in_quiet(quiet: &HashSet<u32>, id: &str) -> bool {
     !quiet.is_empty() && shard_of_record(id).is_some_and(|shard| quiet.contains(&shard))
 }
 
+/// The channel shows `push`'s value: acknowledge it and count the lag.
 fn acknowledged(channel: &str, target: &mut Target, push: &Push, now: u64) {
     target.state.succeeded(push, now);
     target.known = true;
