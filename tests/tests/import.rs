@@ -263,3 +263,62 @@ async fn an_import_applies_good_lines_once_and_names_every_bad_one() {
     );
     assert_eq!(applied_metric(metrics(&node).await), applied_before);
 }
+
+/// Cluster mode: an import sent to one node reaches every line's owner
+/// (forwarded like a unary call); every node reads the counts back, and a
+/// rerun through another node replays every line on its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_each_line_of_an_import_is_applied_by_its_owner() {
+    use skuld_tests::cluster::TestCluster;
+
+    const CLUSTER_LINES: u64 = 3_000;
+    let cluster = TestCluster::start(3).await.unwrap();
+    let dir = TestDir::new().unwrap();
+    let mut csv = String::from("sku,location,on_hand\n");
+    for i in 0..CLUSTER_LINES {
+        writeln!(csv, "{},{},{}", sku(i), location(i), i % 7).unwrap();
+    }
+    let file = dir.path().join("counts.csv");
+    std::fs::write(&file, csv).unwrap();
+    let rejects = dir.path().join("rejects.csv");
+    let forwarded = |scrape: Scrape| scrape.or_zero("skuld_forwarded_total", &[]);
+
+    let before = forwarded(metrics(cluster.node(0)).await);
+    let (output, summary) = import(cluster.node(0), &file, &rejects);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(count(&summary, "applied"), CLUSTER_LINES, "{summary}");
+    let sent_on = forwarded(metrics(cluster.node(0)).await) - before;
+    // Node 0 owns about a third of the shards: the rest went to their owners.
+    assert!(
+        sent_on >= CLUSTER_LINES as f64 / 3.0,
+        "only {sent_on} of {CLUSTER_LINES} lines forwarded"
+    );
+
+    for via in 0..3 {
+        let mut inventory = cluster.inventory(via).await.unwrap();
+        for s in 0..CLUSTER_LINES / LOCATIONS {
+            let reply = inventory
+                .get_availability(pb::GetAvailabilityRequest {
+                    tenant: TENANT.into(),
+                    sku: sku(s * LOCATIONS),
+                    locations: (0..LOCATIONS).map(location).collect(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            for (n, at) in reply.locations.iter().enumerate() {
+                let i = s * LOCATIONS + n as u64;
+                assert_eq!(
+                    (at.on_hand, at.version),
+                    ((i % 7) as i64, 1),
+                    "line {i} via {via}"
+                );
+            }
+        }
+    }
+
+    let (output, again) = import(cluster.node(2), &file, &rejects);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(count(&again, "applied"), 0, "{again}");
+    assert_eq!(count(&again, "replayed"), CLUSTER_LINES, "{again}");
+}
