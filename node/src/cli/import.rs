@@ -252,8 +252,13 @@ async fn import_positions(
             format_status(&status, None)
         ))),
         None if summary.rejected > 0 => Err(fail(format!(
-            "{} lines rejected; see {}",
+            "{} {} rejected; see {}",
             summary.rejected,
+            if summary.rejected == 1 {
+                "line"
+            } else {
+                "lines"
+            },
             summary.rejects_file.as_deref().unwrap_or("-")
         ))),
         None => Ok(()),
@@ -658,16 +663,23 @@ impl Progress {
         }
         *last = Instant::now();
         let done = summary.applied + summary.replayed;
-        let percent = shared.bytes_read.load(Ordering::Relaxed) * 100 / self.total_bytes.max(1);
+        let rejected = shared.rejects.lock().map(|r| r.len() as u64).unwrap_or(0);
+        // The file is read ahead of the node (HTTP/2 buffers): the share
+        // done is of the lines answered, out of the file's lines as
+        // estimated from the bytes read so far.
+        let read = shared.lines_read.load(Ordering::Relaxed).max(1);
+        let bytes = shared.bytes_read.load(Ordering::Relaxed).max(1);
+        let estimated_lines =
+            (read as u128 * self.total_bytes.max(bytes) as u128 / bytes as u128).max(1);
+        let percent = ((done + rejected) as u128 * 100 / estimated_lines).min(100) as usize;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
         let width = 30;
-        let filled = (percent.min(100) as usize) * width / 100;
+        let filled = percent * width / 100;
         let _ = write!(
             io::stderr(),
-            "\r[{}{}] {percent:>3}%  {done} applied  {} rejected  {rate:.0} lines/s ",
+            "\r[{}{}] {percent:>3}%  {done} applied  {rejected} rejected  {rate:.0} lines/s ",
             "#".repeat(filled),
             "-".repeat(width - filled),
-            shared.rejects.lock().map(|r| r.len()).unwrap_or(0),
         );
         let _ = io::stderr().flush();
     }
