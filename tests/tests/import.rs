@@ -322,3 +322,61 @@ async fn in_a_cluster_each_line_of_an_import_is_applied_by_its_owner() {
     assert_eq!(count(&again, "applied"), 0, "{again}");
     assert_eq!(count(&again, "replayed"), CLUSTER_LINES, "{again}");
 }
+
+/// The stream itself: a refused line does not end it, a message over the
+/// limit does (INVALID_ARGUMENT) and none of its lines is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_stream_refuses_an_oversized_message_and_applies_none_of_it() {
+    let dir = TestDir::new().unwrap();
+    let node = TestNode::start(&dir.node_dir("node"), NodeOptions::default())
+        .await
+        .unwrap();
+    let line = |n: u64, sku: &str, on_hand: i64| pb::ImportPositionLine {
+        line_number: n,
+        sku: sku.into(),
+        location: "DC1".into(),
+        on_hand,
+        idempotency_key: format!("k-{n}"),
+        ..Default::default()
+    };
+    let good = pb::ImportPositionsRequest {
+        tenant: TENANT.into(),
+        lines: vec![line(1, "mug", 5), line(2, "cup", -1)],
+    };
+    let oversized = pb::ImportPositionsRequest {
+        tenant: TENANT.into(),
+        lines: (10..1_011)
+            .map(|n| line(n, &format!("big-{n}"), 1))
+            .collect(),
+    };
+    let mut inventory = node.inventory().await.unwrap();
+    let mut replies = inventory
+        .import_positions(futures::stream::iter([good]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replies.message().await.unwrap().unwrap();
+    let mut results = first.results.clone();
+    results.sort_by_key(|result| result.line_number);
+    assert_eq!(results[0].outcome(), pb::ImportLineOutcome::Applied);
+    assert_eq!(results[1].outcome(), pb::ImportLineOutcome::Refused);
+    assert_eq!(
+        results[1].code,
+        tonic::Code::InvalidArgument as i32,
+        "{results:?}"
+    );
+    assert!(replies.message().await.unwrap().is_none());
+
+    let mut replies = inventory
+        .import_positions(futures::stream::iter([oversized]))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let missing = inventory
+        .get_position(skuld_tests::requests::get(&key(TENANT, "big-10", "DC1")))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
