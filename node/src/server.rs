@@ -367,14 +367,18 @@ pub async fn run(
     });
     let servers = TaskTracker::new();
     // Calls of the APIs the node admits are shed before they are decoded
-    // when the node is at its limit, with admission's own refusal.
+    // when the node is at its limit, with admission's own refusal. Not the
+    // order API's: a call waits for its saga (a commit per step, one after
+    // another), so its time says nothing of queueing, and taken for queue
+    // time it cut the limit to its floor (64 callers of 3-line orders: 91
+    // ok/s and 442,519 refusals with it, 1,742 ok/s and none without);
+    // each step's position mutation is still admitted.
     let shedder = Shedder::new(
         config.shed(),
         to_status(&admission.refusal("node")),
         &[
             <InventoryServiceServer<InventoryApi> as tonic::server::NamedService>::NAME,
             <ReturnsServiceServer<ReturnsApi> as tonic::server::NamedService>::NAME,
-            <OrderServiceServer<OrdersApi> as tonic::server::NamedService>::NAME,
         ],
     );
     // One set of routes for the gRPC port and the JSON door (json_door.rs),
