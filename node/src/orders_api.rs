@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skuld_actors::order::{
-    step_key_for, HoldState, LineSpec, Order, OrderCommand, OrderEntity, OrderMutation,
-    OrderStatus, Shortfall,
+    step_key_for, Failure, HoldState, LineSpec, Order, OrderCommand, OrderEntity, OrderMutation,
+    OrderStatus, Shortfall, TransferSpec,
 };
 use skuld_actors::runtime::{EntityRuntime, RequestMeta};
 use skuld_actors::{Error, OrderKey, Refusal};
@@ -38,6 +38,25 @@ impl OrdersApi {
         mutation: Result<OrderMutation, Error>,
         meta: RequestMeta,
     ) -> Result<(pb::Order, bool), Error> {
+        let (key, order, replayed) = self.mutate_until_at_rest(mutation, meta).await?;
+        Ok((proto_order(&key, &order), replayed))
+    }
+
+    /// A transfer's mutation (the same saga), answered as a transfer.
+    async fn mutate_transfer(
+        &self,
+        mutation: Result<OrderMutation, Error>,
+        meta: RequestMeta,
+    ) -> Result<(pb::Transfer, bool), Error> {
+        let (key, order, replayed) = self.mutate_until_at_rest(mutation, meta).await?;
+        Ok((proto_transfer(&key, &order)?, replayed))
+    }
+
+    async fn mutate_until_at_rest(
+        &self,
+        mutation: Result<OrderMutation, Error>,
+        meta: RequestMeta,
+    ) -> Result<(OrderKey, Order, bool), Error> {
         let mutation = mutation?;
         let key = mutation.key.clone();
         let started = Instant::now();
@@ -68,8 +87,69 @@ impl OrdersApi {
                 Err(error) => return Err(error),
             }
         }
-        Ok((proto_order(&key, &order), mutated.replayed))
+        Ok((key, order, mutated.replayed))
     }
+}
+
+fn transfer_key(key: Option<pb::TransferKey>) -> Result<OrderKey, Error> {
+    let key = key.ok_or_else(|| Error::invalid("key", "is required"))?;
+    Ok(OrderKey::new(key.tenant, key.transfer_id)?)
+}
+
+fn transfer_mutation(
+    key: Option<pb::TransferKey>,
+    idempotency_key: String,
+    command: OrderCommand,
+) -> Result<OrderMutation, Error> {
+    Ok(OrderMutation {
+        key: transfer_key(key)?,
+        idempotency_key,
+        expected_version: None,
+        command,
+    })
+}
+
+fn transfer_status(status: Option<OrderStatus>) -> pb::TransferStatus {
+    match status {
+        None => pb::TransferStatus::Unspecified,
+        Some(OrderStatus::Reserving) => pb::TransferStatus::Moving,
+        Some(OrderStatus::Held) => pb::TransferStatus::InTransit,
+        Some(OrderStatus::Committing) => pb::TransferStatus::Receiving,
+        Some(OrderStatus::Committed) => pb::TransferStatus::Received,
+        Some(OrderStatus::Releasing) => pb::TransferStatus::Returning,
+        Some(OrderStatus::Released) => pb::TransferStatus::NotTransferred,
+    }
+}
+
+fn proto_failure(failure: &Failure) -> pb::OrderFailure {
+    pb::OrderFailure {
+        line_id: failure.line_id.clone(),
+        sku: failure.sku.clone(),
+        requested: failure.requested,
+        shortfalls: failure.shortfalls.iter().map(shortfall).collect(),
+        reason: failure.reason.clone(),
+    }
+}
+
+/// The transfer behind an order actor; NOT_FOUND for none, or an order.
+pub fn proto_transfer(key: &OrderKey, order: &Order) -> Result<pb::Transfer, Error> {
+    let Some(transfer) = order.transfer.as_ref().filter(|_| order.status.is_some()) else {
+        return Err(Error::Refused(Refusal::OrderNotFound(key.order_id.clone())));
+    };
+    Ok(pb::Transfer {
+        key: Some(pb::TransferKey {
+            tenant: key.tenant.clone(),
+            transfer_id: key.order_id.clone(),
+        }),
+        sku: transfer.spec.sku.clone(),
+        from_location: transfer.spec.from.clone(),
+        to_location: transfer.spec.to.clone(),
+        quantity: transfer.spec.quantity,
+        status: transfer_status(order.status) as i32,
+        failure: order.failure.as_ref().map(proto_failure),
+        version: order.version,
+        pending_step: order.pending.as_ref().map_or(0, |step| step.number),
+    })
 }
 
 fn order_key(key: Option<pb::OrderKey>) -> Result<OrderKey, Error> {
@@ -169,13 +249,7 @@ pub fn proto_order(key: &OrderKey, order: &Order) -> pb::Order {
                 shortfalls: line.shortfalls.iter().map(shortfall).collect(),
             })
             .collect(),
-        failure: order.failure.as_ref().map(|failure| pb::OrderFailure {
-            line_id: failure.line_id.clone(),
-            sku: failure.sku.clone(),
-            requested: failure.requested,
-            shortfalls: failure.shortfalls.iter().map(shortfall).collect(),
-            reason: failure.reason.clone(),
-        }),
+        failure: order.failure.as_ref().map(proto_failure),
         version: order.version,
         pending_step: order.pending.as_ref().map_or(0, |step| step.number),
     }
@@ -253,6 +327,63 @@ impl OrderService for OrdersApi {
             }
             Ok(pb::GetOrderResponse {
                 order: Some(proto_order(&key, &order)),
+            })
+        })
+        .await
+    }
+
+    async fn transfer_stock(
+        &self,
+        request: Request<pb::TransferStockRequest>,
+    ) -> Result<Response<pb::TransferStockResponse>, Status> {
+        rpc::serve("TransferStock", request, |m, meta| async move {
+            let command = OrderCommand::Transfer {
+                spec: TransferSpec {
+                    sku: m.sku,
+                    from: m.from_location,
+                    to: m.to_location,
+                    quantity: m.quantity,
+                },
+            };
+            let (transfer, replayed) = self
+                .mutate_transfer(transfer_mutation(m.key, m.idempotency_key, command), meta)
+                .await?;
+            Ok(pb::TransferStockResponse {
+                transfer: Some(transfer),
+                replayed,
+            })
+        })
+        .await
+    }
+
+    async fn receive_transfer(
+        &self,
+        request: Request<pb::ReceiveTransferRequest>,
+    ) -> Result<Response<pb::ReceiveTransferResponse>, Status> {
+        rpc::serve("ReceiveTransfer", request, |m, meta| async move {
+            let (transfer, replayed) = self
+                .mutate_transfer(
+                    transfer_mutation(m.key, m.idempotency_key, OrderCommand::ReceiveTransfer),
+                    meta,
+                )
+                .await?;
+            Ok(pb::ReceiveTransferResponse {
+                transfer: Some(transfer),
+                replayed,
+            })
+        })
+        .await
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<pb::GetTransferRequest>,
+    ) -> Result<Response<pb::GetTransferResponse>, Status> {
+        rpc::serve("GetTransfer", request, |m, meta| async move {
+            let key = transfer_key(m.key)?;
+            let order = self.runtime.read(&key, meta).await?;
+            Ok(pb::GetTransferResponse {
+                transfer: Some(proto_transfer(&key, &order)?),
             })
         })
         .await

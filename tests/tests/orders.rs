@@ -633,3 +633,231 @@ async fn in_a_cluster_orders_are_run_by_their_owner_against_positions_anywhere()
     }
     assert!(after > before, "nothing was forwarded");
 }
+
+fn tkey(transfer_id: &str) -> Option<pb::TransferKey> {
+    Some(pb::TransferKey {
+        tenant: TENANT.into(),
+        transfer_id: transfer_id.into(),
+    })
+}
+
+fn transfer_request(transfer_id: &str, quantity: i64) -> pb::TransferStockRequest {
+    pb::TransferStockRequest {
+        key: tkey(transfer_id),
+        idempotency_key: format!("transfer-{transfer_id}"),
+        sku: "T".into(),
+        from_location: "DC1".into(),
+        to_location: "ST1".into(),
+        quantity,
+    }
+}
+
+fn transfer_status(transfer: &pb::Transfer) -> pb::TransferStatus {
+    pb::TransferStatus::try_from(transfer.status).unwrap()
+}
+
+/// Reads the transfer until its steps are done.
+async fn transfer_at_rest(orders: &mut Orders, transfer_id: &str) -> pb::Transfer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = orders
+            .get_transfer(pb::GetTransferRequest {
+                key: tkey(transfer_id),
+            })
+            .await;
+        if let Ok(reply) = reply {
+            let transfer = reply.into_inner().transfer.unwrap();
+            if matches!(
+                transfer_status(&transfer),
+                pb::TransferStatus::InTransit
+                    | pb::TransferStatus::Received
+                    | pb::TransferStatus::NotTransferred
+            ) {
+                return transfer;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfer {transfer_id} never came to rest"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (available at DC1, incoming and available at ST1) of SKU T.
+async fn transfer_buckets(inventory: &mut Inventory) -> (i64, i64, i64) {
+    let from = buckets(inventory, "T", "DC1").await;
+    let to = buckets(inventory, "T", "ST1").await;
+    (from.available, to.incoming, to.available)
+}
+
+/// A transfer takes units out of DC1's available into ST1's incoming, a
+/// retry applies it once, receiving moves them into ST1's available; a
+/// short transfer is refused with what DC1 had and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_moves_units_once_and_a_short_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("node"), NodeOptions::default())
+        .await
+        .unwrap();
+    let (mut orders, mut inventory) = clients(&node).await;
+    stock(&mut inventory, &[("T", "DC1", 10)]).await;
+
+    let request = transfer_request("t1", 4);
+    let first = orders
+        .transfer_stock(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let transfer = first.transfer.unwrap();
+    assert_eq!(
+        transfer_status(&transfer),
+        pb::TransferStatus::InTransit,
+        "{transfer:?}"
+    );
+    assert_eq!(transfer_buckets(&mut inventory).await, (6, 4, 0));
+    // A retry under the same key is replayed; under another key the same
+    // transfer changes nothing either.
+    let again = orders
+        .transfer_stock(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed && again.replayed);
+    orders
+        .transfer_stock(pb::TransferStockRequest {
+            idempotency_key: "another-key".into(),
+            ..request.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(transfer_buckets(&mut inventory).await, (6, 4, 0));
+    // Another transfer under the same id, or an order's command, is refused.
+    let other = orders
+        .transfer_stock(pb::TransferStockRequest {
+            idempotency_key: "other-quantity".into(),
+            ..transfer_request("t1", 5)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists);
+    let commit = orders
+        .commit_order(pb::CommitOrderRequest {
+            key: okey("t1"),
+            idempotency_key: "commit-t1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(commit.code(), Code::FailedPrecondition);
+
+    for _ in 0..2 {
+        let received = orders
+            .receive_transfer(pb::ReceiveTransferRequest {
+                key: tkey("t1"),
+                idempotency_key: "receive-t1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .transfer
+            .unwrap();
+        assert_eq!(transfer_status(&received), pb::TransferStatus::Received);
+    }
+    assert_eq!(transfer_buckets(&mut inventory).await, (6, 0, 4));
+    let st1 = buckets(&mut inventory, "T", "ST1").await;
+    assert_eq!(st1.on_hand, 4);
+
+    // 7 asked, 6 available: refused, nothing changes.
+    let short = orders
+        .transfer_stock(transfer_request("t2", 7))
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    assert_eq!(transfer_status(&short), pb::TransferStatus::NotTransferred);
+    let failure = short.failure.unwrap();
+    assert_eq!(failure.shortfalls[0].location, "DC1");
+    assert_eq!(failure.shortfalls[0].available, Some(6));
+    assert_eq!(transfer_buckets(&mut inventory).await, (6, 0, 4));
+    let dc1 = buckets(&mut inventory, "T", "DC1").await;
+    assert_eq!(dc1.on_hand, 6);
+    let not_in_transit = orders
+        .receive_transfer(pb::ReceiveTransferRequest {
+            key: tkey("t2"),
+            idempotency_key: "receive-t2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_in_transit.code(), Code::FailedPrecondition);
+
+    let bad = orders
+        .transfer_stock(pb::TransferStockRequest {
+            to_location: "DC1".into(),
+            ..transfer_request("t3", 1)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let missing = orders
+        .get_transfer(pb::GetTransferRequest { key: tkey("t3") })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+/// The node aborts just before and just after each step of a transfer
+/// (out of DC1, into ST1's incoming, the receipt); after the restart the
+/// transfer resumes, and the units are at ST1 or at DC1, never both or
+/// neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_transfer_step_ends_at_one_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    for step in 1..=3u32 {
+        for when in ["before", "after"] {
+            let name = format!("transfer-{when}-{step}");
+            let failing = NodeOptions::default()
+                .arg("--config", config.display())
+                .env("SKULD_FAILPOINT_ORDER_STEP", format!("{when}:{step}"));
+            let mut node = TestNode::start(&dir.path().join(&name), failing)
+                .await
+                .unwrap();
+            let (mut orders, mut inventory) = clients(&node).await;
+            stock(&mut inventory, &[("T", "DC1", 10)]).await;
+            let request = transfer_request(&name, 4);
+            let receive = pb::ReceiveTransferRequest {
+                key: tkey(&name),
+                idempotency_key: format!("receive-{name}"),
+            };
+            // The abort may beat the reply out of the process.
+            if orders.transfer_stock(request.clone()).await.is_ok() {
+                let _ = orders.receive_transfer(receive.clone()).await;
+            }
+            let crashed = node.wait_exit(Duration::from_secs(10)).await.is_ok();
+            assert!(crashed, "{name}: the failpoint never fired");
+            node.restart_with(NodeOptions::default().arg("--config", config.display()))
+                .await
+                .unwrap();
+            let (mut orders, mut inventory) = clients(&node).await;
+            // Before the receipt, the units are in exactly one place.
+            orders.transfer_stock(request).await.unwrap();
+            let transfer = transfer_at_rest(&mut orders, &name).await;
+            let now = transfer_buckets(&mut inventory).await;
+            match transfer_status(&transfer) {
+                pb::TransferStatus::InTransit => assert_eq!(now, (6, 4, 0), "{name}"),
+                pb::TransferStatus::Received => assert_eq!(now, (6, 0, 4), "{name}"),
+                other => panic!("{name}: ended {other:?} with {now:?}"),
+            }
+            orders.receive_transfer(receive).await.unwrap();
+            let transfer = transfer_at_rest(&mut orders, &name).await;
+            assert_eq!(
+                transfer_status(&transfer),
+                pb::TransferStatus::Received,
+                "{name}"
+            );
+            assert_eq!(transfer_buckets(&mut inventory).await, (6, 0, 4), "{name}");
+            node.kill9().unwrap();
+        }
+    }
+}

@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     apply_entry, decide, step_key_for, Action, Order, OrderCommand, OrderEvent, OrderKey,
-    OrderStatus, Step, StepResult,
+    OrderStatus, Step, StepResult, TransferSpec, TRANSFER_LINE_ID,
 };
 use crate::journal::JournalEntry;
-use crate::position::{Command, MutationRequest, Owner, OwnerType, PositionEntity};
+use crate::position::{
+    AdjustmentReason, Bucket, Command, MutationRequest, Owner, OwnerType, PositionEntity,
+};
 use crate::runtime::measures::{Labels, Measure, Pending};
 use crate::runtime::{now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
 use crate::{Error, PositionKey, Refusal};
@@ -101,6 +103,9 @@ impl Drop for Running {
 /// The position mutation a step stands for. Deterministic: a rerun sends
 /// the same request, so the position replays it instead of applying it again.
 pub fn step_mutation(key: &OrderKey, order: &Order, step: &Step) -> Result<MutationRequest, Error> {
+    if let Some(transfer) = &order.transfer {
+        return transfer_step_mutation(key, &transfer.spec, step);
+    }
     let line = order
         .lines
         .get(step.line)
@@ -162,10 +167,63 @@ pub fn step_mutation(key: &OrderKey, order: &Order, step: &Step) -> Result<Mutat
                 },
             )
         }
+        transfer => {
+            return Err(Error::Unavailable(format!(
+                "step {} ({transfer:?}) is a transfer's, of an order",
+                step.number
+            )))
+        }
     };
     Ok(MutationRequest {
         key: PositionKey::new(key.tenant.clone(), line.spec.sku.clone(), location)?,
         idempotency_key: step_key_for(&key.order_id, line_id, step.number),
+        expected_version: None,
+        command,
+    })
+}
+
+/// The position mutation of a transfer's step: adjustments of `from`'s
+/// available and `to`'s incoming, and the receipt's move at `to`, each under
+/// the step's key so a rerun is replayed.
+fn transfer_step_mutation(
+    key: &OrderKey,
+    spec: &TransferSpec,
+    step: &Step,
+) -> Result<MutationRequest, Error> {
+    let reference = format!("transfer:{}", key.order_id);
+    let adjust = |bucket, delta| Command::Adjust {
+        bucket,
+        delta,
+        reason: AdjustmentReason::Transfer,
+        change_from: None,
+        reference: reference.clone(),
+    };
+    let (location, command) = match &step.action {
+        Action::TransferOut => (&spec.from, adjust(Bucket::Available, -spec.quantity)),
+        Action::TransferIn => (&spec.to, adjust(Bucket::Incoming, spec.quantity)),
+        Action::TransferReceive => (
+            &spec.to,
+            Command::Move {
+                from: Bucket::Incoming,
+                to: Bucket::Available,
+                quantity: spec.quantity,
+                reason: AdjustmentReason::Transfer,
+                from_change_from: None,
+                to_change_from: None,
+                reference: reference.clone(),
+            },
+        ),
+        Action::TransferReturn => (&spec.from, adjust(Bucket::Available, spec.quantity)),
+        other => {
+            return Err(Error::Unavailable(format!(
+                "step {} ({other:?}) is not a transfer step",
+                step.number
+            )))
+        }
+    };
+    Ok(MutationRequest {
+        key: PositionKey::new(key.tenant.clone(), spec.sku.clone(), location.clone())?,
+        idempotency_key: step_key_for(&key.order_id, TRANSFER_LINE_ID, step.number),
         expected_version: None,
         command,
     })
@@ -201,6 +259,7 @@ async fn run_step(
             },
             _ => StepResult::Done,
         },
+
         Err(error) if error.is_retryable() => StepResult::Retry {
             error: error.to_string(),
         },
@@ -253,7 +312,8 @@ impl Entity for OrderEntity {
                 ttl_ms,
                 channel,
             } => Ok(super::validate_lines(lines, *ttl_ms, channel)?),
-            OrderCommand::Commit | OrderCommand::Release => Ok(()),
+            OrderCommand::Transfer { spec } => Ok(super::validate_transfer(spec)?),
+            OrderCommand::Commit | OrderCommand::Release | OrderCommand::ReceiveTransfer => Ok(()),
         }
     }
 

@@ -140,6 +140,14 @@ scoped!(GetOrderRequest => |request| tenant(
     Role::Reader,
     request.key.as_ref().map_or("", |key| key.tenant.as_str()),
 ));
+scoped!(
+    TransferStockRequest, ReceiveTransferRequest
+    => |request| tenant(Role::Writer, request.key.as_ref().map_or("", |key| key.tenant.as_str()))
+);
+scoped!(GetTransferRequest => |request| tenant(
+    Role::Reader,
+    request.key.as_ref().map_or("", |key| key.tenant.as_str()),
+));
 
 // Events.
 scoped!(SubscribeRequest => |request| filter(

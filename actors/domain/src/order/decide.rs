@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::state::*;
+use super::transfer::{plan_transfer, transfer_failure, validate_transfer, TransferSpec};
 use crate::key::validate_token;
 use crate::position::MAX_QUANTITY;
 use crate::Refusal;
@@ -30,6 +31,10 @@ pub enum OrderCommand {
     CompleteStep { number: u32, result: StepResult },
     /// The durable timer: a pending step is due (it is run after the write).
     Tick,
+    /// Opens a transfer: out of `from`, into `to`'s incoming.
+    Transfer { spec: TransferSpec },
+    /// Moves an in-transit transfer from `to`'s incoming into its available.
+    ReceiveTransfer,
 }
 
 impl OrderCommand {
@@ -40,6 +45,8 @@ impl OrderCommand {
             OrderCommand::Release => "ReleaseOrder",
             OrderCommand::CompleteStep { .. } => "CompleteStep",
             OrderCommand::Tick => "Tick",
+            OrderCommand::Transfer { .. } => "TransferStock",
+            OrderCommand::ReceiveTransfer => "ReceiveTransfer",
         }
     }
 }
@@ -151,6 +158,9 @@ pub enum Next {
 pub fn plan(order: &Order) -> Next {
     if order.pending.is_some() {
         return Next::Nothing;
+    }
+    if let Some(transfer) = &order.transfer {
+        return plan_transfer(order.status, transfer);
     }
     match order.status {
         Some(OrderStatus::Reserving) => {
@@ -268,6 +278,48 @@ pub fn decide(
         now_ms,
     };
     match (command, order.status) {
+        (OrderCommand::Transfer { spec }, None) => {
+            validate_transfer(spec)?;
+            b.push(OrderEvent::TransferOpened {
+                spec: spec.clone(),
+                at_ms: now_ms,
+            });
+            advance(&mut b);
+        }
+        // The same transfer asked again changes nothing.
+        (OrderCommand::Transfer { spec }, Some(_)) => {
+            if order.transfer.as_ref().map(|t| &t.spec) != Some(spec) {
+                return Err(Refusal::OrderExists(order_id.to_owned()));
+            }
+        }
+        (OrderCommand::Reserve { .. }, Some(_)) if order.transfer.is_some() => {
+            return Err(Refusal::OrderExists(order_id.to_owned()));
+        }
+        (OrderCommand::CompleteStep { .. } | OrderCommand::Tick, Some(_)) => {}
+        // A client's order commands do not apply to a transfer, nor a
+        // transfer's to an order.
+        (OrderCommand::Commit | OrderCommand::Release, Some(_)) if order.transfer.is_some() => {
+            return Err(Refusal::FailedPrecondition(format!(
+                "{order_id} is a transfer; use ReceiveTransfer"
+            )));
+        }
+        (OrderCommand::ReceiveTransfer, Some(_)) if order.transfer.is_none() => {
+            return Err(Refusal::FailedPrecondition(format!(
+                "{order_id} is an order, not a transfer"
+            )));
+        }
+        (OrderCommand::ReceiveTransfer, Some(OrderStatus::Held)) => {
+            b.status(OrderStatus::Committing, None);
+            advance(&mut b);
+        }
+        (OrderCommand::ReceiveTransfer, Some(OrderStatus::Committing | OrderStatus::Committed)) => {
+        }
+        (OrderCommand::ReceiveTransfer, Some(status)) => {
+            return Err(Refusal::FailedPrecondition(format!(
+                "ReceiveTransfer is not allowed while the transfer is {}",
+                transfer_status_name(status)
+            )))
+        }
         (
             OrderCommand::Reserve {
                 lines,
@@ -321,10 +373,13 @@ pub fn decide(
         }
         (OrderCommand::Release, Some(OrderStatus::Releasing | OrderStatus::Released)) => {}
         (OrderCommand::Release, Some(status)) => return Err(refuse_in(command, status)),
+    }
+    match (command, order.status) {
         (OrderCommand::CompleteStep { number, result }, Some(status)) => {
             complete(&mut b, *number, result, status);
         }
         (OrderCommand::Tick, Some(_)) => advance(&mut b),
+        _ => {}
     }
     Ok(b.events)
 }
@@ -334,6 +389,10 @@ fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStat
         // Already completed: a repeated report changes nothing.
         return;
     };
+    if let Some(transfer) = b.order.transfer.clone() {
+        complete_transfer(b, &transfer.spec, &step, result, status);
+        return;
+    }
     let reserve = matches!(step.action, Action::Reserve { .. });
     match result {
         StepResult::Retry { error } => {
@@ -390,6 +449,62 @@ fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStat
         }),
     }
     advance(b);
+}
+
+/// A transfer step's result: a transient failure is retried (every
+/// transfer step must get an answer, see [`super::transfer`]); a refusal of
+/// the step out of `from` ends the transfer with nothing changed, of the
+/// step into `to` puts the units back, of the receipt leaves it in transit.
+fn complete_transfer(
+    b: &mut Builder,
+    spec: &TransferSpec,
+    step: &Step,
+    result: &StepResult,
+    status: OrderStatus,
+) {
+    let number = step.number;
+    let refused = match result {
+        StepResult::Retry { error } => Some(error.clone()),
+        // Putting units back must not be given up: it is retried.
+        StepResult::Refused { error } if step.action == Action::TransferReturn => {
+            Some(error.clone())
+        }
+        _ => None,
+    };
+    if let Some(error) = refused {
+        b.push(OrderEvent::StepFailed {
+            number,
+            error,
+            retry_at_ms: b.now_ms + retry_delay_ms(step.attempts + 1),
+        });
+        return;
+    }
+    b.push(OrderEvent::StepCompleted {
+        number,
+        result: result.clone(),
+        in_doubt: false,
+    });
+    if *result != StepResult::Done {
+        let failure = transfer_failure(spec, &step.action, result);
+        let to = match status {
+            OrderStatus::Committing => OrderStatus::Held,
+            _ => OrderStatus::Releasing,
+        };
+        b.status(to, Some(failure));
+    }
+    advance(b);
+}
+
+/// A transfer's status in its own words.
+pub fn transfer_status_name(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Reserving => "moving",
+        OrderStatus::Held => "in_transit",
+        OrderStatus::Committing => "receiving",
+        OrderStatus::Committed => "received",
+        OrderStatus::Releasing => "returning",
+        OrderStatus::Released => "not_transferred",
+    }
 }
 
 /// Why the order is released, naming `line` (with what its candidates had).

@@ -17,14 +17,24 @@
 //! `Committed` (every hold committed) or `Released` (nothing held): a line
 //! that cannot be held moves the order to `Releasing`, which gives back every
 //! hold before it settles.
+//!
+//! A [`Transfer`] between two locations is the same saga with its own plan
+//! (see `transfer`): out of one location's available, into the other's
+//! incoming, received later.
 
 mod decide;
 mod state;
+mod transfer;
 
 pub use decide::{
-    decide, plan, retry_delay_ms, validate_lines, Next, OrderCommand, RESERVE_ATTEMPTS,
+    decide, plan, retry_delay_ms, transfer_status_name, validate_lines, Next, OrderCommand,
+    RESERVE_ATTEMPTS,
 };
 pub use state::*;
+pub use transfer::{validate_transfer, Transfer, TransferSpec, TRANSFER_LINE_ID};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod transfer_tests;

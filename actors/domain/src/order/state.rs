@@ -6,6 +6,8 @@ use crate::journal::JournalEntry;
 use crate::key::{decode_parts, encode_parts, validate_tenant, validate_token};
 use crate::Refusal;
 
+use super::transfer::{apply_transfer_result, Transfer, TransferSpec};
+
 /// Longest order id, in bytes: the step keys `ord:{order}:{line}:{step}`
 /// built from it must stay within a token's 128 bytes.
 pub const MAX_ORDER_ID_BYTES: usize = 64;
@@ -201,6 +203,14 @@ pub enum Action {
     CancelCommit {
         hold: usize,
     },
+    /// A transfer's units out of `from`'s available.
+    TransferOut,
+    /// A transfer's units into `to`'s incoming.
+    TransferIn,
+    /// A transfer's units from `to`'s incoming into its available.
+    TransferReceive,
+    /// A transfer's units back into `from`'s available (its compensation).
+    TransferReturn,
 }
 
 /// A step recorded before it runs, run with the key `ord:{order}:{line}:{number}`.
@@ -256,6 +266,11 @@ pub enum OrderEvent {
         failure: Option<Failure>,
         at_ms: i64,
     },
+    /// A transfer opened (the order saga's second kind, see [`super::transfer`]).
+    TransferOpened {
+        spec: TransferSpec,
+        at_ms: i64,
+    },
 }
 
 impl OrderEvent {
@@ -266,6 +281,7 @@ impl OrderEvent {
             OrderEvent::StepFailed { .. } => "order.step.failed",
             OrderEvent::StepCompleted { .. } => "order.step.completed",
             OrderEvent::StatusChanged { .. } => "order.status.changed",
+            OrderEvent::TransferOpened { .. } => "order.transfer.opened",
         }
     }
 }
@@ -284,6 +300,8 @@ pub struct Order {
     pub next_step: u32,
     pub opened_at_ms: i64,
     pub settled_at_ms: Option<i64>,
+    /// Set for a transfer: its spec and how far its steps got.
+    pub transfer: Option<Transfer>,
 }
 
 impl Order {
@@ -344,6 +362,10 @@ pub fn apply(order: &mut Order, event: &OrderEvent) {
             let Some(step) = order.pending.take_if(|s| s.number == *number) else {
                 return;
             };
+            if let Some(transfer) = order.transfer.as_mut() {
+                apply_transfer_result(transfer, &step.action, result);
+                return;
+            }
             let Some(line) = order.lines.get_mut(step.line) else {
                 return;
             };
@@ -355,6 +377,12 @@ pub fn apply(order: &mut Order, event: &OrderEvent) {
                 order.failure = failure.clone();
             }
             order.settled_at_ms = to.at_rest().then_some(*at_ms);
+        }
+        OrderEvent::TransferOpened { spec, at_ms } => {
+            order.status = Some(OrderStatus::Reserving);
+            order.transfer = Some(Transfer::new(spec.clone()));
+            order.opened_at_ms = *at_ms;
+            order.next_step = 1;
         }
     }
 }

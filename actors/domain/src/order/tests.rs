@@ -114,6 +114,7 @@ impl Positions {
                 }
                 StepResult::Done
             }
+            other => panic!("not an order step: {other:?}"),
         };
         self.answers.insert(key, result.clone());
         result

@@ -385,6 +385,21 @@ fn committed_for(state: &PositionState, order_ref: &str, quantity: i64) -> Resul
 fn check_after(state: &PositionState, event: &Event) -> Result<(), Refusal> {
     let mut buckets = state.buckets;
     apply_to_buckets(&mut buckets, event);
+    // Taking more than is available says what was available, even when
+    // on-hand would also go negative (a transfer's or sale's answer).
+    if let Event::Adjusted {
+        bucket: Bucket::Available,
+        delta,
+        ..
+    } = event
+    {
+        if *delta < 0 && buckets.available() < 0 && !state.allow_backorder {
+            return Err(Refusal::Insufficient {
+                requested: -delta,
+                available: state.buckets.available().max(0),
+            });
+        }
+    }
     for bucket in [
         Bucket::OnHand,
         Bucket::Reserved,

@@ -122,6 +122,29 @@ fn a_reservation_that_does_not_fit_is_refused_with_what_was_available() {
 }
 
 #[test]
+fn taking_more_than_is_available_says_what_was_available() {
+    let mut state = PositionState::default();
+    receive(&mut state, 6);
+    let before = state.clone();
+    let take = Command::Adjust {
+        bucket: Bucket::Available,
+        delta: -7,
+        reason: AdjustmentReason::Transfer,
+        change_from: None,
+        reference: String::new(),
+    };
+    // On-hand would go negative too; the answer still names what was available.
+    assert_eq!(
+        run(&mut state, &take, 1),
+        Err(Refusal::Insufficient {
+            requested: 7,
+            available: 6
+        })
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
 fn commit_after_expiry_fails_and_expiry_ends_the_reservation_once() {
     let mut state = PositionState::default();
     receive(&mut state, 5);
