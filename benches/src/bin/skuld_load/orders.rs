@@ -8,7 +8,6 @@ use super::*;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use skuld_benches::check::check_reserve_only;
 use skuld_benches::pick::Picker;
 use skuld_benches::stats::series;
 use skuld_proto::v1 as pb;
@@ -191,38 +190,15 @@ async fn check_orders(
     workload: &Orders,
     stocked: i64,
 ) -> anyhow::Result<Check> {
-    eprintln!("check: reading back every position an order touched");
-    let touched: Vec<usize> = (0..workload.positions.len())
-        .filter(|&i| {
-            workload.acknowledged[i].load(Ordering::Relaxed) != 0
-                || workload.unknown[i].load(Ordering::Relaxed) != 0
-        })
-        .collect();
-    let results = read_back(clients, &workload.positions, touched, |index, observed| {
-        check_reserve_only(
-            stocked,
-            workload.acknowledged[index].load(Ordering::Relaxed),
-            workload.unknown[index].load(Ordering::Relaxed),
-            observed,
-        )
-    })
+    let (mut check, results) = check_reserved(
+        clients,
+        &workload.positions,
+        &workload.acknowledged,
+        &workload.unknown,
+        workload.replayed.load(Ordering::Relaxed),
+        stocked,
+    )
     .await?;
-    let mut check = Check {
-        passed: true,
-        positions_checked: results.len(),
-        positions_with_unknown_outcomes: workload
-            .unknown
-            .iter()
-            .filter(|u| u.load(Ordering::Relaxed) > 0)
-            .count(),
-        unknown_outcomes: workload
-            .unknown
-            .iter()
-            .map(|u| u.load(Ordering::Relaxed))
-            .sum(),
-        replayed_replies: workload.replayed.load(Ordering::Relaxed),
-        failures: Vec::new(),
-    };
     for (index, observed, verdict) in results {
         if let Err(reason) = verdict {
             check.passed = false;

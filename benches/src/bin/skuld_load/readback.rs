@@ -2,7 +2,7 @@
 
 use super::*;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,43 +218,61 @@ where
     Ok(results)
 }
 
+/// Reads back every position with acknowledged or unknown-outcome
+/// reservations and checks each holds what was acknowledged (reserve-only
+/// workloads): the check's counts, and each position's verdict for the
+/// caller to explain its failures.
+pub(super) async fn check_reserved(
+    clients: &Arc<Clients>,
+    positions: &[pb::PositionKey],
+    acknowledged: &[AtomicI64],
+    unknown: &[AtomicI64],
+    replayed: u64,
+    stocked: i64,
+) -> anyhow::Result<(Check, Vec<(usize, Observed, Result<(), String>)>)> {
+    eprintln!("check: reading back every touched position");
+    let touched: Vec<usize> = (0..positions.len())
+        .filter(|&i| {
+            acknowledged[i].load(Ordering::Relaxed) != 0 || unknown[i].load(Ordering::Relaxed) != 0
+        })
+        .collect();
+    let results = read_back(clients, positions, touched, |index, observed| {
+        check_reserve_only(
+            stocked,
+            acknowledged[index].load(Ordering::Relaxed),
+            unknown[index].load(Ordering::Relaxed),
+            observed,
+        )
+    })
+    .await?;
+    let check = Check {
+        passed: true,
+        positions_checked: results.len(),
+        positions_with_unknown_outcomes: unknown
+            .iter()
+            .filter(|u| u.load(Ordering::Relaxed) > 0)
+            .count(),
+        unknown_outcomes: unknown.iter().map(|u| u.load(Ordering::Relaxed)).sum(),
+        replayed_replies: replayed,
+        failures: Vec::new(),
+    };
+    Ok((check, results))
+}
+
 pub(super) async fn check_reservations(
     clients: &Arc<Clients>,
     workload: &Reservations,
     stocked: i64,
 ) -> anyhow::Result<Check> {
-    eprintln!("check: reading back every touched position");
-    let touched: Vec<usize> = (0..workload.positions.len())
-        .filter(|&i| {
-            workload.acknowledged[i].load(Ordering::Relaxed) != 0
-                || workload.unknown[i].load(Ordering::Relaxed) != 0
-        })
-        .collect();
-    let results = read_back(clients, &workload.positions, touched, |index, observed| {
-        check_reserve_only(
-            stocked,
-            workload.acknowledged[index].load(Ordering::Relaxed),
-            workload.unknown[index].load(Ordering::Relaxed),
-            observed,
-        )
-    })
+    let (mut check, results) = check_reserved(
+        clients,
+        &workload.positions,
+        &workload.acknowledged,
+        &workload.unknown,
+        workload.replayed.load(Ordering::Relaxed),
+        stocked,
+    )
     .await?;
-    let mut check = Check {
-        passed: true,
-        positions_checked: results.len(),
-        positions_with_unknown_outcomes: workload
-            .unknown
-            .iter()
-            .filter(|u| u.load(Ordering::Relaxed) > 0)
-            .count(),
-        unknown_outcomes: workload
-            .unknown
-            .iter()
-            .map(|u| u.load(Ordering::Relaxed))
-            .sum(),
-        replayed_replies: workload.replayed.load(Ordering::Relaxed),
-        failures: Vec::new(),
-    };
     for (index, observed, verdict) in results {
         let Err(reason) = verdict else { continue };
         check.passed = false;
