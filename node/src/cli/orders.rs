@@ -17,6 +17,53 @@ pub enum OrdersCommand {
     Release(OrderArgs),
     /// Show an order: where each line is held, or why it was released.
     Show(ShowArgs),
+    /// Move units of a SKU out of one location into another's incoming.
+    Transfer(TransferArgs),
+    /// Receive an in-transit transfer into its destination's available.
+    ReceiveTransfer(TransferIdArgs),
+    /// Show a transfer.
+    ShowTransfer(TransferKeyArgs),
+}
+
+/// Names one transfer.
+#[derive(Args, Debug, Clone)]
+pub struct TransferKeyArgs {
+    #[arg(long, env = "SKULD_TENANT", default_value = "default")]
+    pub tenant: String,
+    #[arg(long)]
+    pub transfer_id: String,
+}
+
+impl TransferKeyArgs {
+    fn key(&self) -> pb::TransferKey {
+        pb::TransferKey {
+            tenant: self.tenant.clone(),
+            transfer_id: self.transfer_id.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TransferIdArgs {
+    #[command(flatten)]
+    pub transfer: TransferKeyArgs,
+    /// Idempotency key; a UUID v4 is generated (and printed) when absent.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub transfer: TransferIdArgs,
+    #[arg(long)]
+    pub sku: String,
+    #[arg(long)]
+    pub from: String,
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub quantity: i64,
 }
 
 /// Names one order.
@@ -168,6 +215,42 @@ pub fn format_order(order: &pb::Order) -> String {
     text
 }
 
+fn transfer_status_name(status: i32) -> &'static str {
+    match pb::TransferStatus::try_from(status) {
+        Ok(pb::TransferStatus::Moving) => "MOVING",
+        Ok(pb::TransferStatus::InTransit) => "IN_TRANSIT",
+        Ok(pb::TransferStatus::Receiving) => "RECEIVING",
+        Ok(pb::TransferStatus::Received) => "RECEIVED",
+        Ok(pb::TransferStatus::Returning) => "RETURNING",
+        Ok(pb::TransferStatus::NotTransferred) => "NOT_TRANSFERRED",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn format_transfer(transfer: &pb::Transfer) -> String {
+    let id = transfer
+        .key
+        .as_ref()
+        .map_or("", |key| key.transfer_id.as_str());
+    let mut text = format!(
+        "transfer {id}: {} (version {})\n{} x {}: {} -> {}\n",
+        transfer_status_name(transfer.status),
+        transfer.version,
+        transfer.sku,
+        transfer.quantity,
+        transfer.from_location,
+        transfer.to_location
+    );
+    if let Some(failure) = &transfer.failure {
+        text.push_str(&format!(
+            "{}; {}\n",
+            failure.reason,
+            shortfalls(&failure.shortfalls)
+        ));
+    }
+    text
+}
+
 fn show(
     ctx: &CallContext,
     order: Option<&pb::Order>,
@@ -175,13 +258,34 @@ fn show(
     key: Option<&IdempotencyKey>,
     reply: &impl serde::Serialize,
 ) -> anyhow::Result<()> {
+    show_text(ctx, order.map(format_order), "order", replayed, key, reply)
+}
+
+fn show_transfer(
+    ctx: &CallContext,
+    transfer: Option<&pb::Transfer>,
+    replayed: bool,
+    key: Option<&IdempotencyKey>,
+    reply: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let text = transfer.map(format_transfer);
+    show_text(ctx, text, "transfer", replayed, key, reply)
+}
+
+fn show_text(
+    ctx: &CallContext,
+    text: Option<String>,
+    what: &str,
+    replayed: bool,
+    key: Option<&IdempotencyKey>,
+    reply: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     if ctx.json {
         return print_json(reply);
     }
-    let Some(order) = order else {
-        return Err(fail("the reply carried no order".into()));
+    let Some(mut text) = text else {
+        return Err(fail(format!("the reply carried no {what}")));
     };
-    let mut text = format_order(order);
     if replayed {
         text.push_str("\nreplayed: true (the stored reply of an earlier request with this key)\n");
     }
@@ -261,6 +365,41 @@ pub(super) async fn run(
             };
             let reply = ctx.call(request, None, |r| client.get_order(r)).await?;
             show(ctx, reply.order.as_ref(), false, None, &reply)
+        }
+        OrdersCommand::Transfer(args) => {
+            let key = IdempotencyKey::from_flag(args.transfer.idempotency_key.as_deref());
+            let request = pb::TransferStockRequest {
+                key: Some(args.transfer.transfer.key()),
+                idempotency_key: key.value.clone(),
+                sku: args.sku,
+                from_location: args.from,
+                to_location: args.to,
+                quantity: args.quantity,
+            };
+            let reply = ctx
+                .call(request, Some(&key), |r| client.transfer_stock(r))
+                .await?;
+            let transfer = reply.transfer.as_ref();
+            show_transfer(ctx, transfer, reply.replayed, Some(&key), &reply)
+        }
+        OrdersCommand::ReceiveTransfer(args) => {
+            let key = IdempotencyKey::from_flag(args.idempotency_key.as_deref());
+            let request = pb::ReceiveTransferRequest {
+                key: Some(args.transfer.key()),
+                idempotency_key: key.value.clone(),
+            };
+            let reply = ctx
+                .call(request, Some(&key), |r| client.receive_transfer(r))
+                .await?;
+            let transfer = reply.transfer.as_ref();
+            show_transfer(ctx, transfer, reply.replayed, Some(&key), &reply)
+        }
+        OrdersCommand::ShowTransfer(args) => {
+            let request = pb::GetTransferRequest {
+                key: Some(args.key()),
+            };
+            let reply = ctx.call(request, None, |r| client.get_transfer(r)).await?;
+            show_transfer(ctx, reply.transfer.as_ref(), false, None, &reply)
         }
     }
 }
