@@ -2,12 +2,14 @@
 //! node's HTTP port (`/webhooks/shopify/{tenant}/{channel}`): a wrong or
 //! missing signature is refused with nothing stored; retries and a second
 //! subscription's copy of an event are applied once; an older level update
-//! arriving after a newer one, or a day late, is superseded; a storefront
-//! order is a committed order in skuld and the shop is not pushed back to
-//! its old figure; a restocking refund raises on-hand once; a return
-//! request opens a return case; an unknown SKU or location is an exception
-//! with its owner; accepted deliveries survive a crash; in a cluster each
-//! is applied once by its resource's owner. Also measures the intake rate.
+//! arriving after a newer one, or a day late, is superseded, but not an
+//! order's create arriving after its newer update, nor anything by an
+//! ignored topic's delivery; a storefront order is a committed order in
+//! skuld and the shop is not pushed back to its old figure; a restocking
+//! refund raises on-hand once; a return request opens a return case; an
+//! unknown SKU or location is an exception with its owner; accepted
+//! deliveries survive a crash; in a cluster each is applied once by its
+//! resource's owner. Also measures the intake rate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -253,6 +255,29 @@ where
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Waits until the shop's `sent` webhooks are answered and decided: the
+/// inbox read empty by a look (every 100 ms) after the last answer.
+async fn decided(setup: &Setup, sent: usize) {
+    let shop = setup.emulators.shopify();
+    eventually(
+        Duration::from_secs(5),
+        "the deliveries answered",
+        || async {
+            let deliveries = shop.webhook_deliveries();
+            deliveries.len() == sent && deliveries.iter().all(|d| d.status == Some(200))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(5), "the inbox drained", || async {
+        setup
+            .metric("skuld_inbound_webhooks_inbox_depth", &[])
+            .await
+            == 0.0
+    })
+    .await;
 }
 
 fn rfc3339(unix_ms: u64) -> String {
@@ -542,6 +567,70 @@ async fn level_updates_apply_in_updated_at_order_whatever_their_arrival() {
     )
     .await;
     assert_eq!(superseded().await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_arriving_after_a_newer_update_of_its_order_is_still_committed() {
+    let setup = setup().await;
+    let shop = setup.emulators.shopify();
+    let now = now_ms();
+    // A topic skuld ignores moves no mark: a level update older than an
+    // ignored delivery about the same level still applies. (First: the
+    // order below makes skuld push the level, and the shop report it.)
+    shop.send_webhook("inventory_levels/connect", level(TEE, DC1, 0, now + 60_000));
+    decided(&setup, 1).await;
+    shop.send_webhook("inventory_levels/update", level(TEE, DC1, 10, now));
+    decided(&setup, 2).await;
+    let scrape = setup.scrape().await;
+    assert_eq!(
+        (
+            scrape.or_zero(
+                "skuld_inbound_webhooks_applied_total",
+                &[("topic", "inventory_levels/update")]
+            ),
+            scrape.or_zero(
+                "skuld_inbound_webhooks_superseded_total",
+                &[("topic", "inventory_levels/update")]
+            )
+        ),
+        (1.0, 0.0)
+    );
+    // The order's orders/updated (a later updated_at) lands and is decided
+    // first, then its orders/create (a Shopify retry, or after a 503): the
+    // sale is not superseded.
+    let order = |updated_at_ms: u64| {
+        json!({
+            "id": 888,
+            "created_at": rfc3339(now),
+            "updated_at": rfc3339(updated_at_ms),
+            "line_items": [{"id": 1, "variant_id": TEE, "sku": "TEE", "quantity": 2, "location_id": DC1}],
+        })
+    };
+    shop.send_webhook("orders/updated", order(now + 60_000));
+    decided(&setup, 3).await;
+    shop.send_webhook("orders/create", order(now));
+    eventually(Duration::from_secs(10), "the order committed", || async {
+        setup
+            .order(888)
+            .await
+            .is_some_and(|order| order.status == pb::OrderStatus::Committed as i32)
+    })
+    .await;
+    let scrape = setup.scrape().await;
+    assert_eq!(
+        (
+            scrape.or_zero(
+                "skuld_inbound_webhooks_applied_total",
+                &[("topic", "orders/create")]
+            ),
+            scrape.or_zero(
+                "skuld_inbound_webhooks_superseded_total",
+                &[("topic", "orders/create")]
+            )
+        ),
+        (1.0, 0.0)
+    );
+    assert_eq!(setup.position().await.committed, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,8 +17,9 @@
 //!   id decided (written by the processor, with its outcome): the dedupe
 //!   keys, kept [`RETENTION`].
 //! * [`RESOURCE_KIND`]: the mark of the last delivery a resource applied
-//!   (skuld-domain `channel::inbound`), so an older update arriving after a
-//!   newer one is recorded as superseded, not applied.
+//!   (skuld-domain `channel::inbound`; an ignored topic moves none), so an
+//!   older level update arriving after a newer one is recorded as
+//!   superseded, not applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -374,7 +375,12 @@ impl Processor {
         let verdict = if decided {
             Verdict::Duplicate
         } else {
-            judge(last.as_ref(), &delivery.event_id, delivery.updated_at_ms)
+            judge(
+                last.as_ref(),
+                &delivery.topic,
+                &delivery.event_id,
+                delivery.updated_at_ms,
+            )
         };
         let outcome = match verdict {
             Verdict::Duplicate => {
@@ -412,14 +418,18 @@ impl Processor {
         };
         let now = now_ms();
         if verdict != Verdict::Duplicate {
-            let mark = StoredMark {
-                mark: advance(last, &delivery.event_id, delivery.updated_at_ms),
-                at_ms: now,
-            };
-            store
-                .put_record(RESOURCE_KIND, &resource_id, encode(&mark))
-                .await
-                .map_err(failed)?;
+            // A topic skuld ignores moves no mark: its `updated_at` would
+            // supersede the resource's later-arriving older deliveries.
+            if outcome != Outcome::Ignored {
+                let mark = StoredMark {
+                    mark: advance(last, &delivery.event_id, delivery.updated_at_ms),
+                    at_ms: now,
+                };
+                store
+                    .put_record(RESOURCE_KIND, &resource_id, encode(&mark))
+                    .await
+                    .map_err(failed)?;
+            }
             store
                 .put_record(
                     SEEN_KIND,

@@ -6,7 +6,10 @@
 //! to a day) and out of order. Each resource (an order, a refund, an
 //! inventory level) keeps the mark of the last delivery it applied; a
 //! delivery is then applied, a duplicate of that one, or superseded by it
-//! ([`judge`]). The payload's `updated_at` orders, not the arrival.
+//! ([`judge`]). The payload's `updated_at` orders, not the arrival, and
+//! only deliveries of state a newer one replaces ([`replaces_state`]): an
+//! event (an order created, a refund, a return requested) happens once and
+//! is never superseded by another topic's delivery about the same resource.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,17 +33,34 @@ pub enum Verdict {
     Superseded,
 }
 
-/// The verdict on a delivery of event `event_id`, updated at
+/// Whether a `topic`'s delivery carries state that a newer delivery of the
+/// resource replaces (an inventory level's figure), so an older one is
+/// superseded. Every other topic is an event: all of its deliveries count,
+/// whatever arrived before them (an `orders/updated` landing before its
+/// `orders/create` must not drop the sale).
+pub fn replaces_state(topic: &str) -> bool {
+    topic == "inventory_levels/update"
+}
+
+/// The verdict on a delivery of `topic`'s event `event_id`, updated at
 /// `updated_at_ms`, for a resource whose last applied delivery is `last`.
 ///
-/// Two different events of one `updated_at` are both applied: Shopify's
-/// timestamps have second precision, so the tie says nothing about their
-/// order, and every topic's effect is idempotent or a read-back.
-pub fn judge(last: Option<&ResourceMark>, event_id: &str, updated_at_ms: i64) -> Verdict {
+/// Only a topic that [`replaces_state`] is superseded. Two different events
+/// of one `updated_at` are both applied: Shopify's timestamps have second
+/// precision, so the tie says nothing about their order, and every topic's
+/// effect is idempotent or a read-back.
+pub fn judge(
+    last: Option<&ResourceMark>,
+    topic: &str,
+    event_id: &str,
+    updated_at_ms: i64,
+) -> Verdict {
     match last {
         None => Verdict::Apply,
         Some(last) if last.event_id == event_id => Verdict::Duplicate,
-        Some(last) if updated_at_ms < last.updated_at_ms => Verdict::Superseded,
+        Some(last) if replaces_state(topic) && updated_at_ms < last.updated_at_ms => {
+            Verdict::Superseded
+        }
         Some(_) => Verdict::Apply,
     }
 }
@@ -156,6 +176,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use super::*;
 
+    const LEVEL: &str = "inventory_levels/update";
+
     fn mark(updated_at_ms: i64, event_id: &str) -> ResourceMark {
         ResourceMark {
             updated_at_ms,
@@ -165,24 +187,48 @@ mod tests {
 
     #[test]
     fn the_first_delivery_of_a_resource_applies() {
-        assert_eq!(judge(None, "e1", 5), Verdict::Apply);
+        assert_eq!(judge(None, LEVEL, "e1", 5), Verdict::Apply);
     }
 
     #[test]
     fn the_applied_event_again_is_a_duplicate_whatever_its_timestamp() {
         let last = mark(5, "e1");
-        assert_eq!(judge(Some(&last), "e1", 5), Verdict::Duplicate);
-        assert_eq!(judge(Some(&last), "e1", 1), Verdict::Duplicate);
+        assert_eq!(judge(Some(&last), LEVEL, "e1", 5), Verdict::Duplicate);
+        assert_eq!(judge(Some(&last), LEVEL, "e1", 1), Verdict::Duplicate);
     }
 
     #[test]
     fn an_older_update_after_a_newer_one_is_superseded_and_leaves_the_mark() {
         let last = mark(5_000, "newer");
-        assert_eq!(judge(Some(&last), "older", 4_000), Verdict::Superseded);
+        assert_eq!(
+            judge(Some(&last), LEVEL, "older", 4_000),
+            Verdict::Superseded
+        );
         assert_eq!(advance(Some(last.clone()), "older", 4_000), last);
-        assert_eq!(judge(Some(&last), "tie", 5_000), Verdict::Apply);
-        assert_eq!(judge(Some(&last), "newest", 6_000), Verdict::Apply);
+        assert_eq!(judge(Some(&last), LEVEL, "tie", 5_000), Verdict::Apply);
+        assert_eq!(judge(Some(&last), LEVEL, "newest", 6_000), Verdict::Apply);
         assert_eq!(advance(Some(last), "newest", 6_000), mark(6_000, "newest"));
+    }
+
+    #[test]
+    fn an_event_is_never_superseded_by_a_newer_delivery_of_another_topic() {
+        // An orders/updated (or returns/approve) landed first with a later
+        // updated_at; the create (request, refund) arriving after it is
+        // still the sale and applies.
+        let last = mark(9_000, "updated");
+        for event_topic in ["orders/create", "refunds/create", "returns/request"] {
+            assert!(!replaces_state(event_topic), "{event_topic}");
+            assert_eq!(
+                judge(Some(&last), event_topic, "created", 1_000),
+                Verdict::Apply,
+                "{event_topic}"
+            );
+        }
+        assert!(replaces_state(LEVEL));
+        assert_eq!(
+            judge(Some(&last), LEVEL, "older", 1_000),
+            Verdict::Superseded
+        );
     }
 
     #[test]
@@ -202,7 +248,7 @@ mod tests {
             let mut applied = Vec::new();
             for &index in &order {
                 let (event, at) = updates[index];
-                if judge(last.as_ref(), event, at) == Verdict::Apply {
+                if judge(last.as_ref(), LEVEL, event, at) == Verdict::Apply {
                     applied.push(event);
                 }
                 last = Some(advance(last, event, at));
