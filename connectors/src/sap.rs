@@ -151,6 +151,20 @@ pub struct Document {
     pub credit_memo_request: String,
     pub total_net_amount: String,
     pub currency: String,
+    /// The customer SAP holds it for (compared by [`Sap::ensure`], not
+    /// filtered on: see [`Sap::find`]).
+    pub sold_to_party: String,
+}
+
+impl Document {
+    fn from_entity(entity: &Value) -> Self {
+        Self {
+            credit_memo_request: text(entity, "CreditMemoRequest"),
+            total_net_amount: text(entity, "TotalNetAmount"),
+            currency: text(entity, "TransactionCurrency"),
+            sold_to_party: text(entity, "SoldToParty"),
+        }
+    }
 }
 
 /// What [`Sap::ensure`] came to.
@@ -348,21 +362,16 @@ impl Sap {
         }
     }
 
-    /// Every credit memo request that carries `reference` for this customer
-    /// (B.4's look-up, C.2 step 1).
-    pub async fn find(
-        &self,
-        reference: &str,
-        sold_to_party: &str,
-    ) -> Result<Vec<Document>, ConnectorError> {
-        let filter = format!(
-            "PurchaseOrderByCustomer eq {} and SoldToParty eq {}",
-            quoted(reference),
-            quoted(sold_to_party)
-        );
+    /// Every credit memo request that carries `reference`, whoever it is
+    /// for (B.4's look-up, C.2 step 1). The reference alone is unique per
+    /// tenant and case; filtering on the sold-to party too would miss the
+    /// request an earlier create made once the customer mapping changed,
+    /// and `ensure` would create a second credit memo.
+    pub async fn find(&self, reference: &str) -> Result<Vec<Document>, ConnectorError> {
+        let filter = format!("PurchaseOrderByCustomer eq {}", quoted(reference));
         let body = self
             .get_json(&format!(
-                "{CMR_SERVICE}/A_CreditMemoRequest?$filter={}&$select=CreditMemoRequest,TotalNetAmount,TransactionCurrency&$format=json",
+                "{CMR_SERVICE}/A_CreditMemoRequest?$filter={}&$select=CreditMemoRequest,TotalNetAmount,TransactionCurrency,SoldToParty&$format=json",
                 encode(&filter)
             ))
             .await?;
@@ -371,11 +380,7 @@ impl Sap {
             .map(Vec::as_slice)
             .unwrap_or(&[])
             .iter()
-            .map(|entity| Document {
-                credit_memo_request: text(entity, "CreditMemoRequest"),
-                total_net_amount: text(entity, "TotalNetAmount"),
-                currency: text(entity, "TransactionCurrency"),
-            })
+            .map(Document::from_entity)
             .filter(|document| !document.credit_memo_request.is_empty())
             .collect())
     }
@@ -414,13 +419,7 @@ impl Sap {
             if !crate::outcome::is_success(reply.status) {
                 return Err(classify(&reply));
             }
-            let body = reply.json();
-            let entity = &body["d"];
-            let document = Document {
-                credit_memo_request: text(entity, "CreditMemoRequest"),
-                total_net_amount: text(entity, "TotalNetAmount"),
-                currency: text(entity, "TransactionCurrency"),
-            };
+            let document = Document::from_entity(&reply.json()["d"]);
             if document.credit_memo_request.is_empty() {
                 // Created, but the reply does not say which: look it up.
                 return Err(ConnectorError::retry(
@@ -444,8 +443,23 @@ impl Sap {
         in_doubt_for: Option<Duration>,
     ) -> Result<Ensured, ConnectorError> {
         memo.validate()?;
-        let found = self.find(&memo.reference, &memo.sold_to_party).await?;
+        let found = self.find(&memo.reference).await?;
         match found.as_slice() {
+            [document] if document.sold_to_party != memo.sold_to_party => {
+                // The case's request exists for another customer (the
+                // customer mapping changed since): finance decides; neither
+                // adopted for the wrong customer nor created a second time.
+                return Err(ConnectorError::invalid(
+                    "SKULD/SOLD_TO_MISMATCH",
+                    format!(
+                        "credit memo request {} with reference {} is for sold-to party {:?}, the case maps to {:?}",
+                        document.credit_memo_request,
+                        memo.reference,
+                        document.sold_to_party,
+                        memo.sold_to_party
+                    ),
+                ));
+            }
             [document] => return Ok(Ensured::Found(document.clone())),
             [] => {}
             _ => {

@@ -252,3 +252,38 @@ async fn rejections_credentials_and_expired_tokens() {
     ));
     emulators.shutdown().await;
 }
+
+/// The look-up is by reference alone: once the `[erp] customers` mapping
+/// sends the case to another sold-to party, the request created for the
+/// old one is still found, and the mismatch is a refusal for finance, not
+/// a second credit memo.
+#[tokio::test]
+async fn a_changed_sold_to_party_is_refused_not_created_again() {
+    let emulators = start().await;
+    let sap = connector(&emulators, Duration::from_secs(2), Duration::ZERO);
+    let created = sap.ensure(&memo("SKULD-RC-6-1"), None).await.unwrap();
+    assert!(matches!(created, Ensured::Created(_)), "{created:?}");
+
+    let mut remapped = memo("SKULD-RC-6-1");
+    remapped.sold_to_party = "17100002".to_owned();
+    let refused = sap.ensure(&remapped, None).await.unwrap_err();
+    assert!(
+        matches!(&refused, ConnectorError::Invalid { code, message }
+            if code == "SKULD/SOLD_TO_MISMATCH" && message.contains("17100001") && message.contains("17100002")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        emulators
+            .sap()
+            .requests_with_reference("SKULD-RC-6-1")
+            .len(),
+        1
+    );
+    assert_eq!(posts(&emulators), 1, "no second create for the new sold-to");
+    // The unchanged mapping still adopts it.
+    assert!(matches!(
+        sap.ensure(&memo("SKULD-RC-6-1"), None).await.unwrap(),
+        Ensured::Found(document) if document.sold_to_party == "17100001"
+    ));
+    emulators.shutdown().await;
+}

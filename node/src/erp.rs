@@ -26,6 +26,16 @@
 //! before it creates. A second store of per-case records would have to be
 //! kept in step with the case and fenced like it, for no guarantee more.
 //!
+//! The store's fence stops a former owner's `ConfirmErp` but not its HTTP
+//! calls, and a step runs long after the scan that found its task (several
+//! calls of up to `request_timeout_ms` each, eight cases at a time). So
+//! right before the create and before `ConfirmErp` the step checks that
+//! this node still serves the case's shard, within the lease's safe
+//! window, under the epoch the task was scanned under
+//! ([`ShardTable::serving_epoch`]); if not, the step stops and the task is
+//! dropped (the shard's owner, or this node if it comes back, starts it
+//! afresh, in doubt).
+//!
 //! The cost is one summary scan per poll interval, like the census's.
 
 use std::collections::HashMap;
@@ -188,15 +198,19 @@ struct Task {
     /// Failed attempts in a row, for the backoff.
     attempts: u32,
     due: Instant,
+    /// The epoch of the case's shard when the task was scanned (`None`
+    /// without a shard table: single node).
+    epoch: Option<u64>,
 }
 
 impl Task {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, epoch: Option<u64>) -> Self {
         Self {
             request: None,
             in_doubt_since: Some(now),
             attempts: 0,
             due: now,
+            epoch,
         }
     }
 }
@@ -264,11 +278,13 @@ impl ErpWorker {
                     () = stop.cancelled() => return,
                 };
                 match scanned {
-                    Ok(keys) => {
+                    Ok(scanned) => {
                         let now = Instant::now();
-                        tasks.retain(|key, _| keys.contains(key));
-                        for key in keys {
-                            tasks.entry(key).or_insert_with(|| Task::new(now));
+                        tasks.retain(|key, task| scanned.get(key) == Some(&task.epoch));
+                        for (key, epoch) in scanned {
+                            // A shard that left and came back is a new
+                            // epoch: its task starts afresh, in doubt.
+                            tasks.entry(key).or_insert_with(|| Task::new(now, epoch));
                         }
                     }
                     Err(error) => tracing::warn!(%error, "ERP worker cannot scan return cases"),
@@ -298,17 +314,43 @@ impl ErpWorker {
         .map_err(|error| error.to_string())
     }
 
-    fn owns(&self, encoded_key: &[u8]) -> bool {
-        self.shards
-            .as_ref()
-            .is_none_or(|table| table.local_epoch(table.shard_of(encoded_key)).is_some())
+    /// The epoch under which this node owns the shard of `encoded_key`:
+    /// `Some(None)` without a shard table (single node: everything), `None`
+    /// when another node owns it.
+    fn owned_epoch(&self, encoded_key: &[u8]) -> Option<Option<u64>> {
+        match &self.shards {
+            None => Some(None),
+            Some(table) => table.local_epoch(table.shard_of(encoded_key)).map(Some),
+        }
     }
 
-    /// The cases of owned shards that may wait for the ERP: a refund
-    /// pending, not closed, of a configured tenant (the gate itself is read
-    /// from the case).
-    async fn candidates(&self) -> Result<Vec<ReturnKey>, StoreError> {
-        let mut keys = Vec::new();
+    /// Whether this node may still reach outside the store for the task's
+    /// case: it serves the case's shard now, within the lease's safe
+    /// window, under the epoch the task was scanned under.
+    fn still_serves(&self, key: &ReturnKey, task: &Task, before: &'static str) -> bool {
+        let Some(table) = &self.shards else {
+            return true;
+        };
+        if served_under(table, key, task.epoch) {
+            return true;
+        }
+        let shard = table.shard_of(&ReturnEntity::encode_key(key));
+        let serving = table.serving_epoch(shard);
+        tracing::info!(
+            shard,
+            before,
+            scanned_epoch = ?task.epoch,
+            serving_epoch = ?serving,
+            "the case's shard is no longer served under the scanned epoch; the ERP step stops"
+        );
+        false
+    }
+
+    /// The cases of owned shards that may wait for the ERP, with their
+    /// shard's epoch: a refund pending, not closed, of a configured tenant
+    /// (the gate itself is read from the case).
+    async fn candidates(&self) -> Result<HashMap<ReturnKey, Option<u64>>, StoreError> {
+        let mut keys = HashMap::new();
         let mut after = None;
         loop {
             let page = self
@@ -317,9 +359,9 @@ impl ErpWorker {
                 .await?;
             let full = page.len() == PAGE;
             for row in &page {
-                if !self.owns(&row.entity) {
+                let Some(epoch) = self.owned_epoch(&row.entity) else {
                     continue;
-                }
+                };
                 let Some(key) = ReturnEntity::decode_key(&row.entity) else {
                     continue;
                 };
@@ -334,7 +376,7 @@ impl ErpWorker {
                     .state
                     .is_some_and(|state| !ReturnState::is_terminal(state));
                 if open && summary.refunds_pending > 0 {
-                    keys.push(key);
+                    keys.insert(key, epoch);
                 }
             }
             match page.last() {
@@ -437,6 +479,7 @@ impl ErpWorker {
         let expected = decimal(pending_total(&case));
         let request = match &task.request {
             Some(request) => request.clone(),
+            None if !self.still_serves(key, task, "create") => return Step::Done,
             None => match sap
                 .ensure(&memo, task.in_doubt_since.map(|since| since.elapsed()))
                 .await
@@ -577,6 +620,9 @@ impl ErpWorker {
     /// Releases the refund: `ConfirmErp` with the billing document number,
     /// under the case's own idempotency key, so a repeat is a replay.
     async fn confirm(&self, key: &ReturnKey, task: &mut Task, billing_document: &str) -> Step {
+        if !self.still_serves(key, task, "confirm") {
+            return Step::Done;
+        }
         let mutation = Mutation::<ReturnEntity> {
             key: key.clone(),
             idempotency_key: confirm_idempotency_key(key),
@@ -607,6 +653,14 @@ impl ErpWorker {
             }
         }
     }
+}
+
+/// Whether `table` serves the case's shard now, within the lease's safe
+/// window, under the `scanned` epoch (a shard that moved away and back has
+/// another epoch: a create of the owner in between may be in flight).
+fn served_under(table: &ShardTable, key: &ReturnKey, scanned: Option<u64>) -> bool {
+    let serving = table.serving_epoch(table.shard_of(&ReturnEntity::encode_key(key)));
+    serving.is_some() && serving == scanned
 }
 
 /// `text` cut to at most `max` bytes on a character boundary.
@@ -709,6 +763,30 @@ mod tests {
         assert_eq!(memo.lines.len(), 2);
         assert_eq!(decimal(pending_total(&case)), "76.00");
         assert_eq!(decimal(5), "0.05");
+    }
+
+    #[test]
+    fn a_step_goes_on_only_under_the_scanned_epoch_within_the_lease() {
+        let key = ReturnKey {
+            tenant: "acme".into(),
+            return_id: "R-1".into(),
+        };
+        let table = ShardTable::new(8);
+        let shard = table.shard_of(&ReturnEntity::encode_key(&key));
+        // Moving (handed off, or not claimed yet): stop.
+        assert!(!served_under(&table, &key, Some(3)));
+        table.set(shard, skuld_cluster::shards::Route::Local { epoch: 3 });
+        table.serve_until(Instant::now() + Duration::from_secs(60));
+        assert!(served_under(&table, &key, Some(3)));
+        // Moved away and back since the scan: another epoch.
+        assert!(!served_under(&table, &key, Some(2)));
+        assert!(!served_under(&table, &key, None));
+        // Still the route, but past the lease's safe window.
+        table.serve_until(Instant::now());
+        assert!(!served_under(&table, &key, Some(3)));
+        table.serve_until(Instant::now() + Duration::from_secs(60));
+        table.set(shard, skuld_cluster::shards::Route::Moving);
+        assert!(!served_under(&table, &key, Some(3)));
     }
 
     #[test]

@@ -41,7 +41,9 @@ async fn sap(posting: Posting) -> Emulators {
 }
 
 /// The node's config: tenant `acme` refunds through the ERP gate, and the
-/// `[erp]` section points at the emulator with short intervals.
+/// `[erp]` section points at the emulator with short intervals (the
+/// settle time no shorter than the request timeout, as the config
+/// requires; the late replies below come well after that timeout).
 fn config(dir: &TestDir, emulators: &Emulators, overdue_timeout_ms: u64) -> PathBuf {
     let password = dir.path().join("sap-password");
     std::fs::write(
@@ -56,7 +58,7 @@ fn config(dir: &TestDir, emulators: &Emulators, overdue_timeout_ms: u64) -> Path
          password_ref = \"file:{password}\"\nsales_organization = \"1710\"\n\
          distribution_channel = \"10\"\ndivision = \"00\"\nsold_to_party = \"17100001\"\n\
          order_reason = \"102\"\ncurrency = \"USD\"\ncondition_type = \"PMP0\"\n\
-         poll_interval_ms = 100\nrequest_timeout_ms = 1000\nsettle_ms = 300\n\
+         poll_interval_ms = 100\nrequest_timeout_ms = 500\nsettle_ms = 500\n\
          retry_base_ms = 50\nretry_cap_ms = 400\noverdue_timeout_ms = {overdue_timeout_ms}\n\
          [erp.materials]\nSHIRT = \"TG11\"\n",
         base = emulators.sap().base_url(),
@@ -289,7 +291,7 @@ async fn a_lost_or_late_create_reply_is_found_by_its_reference() {
     );
     assert_eq!(confirmations(&case), 1);
 
-    // The create is applied and answered after the node's 1 s timeout.
+    // The create is applied and answered after the node's 500 ms timeout.
     emulators.sap().clear_create_faults();
     emulators.sap().set_create_faults(&CreateFaults {
         late_reply_ms: Some(1_500),

@@ -59,7 +59,9 @@ pub struct Erp {
     /// One HTTP call's budget; past it the call is in doubt.
     pub request_timeout_ms: u64,
     /// After a create in doubt, how long the reference must stay absent
-    /// before a new create (an in-flight create must have committed).
+    /// before a new create (an in-flight create must have committed). At
+    /// least `request_timeout_ms`: SAP may still apply a POST the client
+    /// gave up on, and a shorter wait would POST a second credit memo.
     pub settle_ms: u64,
     /// First and longest wait between retries of a failing call
     /// (exponential, full jitter).
@@ -158,10 +160,20 @@ impl Erp {
         super::positive(&[
             ("[erp] poll_interval_ms", self.poll_interval_ms),
             ("[erp] request_timeout_ms", self.request_timeout_ms),
+            ("[erp] settle_ms", self.settle_ms),
             ("[erp] retry_base_ms", self.retry_base_ms),
             ("[erp] retry_cap_ms", self.retry_cap_ms),
             ("[erp] overdue_timeout_ms", self.overdue_timeout_ms),
-        ])
+        ])?;
+        // A POST the client gave up on may still be applied by SAP; the
+        // look-up must not call the reference absent before then.
+        if self.settle_ms < self.request_timeout_ms {
+            return invalid(format!(
+                "settle_ms ({}) must be at least request_timeout_ms ({}): SAP may still apply a create the worker stopped waiting for",
+                self.settle_ms, self.request_timeout_ms
+            ));
+        }
+        Ok(())
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -223,6 +235,13 @@ mod tests {
     #[test]
     fn sap_needs_its_fields_within_sap_lengths() {
         assert!(sap().validate().is_ok());
+        assert!(Erp {
+            request_timeout_ms: 500,
+            settle_ms: 500,
+            ..sap()
+        }
+        .validate()
+        .is_ok());
         let cases: Vec<(Erp, &str)> = vec![
             (
                 Erp {
@@ -279,6 +298,21 @@ mod tests {
                     ..sap()
                 },
                 "poll_interval_ms",
+            ),
+            (
+                Erp {
+                    settle_ms: 0,
+                    ..sap()
+                },
+                "settle_ms must be greater than 0",
+            ),
+            (
+                Erp {
+                    request_timeout_ms: 1_000,
+                    settle_ms: 300,
+                    ..sap()
+                },
+                "settle_ms (300) must be at least request_timeout_ms (1000)",
             ),
         ];
         for (erp, named) in cases {
