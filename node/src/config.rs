@@ -17,11 +17,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use skuld_cluster::tls::TlsFiles;
 
+pub use erp::Erp;
 pub use options::{
     described, markdown_table, Auth, Channels, Cluster, Events, OptionDoc, Postgres, Runtime,
     ServeArgs, Server, Telemetry, Writer,
 };
-pub use erp::Erp;
 pub use secret::SecretUrl;
 
 /// Every server option, by section.
