@@ -318,12 +318,17 @@ mod tests {
         assert!(!shedder.guards("/skuld.v1.InventoryServiceX/Reserve"));
     }
 
-    /// `calls` enter together and leave one by one, `step` apart: the
-    /// later ones queued behind the first.
+    /// `calls` enter together and leave one by one, the n-th after
+    /// `n * step` (the later ones queued behind the first), each in a
+    /// window of its own. The times are set, not slept: a loaded machine's
+    /// sleep overshoots by milliseconds, which the test would take for a
+    /// queue; only the windows' closing needs the real clock (2 ms apart,
+    /// twice the interval).
     fn wave(shedder: &Arc<Shedder>, calls: usize, step: Duration) {
         let passed: Vec<_> = (0..calls).map(|_| shedder.enter().unwrap()).collect();
-        for call in passed {
-            std::thread::sleep(step);
+        for (n, mut call) in (1u32..).zip(passed) {
+            std::thread::sleep(Duration::from_millis(2));
+            call.since = Instant::now().checked_sub(step * n).unwrap();
             drop(call);
         }
     }
