@@ -2,6 +2,7 @@
 //! group-commit writer, and cluster mode's membership (etcd), placement,
 //! ownership with epochs, and the routing table requests consult.
 
+pub mod clock;
 pub mod error;
 mod etcd_tls;
 pub mod membership;
@@ -20,12 +21,10 @@ pub use store::{
     StoredEvent, SummaryRow, WriteBatch,
 };
 
-/// Milliseconds since the unix epoch by this node's wall clock: the one
-/// place the node reads it (the domain gets the time passed in).
+pub use clock::WallClock;
+
+/// Milliseconds since the unix epoch by the system clock, for code that is
+/// not given a [`WallClock`] (the domain gets the time passed in).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
+    clock::system_now_ms()
 }

@@ -13,7 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use skuld_actors::position::{OldestHolds, OwnerType, PositionEntity};
 use skuld_actors::returns::{ExceptionKind, ReturnEntity, ReturnState, ReturnSummary, Team};

@@ -10,7 +10,8 @@
 pub mod token;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use skuld_actors::runtime::published::PublishedEvent;
 use skuld_actors::{store_error, Error, PositionKey, Refusal, ReturnKey};

@@ -12,7 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use futures::{Stream, StreamExt as _};
 use skuld_actors::position::PositionEntity;

@@ -241,7 +241,7 @@ async fn accept_loop<F, Fut>(
 {
     let budget = Budget::default();
     let total = Arc::new(tokio::sync::Semaphore::new(policy.max_total));
-    let mut last_accept_warning: Option<std::time::Instant> = None;
+    let mut last_accept_warning: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -255,7 +255,7 @@ async fn accept_loop<F, Fut>(
                 // neither would a warning every 50 ms.
                 if last_accept_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(listener = policy.listener, %error, "accept failed");
-                    last_accept_warning = Some(std::time::Instant::now());
+                    last_accept_warning = Some(tokio::time::Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;

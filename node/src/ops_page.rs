@@ -9,7 +9,7 @@
 //! clock can jump.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

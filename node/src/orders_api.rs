@@ -6,7 +6,8 @@
 //! deadline (at most [`MAX_WAIT`]), when it answers with the order as it is.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use skuld_actors::order::{
     step_key_for, Failure, HoldState, LineSpec, Order, OrderCommand, OrderEntity, OrderMutation,

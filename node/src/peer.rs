@@ -9,7 +9,8 @@
 //! a node may send one.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use dashmap::DashMap;

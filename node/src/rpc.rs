@@ -2,7 +2,8 @@
 //! tracing span, metrics, and the one error-to-status mapping.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use skuld_actors::runtime::RequestMeta;
 use skuld_actors::Error;

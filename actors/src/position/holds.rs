@@ -15,7 +15,8 @@
 //! (at the latest its expiry timer). The census drops positions of shards
 //! this node no longer owns, or got back under a new epoch.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use dashmap::DashMap;
 

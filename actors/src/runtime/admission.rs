@@ -3,7 +3,8 @@
 //! when the node is saturated, and a full node refuses at once.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::Error;
 

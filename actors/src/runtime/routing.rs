@@ -8,7 +8,8 @@
 //! public API or a return's effect on a position, routes the same way.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use skuld_cluster::shards::{Peer, Route, Serving, ShardTable};

@@ -21,7 +21,8 @@
 //! it has been healthy for half the failover time.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;

@@ -22,7 +22,8 @@
 //! nothing here.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A wall clock this far from the store's clock is reported as a jump.
 pub const JUMP_THRESHOLD: Duration = Duration::from_secs(60);

@@ -717,7 +717,7 @@ impl Worker {
             .read_many(
                 &positions,
                 RequestMeta {
-                    deadline: Some(std::time::Instant::now() + COMPUTE_DEADLINE),
+                    deadline: Some(tokio::time::Instant::now() + COMPUTE_DEADLINE),
                     ..RequestMeta::default()
                 },
             )

@@ -1,0 +1,1 @@
+//! A simulated etcd speaking the real etcd gRPC API (KV, Lease, Watch).

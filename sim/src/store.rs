@@ -1,0 +1,1 @@
+//! The fenced store the simulated nodes share, with faults.
