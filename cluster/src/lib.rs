@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod error;
 mod etcd_tls;
+pub mod ids;
 pub mod membership;
 pub mod ownership;
 pub mod placement;
@@ -22,6 +23,7 @@ pub use store::{
 };
 
 pub use clock::WallClock;
+pub use ids::Ids;
 
 /// Milliseconds since the unix epoch by the system clock, for code that is
 /// not given a [`WallClock`] (the domain gets the time passed in).
