@@ -1,41 +1,70 @@
-//! A store in memory, for tests of the runtime: the same contract as the
-//! other backends (ordered journals, snapshots, idempotency records stamped
-//! and purged by the store's own clock, timers, listings) and fencing like
-//! PostgreSQL's (a write whose epoch is not its shard's is left out), with
-//! nothing on disk. "Restarting" a runtime over the same `MemoryStore` is a
-//! restart of the process with its data kept.
+//! A store in memory, for tests of the runtime and for the deterministic
+//! simulation's shared store: the same contract as the other backends
+//! (ordered journals, snapshots, idempotency records stamped and purged by
+//! the store's own clock, timers, listings) and fencing like PostgreSQL's
+//! (a write whose epoch is not its shard's is left out), with nothing on
+//! disk. "Restarting" a runtime over the same `MemoryStore` is a restart of
+//! the process with its data kept.
+//!
+//! Every map is ordered (`BTreeMap`), so what a read returns never depends
+//! on a hasher's seed: the simulation replays a seed exactly. A commit
+//! applies its whole batch under one lock with no await inside, so a
+//! cancelled caller (a crashed simulated node) never leaves half a batch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::retention_clock::{wall_ms, RetentionClock};
 use super::{
-    Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
-    SummaryRow, WriteBatch,
+    Committed, EntityWrite, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError,
+    StoredEvent, SummaryRow, WriteBatch,
 };
+use crate::clock::WallClock;
 
 #[derive(Default)]
 struct Data {
-    journal: HashMap<Vec<u8>, BTreeMap<u64, Vec<u8>>>,
-    snapshots: HashMap<Vec<u8>, (u64, Vec<u8>)>,
+    journal: BTreeMap<Vec<u8>, BTreeMap<u64, Vec<u8>>>,
+    snapshots: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
     /// (entity, key) -> record, stamped at commit.
     idempotency: BTreeMap<(Vec<u8>, String), (IdempotencyRecord, u32)>,
-    timers: HashMap<Vec<u8>, (u64, u32)>,
+    timers: BTreeMap<Vec<u8>, (u64, u32)>,
     timers_by_due: BTreeSet<(u64, Vec<u8>)>,
     summaries: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>,
-    fences: HashMap<u32, u64>,
+    fences: BTreeMap<u32, u64>,
     /// (shard, seq) -> event; the outbox.
     events: BTreeMap<(u32, u64), StoredEvent>,
     event_bounds: BTreeMap<u32, ShardEvents>,
     records: BTreeMap<(String, String), Vec<u8>>,
 }
 
+/// The store's own clock, like PostgreSQL's `now()`: records are stamped
+/// and purged by it, never by a writer's. It never goes backwards, so a
+/// clock stepped back cannot stamp a record before an older one.
+struct StoreClock {
+    wall: WallClock,
+    newest_stamp_ms: AtomicU64,
+}
+
+impl StoreClock {
+    fn stamp(&self) -> u64 {
+        let now = u64::try_from(self.wall.now_ms()).unwrap_or(0);
+        let previous = self.newest_stamp_ms.fetch_max(now, Ordering::Relaxed);
+        previous.max(now)
+    }
+
+    /// Records stamped before this are older than `retention`.
+    fn purge_before(&self, retention: Duration) -> u64 {
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        self.stamp().saturating_sub(retention_ms)
+    }
+}
+
 pub struct MemoryStore {
     data: Mutex<Data>,
-    clock: RetentionClock,
+    clock: StoreClock,
 }
 
 impl Default for MemoryStore {
@@ -45,11 +74,138 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store whose clock is the system's.
     pub fn new() -> Self {
+        Self::with_clock(WallClock::system())
+    }
+
+    /// A store whose own clock (the one idempotency records and events are
+    /// stamped and purged by) is `clock`: the simulation passes simulated
+    /// time, unskewed, as PostgreSQL's server clock would be.
+    pub fn with_clock(clock: WallClock) -> Self {
         Self {
             data: Mutex::new(Data::default()),
-            clock: RetentionClock::new(0, wall_ms()),
+            clock: StoreClock {
+                wall: clock,
+                newest_stamp_ms: AtomicU64::new(0),
+            },
         }
+    }
+
+    /// Commits `batch` at once: the fence check and every write happen
+    /// under one lock, without an await, so the batch is applied whole or
+    /// not at all. A journal entry already stored (or given twice) fails
+    /// the whole batch, as PostgreSQL's primary key does.
+    pub fn commit_now(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
+        let stamp = self.clock.stamp();
+        let mut data = self.data.lock();
+        let mut fenced = Vec::new();
+        let mut accepted = Vec::with_capacity(batch.entities.len());
+        for (index, write) in batch.entities.into_iter().enumerate() {
+            let current = data.fences.get(&write.shard).copied().unwrap_or(0);
+            if write.epoch == current {
+                accepted.push(write);
+            } else {
+                fenced.push((index, current));
+            }
+        }
+        check_journal_entries_are_new(&data, &accepted)?;
+        for write in accepted {
+            apply(&mut data, write, stamp);
+        }
+        Ok(Committed { fenced })
+    }
+
+    /// Raises `shard`'s epoch at once (see [`Store::fence`]).
+    pub fn fence_now(&self, shard: u32, epoch: u64) -> bool {
+        let mut data = self.data.lock();
+        let current = data.fences.entry(shard).or_insert(0);
+        if *current > epoch {
+            return false;
+        }
+        *current = epoch;
+        true
+    }
+
+    /// The highest fence epoch stored, and its shard (as
+    /// `PostgresStore::newest_fence`).
+    pub fn newest_fence(&self) -> Option<(u32, u64)> {
+        let data = self.data.lock();
+        data.fences
+            .iter()
+            .filter(|(_, epoch)| **epoch > 0)
+            .max_by_key(|(shard, epoch)| (**epoch, std::cmp::Reverse(**shard)))
+            .map(|(shard, epoch)| (*shard, *epoch))
+    }
+}
+
+/// Fails with a backend error, before anything is applied, when one of
+/// the accepted writes carries a journal entry the entity already has or
+/// that the batch gives twice.
+fn check_journal_entries_are_new(data: &Data, accepted: &[EntityWrite]) -> Result<(), StoreError> {
+    let mut in_batch: BTreeSet<(&[u8], u64)> = BTreeSet::new();
+    for write in accepted {
+        let stored = data.journal.get(&write.key);
+        for (seq, _) in &write.journal {
+            let already_stored = stored.is_some_and(|entries| entries.contains_key(seq));
+            if already_stored || !in_batch.insert((write.key.as_slice(), *seq)) {
+                return Err(StoreError::Backend(format!(
+                    "duplicate journal entry {seq} of entity {:?}",
+                    String::from_utf8_lossy(&write.key)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies one accepted write; its events take the shard's next numbers.
+fn apply(data: &mut Data, write: EntityWrite, stamp: u64) {
+    let key = write.key;
+    data.journal
+        .entry(key.clone())
+        .or_default()
+        .extend(write.journal);
+    if let Some(snapshot) = write.snapshot {
+        data.snapshots.insert(key.clone(), snapshot);
+    }
+    for mut record in write.idempotency {
+        record.recorded_at_ms = stamp;
+        data.idempotency
+            .insert((key.clone(), record.key.clone()), (record, write.shard));
+    }
+    if let Some(timer) = write.timer {
+        if let Some((due, _)) = data.timers.remove(&key) {
+            data.timers_by_due.remove(&(due, key.clone()));
+        }
+        if let Some(due) = timer {
+            data.timers.insert(key.clone(), (due, write.shard));
+            data.timers_by_due.insert((due, key.clone()));
+        }
+    }
+    if let Some((scope, value)) = write.summary {
+        data.summaries
+            .entry(scope)
+            .or_default()
+            .insert(key.clone(), value);
+    }
+    for body in write.events {
+        let bounds = data.event_bounds.entry(write.shard).or_insert(ShardEvents {
+            shard: write.shard,
+            ..ShardEvents::default()
+        });
+        bounds.head += 1;
+        let seq = bounds.head;
+        data.events.insert(
+            (write.shard, seq),
+            StoredEvent {
+                shard: write.shard,
+                seq,
+                recorded_at_ms: stamp,
+                entity: key.clone(),
+                body,
+            },
+        );
     }
 }
 
@@ -108,71 +264,11 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<Committed, StoreError> {
-        let stamp = self.clock.stamp();
-        let mut data = self.data.lock();
-        let mut fenced = Vec::new();
-        for (index, write) in batch.entities.into_iter().enumerate() {
-            let current = data.fences.get(&write.shard).copied().unwrap_or(0);
-            if write.epoch != current {
-                fenced.push((index, current));
-                continue;
-            }
-            let key = write.key;
-            let journal = data.journal.entry(key.clone()).or_default();
-            journal.extend(write.journal);
-            if let Some(snapshot) = write.snapshot {
-                data.snapshots.insert(key.clone(), snapshot);
-            }
-            for mut record in write.idempotency {
-                record.recorded_at_ms = stamp;
-                data.idempotency
-                    .insert((key.clone(), record.key.clone()), (record, write.shard));
-            }
-            if let Some(timer) = write.timer {
-                if let Some((due, _)) = data.timers.remove(&key) {
-                    data.timers_by_due.remove(&(due, key.clone()));
-                }
-                if let Some(due) = timer {
-                    data.timers.insert(key.clone(), (due, write.shard));
-                    data.timers_by_due.insert((due, key.clone()));
-                }
-            }
-            if let Some((scope, value)) = write.summary {
-                data.summaries
-                    .entry(scope)
-                    .or_default()
-                    .insert(key.clone(), value);
-            }
-            for body in write.events {
-                let bounds = data.event_bounds.entry(write.shard).or_insert(ShardEvents {
-                    shard: write.shard,
-                    ..ShardEvents::default()
-                });
-                bounds.head += 1;
-                let seq = bounds.head;
-                data.events.insert(
-                    (write.shard, seq),
-                    StoredEvent {
-                        shard: write.shard,
-                        seq,
-                        recorded_at_ms: stamp,
-                        entity: key.clone(),
-                        body,
-                    },
-                );
-            }
-        }
-        Ok(Committed { fenced })
+        self.commit_now(batch)
     }
 
     async fn fence(&self, shard: u32, epoch: u64) -> Result<bool, StoreError> {
-        let mut data = self.data.lock();
-        let current = data.fences.entry(shard).or_insert(0);
-        if *current > epoch {
-            return Ok(false);
-        }
-        *current = epoch;
-        Ok(true)
+        Ok(self.fence_now(shard, epoch))
     }
 
     async fn due_timers(
@@ -301,7 +397,7 @@ impl Store for MemoryStore {
         after: Vec<(u32, u64)>,
         per_shard: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let after: HashMap<u32, u64> = after.into_iter().collect();
+        let after: BTreeMap<u32, u64> = after.into_iter().collect();
         let data = self.data.lock();
         let mut found = Vec::new();
         for shard in data.event_bounds.keys() {
@@ -582,5 +678,61 @@ mod tests {
                 .unwrap(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn records_are_stamped_and_purged_by_the_injected_clock_which_never_goes_back() {
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(10_000_000));
+        let store = MemoryStore::with_clock(WallClock::from_fn({
+            let now = std::sync::Arc::clone(&now);
+            move || now.load(Ordering::Relaxed)
+        }));
+        store
+            .commit(WriteBatch {
+                entities: vec![write(b"a", 0, 0, 1)],
+            })
+            .await
+            .unwrap();
+        let stamped = |store: &MemoryStore, key: &str| {
+            let data = store.data.lock();
+            data.idempotency
+                .get(&(b"a".to_vec(), key.to_owned()))
+                .map(|(record, _)| record.recorded_at_ms)
+        };
+        assert_eq!(stamped(&store, "k1"), Some(10_000_000));
+        // Stepped back an hour: the next record is not stamped before k1.
+        now.store(10_000_000 - 3_600_000, Ordering::Relaxed);
+        store
+            .commit(WriteBatch {
+                entities: vec![write(b"a", 0, 0, 2)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(stamped(&store, "k2"), Some(10_000_000));
+        let minute = Duration::from_secs(60);
+        assert_eq!(store.purge_idempotency(minute, None, 10).await.unwrap(), 0);
+        // Two minutes later by the injected clock, both are older than a minute.
+        now.store(10_000_000 + 120_000, Ordering::Relaxed);
+        assert_eq!(store.purge_idempotency(minute, None, 10).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_journal_entry_written_again_fails_the_whole_batch() {
+        let store = MemoryStore::new();
+        store
+            .commit(WriteBatch {
+                entities: vec![write(b"a", 0, 0, 1)],
+            })
+            .await
+            .unwrap();
+        for entities in [
+            vec![write(b"d", 0, 0, 1), write(b"a", 0, 0, 1)],
+            vec![write(b"d", 0, 0, 1), write(b"d", 0, 0, 1)],
+        ] {
+            let failed = store.commit(WriteBatch { entities }).await;
+            assert!(matches!(failed, Err(StoreError::Backend(_))), "{failed:?}");
+            assert!(store.journal(b"d").await.unwrap().is_empty());
+            assert!(store.due_timers(u64::MAX, 10, None).await.unwrap().len() == 1);
+        }
     }
 }
