@@ -149,7 +149,7 @@ pub fn proto_transfer(key: &OrderKey, order: &Order) -> Result<pb::Transfer, Err
         status: transfer_status(order.status) as i32,
         failure: order.failure.as_ref().map(proto_failure),
         version: order.version,
-        pending_step: order.pending.as_ref().map_or(0, |step| step.number),
+        pending_step: order.pending.first().map_or(0, |step| step.number),
     })
 }
 
@@ -252,7 +252,7 @@ pub fn proto_order(key: &OrderKey, order: &Order) -> pb::Order {
             .collect(),
         failure: order.failure.as_ref().map(proto_failure),
         version: order.version,
-        pending_step: order.pending.as_ref().map_or(0, |step| step.number),
+        pending_step: order.pending.first().map_or(0, |step| step.number),
     }
 }
 

@@ -422,8 +422,9 @@ async fn a_crash_at_any_step_ends_all_held_or_all_released() {
         ("C", "DC1", 1),
     ];
     let scenarios = [
-        // Steps: reserve A@DC1, B@DC1 (short), B@DC2, C@DC1 (short), then
-        // release line 1 and line 2.
+        // Steps (concurrent within a round): reserve A@DC1, B@DC1 (short)
+        // and C@DC1 (short); line 3 has no candidate left, so line 1 is
+        // released without line 2 trying DC2.
         Scenario {
             name: "fails",
             lines: vec![
@@ -432,9 +433,10 @@ async fn a_crash_at_any_step_ends_all_held_or_all_released() {
                 line("3", "C", 5, &["DC1"], false),
             ],
             commit: false,
-            steps: 6,
+            steps: 4,
         },
-        // Steps: reserve A@DC1, B@DC1 (short), B@DC2, commit both.
+        // Steps: reserve A@DC1 and B@DC1 (short), then B@DC2, then commit
+        // both at once.
         Scenario {
             name: "commits",
             lines: vec![

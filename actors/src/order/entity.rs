@@ -1,13 +1,15 @@
 //! Orders as an [`Entity`] of the actor runtime, and the driver of their
 //! steps.
 //!
-//! After each durable write of an order, its pending step (if due) is run
-//! against the position runtime with the idempotency key (and reservation
-//! id) `ord:{order}:{line}:{step}`; the result comes back to the order as an
-//! internal `CompleteStep`. One step of an order runs at a time. A crash
-//! anywhere leaves the step pending in the order's durable state; the timer
-//! scan wakes the order after the restart, the step runs again and the
-//! position replays its first answer, so no step is applied twice.
+//! After each durable write of an order, each of its pending steps that is
+//! due is run against the position runtime with the idempotency key (and
+//! reservation id) `ord:{order}:{line}:{step}`, all at once; each result
+//! comes back to the order as an internal `CompleteStep` (results that
+//! arrive together are decided in one drain, one write). A step runs once at
+//! a time. A crash anywhere leaves its step pending in the order's durable
+//! state; the timer scan wakes the order after the restart, the step runs
+//! again and the position replays its first answer, so no step is applied
+//! twice.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use crate::position::{
     AdjustmentReason, Bucket, Command, MutationRequest, Owner, OwnerType, PositionEntity,
 };
 use crate::runtime::measures::{Labels, Measure, Pending};
-use crate::runtime::{now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
+use crate::runtime::{Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
 use crate::{Error, PositionKey, Refusal};
 
 /// A client's mutation of one order.
@@ -39,8 +41,8 @@ pub struct OrderFigures {
 /// Orders, with the position runtime their steps act on.
 pub struct OrderEntity {
     positions: Arc<EntityRuntime<PositionEntity>>,
-    /// Orders with a step running now: one at a time per order.
-    running: Arc<Mutex<HashSet<OrderKey>>>,
+    /// Steps running now, by order and step number: each runs once at a time.
+    running: Arc<Mutex<HashSet<(OrderKey, u32)>>>,
     failpoint: Option<Failpoint>,
 }
 
@@ -88,15 +90,15 @@ impl OrderEntity {
     }
 }
 
-/// An order's "step running" mark; cleared when dropped.
+/// A step's "running" mark; cleared when dropped.
 struct Running {
-    orders: Arc<Mutex<HashSet<OrderKey>>>,
-    key: OrderKey,
+    steps: Arc<Mutex<HashSet<(OrderKey, u32)>>>,
+    step: (OrderKey, u32),
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.orders.lock().remove(&self.key);
+        self.steps.lock().remove(&self.step);
     }
 }
 
@@ -278,6 +280,38 @@ async fn run_step(
     }
 }
 
+/// Runs one step and reports its result to the order.
+async fn run_and_report(
+    positions: Arc<EntityRuntime<PositionEntity>>,
+    handle: EntityHandle<OrderEntity>,
+    key: OrderKey,
+    order: Arc<Order>,
+    step: Step,
+    mark: Running,
+    failpoint: Option<Failpoint>,
+) {
+    Failpoint::hit(failpoint, true, step.number);
+    let result = run_step(&positions, &key, &order, &step).await;
+    Failpoint::hit(failpoint, false, step.number);
+    metrics::counter!("skuld_order_steps_total", "outcome" => match result {
+        StepResult::Reserved { .. } => "reserved",
+        StepResult::Insufficient { .. } => "insufficient",
+        StepResult::Refused { .. } => "refused",
+        StepResult::Done => "done",
+        StepResult::Retry { .. } => "retry",
+    })
+    .increment(1);
+    let report = OrderCommand::CompleteStep {
+        number: step.number,
+        result,
+    };
+    if let Err(error) = handle.send_internal_holding(&key, report, "order-step", mark) {
+        // The step stays pending; the timer runs it again and the
+        // position replays it.
+        tracing::warn!(%key, step = step.number, %error, "step result not delivered");
+    }
+}
+
 impl Entity for OrderEntity {
     type Key = OrderKey;
     type State = Order;
@@ -381,49 +415,36 @@ impl Entity for OrderEntity {
     }
 
     fn after_commit(&self, key: &OrderKey, state: &Order, handle: &EntityHandle<Self>) {
-        let Some(step) = state.pending.clone() else {
-            return;
-        };
-        if step.retry_at_ms > now_ms() {
-            // The durable timer wakes the order when the retry is due.
+        if state.pending.is_empty() {
             return;
         }
-        if !self.running.lock().insert(key.clone()) {
-            return;
-        }
-        let positions = Arc::clone(&self.positions);
-        let running = Arc::clone(&self.running);
-        let handle = handle.clone();
-        let key = key.clone();
-        let order = state.clone();
-        let failpoint = self.failpoint;
-        tokio::spawn(async move {
+        let now = handle.now_ms();
+        // Shared by this write's steps: the order as they were recorded.
+        let order = Arc::new(state.clone());
+        for step in &state.pending {
+            if step.retry_at_ms > now {
+                // The durable timer wakes the order when the retry is due.
+                continue;
+            }
+            let mark = (key.clone(), step.number);
+            if !self.running.lock().insert(mark.clone()) {
+                continue;
+            }
             // Marked running until its result is decided by the order's
             // actor: a drain in between must not start the step again.
             let mark = Running {
-                orders: running,
-                key: key.clone(),
+                steps: Arc::clone(&self.running),
+                step: mark,
             };
-            Failpoint::hit(failpoint, true, step.number);
-            let result = run_step(&positions, &key, &order, &step).await;
-            Failpoint::hit(failpoint, false, step.number);
-            metrics::counter!("skuld_order_steps_total", "outcome" => match result {
-                StepResult::Reserved { .. } => "reserved",
-                StepResult::Insufficient { .. } => "insufficient",
-                StepResult::Refused { .. } => "refused",
-                StepResult::Done => "done",
-                StepResult::Retry { .. } => "retry",
-            })
-            .increment(1);
-            let report = OrderCommand::CompleteStep {
-                number: step.number,
-                result,
-            };
-            if let Err(error) = handle.send_internal_holding(&key, report, "order-step", mark) {
-                // The step stays pending; the timer runs it again and the
-                // position replays it.
-                tracing::warn!(%key, step = step.number, %error, "step result not delivered");
-            }
-        });
+            tokio::spawn(run_and_report(
+                Arc::clone(&self.positions),
+                handle.clone(),
+                key.clone(),
+                Arc::clone(&order),
+                step.clone(),
+                mark,
+                self.failpoint,
+            ));
+        }
     }
 }

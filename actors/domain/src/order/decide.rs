@@ -147,94 +147,133 @@ impl Builder {
 }
 
 /// The next thing the saga does when no step is pending, as a pure function
-/// of the recorded results: a step to schedule, or a status to move to.
+/// of the recorded results: steps to schedule (one round, run concurrently),
+/// or a status to move to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    Run { line: usize, action: Action },
+    /// One round of steps, each `(line, action)`: all recorded in one write
+    /// and run at once; the next round is planned when all are answered.
+    Run(Vec<(usize, Action)>),
     Settle(OrderStatus, Option<Failure>),
     Nothing,
 }
 
+/// Plans the next round. The saga moves in rounds so that its steps, their
+/// numbers and the line it names as failed follow from the recorded results
+/// alone, whatever order the concurrent answers of a round came back in.
 pub fn plan(order: &Order) -> Next {
-    if order.pending.is_some() {
+    if !order.pending.is_empty() {
         return Next::Nothing;
     }
     if let Some(transfer) = &order.transfer {
         return plan_transfer(order.status, transfer);
     }
     match order.status {
-        Some(OrderStatus::Reserving) => {
-            let Some((index, line)) = order
-                .lines
-                .iter()
-                .enumerate()
-                .find(|(_, line)| line.remaining() > 0)
-            else {
-                return Next::Settle(OrderStatus::Held, None);
-            };
-            match line.spec.locations.get(line.next_candidate) {
-                Some(location) => Next::Run {
-                    line: index,
-                    action: Action::Reserve {
-                        location: location.clone(),
-                        quantity: line.remaining(),
-                        allow_partial: line.spec.split,
-                    },
-                },
-                None => Next::Settle(
-                    OrderStatus::Releasing,
-                    Some(Failure {
-                        line_id: line.spec.line_id.clone(),
-                        sku: line.spec.sku.clone(),
-                        requested: line.spec.quantity,
-                        shortfalls: line.shortfalls.clone(),
-                        reason: if line.holds.iter().any(|h| h.in_doubt) {
-                            "a location did not answer".into()
-                        } else {
-                            "insufficient available quantity".into()
-                        },
-                    }),
-                ),
-            }
-        }
+        Some(OrderStatus::Reserving) => plan_reserving(order),
         Some(OrderStatus::Releasing) => {
-            for (index, line) in order.lines.iter().enumerate() {
-                for (at, hold) in line.holds.iter().enumerate() {
-                    let action = match hold.state {
-                        HoldState::Held => Action::Release { hold: at },
-                        HoldState::Committed => Action::CancelCommit { hold: at },
-                        HoldState::Released => continue,
-                    };
-                    return Next::Run {
-                        line: index,
-                        action,
-                    };
-                }
-            }
-            Next::Settle(OrderStatus::Released, None)
+            let releases = every_hold(order, |state, at| match state {
+                HoldState::Held => Some(Action::Release { hold: at }),
+                HoldState::Committed => Some(Action::CancelCommit { hold: at }),
+                HoldState::Released => None,
+            });
+            run_or_settle(releases, OrderStatus::Released)
         }
         Some(OrderStatus::Committing) => {
-            for (index, line) in order.lines.iter().enumerate() {
-                if let Some(at) = line.holds.iter().position(|h| h.state == HoldState::Held) {
-                    return Next::Run {
-                        line: index,
-                        action: Action::Commit { hold: at },
-                    };
-                }
-            }
-            Next::Settle(OrderStatus::Committed, None)
+            let commits = every_hold(order, |state, at| {
+                (state == HoldState::Held).then_some(Action::Commit { hold: at })
+            });
+            run_or_settle(commits, OrderStatus::Committed)
         }
         _ => Next::Nothing,
     }
 }
 
+/// Every line still short reserves at its next candidate, all at once; a
+/// line with no candidate left fails the order (the first such line is
+/// named), and with no line short the order is held.
+fn plan_reserving(order: &Order) -> Next {
+    let short: Vec<(usize, &Line)> = order
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.remaining() > 0)
+        .collect();
+    if short.is_empty() {
+        return Next::Settle(OrderStatus::Held, None);
+    }
+    if let Some((_, line)) = short
+        .iter()
+        .find(|(_, line)| line.next_candidate >= line.spec.locations.len())
+    {
+        return Next::Settle(
+            OrderStatus::Releasing,
+            Some(Failure {
+                line_id: line.spec.line_id.clone(),
+                sku: line.spec.sku.clone(),
+                requested: line.spec.quantity,
+                shortfalls: line.shortfalls.clone(),
+                reason: if line.holds.iter().any(|h| h.in_doubt) {
+                    "a location did not answer".into()
+                } else {
+                    "insufficient available quantity".into()
+                },
+            }),
+        );
+    }
+    Next::Run(
+        short
+            .into_iter()
+            .filter_map(|(index, line)| {
+                let location = line.spec.locations.get(line.next_candidate)?;
+                Some((
+                    index,
+                    Action::Reserve {
+                        location: location.clone(),
+                        quantity: line.remaining(),
+                        allow_partial: line.spec.split,
+                    },
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// The action `step_for` gives each hold of each line, as `(line, action)`.
+fn every_hold(
+    order: &Order,
+    step_for: impl Fn(HoldState, usize) -> Option<Action>,
+) -> Vec<(usize, Action)> {
+    order
+        .lines
+        .iter()
+        .enumerate()
+        .flat_map(|(index, line)| {
+            let step_for = &step_for;
+            line.holds
+                .iter()
+                .enumerate()
+                .filter_map(move |(at, hold)| Some((index, step_for(hold.state, at)?)))
+        })
+        .collect()
+}
+
+fn run_or_settle(steps: Vec<(usize, Action)>, settled: OrderStatus) -> Next {
+    if steps.is_empty() {
+        Next::Settle(settled, None)
+    } else {
+        Next::Run(steps)
+    }
+}
+
 fn advance(b: &mut Builder) {
-    // Each round settles a status or schedules one step; bounded by the
-    // number of statuses a decision can pass through.
+    // Each round settles a status or schedules one round of steps; bounded
+    // by the number of statuses a decision can pass through.
     for _ in 0..8 {
         match plan(&b.order) {
-            Next::Run { line, action } => {
-                b.schedule(line, action);
+            Next::Run(steps) => {
+                for (line, action) in steps {
+                    b.schedule(line, action);
+                }
                 return;
             }
             Next::Settle(to, failure) => b.status(to, failure),
@@ -385,7 +424,7 @@ pub fn decide(
 }
 
 fn complete(b: &mut Builder, number: u32, result: &StepResult, status: OrderStatus) {
-    let Some(step) = b.order.pending.clone().filter(|s| s.number == number) else {
+    let Some(step) = b.order.pending_step(number).cloned() else {
         // Already completed: a repeated report changes nothing.
         return;
     };

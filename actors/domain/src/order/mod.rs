@@ -7,9 +7,12 @@
 //! (with its number) in the same write that decides it, then run by the
 //! runtime against the position with the idempotency key
 //! `ord:{order}:{line}:{step}` (which is also the reservation id), and its
-//! result reported back with [`OrderCommand::CompleteStep`]. One step is
-//! pending at a time; [`plan`] says what comes next from the results
-//! recorded so far. A crash before a result is recorded leaves the step
+//! result reported back with [`OrderCommand::CompleteStep`]. The saga moves
+//! in rounds: [`plan`] gives, from the results recorded so far, one step per
+//! line still to reserve (or per hold to commit or give back), all recorded
+//! in one write and run concurrently; the next round is planned once every
+//! step of this one is answered (answers that arrive together are recorded
+//! in one write). A crash before a result is recorded leaves its step
 //! pending, so it is run again and the position replays its answer: no step
 //! is applied twice and none is lost.
 //!

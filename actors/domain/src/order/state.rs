@@ -295,7 +295,12 @@ pub struct Order {
     pub ttl_ms: i64,
     pub channel: String,
     pub failure: Option<Failure>,
-    pub pending: Option<Step>,
+    /// Steps recorded and not yet answered: several at once when the lines
+    /// of one round run concurrently (a transfer has at most one). Encoded
+    /// like the `Option<Step>` it replaces while it holds at most one step
+    /// (bincode writes both as a count, then the step), so older snapshots
+    /// still decode.
+    pub pending: Vec<Step>,
     /// The number the next step gets.
     pub next_step: u32,
     pub opened_at_ms: i64,
@@ -305,9 +310,14 @@ pub struct Order {
 }
 
 impl Order {
-    /// When the runtime must wake the order: its pending step is due.
+    /// When the runtime must wake the order: its earliest pending step is due.
     pub fn next_timer_ms(&self) -> Option<i64> {
-        self.pending.as_ref().map(|step| step.retry_at_ms)
+        self.pending.iter().map(|step| step.retry_at_ms).min()
+    }
+
+    /// The pending step numbered `number`, if it is still unanswered.
+    pub fn pending_step(&self, number: u32) -> Option<&Step> {
+        self.pending.iter().find(|step| step.number == number)
     }
 
     pub fn specs(&self) -> Vec<LineSpec> {
@@ -341,14 +351,14 @@ pub fn apply(order: &mut Order, event: &OrderEvent) {
         }
         OrderEvent::StepScheduled { step } => {
             order.next_step = step.number + 1;
-            order.pending = Some(step.clone());
+            order.pending.push(step.clone());
         }
         OrderEvent::StepFailed {
             number,
             error,
             retry_at_ms,
         } => {
-            if let Some(step) = order.pending.as_mut().filter(|s| s.number == *number) {
+            if let Some(step) = order.pending.iter_mut().find(|s| s.number == *number) {
                 step.attempts += 1;
                 step.retry_at_ms = *retry_at_ms;
                 step.last_error = error.clone();
@@ -359,9 +369,10 @@ pub fn apply(order: &mut Order, event: &OrderEvent) {
             result,
             in_doubt,
         } => {
-            let Some(step) = order.pending.take_if(|s| s.number == *number) else {
+            let Some(at) = order.pending.iter().position(|s| s.number == *number) else {
                 return;
             };
+            let step = order.pending.remove(at);
             if let Some(transfer) = order.transfer.as_mut() {
                 apply_transfer_result(transfer, &step.action, result);
                 return;

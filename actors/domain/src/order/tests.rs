@@ -143,7 +143,7 @@ fn stock(entries: &[(&str, &str, i64)]) -> Positions {
 /// Runs the saga to rest with every step succeeding.
 fn settle(order: &mut Order, positions: &mut Positions) {
     for _ in 0..1_000 {
-        let Some(step) = order.pending.clone() else {
+        let Some(step) = order.pending.first().cloned() else {
             return;
         };
         let result = positions.run(order, &step);
@@ -299,7 +299,7 @@ fn a_reservation_never_answered_is_released_in_doubt() {
     )
     .unwrap();
     // The position took it, but every answer was lost.
-    let step = order.pending.clone().unwrap();
+    let step = order.pending[0].clone();
     positions.run(&order, &step);
     for _ in 0..RESERVE_ATTEMPTS {
         run(
@@ -317,6 +317,137 @@ fn a_reservation_never_answered_is_released_in_doubt() {
     assert_eq!(order.status, Some(OrderStatus::Released));
     assert!(positions.reserved.is_empty());
     assert_eq!(positions.available[&("A".into(), "DC1".into())], 5);
+}
+
+/// Answers the pending steps numbered `numbers`, in that order, each with
+/// what the positions say.
+fn answer(order: &mut Order, positions: &mut Positions, numbers: &[u32]) {
+    for number in numbers {
+        let step = order.pending_step(*number).cloned().unwrap();
+        let result = positions.run(order, &step);
+        run(
+            order,
+            &OrderCommand::CompleteStep {
+                number: *number,
+                result,
+            },
+        )
+        .unwrap();
+    }
+}
+
+fn pending_actions(order: &Order) -> Vec<(u32, usize, Action)> {
+    order
+        .pending
+        .iter()
+        .map(|step| (step.number, step.line, step.action.clone()))
+        .collect()
+}
+
+fn three_lines() -> OrderCommand {
+    reserve(vec![
+        line("1", "A", 1, &["DC1"], false),
+        line("2", "B", 1, &["DC1"], false),
+        line("3", "C", 1, &["DC1"], false),
+    ])
+}
+
+#[test]
+fn the_opening_records_every_lines_reserve_and_the_last_answer_holds_the_order() {
+    let mut positions = stock(&[("A", "DC1", 1), ("B", "DC1", 1), ("C", "DC1", 1)]);
+    let mut order = Order::default();
+    let opening = run(&mut order, &three_lines()).unwrap();
+    // One write: the opening and the three reserve steps.
+    assert_eq!(opening.len(), 4);
+    let numbers: Vec<u32> = order.pending.iter().map(|s| s.number).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+    assert_eq!(
+        order.pending.iter().map(|s| s.line).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    answer(&mut order, &mut positions, &[3, 1]);
+    // Nothing new runs until the round is answered.
+    assert_eq!(order.status, Some(OrderStatus::Reserving));
+    assert_eq!(pending_actions(&order).len(), 1);
+    answer(&mut order, &mut positions, &[2]);
+    assert_eq!(order.status, Some(OrderStatus::Held));
+    assert!(order.pending.is_empty());
+    assert_eq!(positions.reserved.len(), 3);
+}
+
+#[test]
+fn one_failure_among_concurrent_successes_releases_the_others_whatever_the_answer_order() {
+    let mut settled = Vec::new();
+    for answers in [[1, 2, 3], [2, 3, 1], [3, 1, 2]] {
+        let mut positions = stock(&[("A", "DC1", 1), ("B", "DC1", 0), ("C", "DC1", 1)]);
+        let mut order = Order::default();
+        run(&mut order, &three_lines()).unwrap();
+        answer(&mut order, &mut positions, &answers);
+        // The round is answered: line 2 cannot be held, and lines 1 and 3
+        // are given back at once.
+        assert_eq!(order.status, Some(OrderStatus::Releasing));
+        assert_eq!(
+            pending_actions(&order),
+            vec![
+                (4, 0, Action::Release { hold: 0 }),
+                (5, 2, Action::Release { hold: 0 }),
+            ]
+        );
+        answer(&mut order, &mut positions, &[5, 4]);
+        assert_eq!(order.status, Some(OrderStatus::Released));
+        assert_eq!(order.failure.as_ref().unwrap().line_id, "2");
+        assert!(positions.reserved.is_empty());
+        assert_eq!(positions.total(), 2);
+        order.settled_at_ms = None;
+        settled.push(order);
+    }
+    // The same order whatever the order the answers came in.
+    assert!(settled.windows(2).all(|pair| pair[0] == pair[1]));
+}
+
+#[test]
+fn duplicate_and_late_answers_change_nothing_and_a_hold_taken_while_releasing_is_given_back() {
+    let mut positions = stock(&[("A", "DC1", 1), ("B", "DC1", 1), ("C", "DC1", 1)]);
+    let mut order = Order::default();
+    run(&mut order, &three_lines()).unwrap();
+    answer(&mut order, &mut positions, &[1]);
+    // The same answer again (a rerun after a crash) is already recorded.
+    let again = run(
+        &mut order,
+        &OrderCommand::CompleteStep {
+            number: 1,
+            result: StepResult::Reserved { granted: 1 },
+        },
+    )
+    .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(order.lines[0].holds.len(), 1);
+    // The client releases while lines 2 and 3 are still being reserved:
+    // their holds are recorded when answered, then given back.
+    run(&mut order, &OrderCommand::Release).unwrap();
+    assert_eq!(order.status, Some(OrderStatus::Releasing));
+    assert_eq!(
+        pending_actions(&order).len(),
+        2,
+        "no release before the round ends"
+    );
+    answer(&mut order, &mut positions, &[3, 2]);
+    assert_eq!(pending_actions(&order).len(), 3);
+    settle(&mut order, &mut positions);
+    assert_eq!(order.status, Some(OrderStatus::Released));
+    assert!(positions.reserved.is_empty());
+    assert_eq!(positions.total(), 3);
+    // A result for the released order (a step answered twice) is ignored.
+    let late = run(
+        &mut order,
+        &OrderCommand::CompleteStep {
+            number: 2,
+            result: StepResult::Reserved { granted: 1 },
+        },
+    )
+    .unwrap();
+    assert!(late.is_empty());
+    assert_eq!(order.status, Some(OrderStatus::Released));
 }
 
 #[test]
@@ -412,7 +543,7 @@ proptest! {
     #[test]
     fn at_rest_all_held_or_all_released(
         (lines, entries) in spec(),
-        fates in proptest::collection::vec(fate(), 0..60),
+        fates in proptest::collection::vec((fate(), any::<prop::sample::Index>()), 0..60),
         commit in any::<bool>(),
     ) {
         let mut positions = Positions::default();
@@ -425,15 +556,20 @@ proptest! {
         let mut fates = fates.into_iter();
         let mut committed_asked = false;
         for _ in 0..2_000 {
-            let Some(step) = order.pending.clone() else {
+            if order.pending.is_empty() {
                 if commit && !committed_asked && order.status == Some(OrderStatus::Held) {
                     committed_asked = true;
                     run(&mut order, &OrderCommand::Commit).unwrap();
                     continue;
                 }
                 break;
-            };
-            let result = match fates.next().unwrap_or(Fate::Ok) {
+            }
+            // Concurrent steps are answered in any order.
+            let (fate, at) = fates
+                .next()
+                .map_or((Fate::Ok, 0), |(fate, pick)| (fate, pick.index(order.pending.len())));
+            let step = order.pending[at].clone();
+            let result = match fate {
                 Fate::Ok => positions.run(&order, &step),
                 Fate::CrashBefore => continue,
                 Fate::CrashAfter => {
@@ -449,7 +585,7 @@ proptest! {
             };
             run(&mut order, &OrderCommand::CompleteStep { number: step.number, result }).unwrap();
         }
-        prop_assert!(order.pending.is_none(), "the saga did not come to rest");
+        prop_assert!(order.pending.is_empty(), "the saga did not come to rest");
         let status = order.status.unwrap();
         prop_assert!(status.at_rest());
         prop_assert_eq!(positions.total(), total, "units leaked");

@@ -78,7 +78,7 @@ pub fn validate_transfer(spec: &TransferSpec) -> Result<(), Refusal> {
 /// The next step of a transfer with nothing pending (see [`super::plan`]).
 pub(super) fn plan_transfer(status: Option<OrderStatus>, transfer: &Transfer) -> super::Next {
     use super::Next;
-    let run = |action| Next::Run { line: 0, action };
+    let run = |action| Next::Run(vec![(0, action)]);
     match status {
         Some(OrderStatus::Reserving) if !transfer.taken => run(Action::TransferOut),
         Some(OrderStatus::Reserving) if !transfer.delivered => run(Action::TransferIn),

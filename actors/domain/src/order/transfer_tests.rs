@@ -84,7 +84,7 @@ impl Positions {
 /// Runs pending steps until the transfer is at rest.
 fn drive(order: &mut Order, positions: &mut Positions) {
     for _ in 0..20 {
-        let Some(step) = order.pending.clone() else {
+        let Some(step) = order.pending.first().cloned() else {
             return;
         };
         let result = positions.run(order, &step);
@@ -154,7 +154,7 @@ fn a_refused_delivery_puts_the_units_back() {
         ..Positions::default()
     };
     run(&mut order, &OrderCommand::Transfer { spec: spec(5) }).unwrap();
-    let out = order.pending.clone().unwrap();
+    let out = order.pending[0].clone();
     let result = positions.run(&order, &out);
     run(
         &mut order,
@@ -164,7 +164,7 @@ fn a_refused_delivery_puts_the_units_back() {
         },
     )
     .unwrap();
-    let delivery = order.pending.clone().unwrap();
+    let delivery = order.pending[0].clone();
     assert_eq!(delivery.action, Action::TransferIn);
     let refused = StepResult::Refused {
         error: "no such location".into(),
@@ -177,10 +177,7 @@ fn a_refused_delivery_puts_the_units_back() {
         },
     )
     .unwrap();
-    assert_eq!(
-        order.pending.as_ref().unwrap().action,
-        Action::TransferReturn
-    );
+    assert_eq!(order.pending[0].action, Action::TransferReturn);
     drive(&mut order, &mut positions);
     assert_eq!(order.status, Some(OrderStatus::Released));
     assert_eq!((positions.from_available, positions.to_incoming), (5, 0));
@@ -190,7 +187,7 @@ fn a_refused_delivery_puts_the_units_back() {
 fn a_transient_failure_is_retried_not_given_up() {
     let mut order = Order::default();
     run(&mut order, &OrderCommand::Transfer { spec: spec(1) }).unwrap();
-    let step = order.pending.clone().unwrap();
+    let step = order.pending[0].clone();
     for _ in 0..(RESERVE_ATTEMPTS + 3) {
         run(
             &mut order,
@@ -203,7 +200,7 @@ fn a_transient_failure_is_retried_not_given_up() {
         )
         .unwrap();
     }
-    assert_eq!(order.pending.as_ref().map(|s| s.number), Some(step.number));
+    assert_eq!(order.pending.first().map(|s| s.number), Some(step.number));
     assert_eq!(order.status, Some(OrderStatus::Reserving));
 }
 
@@ -297,7 +294,7 @@ proptest! {
         run(&mut order, &OrderCommand::Transfer { spec: spec(quantity) }).unwrap();
         let mut faults = faults.into_iter();
         for _ in 0..64 {
-            let Some(step) = order.pending.clone() else { break };
+            let Some(step) = order.pending.first().cloned() else { break };
             let result = match faults.next().unwrap_or(Fault::None) {
                 Fault::CrashBefore => continue,
                 Fault::CrashAfter => {
@@ -318,7 +315,7 @@ proptest! {
             };
             run(&mut order, &OrderCommand::CompleteStep { number: step.number, result }).unwrap();
         }
-        prop_assert!(order.pending.is_none(), "not at rest: {:?}", order.pending);
+        prop_assert!(order.pending.is_empty(), "not at rest: {:?}", order.pending);
         let delivered = (available - quantity, quantity);
         let returned = (available, 0);
         let now = (positions.from_available, positions.to_incoming);
