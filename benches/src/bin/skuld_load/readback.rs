@@ -218,18 +218,34 @@ where
     Ok(results)
 }
 
+/// What a reserve-only workload sent: its positions, the units acknowledged
+/// and of unknown outcome per position, and the OK replies marked replayed.
+pub(super) struct ReserveOnly<'a> {
+    pub(super) positions: &'a [pb::PositionKey],
+    pub(super) acknowledged: &'a [AtomicI64],
+    pub(super) unknown: &'a [AtomicI64],
+    pub(super) replayed: u64,
+}
+
 /// Reads back every position with acknowledged or unknown-outcome
 /// reservations and checks each holds what was acknowledged (reserve-only
-/// workloads): the check's counts, and each position's verdict for the
-/// caller to explain its failures.
+/// workloads). A position that fails is a failure worded by `describe`
+/// (index, reason, what was read); OK replies marked replayed are one more
+/// (`keys` names what was new each time). Also returns the failed
+/// positions' indexes, in the order of their failures.
 pub(super) async fn check_reserved(
     clients: &Arc<Clients>,
-    positions: &[pb::PositionKey],
-    acknowledged: &[AtomicI64],
-    unknown: &[AtomicI64],
-    replayed: u64,
+    sent: ReserveOnly<'_>,
     stocked: i64,
-) -> anyhow::Result<(Check, Vec<(usize, Observed, Result<(), String>)>)> {
+    keys: &str,
+    describe: impl Fn(usize, &str, &Observed) -> String,
+) -> anyhow::Result<(Check, Vec<usize>)> {
+    let ReserveOnly {
+        positions,
+        acknowledged,
+        unknown,
+        replayed,
+    } = sent;
     eprintln!("check: reading back every touched position");
     let touched: Vec<usize> = (0..positions.len())
         .filter(|&i| {
@@ -245,7 +261,7 @@ pub(super) async fn check_reserved(
         )
     })
     .await?;
-    let check = Check {
+    let mut check = Check {
         passed: true,
         positions_checked: results.len(),
         positions_with_unknown_outcomes: unknown
@@ -256,7 +272,20 @@ pub(super) async fn check_reserved(
         replayed_replies: replayed,
         failures: Vec::new(),
     };
-    Ok((check, results))
+    let mut failed = Vec::new();
+    for (index, observed, verdict) in results {
+        let Err(reason) = verdict else { continue };
+        check.passed = false;
+        check.failures.push(describe(index, &reason, &observed));
+        failed.push(index);
+    }
+    if replayed > 0 {
+        check.passed = false;
+        check.failures.push(format!(
+            "{replayed} OK replies were marked replayed although every {keys} was new"
+        ));
+    }
+    Ok((check, failed))
 }
 
 pub(super) async fn check_reservations(
@@ -264,51 +293,46 @@ pub(super) async fn check_reservations(
     workload: &Reservations,
     stocked: i64,
 ) -> anyhow::Result<Check> {
-    let (mut check, results) = check_reserved(
+    let (mut check, failed) = check_reserved(
         clients,
-        &workload.positions,
-        &workload.acknowledged,
-        &workload.unknown,
-        workload.replayed.load(Ordering::Relaxed),
+        ReserveOnly {
+            positions: &workload.positions,
+            acknowledged: &workload.acknowledged,
+            unknown: &workload.unknown,
+            replayed: workload.replayed.load(Ordering::Relaxed),
+        },
         stocked,
+        "idempotency key",
+        |index, reason, observed| {
+            let key = &workload.positions[index];
+            format!(
+                "{}/{}: {reason} (acknowledged {}, unknown {}; read {:?})",
+                key.sku,
+                key.location,
+                workload.acknowledged[index].load(Ordering::Relaxed),
+                workload.unknown[index].load(Ordering::Relaxed),
+                observed
+            )
+        },
     )
     .await?;
-    for (index, observed, verdict) in results {
-        let Err(reason) = verdict else { continue };
-        check.passed = false;
+    // Name the acknowledged reservations the node does not hold, for the
+    // first few failed positions.
+    for (failure, index) in check.failures.iter_mut().zip(failed).take(5) {
         let key = &workload.positions[index];
-        let mut failure = format!(
-            "{}/{}: {reason} (acknowledged {}, unknown {}; read {:?})",
-            key.sku,
-            key.location,
-            workload.acknowledged[index].load(Ordering::Relaxed),
-            workload.unknown[index].load(Ordering::Relaxed),
-            observed
-        );
-        // Name the acknowledged reservations the node does not hold.
-        if check.failures.len() < 5 {
-            if let Ok(held) = reservation_ids(clients, key).await {
-                let acknowledged = workload.acknowledged_keys[index].lock().clone();
-                let missing: Vec<String> = acknowledged
-                    .iter()
-                    .map(|&n| workload.key(n))
-                    .filter(|id| !held.contains(id))
-                    .collect();
-                failure.push_str(&format!(
-                    "; acknowledged but not active: {} {:?}",
-                    missing.len(),
-                    &missing[..missing.len().min(5)]
-                ));
-            }
+        if let Ok(held) = reservation_ids(clients, key).await {
+            let acknowledged = workload.acknowledged_keys[index].lock().clone();
+            let missing: Vec<String> = acknowledged
+                .iter()
+                .map(|&n| workload.key(n))
+                .filter(|id| !held.contains(id))
+                .collect();
+            failure.push_str(&format!(
+                "; acknowledged but not active: {} {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            ));
         }
-        check.failures.push(failure);
-    }
-    if check.replayed_replies > 0 {
-        check.passed = false;
-        check.failures.push(format!(
-            "{} OK replies were marked replayed although every idempotency key was new",
-            check.replayed_replies
-        ));
     }
     Ok(check)
 }
