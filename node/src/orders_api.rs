@@ -1,9 +1,10 @@
 //! The `skuld.v1.OrderService` implementation and its conversions.
 //!
 //! A mutation is decided by the order's actor (which records the saga's
-//! first step); the reply then waits for the saga to come to rest, reading
-//! the order until it is HELD, COMMITTED or RELEASED, or until the call's
-//! deadline (at most [`MAX_WAIT`]), when it answers with the order as it is.
+//! first steps); the reply then waits for the saga to come to rest (HELD,
+//! COMMITTED or RELEASED), handed over by the order's actor when it runs on
+//! this node and read back otherwise, or until the call's deadline (at most
+//! [`MAX_WAIT`]), when it answers with the order as it is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,10 @@ impl OrdersApi {
             .map_or(started + MAX_WAIT, |d| d.min(started + MAX_WAIT));
         let mutated = self.runtime.mutate(mutation, meta.clone()).await?;
         let mut order = mutated.reply;
+        // Woken by the write that brings the order to rest when it runs on
+        // this node; the polls below cover an order run by another node
+        // and a rest reached before the watch was registered.
+        let mut rest = self.runtime.entity().watch_rest(&key, order.version);
         let mut pause = Duration::from_millis(2);
         while order.status.is_some_and(|status| !status.at_rest()) {
             // Stop a little before the caller's deadline, so the reply
@@ -74,7 +79,15 @@ impl OrdersApi {
             if now + pause + Duration::from_millis(20) >= deadline {
                 break;
             }
-            tokio::time::sleep(pause).await;
+            let rested = tokio::select! {
+                // A watch already spent disables this branch: just sleep.
+                Some(rested) = rest.rested() => Some(rested),
+                () = tokio::time::sleep(pause) => None,
+            };
+            if let Some(rested) = rested {
+                order = rested;
+                continue;
+            }
             pause = (pause * 2).min(Duration::from_millis(50));
             let read_meta = RequestMeta {
                 deadline: Some(deadline),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::rest::{RestWaiters, RestWatch};
 use super::{
     apply_entry, decide, step_key_for, Action, Order, OrderCommand, OrderEvent, OrderKey,
     OrderStatus, Step, StepResult, TransferSpec, TRANSFER_LINE_ID,
@@ -43,6 +44,8 @@ pub struct OrderEntity {
     positions: Arc<EntityRuntime<PositionEntity>>,
     /// Steps running now, by order and step number: each runs once at a time.
     running: Arc<Mutex<HashSet<(OrderKey, u32)>>>,
+    /// Callers waiting for an order to come to rest.
+    rest: Arc<RestWaiters>,
     failpoint: Option<Failpoint>,
 }
 
@@ -85,8 +88,15 @@ impl OrderEntity {
         Self {
             positions,
             running: Arc::new(Mutex::new(HashSet::new())),
+            rest: Arc::new(RestWaiters::default()),
             failpoint: Failpoint::from_env(),
         }
+    }
+
+    /// Hands the caller the order from the first write at rest after
+    /// `after_version`, if this node runs the order (see [`RestWaiters`]).
+    pub fn watch_rest(&self, key: &OrderKey, after_version: u64) -> RestWatch {
+        self.rest.watch(key, after_version)
     }
 }
 
@@ -415,6 +425,7 @@ impl Entity for OrderEntity {
     }
 
     fn after_commit(&self, key: &OrderKey, state: &Order, handle: &EntityHandle<Self>) {
+        self.rest.offer(key, state);
         if state.pending.is_empty() {
             return;
         }
