@@ -177,11 +177,14 @@ impl Config {
             .unwrap_or_else(|| "skuld".into())
     }
 
-    pub fn runtime(&self) -> skuld_actors::runtime::RuntimeConfig {
+    /// The runtime's options, its decisions stamped by `clock` (the node's
+    /// environment's).
+    pub fn runtime(&self, clock: skuld_cluster::WallClock) -> skuld_actors::runtime::RuntimeConfig {
         skuld_actors::runtime::RuntimeConfig {
             mailbox_capacity: self.runtime.mailbox_capacity,
             idle_timeout: Duration::from_secs(self.runtime.idle_timeout_secs),
             snapshot_every: self.runtime.snapshot_every,
+            clock,
         }
     }
 

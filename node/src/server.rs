@@ -166,7 +166,7 @@ pub async fn run(
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
-            config.runtime(),
+            config.runtime(skuld_cluster::WallClock::system()),
         ),
         routing.clone(),
     ));
@@ -176,7 +176,7 @@ pub async fn run(
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
-            config.runtime(),
+            config.runtime(skuld_cluster::WallClock::system()),
         ),
         routing.clone(),
     ));
@@ -186,7 +186,7 @@ pub async fn run(
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
-            config.runtime(),
+            config.runtime(skuld_cluster::WallClock::system()),
         ),
         routing,
     ));
@@ -199,6 +199,7 @@ pub async fn run(
         ],
         joined.as_ref().map(|joined| Arc::clone(&joined.table)),
         config.background(),
+        skuld_cluster::WallClock::system(),
     );
     let node_id = config.effective_node_id();
     let ready = Arc::new(AtomicBool::new(false));

@@ -24,7 +24,7 @@ use super::{
 use crate::journal::JournalEntry;
 use crate::position::{MutationRequest, PositionEntity};
 use crate::runtime::measures::{Labels, Measure, Pending};
-use crate::runtime::{codec, now_ms, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
+use crate::runtime::{codec, Entity, EntityHandle, EntityRuntime, Mutation, RequestMeta};
 use crate::{Error, PositionKey, Refusal, ReturnKey};
 
 /// A client's mutation of one return case.
@@ -385,7 +385,7 @@ impl Entity for ReturnEntity {
         let Some(effect) = state.pending_effects.values().next() else {
             return;
         };
-        if effect.retry_at_ms > now_ms() {
+        if effect.retry_at_ms > handle.now_ms() {
             // The durable timer wakes the case when the retry is due.
             return;
         }

@@ -53,6 +53,7 @@ fn start() -> Node {
             event_retention: Duration::from_secs(7 * 86_400),
             purge_interval: Duration::from_secs(60),
         },
+        skuld_cluster::WallClock::system(),
     );
     Node {
         positions,

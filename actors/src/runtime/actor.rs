@@ -14,7 +14,7 @@ use super::codec::{decode, encode};
 use super::known_keys::{self, key_hash, KnownKeys};
 use super::measures::{self, Measure};
 use super::published::publish;
-use super::{now_ms, Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
+use super::{Entity, EntityHandle, Envelope, Mutated, Outcome, Shared, Slot, Work};
 use crate::journal::JournalEntry;
 use crate::{Error, Refusal};
 
@@ -361,7 +361,7 @@ impl<E: Entity> ActorState<E> {
             state,
             write: &mut write,
             stored,
-            now_ms: now_ms(),
+            now_ms: self.shared.config.clock.now_ms(),
             poisoned: false,
             measures: measures::Pending::default(),
         };

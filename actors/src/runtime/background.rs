@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skuld_cluster::shards::ShardTable;
-use skuld_cluster::{Store, StoreError};
+use skuld_cluster::{Store, StoreError, WallClock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{now_ms, TimerTarget};
+use super::TimerTarget;
 
 /// How often the background tasks run, and how long records are kept.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +30,15 @@ pub struct Background {
 
 impl Background {
     /// `shards`: in cluster mode, the routing table; timers are scanned
-    /// only for the shards this node serves.
+    /// only for the shards this node serves. `clock`: the one the runtimes
+    /// stamp timers by (their `RuntimeConfig::clock`), which says when one
+    /// is due.
     pub fn start(
         store: Arc<dyn Store>,
         targets: Vec<Arc<dyn TimerTarget>>,
         shards: Option<Arc<ShardTable>>,
         timing: BackgroundTiming,
+        clock: WallClock,
     ) -> Self {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -44,6 +47,7 @@ impl Background {
             targets,
             shards.clone(),
             timing.timer_scan_interval,
+            clock,
             stop.clone(),
         ));
         tasks.spawn(purge_retained(store, shards, timing, stop.clone()));
@@ -62,6 +66,7 @@ async fn scan_timers(
     targets: Vec<Arc<dyn TimerTarget>>,
     shards: Option<Arc<ShardTable>>,
     interval: Duration,
+    clock: WallClock,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -71,7 +76,7 @@ async fn scan_timers(
             _ = ticker.tick() => {}
             () = stop.cancelled() => return,
         }
-        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let now = u64::try_from(clock.now_ms()).unwrap_or(0);
         let owned = shards.as_ref().map(|table| table.local_shards());
         if owned.as_ref().is_some_and(Vec::is_empty) {
             continue;

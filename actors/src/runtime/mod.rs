@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorRef};
-use skuld_cluster::{GroupCommitWriter, Store};
+use skuld_cluster::{GroupCommitWriter, Store, WallClock};
 use tokio::sync::{oneshot, OnceCell};
 
 use crate::Error;
@@ -45,7 +45,8 @@ pub use forwarded::{decode_forwarded, Forwarded};
 use mailbox::{Mailbox, Push};
 use routing::{Destination, Operation, Routing, ServedBy};
 
-/// Tuning of an entity runtime. Every field is a node option.
+/// Tuning of an entity runtime. Every field but the clock is a node
+/// option.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Commands queued per entity at most; beyond it RESOURCE_EXHAUSTED.
@@ -54,6 +55,9 @@ pub struct RuntimeConfig {
     pub idle_timeout: Duration,
     /// A snapshot is written after this many journal entries.
     pub snapshot_every: u64,
+    /// The wall clock decisions are stamped with (`recorded_at_ms`,
+    /// expiries, due timers): the system's, or the simulation's.
+    pub clock: WallClock,
 }
 
 impl Default for RuntimeConfig {
@@ -62,6 +66,7 @@ impl Default for RuntimeConfig {
             mailbox_capacity: 1_024,
             idle_timeout: Duration::from_secs(60),
             snapshot_every: 200,
+            clock: WallClock::system(),
         }
     }
 }
@@ -306,6 +311,12 @@ impl<E: Entity> Clone for EntityHandle<E> {
 }
 
 impl<E: Entity> EntityHandle<E> {
+    /// The runtime's wall clock now, for the entity's side effects (is a
+    /// retry due?), so they read the clock its decisions are stamped by.
+    pub fn now_ms(&self) -> i64 {
+        self.shared.config.clock.now_ms()
+    }
+
     /// Queues a node-issued command for `key`; no reply, no admission.
     pub fn send_internal(
         &self,
@@ -665,6 +676,7 @@ impl<E: Entity> EntityRuntime<E> {
             .filter(|entry| routing.table.shard_of(&E::encode_key(entry.key())) == shard)
             .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
             .collect();
+        let slots = in_key_order(slots);
         self.stop_actors(
             slots,
             "its shard moved to another node",
@@ -682,6 +694,7 @@ impl<E: Entity> EntityRuntime<E> {
             .iter()
             .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
             .collect();
+        let slots = in_key_order(slots);
         self.stop_actors(slots, "node is shutting down", Duration::from_secs(1))
             .await;
     }
@@ -711,6 +724,22 @@ impl<E: Entity> EntityRuntime<E> {
 
 /// Actors stopped at once at most when a shard is evicted or the node stops.
 const CONCURRENT_STOPS: usize = 64;
+
+/// The slots sorted by encoded key: a DashMap iterates in an order that
+/// depends on its hasher's random seed, and the order actors are stopped in
+/// (who is answered UNAVAILABLE first, which stops run together) must be
+/// the same on every run of a simulation seed.
+fn in_key_order<E: Entity>(slots: Vec<(E::Key, Arc<Slot<E>>)>) -> Vec<(E::Key, Arc<Slot<E>>)> {
+    let mut keyed: Vec<_> = slots
+        .into_iter()
+        .map(|(key, slot)| (E::encode_key(&key), key, slot))
+        .collect();
+    keyed.sort_by(|left, right| left.0.cmp(&right.0));
+    keyed
+        .into_iter()
+        .map(|(_, key, slot)| (key, slot))
+        .collect()
+}
 
 impl<E: Entity> TimerTarget for EntityRuntime<E> {
     fn wake_encoded(&self, encoded_key: &[u8]) -> bool {

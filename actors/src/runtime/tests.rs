@@ -62,6 +62,7 @@ fn start_with(
     routing: Option<routing::Routing>,
 ) -> Node {
     let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
+    let clock = config.runtime.clock.clone();
     let (writer, _) = GroupCommitWriter::start(Arc::clone(&store), writer_config);
     let admission = Arc::new(Admission::new(
         config.max_in_flight,
@@ -89,6 +90,7 @@ fn start_with(
             event_retention: Duration::from_secs(7 * 86_400),
             purge_interval: Duration::from_secs(60),
         },
+        clock,
     );
     Node {
         runtime,
@@ -313,6 +315,71 @@ async fn a_reservation_that_expired_while_the_node_was_down_expires_on_restart()
         commit,
         Err(Error::Refused(Refusal::FailedPrecondition(_)))
     ));
+}
+
+/// Decisions are stamped by the runtime's injected clock, and the timer
+/// scanner finds a timer due by the same clock: set a century ahead of the
+/// system's, a reservation's expiry is the injected time plus its TTL, and
+/// it expires once that clock (not the system's) passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_due_timers_follow_the_injected_clock() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    const START_MS: i64 = 4_102_444_800_000; // 2100-01-01
+    let wall = Arc::new(AtomicI64::new(START_MS));
+    let reading = Arc::clone(&wall);
+    let config = Config {
+        runtime: RuntimeConfig {
+            clock: WallClock::from_fn(move || reading.load(Ordering::SeqCst)),
+            ..RuntimeConfig::default()
+        },
+        timer_scan_interval: Duration::from_millis(20),
+        ..Config::default()
+    };
+    let node = start(&memory(), config, WriterConfig::default());
+    node.runtime
+        .mutate(request("receive", receive(5)), RequestMeta::default())
+        .await
+        .unwrap();
+    node.runtime
+        .mutate(
+            request("reserve", reserve("r1", 2, 60_000)),
+            RequestMeta::default(),
+        )
+        .await
+        .unwrap();
+    let journal = node.runtime.journal(&key()).await.unwrap();
+    assert!(journal.iter().all(|entry| entry.recorded_at_ms == START_MS));
+    let state = node
+        .runtime
+        .read(&key(), RequestMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        state.reservation("r1").unwrap().expires_at_ms,
+        START_MS + 60_000
+    );
+
+    wall.store(START_MS + 60_001, Ordering::SeqCst);
+    // Nothing touches the position: only the timer scanner can expire it.
+    let mut expired = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let journal = node.runtime.journal(&key()).await.unwrap();
+        let last = journal.last().unwrap();
+        if matches!(
+            last.events.as_slice(),
+            [Event::ReservationExpired { quantity: 2, .. }]
+        ) {
+            expired = Some(last.recorded_at_ms);
+            break;
+        }
+    }
+    assert_eq!(
+        expired,
+        Some(START_MS + 60_001),
+        "not expired by the injected clock"
+    );
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
