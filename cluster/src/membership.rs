@@ -174,6 +174,27 @@ pub struct Membership {
     shard_count: u32,
 }
 
+/// How production's etcd client connects and calls. A client built over
+/// a channel (`Client::from_channel`) should be given these too: the
+/// leader requirement is a header on every call. Their connect timeout
+/// and keep-alive shape only endpoints etcd-client builds itself, so such
+/// a channel's `Endpoint` sets them on its own.
+pub fn etcd_connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+        // A member cut off from its leader answers watches and lease
+        // calls with an error instead of going quiet, so a partitioned
+        // etcd member cannot freeze this node's view of the cluster.
+        .with_require_leader(true)
+}
+
+/// What each call of joining may take.
+fn join_limit(config: &MembershipConfig) -> Duration {
+    etcd_timeout(config.lease_ttl).max(Duration::from_secs(5))
+}
+
 fn etcd_timeout(ttl: Duration) -> Duration {
     (ttl / 2).max(Duration::from_millis(500))
 }
@@ -193,16 +214,9 @@ impl Membership {
     /// node under a new lease. Does not start the keep-alive and watch
     /// loops: see [`Membership::run`].
     pub async fn join(config: MembershipConfig, version: &str) -> Result<Arc<Self>, ClusterError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true)
-            // A member cut off from its leader answers watches and lease
-            // calls with an error instead of going quiet, so a partitioned
-            // etcd member cannot freeze this node's view of the cluster.
-            .with_require_leader(true);
-        let limit = etcd_timeout(config.lease_ttl).max(Duration::from_secs(5));
-        let (mut client, tls_failure) = match &config.etcd_tls {
+        let options = etcd_connect_options();
+        let limit = join_limit(&config);
+        let (client, tls_failure) = match &config.etcd_tls {
             // The node's own channel: its connector reads the certificate
             // files again at each reconnect (etcd-client's `with_tls` would
             // keep the ones read here for the life of the process).
@@ -221,6 +235,27 @@ impl Membership {
                 (client, None)
             }
         };
+        Self::join_over(client, tls_failure, config, version).await
+    }
+
+    /// [`Membership::join`] over a client the caller built (the
+    /// simulation's, over its own network): `etcd_endpoints` and `etcd_tls`
+    /// are not used.
+    pub async fn join_with_client(
+        client: Client,
+        config: MembershipConfig,
+        version: &str,
+    ) -> Result<Arc<Self>, ClusterError> {
+        Self::join_over(client, None, config, version).await
+    }
+
+    async fn join_over(
+        mut client: Client,
+        tls_failure: Option<crate::etcd_tls::LastFailure>,
+        config: MembershipConfig,
+        version: &str,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let limit = join_limit(&config);
         let prefix = format!("/skuld/{}", config.cluster_name);
         // The first call: where a certificate etcd refuses shows up.
         let shard_count = ensure_settings(&mut client, &prefix, config.shard_count, limit)

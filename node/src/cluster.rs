@@ -25,9 +25,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::peer::GrpcForwarder;
-use crate::tls::{PeerClientTls, Reloadable};
+use crate::config::{Config, SecretUrl};
+use crate::node_io::EtcdSource;
+use crate::peer::{GrpcForwarder, PeerChannels};
+use crate::tls::Reloadable;
 
 /// The parts of cluster mode that exist before the runtimes do.
 pub struct Joined {
@@ -41,87 +42,123 @@ pub struct Joined {
     pub client_tls: Vec<Arc<ReloadingClientConfig>>,
 }
 
+/// How a joining node reaches the rest of the cluster.
+pub struct JoinIo {
+    /// Where other nodes reach this one when no `advertise_endpoint` is
+    /// configured.
+    pub peer_addr: SocketAddr,
+    pub peers: PeerChannels,
+    pub etcd: EtcdSource,
+    /// The cluster's store instead of PostgreSQL (neither connected to nor
+    /// migrated).
+    pub store: Option<Arc<dyn Store>>,
+}
+
 /// Joins the cluster: registers in etcd (which fixes the shard count) and
-/// opens the PostgreSQL store, applying its migrations.
-pub async fn join(
-    config: &Config,
-    grpc_addr: SocketAddr,
-    peer_addr: SocketAddr,
-    peer_tls: Arc<PeerClientTls>,
-) -> anyhow::Result<Joined> {
+/// opens the PostgreSQL store, applying its migrations (or takes the
+/// injected store).
+pub async fn join(config: &Config, grpc_addr: SocketAddr, io: JoinIo) -> anyhow::Result<Joined> {
     let node_id = config.effective_node_id();
     let endpoint = if config.cluster.advertise_endpoint.is_empty() {
-        format!("https://{peer_addr}")
+        let scheme = match io.peers {
+            PeerChannels::Tls(_) => "https",
+            PeerChannels::Plaintext(_) => "http",
+        };
+        format!("{scheme}://{}", io.peer_addr)
     } else {
         config.cluster.advertise_endpoint.clone()
     };
-    // Other nodes accept this one's calls only from a certificate that
-    // names the host it advertises: better not to start than to be refused
-    // by every peer.
     let host = crate::tls::endpoint_host(&endpoint)
         .with_context(|| format!("the advertised endpoint {endpoint} has no host"))?;
-    if !crate::tls::own_certificate_names(peer_tls.files(), &host)
-        .context("cannot read the peer certificate")?
-    {
-        anyhow::bail!(
-            "the peer certificate {} does not name {host}, the host this node advertises ({endpoint}): other nodes would refuse its calls; add it to the certificate's names or set advertise_endpoint",
-            peer_tls.files().cert.display()
-        );
+    // Other nodes accept this one's calls only from a certificate that
+    // names the host it advertises: better not to start than to be refused
+    // by every peer. Plaintext peers present none.
+    if let PeerChannels::Tls(peer_tls) = &io.peers {
+        if !crate::tls::own_certificate_names(peer_tls.files(), &host)
+            .context("cannot read the peer certificate")?
+        {
+            anyhow::bail!(
+                "the peer certificate {} does not name {host}, the host this node advertises ({endpoint}): other nodes would refuse its calls; add it to the certificate's names or set advertise_endpoint",
+                peer_tls.files().cert.display()
+            );
+        }
     }
     // Every file is read before the node registers anywhere: a missing or
     // broken one stops it here, named, with nothing left behind in etcd.
-    let url = config
-        .postgres
-        .resolved_url()
-        .context("cannot read the PostgreSQL URL")?;
-    let etcd_tls = client_tls("etcd_client", config.cluster.etcd_tls(), b"h2")
-        .context("cannot use the etcd TLS files")?;
-    let postgres_tls = client_tls(
-        "postgres_client",
-        config.postgres.postgres_tls(),
-        b"postgresql",
-    )
-    .context("cannot use the PostgreSQL TLS files")?;
-    let membership = Membership::join(
-        MembershipConfig {
-            etcd_endpoints: config.cluster.etcd_endpoints.clone(),
-            cluster_name: config.cluster.cluster_name.clone(),
-            node_id: node_id.clone(),
-            client_endpoint: client_endpoint(config, grpc_addr, &endpoint),
-            endpoint,
-            shard_count: config.cluster.shard_count,
-            lease_ttl: Duration::from_secs(config.cluster.lease_ttl_secs),
-            etcd_tls: etcd_tls.clone(),
-        },
-        env!("CARGO_PKG_VERSION"),
-    )
-    .await
-    .with_context(|| {
+    let store_source = match io.store {
+        Some(store) => StoreSource::Injected(store),
+        None => {
+            let url = config
+                .postgres
+                .resolved_url()
+                .context("cannot read the PostgreSQL URL")?;
+            let tls = client_tls(
+                "postgres_client",
+                config.postgres.postgres_tls(),
+                b"postgresql",
+            )
+            .context("cannot use the PostgreSQL TLS files")?;
+            StoreSource::Postgres { url, tls }
+        }
+    };
+    let membership_config = MembershipConfig {
+        etcd_endpoints: config.cluster.etcd_endpoints.clone(),
+        cluster_name: config.cluster.cluster_name.clone(),
+        node_id: node_id.clone(),
+        client_endpoint: client_endpoint(config, grpc_addr, &endpoint),
+        endpoint,
+        shard_count: config.cluster.shard_count,
+        lease_ttl: Duration::from_secs(config.cluster.lease_ttl_secs),
+        etcd_tls: None,
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let (membership, etcd_tls) = match io.etcd {
+        EtcdSource::Endpoints => {
+            let etcd_tls = client_tls("etcd_client", config.cluster.etcd_tls(), b"h2")
+                .context("cannot use the etcd TLS files")?;
+            let membership = Membership::join(
+                MembershipConfig {
+                    etcd_tls: etcd_tls.clone(),
+                    ..membership_config
+                },
+                version,
+            )
+            .await;
+            (membership, etcd_tls)
+        }
+        EtcdSource::Client(client) => (
+            Membership::join_with_client(*client, membership_config, version).await,
+            None,
+        ),
+    };
+    let membership = membership.with_context(|| {
         format!(
             "cannot join the cluster through etcd {:?}",
             config.cluster.etcd_endpoints
         )
     })?;
-    let client_tls: Vec<_> = etcd_tls.iter().chain(&postgres_tls).cloned().collect();
-    let store = match open_store(config, url.expose(), postgres_tls, &membership).await {
-        Ok(store) => store,
-        Err(error) => {
-            // Placement must not count on a member that will never serve.
-            let _ = membership.leave().await;
-            return Err(error);
+    let (store, postgres_tls) = match store_source {
+        StoreSource::Injected(store) => (store, None),
+        StoreSource::Postgres { url, tls } => {
+            match open_store(config, url.expose(), tls.clone(), &membership).await {
+                Ok(store) => (Arc::new(store) as Arc<dyn Store>, tls),
+                Err(error) => {
+                    // Placement must not count on a member that will never serve.
+                    let _ = membership.leave().await;
+                    return Err(error);
+                }
+            }
         }
     };
+    let client_tls: Vec<_> = etcd_tls.iter().chain(&postgres_tls).cloned().collect();
     let store_health = StoreHealth::new();
-    let store: Arc<dyn Store> = Arc::new(MonitoredStore::new(
-        Arc::new(store),
-        Arc::clone(&store_health),
-    ));
+    let store: Arc<dyn Store> = Arc::new(MonitoredStore::new(store, Arc::clone(&store_health)));
     let table = ShardTable::new(membership.shard_count());
     let routing = Routing {
         table: Arc::clone(&table),
         forwarder: Arc::new(GrpcForwarder::new(
             config.server.max_message_bytes,
-            peer_tls,
+            io.peers,
         )),
         node_id: Arc::from(node_id.as_str()),
         handoff_wait: Duration::from_millis(config.cluster.handoff_wait_ms),
@@ -134,6 +171,15 @@ pub async fn join(
         routing,
         client_tls,
     })
+}
+
+/// The cluster's store before it is opened.
+enum StoreSource {
+    Injected(Arc<dyn Store>),
+    Postgres {
+        url: SecretUrl,
+        tls: Option<Arc<ReloadingClientConfig>>,
+    },
 }
 
 /// Where clients reach this node's client API, as the shard map tells

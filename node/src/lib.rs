@@ -22,6 +22,7 @@ pub mod import_api;
 pub mod inbound;
 pub mod json_door;
 pub mod listen;
+pub mod node_io;
 pub mod ops_page;
 pub mod orders_api;
 pub mod otlp;

@@ -7,6 +7,10 @@
 //! certificate name the host of a current member. A forwarded payload is a
 //! whole domain command that skips the client API's checks, so nobody but
 //! a node may send one.
+//!
+//! The one exception is the deterministic simulation's plaintext hop
+//! ([`PeerChannels::Plaintext`], [`CallerCheck::Anyone`]), which only an
+//! injected `node_io::Peers::plaintext` sets up; no configuration can.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::node_io::Dialer;
 use crate::rpc::{self, CORRELATION_ID};
 use crate::status::{retry_after_ms, to_status};
 use crate::tls::{endpoint_host, names_host, PeerClientTls};
@@ -37,6 +42,19 @@ pub struct PeerApi {
     node_id: String,
     targets: Vec<Arc<dyn ForwardTarget>>,
     members: watch::Receiver<Arc<ClusterView>>,
+    callers: CallerCheck,
+}
+
+/// Who may call the peer API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerCheck {
+    /// A caller whose certificate names a current member's host (the mTLS
+    /// peer listener's, production's).
+    MemberCertificate,
+    /// Anyone who reaches the listener: only for plaintext peers, which
+    /// only an injected `node_io::Peers::plaintext` sets up (a simulated
+    /// network, where every host is a node of the test).
+    Anyone,
 }
 
 impl PeerApi {
@@ -44,11 +62,13 @@ impl PeerApi {
         node_id: String,
         targets: Vec<Arc<dyn ForwardTarget>>,
         members: watch::Receiver<Arc<ClusterView>>,
+        callers: CallerCheck,
     ) -> Self {
         Self {
             node_id,
             targets,
             members,
+            callers,
         }
     }
 
@@ -165,7 +185,9 @@ impl PeerService for PeerApi {
         request: Request<wire::ForwardRequest>,
     ) -> Result<Response<wire::ForwardReply>, Status> {
         let started = Instant::now();
-        self.check_caller(request.peer_certs()).await?;
+        if self.callers == CallerCheck::MemberCertificate {
+            self.check_caller(request.peer_certs()).await?;
+        }
         let meta = RequestMeta {
             correlation_id: rpc::correlation_id(request.metadata()),
             deadline: rpc::deadline(request.metadata(), started),
@@ -211,26 +233,49 @@ impl PeerService for PeerApi {
     }
 }
 
-/// Sends requests to their owners over one lazily connected mTLS channel
-/// per peer, opened again once the peer TLS files changed.
+/// How a node opens its channels to peers.
+#[derive(Clone)]
+pub enum PeerChannels {
+    /// mTLS from the peer TLS files (production's), over tonic's own TCP
+    /// connector.
+    Tls(Arc<PeerClientTls>),
+    /// Plaintext over an injected dialer: reachable only through
+    /// `node_io::Peers::plaintext`, never from a configuration.
+    Plaintext(Dialer),
+}
+
+impl PeerChannels {
+    /// Changes whenever channels opened before must be replaced (the TLS
+    /// files were read again).
+    fn generation(&self) -> u64 {
+        match self {
+            Self::Tls(tls) => tls.generation(),
+            Self::Plaintext(_) => 0,
+        }
+    }
+}
+
+/// Sends requests to their owners over one lazily connected channel per
+/// peer (mTLS in production), opened again once the peer TLS files
+/// changed.
 pub struct GrpcForwarder {
     /// By endpoint: the channel and the TLS generation it was opened with.
     channels: DashMap<String, (u64, Channel)>,
-    tls: Arc<PeerClientTls>,
+    transport: PeerChannels,
     max_message_bytes: usize,
 }
 
 impl GrpcForwarder {
-    pub fn new(max_message_bytes: usize, tls: Arc<PeerClientTls>) -> Self {
+    pub fn new(max_message_bytes: usize, transport: PeerChannels) -> Self {
         Self {
             channels: DashMap::new(),
-            tls,
+            transport,
             max_message_bytes,
         }
     }
 
     fn channel(&self, endpoint: &str) -> Result<Channel, Error> {
-        let generation = self.tls.generation();
+        let generation = self.transport.generation();
         if let Some(entry) = self.channels.get(endpoint) {
             if entry.0 == generation {
                 return Ok(entry.1.clone());
@@ -238,17 +283,21 @@ impl GrpcForwarder {
         }
         let host = endpoint_host(endpoint)
             .ok_or_else(|| Error::Unavailable(format!("bad peer endpoint {endpoint}: no host")))?;
-        // Calls in flight on a replaced channel finish on it: they hold
-        // clones of it.
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let settings = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|error| Error::Unavailable(format!("bad peer endpoint {endpoint}: {error}")))?
-            .tls_config(self.tls.config_for(&host))
-            .map_err(|error| Error::Unavailable(format!("peer endpoint {endpoint}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        // Calls in flight on a replaced channel finish on it: they hold
+        // clones of it.
+        let channel = match &self.transport {
+            PeerChannels::Tls(tls) => settings
+                .tls_config(tls.config_for(&host))
+                .map_err(|error| Error::Unavailable(format!("peer endpoint {endpoint}: {error}")))?
+                .connect_lazy(),
+            PeerChannels::Plaintext(dialer) => settings.connect_with_connector_lazy(dialer.clone()),
+        };
         self.channels
             .insert(endpoint.to_owned(), (generation, channel.clone()));
         Ok(channel)

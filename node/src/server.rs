@@ -52,8 +52,9 @@ use crate::cluster;
 use crate::config::Config;
 use crate::events_api::{EventsApi, EventsSettings};
 use crate::listen::{self, AcceptPolicy};
+use crate::node_io::{BoxedListener, HttpKind, IncomingKind, NodeIo, Peers, PeersKind};
 use crate::orders_api::OrdersApi;
-use crate::peer::PeerApi;
+use crate::peer::{CallerCheck, PeerApi, PeerChannels};
 use crate::readiness::{follow_readiness, set_health, Readiness};
 use crate::returns_api::{ReturnPolicies, ReturnsApi};
 use crate::routing_api::RoutingApi;
@@ -115,27 +116,62 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let http_addr = listeners.http.local_addr()?;
-    let peer_addr = match &listeners.peer {
-        Some(peer) => Some(peer.local_addr()?),
+    run_with_io(config, NodeIo::from(listeners), metrics, shutdown).await
+}
+
+/// [`run`] over injected I/O ([`NodeIo`]): the simulation's network, etcd
+/// client and store, or production's listeners.
+pub async fn run_with_io(
+    config: Config,
+    io: NodeIo,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let NodeIo {
+        grpc: grpc_incoming,
+        peers,
+        http: http_listener,
+        etcd,
+        store: injected_store,
+        environment,
+    } = io;
+    let grpc_addr = grpc_incoming.local_addr();
+    let http_addr = match &http_listener {
+        Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
+    let peer_addr = peers.as_ref().map(Peers::local_addr);
     let mut shutdown = std::pin::pin!(shutdown);
-    let security = Security::load(&config)?;
+    let peer_tls = matches!(peers, Some(Peers(PeersKind::Tls(_))));
+    let security = Security::load(&config, peer_tls)?;
+    if matches!(grpc_incoming.kind, IncomingKind::Stream(_)) && security.client.is_some() {
+        anyhow::bail!("client API TLS is not served over injected connections");
+    }
     let auth = crate::auth::start(&config)?;
-
     // Joining can wait long (an etcd that does not answer, migrations): a
     // stop asked for meanwhile ends it. Nothing is served yet, so there is
     // nothing to drain; a lease already taken expires with its TTL.
     let joined = if config.is_clustered() {
+        let peer_channels = match (&peers, &security.peer) {
+            (Some(Peers(PeersKind::Tls(_))), Some(tls)) => {
+                PeerChannels::Tls(Arc::clone(&tls.client))
+            }
+            (Some(Peers(PeersKind::Plaintext { dialer, .. })), _) => {
+                PeerChannels::Plaintext(dialer.clone())
+            }
+            (Some(Peers(PeersKind::Tls(_))), None) => {
+                anyhow::bail!("cluster mode without peer TLS")
+            }
+            (None, _) => anyhow::bail!("cluster mode without a peer listener"),
+        };
+        let join_io = cluster::JoinIo {
+            peer_addr: peer_addr.context("cluster mode without a peer listener")?,
+            peers: peer_channels,
+            etcd,
+            store: injected_store,
+        };
         tokio::select! {
-            joined = cluster::join(
-                &config,
-                grpc_addr,
-                peer_addr.context("cluster mode without a peer listener")?,
-                security.peer.as_ref().map(|peer| Arc::clone(&peer.client)).context("cluster mode without peer TLS")?,
-            ) => Some(joined?),
+            joined = cluster::join(&config, grpc_addr, join_io) => Some(joined?),
             () = &mut shutdown => {
                 tracing::info!("shutdown requested while joining the cluster: stopping");
                 return Ok(());
@@ -166,7 +202,7 @@ pub async fn run(
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
-            config.runtime(skuld_cluster::WallClock::system()),
+            config.runtime(environment.clock.clone()),
         ),
         routing.clone(),
     ));
@@ -176,7 +212,7 @@ pub async fn run(
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
-            config.runtime(skuld_cluster::WallClock::system()),
+            config.runtime(environment.clock.clone()),
         ),
         routing.clone(),
     ));
@@ -186,7 +222,7 @@ pub async fn run(
             Arc::clone(&store),
             writer.clone(),
             Arc::clone(&admission),
-            config.runtime(skuld_cluster::WallClock::system()),
+            config.runtime(environment.clock.clone()),
         ),
         routing,
     ));
@@ -199,7 +235,7 @@ pub async fn run(
         ],
         joined.as_ref().map(|joined| Arc::clone(&joined.table)),
         config.background(),
-        skuld_cluster::WallClock::system(),
+        environment.clock.clone(),
     );
     let node_id = config.effective_node_id();
     let ready = Arc::new(AtomicBool::new(false));
@@ -262,6 +298,10 @@ pub async fn run(
                 Arc::clone(&orders) as _,
             ],
             joined.membership.view(),
+            match &peers {
+                Some(Peers(PeersKind::Plaintext { .. })) => CallerCheck::Anyone,
+                _ => CallerCheck::MemberCertificate,
+            },
         ))
         .max_decoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
         .max_encoding_message_size(config.server.max_message_bytes.max(4 * 1024 * 1024))
@@ -413,49 +453,64 @@ pub async fn run(
         handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
     };
     let grpc_stop = stop_servers.clone();
-    let grpc = match &security.client {
-        Some(tls) => servers.spawn(client_router.serve_with_incoming_shutdown(
-            listen::tls(
-                listeners.grpc,
-                client_policy,
-                Arc::clone(tls),
-                grpc_stop.clone(),
-            ),
-            grpc_stop.cancelled_owned(),
-        )),
-        None => servers.spawn(client_router.serve_with_incoming_shutdown(
-            listen::plain(listeners.grpc, client_policy, grpc_stop.clone()),
-            grpc_stop.cancelled_owned(),
-        )),
+    let grpc = match (grpc_incoming.kind, &security.client) {
+        (IncomingKind::Listener(listener), Some(tls)) => {
+            servers.spawn(client_router.serve_with_incoming_shutdown(
+                listen::tls(listener, client_policy, Arc::clone(tls), grpc_stop.clone()),
+                grpc_stop.cancelled_owned(),
+            ))
+        }
+        (IncomingKind::Listener(listener), None) => {
+            servers.spawn(client_router.serve_with_incoming_shutdown(
+                listen::plain(listener, client_policy, grpc_stop.clone()),
+                grpc_stop.cancelled_owned(),
+            ))
+        }
+        // Refused at the start when the client API has TLS.
+        (IncomingKind::Stream(connections), _) => servers.spawn(
+            client_router.serve_with_incoming_shutdown(connections, grpc_stop.cancelled_owned()),
+        ),
     };
     // Node-to-node: its own port, mTLS only. A node keeps one channel per
     // peer (two while its certificate rotates), so the budget before the
     // handshake stays small: anyone who reaches the port gets it.
-    let peer_server = match (peer, listeners.peer, &security.peer) {
-        (Some(peer), Some(listener), Some(tls)) => {
-            let policy = AcceptPolicy {
-                listener: "peer",
-                max_per_client: config.cluster.peer_max_connections_per_client,
-                max_total: PEER_MAX_CONNECTIONS,
-                handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
-            };
-            let stop = stop_servers.clone();
-            Some(
-                servers.spawn(
-                    tonic::transport::Server::builder()
-                        .max_concurrent_streams(Some(
-                            config.server.max_concurrent_streams.max(1_024),
-                        ))
-                        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-                        .add_service(peer)
-                        .serve_with_incoming_shutdown(
-                            listen::tls(listener, policy, Arc::clone(&tls.server), stop.clone()),
-                            stop.cancelled_owned(),
-                        ),
+    let peer_policy = AcceptPolicy {
+        listener: "peer",
+        max_per_client: config.cluster.peer_max_connections_per_client,
+        max_total: PEER_MAX_CONNECTIONS,
+        handshake_timeout: Duration::from_millis(config.server.tls_handshake_timeout_ms),
+    };
+    let peer_stop = stop_servers.clone();
+    let peer_router = peer.map(|peer| {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(config.server.max_concurrent_streams.max(1_024)))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(peer)
+    });
+    let peer_server = match (peer_router, peers.map(|peers| peers.0), &security.peer) {
+        (Some(router), Some(PeersKind::Tls(listener)), Some(tls)) => {
+            Some(servers.spawn(router.serve_with_incoming_shutdown(
+                listen::tls(
+                    listener,
+                    peer_policy,
+                    Arc::clone(&tls.server),
+                    peer_stop.clone(),
                 ),
-            )
+                peer_stop.cancelled_owned(),
+            )))
         }
+        (Some(router), Some(PeersKind::Plaintext { incoming, .. }), _) => match incoming.kind {
+            IncomingKind::Listener(listener) => {
+                Some(servers.spawn(router.serve_with_incoming_shutdown(
+                    listen::plain(listener, peer_policy, peer_stop.clone()),
+                    peer_stop.cancelled_owned(),
+                )))
+            }
+            IncomingKind::Stream(connections) => Some(servers.spawn(
+                router.serve_with_incoming_shutdown(connections, peer_stop.cancelled_owned()),
+            )),
+        },
         _ => None,
     };
     let stop_reload = CancellationToken::new();
@@ -478,10 +533,21 @@ pub async fn run(
         );
     }
     let http_stop = stop_servers.clone().cancelled_owned();
-    let http = servers.spawn(async move {
-        axum::serve(listeners.http, app)
-            .with_graceful_shutdown(http_stop)
-            .await
+    let http = http_listener.map(|listener| {
+        servers.spawn(async move {
+            match listener.0 {
+                HttpKind::Tcp(listener) => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(http_stop)
+                        .await
+                }
+                HttpKind::Injected(listener) => {
+                    axum::serve(BoxedListener(listener), app)
+                        .with_graceful_shutdown(http_stop)
+                        .await
+                }
+            }
+        })
     });
 
     let mut running = joined.as_ref().map(|joined| {
@@ -507,9 +573,9 @@ pub async fn run(
     }
     metrics::gauge!("skuld_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     if config.is_clustered() {
-        tracing::info!(%grpc_addr, %http_addr, node = %node_id, "skuld node ready (cluster mode)");
+        tracing::info!(%grpc_addr, ?http_addr, node = %node_id, "skuld node ready (cluster mode)");
     } else {
-        tracing::info!(%grpc_addr, %http_addr, data_dir = %config.server.data_dir.display(), "skuld node ready");
+        tracing::info!(%grpc_addr, ?http_addr, data_dir = %config.server.data_dir.display(), "skuld node ready");
     }
 
     // Another process taking this node id (this one was paused or cut off
@@ -634,9 +700,11 @@ pub async fn run(
             }
         }
     }
-    if http.is_finished() {
-        if let Ok(Err(error)) = http.await {
-            tracing::warn!(%error, "HTTP server stopped with an error");
+    if let Some(http) = http {
+        if http.is_finished() {
+            if let Ok(Err(error)) = http.await {
+                tracing::warn!(%error, "HTTP server stopped with an error");
+            }
         }
     }
     // The writer ends once the last handle (held by the runtime) is gone and
@@ -663,17 +731,17 @@ fn routed<E: Entity>(runtime: EntityRuntime<E>, routing: Option<Routing>) -> Ent
 
 /// Writes `{"grpc": ..., "peer": ..., "http": ...}` atomically, for
 /// harnesses that bind port 0 and need to learn the ports (`peer` is null
-/// outside cluster mode).
+/// outside cluster mode, `http` without an HTTP listener).
 fn write_ports_file(
     path: &Path,
     grpc: SocketAddr,
     peer: Option<SocketAddr>,
-    http: SocketAddr,
+    http: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let body = serde_json::json!({
         "grpc": grpc.to_string(),
         "peer": peer.map(|peer| peer.to_string()),
-        "http": http.to_string(),
+        "http": http.map(|http| http.to_string()),
     });
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, body.to_string())
@@ -695,7 +763,9 @@ struct PeerTls {
 }
 
 impl Security {
-    fn load(config: &Config) -> anyhow::Result<Self> {
+    /// `peer_tls`: the peer hop is production's mTLS (not injected
+    /// plaintext), so cluster mode reads the peer TLS files.
+    fn load(config: &Config, peer_tls: bool) -> anyhow::Result<Self> {
         let server = &config.server;
         let client = if server.tls_cert_file.as_os_str().is_empty() {
             None
@@ -715,7 +785,7 @@ impl Security {
             );
             Some(ServerTls::load("client", files, client_auth).context("client API TLS")?)
         };
-        let peer = if config.is_clustered() {
+        let peer = if config.is_clustered() && peer_tls {
             let cluster = &config.cluster;
             let files = TlsFiles::new(
                 &cluster.peer_tls_cert_file,
