@@ -615,3 +615,32 @@ proptest! {
         }
     }
 }
+
+/// A snapshot written when `pending` was an `Option<Step>` still decodes:
+/// bincode writes an option and a sequence of at most one alike.
+#[test]
+fn a_snapshot_with_one_optional_pending_step_decodes_as_the_list() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        pending: Option<Step>,
+    }
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct After {
+        pending: Vec<Step>,
+    }
+    let step = Step {
+        number: 7,
+        line: 1,
+        action: Action::Release { hold: 0 },
+        attempts: 2,
+        retry_at_ms: 9,
+        last_error: "x".into(),
+    };
+    let config = bincode::config::standard();
+    for (before, after) in [(None, vec![]), (Some(step.clone()), vec![step])] {
+        let bytes = bincode::serde::encode_to_vec(Before { pending: before }, config).unwrap();
+        let (decoded, _): (After, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(decoded, After { pending: after });
+    }
+}
