@@ -9,7 +9,7 @@
 //! the claim. A node whose lease is about to run out stops serving every
 //! shard on its own, before anyone else can claim them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -168,11 +168,14 @@ pub struct ShardManager {
     store_health: Arc<StoreHealth>,
     host: Arc<dyn ShardHost>,
     config: OwnershipConfig,
-    held: HashMap<u32, Held>,
+    /// Ordered maps: reconcile walks shards in shard order, so the claims,
+    /// releases and fences it starts go out in the same order on every run
+    /// of a simulation seed (a HashMap's order follows its random seed).
+    held: BTreeMap<u32, Held>,
     /// Background tasks (claim, fence, release, eviction) running per
     /// shard; a shard with any is left alone by reconcile. A count, since
     /// an eviction can overlap a release of the same shard.
-    busy: HashMap<u32, usize>,
+    busy: BTreeMap<u32, usize>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     draining: bool,
@@ -197,8 +200,8 @@ impl ShardManager {
             store_health,
             host,
             config,
-            held: HashMap::new(),
-            busy: HashMap::new(),
+            held: BTreeMap::new(),
+            busy: BTreeMap::new(),
             done_tx,
             done_rx,
             draining: false,
@@ -286,7 +289,7 @@ impl ShardManager {
 
     /// Forgets every shard held and stops their actors (in the background).
     fn stop_serving_all(&mut self) {
-        let shards: Vec<u32> = self.held.drain().map(|(shard, _)| shard).collect();
+        let shards: Vec<u32> = std::mem::take(&mut self.held).into_keys().collect();
         for shard in shards {
             self.table.set(shard, Route::Moving);
             self.spawn_evict(shard);

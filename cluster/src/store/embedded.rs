@@ -24,11 +24,12 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
-use super::retention_clock::{wall_ms, RetentionClock};
+use super::retention_clock::RetentionClock;
 use super::{
     Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
     SummaryRow, WriteBatch,
 };
+use crate::WallClock;
 
 mod outbox;
 
@@ -167,6 +168,13 @@ fn decode_idempotency(key: String, value: &[u8]) -> Result<IdempotencyRecord, St
 impl EmbeddedStore {
     /// Opens (or creates) the database `skuld.fjall` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_clock(data_dir, WallClock::system())
+    }
+
+    /// [`EmbeddedStore::open`] beside the node's wall clock `wall` (the
+    /// simulation's): an empty store starts its retention timeline there,
+    /// and the wall clock's jumps away from it are reported.
+    pub fn open_with_clock(data_dir: &Path, wall: WallClock) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::backend)?;
         let db = Database::builder(data_dir.join("skuld.fjall"))
             .open()
@@ -199,7 +207,7 @@ impl EmbeddedStore {
             idempotency: keyspace("idempotency")?,
             idempotency_by_commit,
             idempotency_by_time,
-            clock: RetentionClock::new(newest_stamp, wall_ms()),
+            clock: RetentionClock::new(newest_stamp, wall),
             timers: keyspace("timers")?,
             timers_by_due: keyspace("timers_by_due")?,
             summaries: keyspace("summaries")?,

@@ -34,6 +34,7 @@ use super::{
     Committed, IdempotencyRecord, LoadedEntity, ShardEvents, Store, StoreError, StoredEvent,
     SummaryRow, WriteBatch,
 };
+use crate::WallClock;
 
 /// Why a node may or may not serve against its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,11 +166,25 @@ impl StoreHealth {
     /// verdict: unhealthy once every call failed for the failover time or
     /// the clock is off by more than allowed, healthy again after both were
     /// fine for half the failover time (so a flapping store does not bounce
-    /// shards back and forth).
+    /// shards back and forth). The system clock is compared with the
+    /// store's.
     pub async fn watch(
         self: Arc<Self>,
         store: Arc<dyn Store>,
         policy: HealthPolicy,
+        stop: CancellationToken,
+    ) {
+        self.watch_with_clock(store, policy, WallClock::system(), stop)
+            .await;
+    }
+
+    /// [`StoreHealth::watch`] comparing the node's wall clock `clock` (the
+    /// simulation's, skewed) with the store's.
+    pub async fn watch_with_clock(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        policy: HealthPolicy,
+        clock: WallClock,
         stop: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(policy.interval);
@@ -181,7 +196,7 @@ impl StoreHealth {
                 _ = ticker.tick() => {}
                 () = stop.cancelled() => return,
             }
-            let sent_wall = wall_ms();
+            let sent_wall = wall_ms(&clock);
             let sent = Instant::now();
             let ping =
                 tokio::time::timeout(policy.interval.max(Duration::from_secs(1)), store.ping())

@@ -25,12 +25,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
+use crate::WallClock;
+
 /// A wall clock this far from the store's clock is reported as a jump.
 pub const JUMP_THRESHOLD: Duration = Duration::from_secs(60);
 
-/// The wall clock as a stamp (unix ms).
-pub(crate) fn wall_ms() -> u64 {
-    u64::try_from(crate::now_ms()).unwrap_or(0)
+/// A wall clock's reading as a stamp (unix ms; 0 before 1970).
+pub(crate) fn wall_ms(wall: &WallClock) -> u64 {
+    u64::try_from(wall.now_ms()).unwrap_or(0)
 }
 
 #[derive(Debug)]
@@ -40,12 +42,15 @@ pub struct RetentionClock {
     base_ms: u64,
     /// The wall clock's offset from this clock when last reported.
     reported_offset_ms: AtomicI64,
+    /// The node's wall clock, read at open and to report its jumps.
+    wall: WallClock,
 }
 
 impl RetentionClock {
     /// A clock for a store whose newest stamp is `newest_stored_ms` (0 when
-    /// it holds no record), with the wall clock reading `wall_ms` now.
-    pub fn new(newest_stored_ms: u64, wall_ms: u64) -> Self {
+    /// it holds no record), beside the node's wall clock `wall`.
+    pub fn new(newest_stored_ms: u64, wall: WallClock) -> Self {
+        let wall_ms = self::wall_ms(&wall);
         let base_ms = if newest_stored_ms > 0 {
             newest_stored_ms
         } else {
@@ -63,13 +68,14 @@ impl RetentionClock {
             base_ms,
             // The distance at open (downtime, mostly) is not a jump.
             reported_offset_ms: AtomicI64::new(offset(wall_ms, base_ms)),
+            wall,
         }
     }
 
     /// The stamp of a record written now.
     pub fn stamp(&self) -> u64 {
         let stamp = self.base_ms.saturating_add(millis(self.anchor.elapsed()));
-        self.check_wall(stamp, wall_ms());
+        self.check_wall(stamp, wall_ms(&self.wall));
         stamp
     }
 
@@ -110,12 +116,18 @@ mod tests {
     const HOUR: u64 = 3_600_000;
     const DAY: u64 = 24 * HOUR;
 
+    /// A wall clock that stays at `ms`.
+    fn wall_at(ms: u64) -> WallClock {
+        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        WallClock::from_fn(move || ms)
+    }
+
     #[test]
     fn a_clock_set_ahead_at_start_changes_neither_stamps_nor_purges() {
         // Records up to "now" by the true clock; the node starts with its
         // wall clock two days ahead.
         let true_now = 1_000 * DAY;
-        let clock = RetentionClock::new(true_now, true_now + 2 * DAY);
+        let clock = RetentionClock::new(true_now, wall_at(true_now + 2 * DAY));
         assert!(clock.purge_before(Duration::from_millis(DAY)) <= true_now - DAY + 1_000);
         let stamp = clock.stamp();
         assert!((true_now..true_now + 1_000).contains(&stamp), "{stamp}");
@@ -127,9 +139,9 @@ mod tests {
         // starts a minute later with the true clock.
         let t = 1_000 * DAY;
         let r0 = t;
-        let p1 = RetentionClock::new(r0, t + 2 * DAY);
+        let p1 = RetentionClock::new(r0, wall_at(t + 2 * DAY));
         let r1 = p1.stamp();
-        let p2 = RetentionClock::new(r1, t + 60_000);
+        let p2 = RetentionClock::new(r1, wall_at(t + 60_000));
         assert!(
             p2.purge_before(Duration::from_millis(DAY)) < r0,
             "r0 is a minute old"
@@ -139,14 +151,14 @@ mod tests {
     #[test]
     fn a_clock_set_back_does_not_stamp_records_in_the_past() {
         let stored = 1_000 * DAY;
-        let clock = RetentionClock::new(stored, stored - 3 * DAY);
+        let clock = RetentionClock::new(stored, wall_at(stored - 3 * DAY));
         assert!(clock.stamp() >= stored);
         assert!(clock.purge_before(Duration::from_millis(DAY)) < stored);
     }
 
     #[test]
     fn a_fresh_store_starts_from_the_wall_clock() {
-        let clock = RetentionClock::new(0, 500 * DAY);
+        let clock = RetentionClock::new(0, wall_at(500 * DAY));
         assert!(clock.stamp() >= 500 * DAY);
         assert!(clock.purge_before(Duration::from_millis(HOUR)) < 500 * DAY);
         // A zero retention purges everything stamped so far.
@@ -155,8 +167,7 @@ mod tests {
 
     #[test]
     fn a_wall_clock_jump_while_running_is_reported_and_changes_no_stamp() {
-        let now = wall_ms();
-        let clock = RetentionClock::new(0, now);
+        let clock = RetentionClock::new(0, WallClock::system());
         let before = clock.stamp();
         clock.check_wall(before, before + 2 * DAY);
         assert_eq!(
