@@ -28,6 +28,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod returns;
 pub mod services;
+pub mod store_contract;
 pub mod tokens;
 pub mod workload;
 
