@@ -8,3 +8,10 @@
 
 pub mod etcd;
 pub mod store;
+pub mod checker;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod rng;
+pub mod trace;
+pub mod workload;
