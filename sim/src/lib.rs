@@ -8,10 +8,3 @@
 
 pub mod etcd;
 pub mod store;
-pub mod checker;
-pub mod history;
-pub mod nemesis;
-pub mod net;
-pub mod rng;
-pub mod trace;
-pub mod workload;
