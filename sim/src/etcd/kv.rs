@@ -350,7 +350,8 @@ fn check_no_duplicate_writes(branch: &[PbTxnRequestOp]) -> Result<(), Status> {
     for op in branch {
         match &op.request {
             Some(PbTxnOpRequest::RequestPut(put)) => {
-                if !puts.insert(put.key.as_slice()) {
+                let first_put = puts.insert(put.key.as_slice());
+                if !first_put {
                     return Err(errors::duplicate_key());
                 }
             }
