@@ -256,14 +256,14 @@ fn http_app() -> &'static HttpApp {
                 Arc::clone(&store),
                 writer.clone(),
                 Arc::clone(&admission),
-                config.runtime(),
+                config.runtime(skuld_cluster::WallClock::system()),
             ));
             let returns = Arc::new(skuld_actors::runtime::EntityRuntime::new(
                 ReturnEntity::new(Arc::clone(&positions)),
                 store,
                 writer,
                 Arc::clone(&admission),
-                config.runtime(),
+                config.runtime(skuld_cluster::WallClock::system()),
             ));
             let readiness = skuld_node::readiness::Readiness {
                 started: Arc::new(std::sync::atomic::AtomicBool::new(true)),
